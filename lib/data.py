@@ -1,0 +1,284 @@
+"""The competition data layer: discover groups in a competition root and read z-ranges lazily.
+
+A root holds `train/<group>/{images,labels}/NNNN.tif`, `test/<kidney>/images/NNNN.tif` and `train_rles.csv`.
+Discovery reads TIFF headers only (shape, dtype, pixel offsets) and rejects inconsistent data up front with
+an error naming the file; pixels are read on demand, a z-range at a time, with several threads.
+`kidney_3_dense` ships labels only: its images are the same-numbered slices of `kidney_3_sparse`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+
+from lib import paths, rle
+
+VOXEL_SIZE_UM: dict[str, float] = {
+    "kidney_1_dense": 50.0, "kidney_1_voi": 5.2, "kidney_2": 50.0, "kidney_3_sparse": 50.16,
+    "kidney_3_dense": 50.16, "kidney_5": 50.28, "kidney_6": 63.08,  # test sizes inferred, see competition.md
+}
+LABEL_KIND: dict[str, str] = {
+    "kidney_1_dense": "dense", "kidney_1_voi": "dense", "kidney_2": "sparse",
+    "kidney_3_sparse": "sparse", "kidney_3_dense": "dense",
+}
+IMAGES_FROM: dict[str, str] = {"kidney_3_dense": "kidney_3_sparse"}
+READ_THREADS = min(8, (os.cpu_count() or 2) * 2)
+_SLICE_NAME = re.compile(r"^(\d+)\.tiff?$")
+
+
+class DataError(ValueError):
+    """Competition data that cannot be used as it is; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class SliceInfo:
+    """What a TIFF header says about one slice."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class Group:
+    """One kidney (volume) of the competition: its slice files, labels if any, shape and voxel size."""
+
+    name: str
+    split: str  # "train" or "test"
+    slices: tuple[int, ...]  # slice numbers, contiguous, e.g. 0..2278 or 496..996
+    image_files: tuple[Path, ...]
+    label_files: tuple[Path, ...] | None  # label TIFFs, when the group has them
+    label_rles: tuple[str, ...] | None = field(default=None, repr=False)  # else labels from train_rles.csv
+    height: int = 0
+    width: int = 0
+    dtype: np.dtype = np.dtype(np.uint16)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, H, W) of the image volume."""
+        return (len(self.slices), self.height, self.width)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.label_files is not None or self.label_rles is not None
+
+    @property
+    def label_kind(self) -> str | None:
+        """"dense", "sparse" (unlabelled vessels are 0) or None (no labels)."""
+        return LABEL_KIND.get(self.name, "dense") if self.has_labels else None
+
+    @property
+    def voxel_um(self) -> float | None:
+        """Voxel size in µm from the competition's table; None when unknown."""
+        return VOXEL_SIZE_UM.get(self.name)
+
+    def slice_id(self, index: int) -> str:
+        """The CSV id of the slice at position `index`, e.g. `kidney_5_0000`."""
+        return f"{self.name}_{self.slices[index]:04d}"
+
+    def read_images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Images of slice positions [start, stop) as a (z, H, W) array in the stored dtype."""
+        return _read_stack(self.image_files[start:stop], (self.height, self.width), self.dtype)
+
+    def read_labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Labels of slice positions [start, stop) as (z, H, W) uint8 with 0 and 255, as the TIFFs store them."""
+        if self.label_files is not None:
+            return _read_stack(self.label_files[start:stop], (self.height, self.width), np.dtype(np.uint8))
+        if self.label_rles is None:
+            raise DataError(f"{self.name}: this group has no labels")
+        chosen = self.label_rles[start:stop]
+        out = np.empty((len(chosen), self.height, self.width), np.uint8)
+        for i, text in enumerate(chosen):
+            out[i] = rle.decode(text, (self.height, self.width)) * np.uint8(255)
+        return out
+
+
+def read_slice(path: Path, shape: tuple[int, int] | None = None, dtype: np.dtype | None = None) -> np.ndarray:
+    """Read one slice TIFF, raising DataError naming the file when it is unreadable or not as expected."""
+    try:
+        image = tifffile.imread(path)
+    except Exception as e:  # tifffile raises many types for damaged files
+        raise DataError(f"{path}: unreadable TIFF ({type(e).__name__}: {e})") from None
+    if shape is not None and image.shape != tuple(shape):
+        raise DataError(f"{path}: slice shape {image.shape} differs from the group's {tuple(shape)}")
+    if dtype is not None and image.dtype != dtype:
+        raise DataError(f"{path}: dtype {image.dtype} differs from the group's {dtype}")
+    return image
+
+
+def slice_header(path: Path) -> SliceInfo:
+    """Shape and dtype of a slice TIFF from its header, checking it is a complete 2D integer image."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            shape, dtype = tuple(page.shape), page.dtype
+            end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+            n_pages = len(tif.pages)
+    except Exception as e:
+        raise DataError(f"{path}: unreadable TIFF ({type(e).__name__}: {e})") from None
+    if n_pages != 1 or len(shape) != 2:
+        raise DataError(f"{path}: expected one 2D grayscale slice, found {n_pages} page(s) of shape {shape}")
+    if dtype is None or dtype.kind not in "ui":
+        raise DataError(f"{path}: expected an integer image (uint8/uint16), found dtype {dtype}")
+    if end > path.stat().st_size:
+        raise DataError(f"{path}: truncated TIFF (pixel data ends at byte {end}, file has {path.stat().st_size})")
+    return SliceInfo(shape, dtype)
+
+
+def discover(root: Path | str | None = None, validate: bool = True) -> dict[str, Group]:
+    """All groups under `root/train` and `root/test` (default: `paths.default_data_dir()`), by name.
+
+    With `validate`, every slice header is read to check shapes, dtypes and completeness (threaded, no pixels).
+    """
+    root = Path(root) if root is not None else paths.default_data_dir()
+    if not root.is_dir():
+        raise DataError(f"{root}: competition root not found")
+    rles = _train_rles(root)
+    groups: dict[str, Group] = {}
+    for split in ("train", "test"):
+        folder = root / split
+        for group_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+            groups[group_dir.name] = _open_group(root, split, group_dir.name, rles, validate)
+    if not groups:
+        raise DataError(f"{root}: no groups under train/ or test/")
+    return groups
+
+
+def open_group(name: str, root: Path | str | None = None, validate: bool = True) -> Group:
+    """One group by name, e.g. `open_group("kidney_5")`."""
+    root = Path(root) if root is not None else paths.default_data_dir()
+    for split in ("train", "test"):
+        if (root / split / name).is_dir():
+            return _open_group(root, split, name, _train_rles(root), validate)
+    raise DataError(f"{root}: no group named {name!r} under train/ or test/")
+
+
+def summary(groups: dict[str, Group]) -> pd.DataFrame:
+    """One row per group: slices, H x W, voxel size, dtype, label kind, size on disk, memory estimates."""
+    rows = []
+    for g in groups.values():
+        n = g.shape[0] * g.height * g.width
+        disk = sum(p.stat().st_size for p in g.image_files)
+        rows.append({
+            "group": g.name, "split": g.split, "slices": g.shape[0], "height": g.height, "width": g.width,
+            "first_slice": g.slices[0], "voxel_um": g.voxel_um, "dtype": str(g.dtype),
+            "labels": g.label_kind or "none", "images_on_disk_GB": disk / 1e9,
+            "uint16_GB": n * 2 / 1e9, "float32_GB": n * 4 / 1e9,
+        })
+    return pd.DataFrame(rows).set_index("group")
+
+
+def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, validate: bool) -> Group:
+    group_dir = root / split / name
+    image_dir = root / split / IMAGES_FROM.get(name, name) / "images"
+    label_dir = group_dir / "labels"
+    labels = _slice_files(label_dir) if label_dir.is_dir() else None
+    if name in IMAGES_FROM:  # labels only: take the images with the same slice numbers
+        if not labels:
+            raise DataError(f"{label_dir}: {name} ships labels only, but no label slices were found")
+        all_images = _slice_files(image_dir)
+        missing = [n for n in labels if n not in all_images]
+        if missing:
+            raise DataError(f"{image_dir}: no image for label slice {missing[0]:04d} of {name}")
+        images = {n: all_images[n] for n in labels}
+    else:
+        if not image_dir.is_dir():
+            raise DataError(f"{group_dir}: group folder has no images/ folder")
+        images = _slice_files(image_dir)
+        if not images:
+            raise DataError(f"{image_dir}: group folder has no image slices")
+    _check_contiguous(image_dir, images)
+    numbers = tuple(images)
+
+    label_rles = None
+    if labels is not None:
+        if list(labels) != list(numbers):
+            raise DataError(f"{label_dir}: {len(labels)} label slices ({_span(labels)}) do not match "
+                            f"the {len(numbers)} image slices ({_span(numbers)}) in {image_dir}")
+    elif split == "train" and rles is not None:
+        ids = [f"{name}_{n:04d}" for n in numbers]
+        present = [i in rles.index for i in ids]
+        if any(present):
+            if not all(present):
+                raise DataError(f"{root / 'train_rles.csv'}: {name} has {sum(present)} RLE rows "
+                                f"for {len(ids)} image slices, e.g. {ids[present.index(False)]} is missing")
+            label_rles = tuple(rles.loc[ids].tolist())
+
+    first = slice_header(images[numbers[0]])
+    if validate:
+        files = list(images.values()) + (list(labels.values()) if labels else [])
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            headers = list(pool.map(slice_header, files))
+        image_headers, label_headers = headers[:len(images)], headers[len(images):]
+        for path, h in zip(files, image_headers):
+            if h.shape != first.shape:
+                raise DataError(f"{path}: slice shape {h.shape} differs from {first.shape} of the first slice")
+            if h.dtype != first.dtype:
+                raise DataError(f"{path}: dtype {h.dtype} differs from {first.dtype} of the first slice")
+        for path, h in zip(files[len(images):], label_headers):
+            if h.shape != first.shape:
+                raise DataError(f"{path}: label shape {h.shape} differs from the image shape {first.shape}")
+            if h.dtype != np.uint8:
+                raise DataError(f"{path}: label dtype {h.dtype}, expected uint8 with values 0 and 255")
+    return Group(
+        name=name, split=split, slices=numbers, image_files=tuple(images.values()),
+        label_files=tuple(labels.values()) if labels is not None else None, label_rles=label_rles,
+        height=first.shape[0], width=first.shape[1], dtype=first.dtype,
+    )
+
+
+def _slice_files(folder: Path) -> dict[int, Path]:
+    """Slice number -> path for the NNNN.tif files of a folder, in slice order."""
+    found = {}
+    for p in folder.iterdir():
+        m = _SLICE_NAME.match(p.name)
+        if m:
+            found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def _check_contiguous(folder: Path, files: dict[int, Path]) -> None:
+    numbers = np.fromiter(files, dtype=np.int64)
+    gaps = np.flatnonzero(np.diff(numbers) != 1)
+    if gaps.size:
+        before, after = numbers[gaps[0]], numbers[gaps[0] + 1]
+        raise DataError(f"{folder}: slice {before + 1:04d}.tif missing (numbering jumps from "
+                        f"{before:04d} to {after:04d})")
+
+
+def _span(numbers) -> str:
+    numbers = list(numbers)
+    return f"{numbers[0]:04d}..{numbers[-1]:04d}" if numbers else "none"
+
+
+def _read_stack(files: tuple[Path, ...], shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    out = np.empty((len(files), *shape), dtype)
+
+    def read(i: int) -> None:
+        out[i] = read_slice(files[i], shape, dtype)
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        list(pool.map(read, range(len(files))))
+    return out
+
+
+_RLE_CACHE: dict[tuple[Path, float], pd.Series] = {}
+
+
+def _train_rles(root: Path) -> pd.Series | None:
+    """train_rles.csv as a Series id -> rle (cached per file and modification time); None when absent."""
+    path = root / "train_rles.csv"
+    if not path.is_file():
+        return None
+    key = (path.resolve(), path.stat().st_mtime)
+    if key not in _RLE_CACHE:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if list(frame.columns[:2]) != ["id", "rle"]:
+            raise DataError(f"{path}: expected columns id,rle, found {list(frame.columns)}")
+        _RLE_CACHE[key] = frame.set_index("id")["rle"]
+    return _RLE_CACHE[key]
