@@ -1,0 +1,229 @@
+"""The leaderboard metric: surface Dice at tolerance 0, streamed over slice pairs.
+
+DeepMind's `surface-distance` (the hosts' reference) marks every 2x2x2 lattice cube whose 8 voxels are
+neither all in nor all out as a border cube, gives it the area of its marching-cubes surface, and at
+tolerance 0 counts a border cube of one mask as matched when the same cube is a border cube of the other.
+A cube only spans slices z and z+1, so walking the volume one slice pair at a time (with an empty slice
+before the first and after the last) gives the same number in O(H*W) memory, whatever the depth.
+
+An image where both masks are empty scores 1.0 (perfect agreement); the reference returns 0/0 = NaN,
+which would poison the mean over images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lib import rle
+
+# Area of the marching-cubes surface inside a 2x2x2 cube at spacing (1, 1, 1), by 8-bit neighbour code:
+# the 13 distinct values of surface-distance's table and, for each code, which one it takes.
+_AREAS = np.array([
+    0.0, 0.21650635094610965, 0.4330127018922193, 0.649519052838329, 0.7071067811865476,
+    0.8660254037844386, 0.9236131321326573, 1.0, 1.149519052838329, 1.2990381056766578,
+    1.3660254037844386, 1.4142135623730951, 1.573132184970986,
+])
+_AREA_OF_CODE = np.array([
+    0, 1, 1, 4, 1, 4, 2, 8, 1, 2, 4, 8, 4, 8, 8, 7, 1, 4, 2, 8, 2, 8, 3, 9, 2, 6, 6, 12, 6, 12, 10, 8,
+    1, 2, 4, 8, 2, 6, 6, 12, 2, 3, 8, 9, 6, 10, 12, 8, 4, 8, 8, 7, 6, 12, 10, 8, 6, 10, 12, 8, 11, 6, 6, 4,
+    1, 2, 2, 6, 4, 8, 6, 12, 2, 3, 6, 10, 8, 9, 12, 8, 4, 8, 6, 12, 8, 7, 10, 8, 6, 10, 11, 6, 12, 8, 6, 4,
+    2, 3, 6, 10, 6, 10, 11, 6, 3, 5, 10, 3, 10, 3, 6, 2, 8, 9, 12, 8, 12, 8, 6, 4, 10, 3, 6, 2, 6, 2, 2, 1,
+    1, 2, 2, 6, 2, 6, 3, 10, 4, 6, 8, 12, 8, 12, 9, 8, 2, 6, 3, 10, 3, 10, 5, 3, 6, 11, 10, 6, 10, 6, 3, 2,
+    4, 6, 8, 12, 6, 11, 10, 6, 8, 10, 7, 8, 12, 6, 8, 4, 8, 12, 9, 8, 10, 6, 3, 2, 12, 6, 8, 4, 6, 2, 2, 1,
+    4, 6, 6, 11, 8, 12, 10, 6, 8, 10, 12, 6, 7, 8, 8, 4, 8, 12, 10, 6, 9, 8, 3, 2, 12, 6, 6, 2, 8, 4, 2, 1,
+    8, 10, 12, 6, 12, 6, 6, 2, 9, 3, 8, 2, 8, 2, 4, 1, 7, 8, 8, 4, 8, 4, 2, 1, 8, 2, 4, 1, 4, 1, 1, 0,
+])
+CUBE_AREA = _AREAS[_AREA_OF_CODE]  # zero exactly for codes 0 and 255, so "area > 0" means "border cube"
+
+
+class SurfaceDice:
+    """Streaming surface Dice (tolerance 0) of one image: feed (gt, pred) slices in z order, then read `score`.
+
+    Keeps only the previous slice's 4-bit square codes, so tuning many thresholds at once costs a few
+    slices per threshold. With `device` (e.g. "cuda") the work runs in torch on that device.
+    """
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device = device
+        self._prev: tuple | None = None  # square codes of the previous (gt, pred) slice
+        self._shape: tuple[int, int] | None = None
+        self.area_gt = self.area_pred = self.matched_gt = self.matched_pred = 0.0
+        self.voxels_gt = self.voxels_pred = self.voxels_both = 0
+        self.finished = False
+        if device is not None:
+            import torch
+
+            self._table = torch.as_tensor(CUBE_AREA, device=device)
+
+    def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
+        """Add the next z-slice of ground truth and prediction (2D, nonzero = vessel)."""
+        if self.finished:
+            raise RuntimeError("SurfaceDice already finished; start a new one per image")
+        if gt.shape != pred.shape or gt.ndim != 2:
+            raise ValueError(f"slices must be 2D and equal in shape, got {gt.shape} and {pred.shape}")
+        if self._shape is None:
+            self._shape = gt.shape
+            self._prev = self._square_codes(np.zeros(gt.shape, bool)), self._square_codes(np.zeros(gt.shape, bool))
+        elif gt.shape != self._shape:
+            raise ValueError(f"slice shape {gt.shape} differs from the image's {self._shape}")
+        g, p = self._to_bool(gt), self._to_bool(pred)
+        self.voxels_gt += int(g.sum())
+        self.voxels_pred += int(p.sum())
+        self.voxels_both += int((g & p).sum())
+        self._add_cubes(self._square_codes(g), self._square_codes(p))
+
+    def finish(self) -> None:
+        """Close the image with the empty slice after the last one (idempotent)."""
+        if not self.finished and self._shape is not None:
+            empty = self._square_codes(np.zeros(self._shape, bool))
+            self._add_cubes(empty, empty)
+        self.finished = True
+
+    @property
+    def score(self) -> float:
+        """Surface Dice at tolerance 0; 1.0 when both masks are empty."""
+        self.finish()
+        total = self.area_gt + self.area_pred
+        return 1.0 if total == 0 else (self.matched_gt + self.matched_pred) / total
+
+    @property
+    def dice(self) -> float:
+        """Volumetric Dice of the slices seen so far; 1.0 when both masks are empty."""
+        total = self.voxels_gt + self.voxels_pred
+        return 1.0 if total == 0 else 2 * self.voxels_both / total
+
+    def _to_bool(self, a: np.ndarray):
+        if self.device is None:
+            return np.asarray(a) != 0
+        import torch
+
+        return torch.as_tensor(np.ascontiguousarray(a), device=self.device) != 0
+
+    def _square_codes(self, m):
+        """4-bit code of every 2x2 in-plane square of the zero-padded slice: shape (H+1, W+1)."""
+        if self.device is None:
+            pad = np.zeros((m.shape[0] + 2, m.shape[1] + 2), np.uint8)
+        else:
+            import torch
+
+            m = torch.as_tensor(m, device=self.device)
+            pad = torch.zeros((m.shape[0] + 2, m.shape[1] + 2), dtype=torch.uint8, device=self.device)
+        pad[1:-1, 1:-1] = m
+        return pad[:-1, :-1] | (pad[:-1, 1:] << 1) | (pad[1:, :-1] << 2) | (pad[1:, 1:] << 3)
+
+    def _add_cubes(self, gt_codes, pred_codes) -> None:
+        prev_gt, prev_pred = self._prev
+        self._prev = gt_codes, pred_codes
+        if self.device is None:
+            area_gt = CUBE_AREA[prev_gt | (gt_codes << 4)]
+            area_pred = CUBE_AREA[prev_pred | (pred_codes << 4)]
+            both = (area_gt > 0) & (area_pred > 0)
+            self.area_gt += float(area_gt.sum())
+            self.area_pred += float(area_pred.sum())
+            self.matched_gt += float(area_gt[both].sum())
+            self.matched_pred += float(area_pred[both].sum())
+        else:
+            area_gt = self._table[(prev_gt | (gt_codes << 4)).long()]
+            area_pred = self._table[(prev_pred | (pred_codes << 4)).long()]
+            both = (area_gt > 0) & (area_pred > 0)
+            sums = (area_gt.sum(), area_pred.sum(), area_gt[both].sum(), area_pred[both].sum())
+            a, b, c, d = (float(s) for s in sums)
+            self.area_gt += a
+            self.area_pred += b
+            self.matched_gt += c
+            self.matched_pred += d
+
+
+def surface_dice(gt: np.ndarray, pred: np.ndarray, device: str | None = None) -> float:
+    """Surface Dice at tolerance 0 of two (Z, H, W) volumes (arrays or memmaps), read one slice at a time."""
+    if gt.shape != pred.shape or len(gt.shape) != 3:
+        raise ValueError(f"volumes must be 3D and equal in shape, got {gt.shape} and {pred.shape}")
+    return surface_dice_of_slices(((gt[z], pred[z]) for z in range(gt.shape[0])), device)
+
+
+def surface_dice_of_slices(pairs: Iterable[tuple[np.ndarray, np.ndarray]], device: str | None = None) -> float:
+    """Surface Dice at tolerance 0 of an image given as an iterable of (gt, pred) slices in z order."""
+    acc = SurfaceDice(device)
+    for gt, pred in pairs:
+        acc.update(gt, pred)
+    return acc.score
+
+
+# --- scoring a submission against a solution in the hosts' format --------------------------------------
+
+SOLUTION_COLUMNS = ("id", "rle", "width", "height", "image", "slice")
+
+
+class SubmissionError(ValueError):
+    """A submission or solution file that cannot be scored."""
+
+
+def score_submission(solution: pd.DataFrame, submission: pd.DataFrame, device: str | None = None,
+                     names: tuple[str, str] = ("solution", "submission")) -> dict:
+    """Score a submission (id, rle) against a solution (id, rle, width, height, image, slice).
+
+    Returns {"score": mean surface Dice over images, "per_image": {image: score}}.
+    """
+    sol_name, sub_name = names
+    missing = [c for c in SOLUTION_COLUMNS if c not in solution.columns]
+    if missing:
+        raise SubmissionError(f"{sol_name}: missing columns {missing}; expected {list(SOLUTION_COLUMNS)}")
+    if not {"id", "rle"} <= set(submission.columns):
+        raise SubmissionError(f"{sub_name}: needs columns id and rle, has {list(submission.columns)}")
+    for name, frame in ((sol_name, solution), (sub_name, submission)):
+        dup = frame["id"][frame["id"].duplicated()]
+        if len(dup):
+            raise SubmissionError(f"{name}: {len(dup)} duplicate ids, e.g. {dup.iloc[0]!r}")
+    pred_rle = dict(zip(submission["id"], submission["rle"]))
+    absent = [i for i in solution["id"] if i not in pred_rle]
+    if absent:
+        raise SubmissionError(f"{sub_name}: {len(absent)} ids of the solution are missing, e.g. {absent[0]!r}")
+    extra = set(pred_rle) - set(solution["id"])
+    if extra:
+        raise SubmissionError(f"{sub_name}: {len(extra)} ids are not in the solution, e.g. {sorted(extra)[0]!r}")
+
+    per_image = {}
+    for image, rows in solution.sort_values(["image", "slice"]).groupby("image", sort=True):
+        acc = SurfaceDice(device)
+        for row in rows.itertuples(index=False):
+            shape = (int(row.height), int(row.width))
+            acc.update(_decode(row.rle, shape, sol_name, row.id), _decode(pred_rle[row.id], shape, sub_name, row.id))
+        per_image[str(image)] = acc.score
+    return {"score": float(np.mean(list(per_image.values()))), "per_image": per_image}
+
+
+def _decode(text, shape: tuple[int, int], file: str, slice_id: str) -> np.ndarray:
+    try:
+        return rle.decode(text, shape)
+    except rle.RLEError as e:
+        raise SubmissionError(f"{file}: id {slice_id!r} (slice {shape[0]}x{shape[1]}): {e}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `python -m lib.metric SOLUTION.csv SUBMISSION.csv` prints {"score", "per_image"} as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("solution", type=Path, help="CSV with id, rle, width, height, image, slice")
+    parser.add_argument("submission", type=Path, help="CSV with id, rle")
+    parser.add_argument("--device", default=None, help="torch device for the metric, e.g. cuda")
+    args = parser.parse_args(argv)
+    frames = []
+    for path in (args.solution, args.submission):
+        if not path.is_file():
+            parser.exit(2, f"error: {path}: no such file\n")
+        frames.append(pd.read_csv(path, dtype={"id": str, "rle": str}, keep_default_na=False))
+    try:
+        result = score_submission(*frames, device=args.device, names=(str(args.solution), str(args.submission)))
+    except SubmissionError as e:
+        parser.exit(2, f"error: {e}\n")
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
