@@ -1,0 +1,165 @@
+"""Turn a competition root into an nnU-Net v2 raw dataset: 3D TIFF z-slabs with spacing sidecars.
+
+Each group is cut into slabs of at most `slab_depth` slices, written page by page (one slice in memory at
+a time), so conversion is O(H*W). nnU-Net's own fingerprinting and preprocessing then hold one slab at a
+time: about 22 bytes per voxel (uint16 read + float32 image and label copies + resampling scratch), i.e.
+peak ~ 22 * slab_depth * H * W bytes. With the default 128 slices, kidney_1_dense (1303 x 912) needs
+about 3.3 GB and kidney_3 (1706 x 1510) about 7.3 GB: both fit a 29 GB Kaggle machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+from tqdm.auto import tqdm
+
+from lib import data
+
+DATASET_ID = 501
+DATASET_NAME = f"Dataset{DATASET_ID}_SenNetKidney"
+DEFAULT_TRAIN_GROUPS = ("kidney_1_dense", "kidney_2", "kidney_3_sparse")
+DEFAULT_VAL_GROUP = "kidney_3_dense"
+READ_CHUNK = 16  # slices read together (threaded) while writing a slab
+
+
+def nnunet_env(work_dir: Path | str) -> dict[str, Path]:
+    """Point nnU-Net's three folders (raw, preprocessed, results) into `work_dir` via the environment."""
+    work_dir = Path(work_dir)
+    folders = {"nnUNet_raw": work_dir / "raw", "nnUNet_preprocessed": work_dir / "preprocessed",
+               "nnUNet_results": work_dir / "results"}
+    for name, path in folders.items():
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(path)
+    return folders
+
+
+def spacing_mm(group: data.Group, fallback_um: float = 50.0) -> float:
+    """The group's voxel size in mm, rounded to whole µm (50.16 µm -> 0.050) so near-equal sizes resample not."""
+    return round(group.voxel_um if group.voxel_um is not None else fallback_um) / 1000
+
+
+@dataclass(frozen=True)
+class Case:
+    """One nnU-Net training case: slices [start, stop) of a group."""
+
+    name: str
+    group: str
+    start: int
+    stop: int
+    spacing_mm: float
+    role: str  # "train" or "val"
+
+
+def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_group: str | None,
+               slab_depth: int = 128) -> list[Case]:
+    """Cut the chosen groups into slabs; slices the validation group shares with a training group are left out
+    of training (kidney_3_sparse holds kidney_3_dense's images), so validation never sees trained-on images."""
+    chosen = list(train_groups) + ([val_group] if val_group else [])
+    for name in chosen:
+        if name not in groups:
+            raise data.DataError(f"no group {name!r} in the competition root; found {sorted(groups)}")
+        if not groups[name].has_labels:
+            raise data.DataError(f"group {name!r} has no labels and cannot be used for training or validation")
+    if val_group in train_groups:
+        raise ValueError(f"{val_group!r} is both a training and the validation group")
+    val_files = set(groups[val_group].image_files) if val_group else set()
+    cases = []
+    for name in chosen:
+        group, role = groups[name], "val" if name == val_group else "train"
+        keep = np.array([role == "val" or f not in val_files for f in group.image_files])
+        for start, stop in _runs(keep):
+            for s in range(start, stop, slab_depth):
+                e = min(s + slab_depth, stop)
+                cases.append(Case(f"{name}_z{group.slices[s]:04d}", name, s, e, spacing_mm(group), role))
+    return cases
+
+
+def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
+                      train_groups: Sequence[str] = DEFAULT_TRAIN_GROUPS, val_group: str | None = DEFAULT_VAL_GROUP,
+                      slab_depth: int = 128, force: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Write the nnU-Net raw dataset for these groups under `work_dir/raw` and return one row per case.
+
+    An existing dataset written with the same request is reused; a different one is an error unless `force`.
+    """
+    folders = nnunet_env(work_dir)
+    groups = data.discover(data_dir)
+    cases = plan_cases(groups, train_groups, val_group, slab_depth)
+    root = folders["nnUNet_raw"] / DATASET_NAME
+    request = {"data_dir": str(Path(data_dir).resolve()), "train_groups": list(train_groups),
+               "val_group": val_group, "slab_depth": slab_depth, "cases": [asdict(c) for c in cases]}
+    manifest = root / "conversion.json"
+    if manifest.is_file():
+        if json.loads(manifest.read_text()) == request:
+            return _case_table(cases, groups)
+        if not force:
+            raise FileExistsError(f"{root}: holds a dataset converted with other settings "
+                                  f"(see {manifest.name}); pass force=True to replace it")
+    if root.exists() and force:
+        import shutil
+
+        shutil.rmtree(root)
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    total = sum(c.stop - c.start for c in cases)
+    with tqdm(total=total, desc="nnU-Net raw dataset", unit="slice", disable=not progress) as bar:
+        for case in cases:
+            _write_case(groups[case.group], case, root, bar)
+    dataset_json = {
+        "channel_names": {"0": "CT"},  # "CT" selects CTNormalization: clip to foreground percentiles, z-score
+        "labels": {"background": 0, "vessel": 1},
+        "numTraining": len(cases),
+        "file_ending": ".tif",
+        "overwrite_image_reader_writer": "Tiff3DIO",
+        "description": "SenNet + HOA kidney vessels, z-slabs of the competition groups",
+    }
+    (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    manifest.write_text(json.dumps(request, indent=2))
+    return _case_table(cases, groups)
+
+
+def splits(cases: Sequence[Case]) -> list[dict[str, list[str]]]:
+    """nnU-Net's splits_final.json content: one fold, training cases vs the validation group's cases."""
+    train = [c.name for c in cases if c.role == "train"]
+    val = [c.name for c in cases if c.role == "val"] or train[-1:]  # nnU-Net needs a non-empty validation set
+    return [{"train": train, "val": val}]
+
+
+def read_cases(work_dir: Path | str) -> list[Case]:
+    """The cases of the raw dataset written under `work_dir` (from its conversion.json)."""
+    manifest = Path(work_dir) / "raw" / DATASET_NAME / "conversion.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: no converted dataset; run write_raw_dataset first")
+    return [Case(**c) for c in json.loads(manifest.read_text())["cases"]]
+
+
+def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm) -> None:
+    image_path = root / "imagesTr" / f"{case.name}_0000.tif"
+    label_path = root / "labelsTr" / f"{case.name}.tif"
+    sidecar = json.dumps({"spacing": [case.spacing_mm] * 3})
+    with tifffile.TiffWriter(image_path) as images, tifffile.TiffWriter(label_path) as labels:
+        for s in range(case.start, case.stop, READ_CHUNK):
+            e = min(s + READ_CHUNK, case.stop)
+            for image, label in zip(group.read_images(s, e), group.read_labels(s, e)):
+                images.write(image, contiguous=True)
+                labels.write((label > 0).astype(np.uint8), contiguous=True)
+            bar.update(e - s)
+    (root / "imagesTr" / f"{case.name}.json").write_text(sidecar)
+    (root / "labelsTr" / f"{case.name}.json").write_text(sidecar)
+
+
+def _case_table(cases: Sequence[Case], groups: dict[str, data.Group]) -> pd.DataFrame:
+    rows = [{**asdict(c), "slices": c.stop - c.start, "first_slice": groups[c.group].slices[c.start],
+             "height": groups[c.group].height, "width": groups[c.group].width} for c in cases]
+    return pd.DataFrame(rows).set_index("name")
+
+
+def _runs(keep: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of the runs of True in a boolean vector."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))

@@ -1,0 +1,306 @@
+"""Fine-tune nnU-Net v2 on the kidney data, initialised from the converted v1 hepatic-vessel model.
+
+Steps (each a function, called in order by `train`): convert the competition root to an nnU-Net raw dataset
+(`lib.nnunet_dataset`), fingerprint it, write kidney plans that reuse the hepatic architecture exactly but
+take normalisation from the kidney data and a patch size that fits the device, preprocess, then train with
+`FineTuneTrainer` through the Python API (no trainer lookup by name), resuming from its last checkpoint.
+
+Configurations: "hepatic" is the seed's recipe (the Task008 3d_fullres network, 15 epochs); "tiny" is a
+small network with the same structure for CPU demos and tests, NOT the seed's recipe.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lib import nnunet_dataset, transfer, v1_checkpoint
+from lib.nnunet_dataset import DATASET_ID, DATASET_NAME
+
+PLANS_NAME = "nnUNetPlans"
+CONFIGURATION = "3d_fullres"
+TRAINER_FOLDER = f"FineTuneTrainer__{PLANS_NAME}__{CONFIGURATION}"
+CPU_PATCH = (32, 64, 64)  # the smallest useful patch; rounded up to what the strides need
+ARCHITECTURES = {"hepatic": "task008", "tiny": "small"}  # configuration -> lib.v1_checkpoint variant
+
+
+@dataclass
+class TrainSettings:
+    """What `train` needs beyond the data; defaults are the seed's recipe (15 epochs from the hepatic model)."""
+
+    configuration: str = "hepatic"  # "hepatic" (seed recipe) or "tiny" (CPU demo, not the seed recipe)
+    pretrained: str | None = None  # converted folder (lib.transfer output) or v1 zip/folder; None: from scratch
+    epochs: int = 15
+    iterations_per_epoch: int = 250
+    val_iterations_per_epoch: int = 50
+    initial_lr: float = 1e-2
+    warmup_epochs: int = 1  # linear warm-up, so the first large updates do not wreck pretrained features
+    patch_size: tuple[int, int, int] | None = None  # None: the hepatic patch on a GPU, a small one on the CPU
+    batch_size: int = 2
+    device: str = "auto"
+    train_groups: tuple[str, ...] = nnunet_dataset.DEFAULT_TRAIN_GROUPS
+    val_group: str | None = nnunet_dataset.DEFAULT_VAL_GROUP
+    slab_depth: int = 128
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" picks the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def architecture_plans(configuration: str, pretrained: str | Path | None, work_dir: Path) -> tuple[dict, Path | None]:
+    """v2 plans carrying the network architecture, and the converted weights file (None when from scratch).
+
+    A v1 archive/folder is converted into `work_dir/pretrained`; a folder that already holds `lib.transfer`'s
+    output is used as it is.
+    """
+    if configuration not in ARCHITECTURES:
+        raise ValueError(f"configuration must be one of {sorted(ARCHITECTURES)}, got {configuration!r}")
+    if pretrained is None:
+        return transfer.v2_plans_from_v1(v1_checkpoint.variant_plans(ARCHITECTURES[configuration])), None
+    pretrained = Path(pretrained)
+    if not pretrained.exists():
+        raise FileNotFoundError(f"{pretrained}: pretrained checkpoint not found")
+    converted = pretrained
+    if not (pretrained / "pretrained_weights.pth").is_file():
+        converted = work_dir / "pretrained"
+        if not (converted / "pretrained_weights.pth").is_file():
+            transfer.convert(pretrained, converted)
+    return json.loads((converted / "plans.json").read_text()), converted / "pretrained_weights.pth"
+
+
+def patch_size_for(arch_plans: dict, device: torch.device, requested: Sequence[int] | None = None) -> list[int]:
+    """The hepatic patch on a GPU, a small valid one on the CPU; every patch a multiple of the strides' product."""
+    config = arch_plans["configurations"][CONFIGURATION]
+    strides = np.array(config["architecture"]["arch_kwargs"]["strides"])
+    divisor = np.prod(strides, axis=0)
+    if requested is not None:
+        patch = np.array(requested)
+        if (patch % divisor).any():
+            raise ValueError(f"patch size {list(requested)} is not divisible by the strides' product {divisor.tolist()}")
+        return patch.tolist()
+    if device.type == "cuda":
+        return list(config["patch_size"])
+    patch = np.maximum(np.ceil(np.array(CPU_PATCH) / divisor) * divisor, divisor).astype(int)
+    return np.minimum(patch, config["patch_size"]).tolist()
+
+
+def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int], batch_size: int) -> dict:
+    """Plans for the kidney dataset: the architecture of `arch_plans` unchanged (so every weight loads),
+    spacing, image size and CT normalisation statistics from the kidney fingerprint."""
+    plans = copy.deepcopy(arch_plans)
+    config = plans["configurations"][CONFIGURATION]
+    spacing = np.median(np.array(fingerprint["spacings"]), 0).tolist()
+    shape = np.median(np.array(fingerprint["shapes_after_crop"]), 0).round().astype(int).tolist()
+    plans.update({
+        "dataset_name": DATASET_NAME, "plans_name": PLANS_NAME,
+        "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": shape,
+        "image_reader_writer": "Tiff3DIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "foreground_intensity_properties_per_channel": fingerprint["foreground_intensity_properties_per_channel"],
+    })
+    config.update({
+        "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
+        "spacing": spacing, "median_image_size_in_voxels": shape, "patch_size": list(patch_size),
+        "batch_size": int(batch_size), "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+    })
+    return plans
+
+
+def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_size: int,
+            cases: Sequence[nnunet_dataset.Case]) -> dict:
+    """Fingerprint and preprocess the raw dataset with nnU-Net's own code; write plans and the split."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(os.environ["nnUNet_preprocessed"]) / DATASET_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    fingerprint_file = folder / "dataset_fingerprint.json"
+    if not fingerprint_file.is_file():
+        DatasetFingerprintExtractor(DATASET_ID, num_processes=1).run(overwrite_existing=True)
+    fingerprint = json.loads(fingerprint_file.read_text())
+    plans = kidney_plans(arch_plans, fingerprint, patch_size, batch_size)
+    plans_file = folder / f"{PLANS_NAME}.json"
+    done = folder / f"{PLANS_NAME}_{CONFIGURATION}"
+    if plans_file.is_file() and json.loads(plans_file.read_text()) != plans and done.exists():
+        import shutil
+
+        shutil.rmtree(done)  # preprocessed with other plans: stale
+    plans_file.write_text(json.dumps(plans, indent=2))
+    raw_dataset_json = Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json"
+    (folder / "dataset.json").write_text(raw_dataset_json.read_text())  # the preprocessor reads it from here
+    (folder / "splits_final.json").write_text(json.dumps(nnunet_dataset.splits(cases), indent=2))
+    if not done.is_dir() or len(list(done.glob("*.pkl"))) < len(cases):
+        manager = PlansManager(plans)
+        configuration = manager.get_configuration(CONFIGURATION)
+        configuration.preprocessor_class(verbose=False).run(DATASET_ID, CONFIGURATION, PLANS_NAME, num_processes=1)
+    return plans
+
+
+def _trainer_class():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class FineTuneTrainer(nnUNetTrainer):
+        """nnUNetTrainer with settable schedule, linear warm-up then poly decay, a checkpoint every epoch,
+        and a progress bar over iterations."""
+
+        warmup_epochs = 1
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                        momentum=0.99, nesterov=True)
+            return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
+
+        def run_training(self):
+            self.on_train_start()
+            for _ in tqdm(range(self.current_epoch, self.num_epochs), desc="epochs", initial=self.current_epoch,
+                          total=self.num_epochs, unit="epoch"):
+                self.on_epoch_start()
+                self.on_train_epoch_start()
+                outputs = [self.train_step(next(self.dataloader_train))
+                           for _ in tqdm(range(self.num_iterations_per_epoch), desc=f"epoch {self.current_epoch}",
+                                         leave=False, unit="it")]
+                self.on_train_epoch_end(outputs)
+                with torch.no_grad():
+                    self.on_validation_epoch_start()
+                    val = [self.validation_step(next(self.dataloader_val))
+                           for _ in range(self.num_val_iterations_per_epoch)]
+                    self.on_validation_epoch_end(val)
+                self.on_epoch_end()
+            self.on_train_end()
+
+    return FineTuneTrainer
+
+
+class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up over `warmup` epochs, then nnU-Net's poly decay (exponent 0.9) to zero at `max_steps`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, max_steps: int, warmup: int = 0):
+        self.initial_lr, self.max_steps, self.warmup = initial_lr, max_steps, warmup
+        super().__init__(optimizer)
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.initial_lr * (step + 1) / (self.warmup + 1)
+        return self.initial_lr * (1 - step / self.max_steps) ** 0.9
+
+    def step(self, current_step: int | None = None) -> None:  # nnU-Net calls step(epoch)
+        step = self.last_epoch + 1 if current_step is None else current_step
+        self.last_epoch = step
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+
+def load_all_weights(network: torch.nn.Module, weights_file: Path) -> dict:
+    """Load every converted weight, segmentation heads included (nnU-Net's own loader skips the heads);
+    returns what was loaded, for the notebook to show."""
+    transfer.load_converted_weights(network, weights_file, include_seg_layers=True)
+    keys = list(network.state_dict())
+    return {"file": str(weights_file), "tensors_loaded": len(keys),
+            "parameters_loaded": int(sum(p.numel() for p in network.parameters())),
+            "heads_loaded": [k for k in keys if ".seg_layers." in k and "decoder.encoder" not in k]}
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the model folder notebook 03 loads, and what happened."""
+
+    model_dir: Path
+    settings: dict
+    pretrained: dict | None
+    cases: list[dict]
+    resumed_from_epoch: int
+    seconds: float
+    history: dict
+
+
+def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings | None = None,
+          progress: bool = True) -> TrainResult:
+    """Convert, plan, preprocess and fine-tune; resume if an unfinished run of the same settings exists."""
+    settings = settings or TrainSettings()
+    output_dir = Path(output_dir)
+    work_dir = output_dir / "nnunet"
+    nnunet_dataset.nnunet_env(work_dir)
+    device = resolve_device(settings.device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+        os.environ.setdefault("nnUNet_n_proc_DA", "1")  # 2 cores: one augmentation worker beside training
+    os.environ.setdefault("nnUNet_compile", "false")
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+
+    table = nnunet_dataset.write_raw_dataset(data_dir, work_dir, settings.train_groups, settings.val_group,
+                                             settings.slab_depth, progress=progress)
+    cases = nnunet_dataset.read_cases(work_dir)
+    arch, weights = architecture_plans(settings.configuration, settings.pretrained, work_dir)
+    patch = patch_size_for(arch, device, settings.patch_size)
+    plans = prepare(work_dir, arch, patch, settings.batch_size, cases)
+    dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json").read_text())
+
+    model_dir = Path(os.environ["nnUNet_results"]) / DATASET_NAME / TRAINER_FOLDER
+    latest = model_dir / "fold_0" / "checkpoint_latest.pth"
+    final = model_dir / "fold_0" / "checkpoint_final.pth"
+    if final.is_file():
+        raise FileExistsError(f"{final}: a finished model is already there; use another output_dir "
+                              "(earlier results are never overwritten)")
+    trainer = _trainer_class()({**plans, "continue_training": latest.is_file()}, CONFIGURATION, 0, dataset_json,
+                               device)
+    trainer.num_epochs = settings.epochs
+    trainer.num_iterations_per_epoch = settings.iterations_per_epoch
+    trainer.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
+    trainer.initial_lr = settings.initial_lr
+    trainer.warmup_epochs = settings.warmup_epochs
+    trainer.save_every = 1
+    trainer.initialize()
+    loaded, resumed = None, 0
+    if latest.is_file():
+        trainer.load_checkpoint(str(latest))
+        resumed = trainer.current_epoch
+    elif weights is not None:
+        loaded = load_all_weights(trainer.network, weights)
+    start = time.perf_counter()
+    trainer.run_training()
+    history = {k: [float(np.mean(v)) if isinstance(v, list) else float(v) for v in values]
+               for k, values in trainer.logger.local_logger.my_fantastic_logging.items()}
+    result = TrainResult(model_dir, asdict(settings), loaded, table.reset_index().to_dict("records"), resumed,
+                         time.perf_counter() - start, history)
+    (model_dir / "training.json").write_text(json.dumps(
+        {**asdict(result), "model_dir": str(model_dir), "device": str(device),
+         "from_scratch": settings.pretrained is None, "patch_size": patch}, indent=2, default=str))
+    return result
+
+
+def plot_history(history: dict, path: Path | str | None = None):
+    """Loss, pseudo-Dice and learning-rate curves per epoch as one figure (saved to `path` when given)."""
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(len(history["train_losses"]))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    axes[0].plot(epochs, history["train_losses"], "o-", label="train")
+    axes[0].plot(epochs, history["val_losses"], "s-", label="validation")
+    axes[0].set(title="Loss (Dice + cross-entropy)", xlabel="epoch", ylabel="loss")
+    axes[1].plot(epochs, history["mean_fg_dice"], "o-", label="pseudo Dice (patches)")
+    axes[1].plot(epochs, history["ema_fg_dice"], "-", label="EMA")
+    axes[1].set(title="Validation pseudo Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
+    axes[2].plot(epochs, history["lrs"], "o-")
+    axes[2].set(title="Learning rate (warm-up + poly)", xlabel="epoch", ylabel="lr")
+    for ax in axes[:2]:
+        ax.legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
