@@ -1,0 +1,762 @@
+"""Convert an nnU-Net v1 3d_fullres checkpoint (e.g. Task008_HepaticVessel) into nnU-Net v2 files.
+
+`python -m lib.transfer SOURCE OUT_DIR [--fold 0] [--force] [--pad-kernels]`
+
+SOURCE is the downloaded zip or its extracted folder, with any member prefix: the checkpoint is found by
+searching for `**/3d_fullres/**/fold_<k>/model_final_checkpoint.model` (`3d_cascade_fullres`, `3d_lowres`
+and `2d` are not taken). The v1 plans come from `plans.pkl` beside the fold folder, else from the
+`plans` entry of `model_final_checkpoint.model.pkl`. OUT_DIR receives:
+
+- `plans.json`: nnU-Net v2 plans (the 2.8.1 ExperimentPlanner format) with one `3d_fullres` configuration
+  whose `PlainConvUNet` has exactly the v1 network's shapes (stages, features, kernels, strides), the v1
+  patch size, spacing, batch size, CT normalisation and foreground intensity statistics;
+- `pretrained_weights.pth`: `{"network_weights": state_dict}` covering every key of that v2 network
+  (the `all_modules.*` and `decoder.encoder.*` aliases included), built for 1 input channel and 2 outputs
+  (background, vessel = v1 output channels 0 and 1), so nnunetv2's `load_pretrained_weights` accepts it
+  and `load_converted_weights` also restores the segmentation heads;
+- `conversion.json`: where it came from and what was mapped.
+
+The v1 network and the v2 network built from `plans.json` give the same logits (tested against v1's own
+`Generic_UNet`). One v1 quirk has no PlainConvUNet equivalent: v1's decoder at resolution level L uses the
+conv kernel of level L+1 (`conv_kernel_sizes[-(u+1)]`), v2's the kernel of level L (`kernel_sizes[-(u+2)]`).
+With unequal kernels (e.g. a first [1, 3, 3]) conversion raises `TransferError`, unless `pad_kernels=True`:
+then each v2 level gets the larger of the two kernels and the smaller v1 kernels are zero-padded, which is
+exact at conversion time (the padded taps are zero) but gives the v2 network a few more trainable weights.
+
+v1 checkpoints are pickles (`torch.load(weights_only=False)`): only convert files from a trusted source.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import sys
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CONFIG_NAMES = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
+MODEL_NAME = "model_final_checkpoint.model"
+OUTPUT_FILES = ("plans.json", "pretrained_weights.pth", "conversion.json")
+KEEP_CHANNELS = (0, 1)  # v1 Task008 outputs: 0 background, 1 vessel, 2 tumour
+V1_MAX_NUM_FEATURES_3D = 320  # Generic_UNet.MAX_NUM_FILTERS_3D, used by nnUNetTrainerV2
+PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+V1_NORMALIZATION = {"CT": "CTNormalization", "nonCT": "ZScoreNormalization", "noNorm": "NoNormalization"}
+
+
+class TransferError(RuntimeError):
+    """A v1 checkpoint that cannot be converted; the message names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------- locating
+
+
+@dataclass(frozen=True)
+class V1Location:
+    """Where a v1 checkpoint lives: `source` (zip or folder) and member paths relative to it (posix;
+    for a folder they may climb above it with '..' when `source` is the trainer or fold folder itself)."""
+
+    source: Path
+    is_zip: bool
+    model: str
+    fold: str
+    configuration: str
+    task: str
+    trainer: str
+    plans: str  # where plans.pkl is (or would be): beside the fold folder
+    has_plans: bool
+    model_pkl: str | None
+
+    def describe(self, member: str | None = None) -> str:
+        """A human-readable path: `archive.zip!member` or the file path."""
+        member = self.model if member is None else member
+        return f"{self.source}!{member}" if self.is_zip else os.path.normpath(self.source / member)
+
+    def read(self, member: str) -> bytes:
+        """The bytes of one member/file."""
+        if self.is_zip:
+            with zipfile.ZipFile(self.source) as zf:
+                return zf.read(member)
+        return (self.source / member).read_bytes()
+
+
+def _fold_dir_name(fold: int | str) -> str:
+    text = str(fold)
+    if text == "all" or text.startswith("fold_"):
+        return text
+    if text.isdigit():
+        return f"fold_{int(text)}"
+    raise TransferError(f"invalid fold {fold!r}: use an integer (0-4), 'fold_k' or 'all'")
+
+
+def _list_source(source: Path) -> tuple[bool, list[str], tuple[str, ...]]:
+    """(is_zip, file members relative to source, path parts above the members that count for the search)."""
+    if not source.exists():
+        raise TransferError(f"{source}: no such file or folder (expected the v1 model zip or its extracted folder)")
+    if source.is_dir():
+        names = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+        return False, names, source.resolve().parts
+    try:
+        with zipfile.ZipFile(source) as zf:
+            names = sorted(n for n in zf.namelist() if not n.endswith("/"))
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise TransferError(f"{source}: not a readable zip archive ({exc}); pass the v1 model zip "
+                            "or the folder it was extracted to") from exc
+    return True, names, ()
+
+
+def _configuration_of(parts: Sequence[str]) -> str | None:
+    """The nearest enclosing v1 configuration folder name (`3d_fullres`, ...) of a path, if any."""
+    for part in reversed(parts):
+        if part in CONFIG_NAMES:
+            return part
+    return None
+
+
+def find_v1_checkpoint(source: str | Path, fold: int | str = 0, configuration: str = "3d_fullres") -> V1Location:
+    """Find `**/<configuration>/**/<fold>/model_final_checkpoint.model` in a zip or folder.
+
+    Raises `TransferError` listing what was found when the configuration or fold is absent.
+    """
+    source = Path(source)
+    fold_name = _fold_dir_name(fold)
+    is_zip, names, context = _list_source(source)
+    models = []  # (member, configuration, fold folder)
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if parts[-1].endswith(".model"):
+            full = context + parts
+            models.append((name, _configuration_of(full[:-1]), full[-2] if len(full) > 1 else ""))
+    in_config = [m for m in models if m[1] == configuration]
+    if not in_config:
+        found = sorted({f"{c or '(no configuration folder)'}/{f}" for _, c, f in models})
+        what = ", ".join(found) if found else "no v1 .model files at all"
+        zips = [n for n in names if n.lower().endswith(".zip")] if not is_zip else []
+        if zips and not found:
+            what += f" (the folder holds {', '.join(zips[:3])}: pass the zip itself)"
+        raise TransferError(f"{source}: no {configuration} model in this "
+                            f"{'archive' if is_zip else 'folder'}; found: {what}")
+    in_fold = [m for m in in_config if m[2] == fold_name]
+    if not in_fold:
+        folds = sorted({f for _, _, f in in_config})
+        raise TransferError(f"{source}: {configuration} has no {fold_name}; available folds: {', '.join(folds)}")
+    final = [m for m in in_fold if PurePosixPath(m[0]).name == MODEL_NAME]
+    if not final:
+        raise TransferError(f"{source}: {configuration}/{fold_name} holds "
+                            f"{', '.join(PurePosixPath(m[0]).name for m in in_fold)} but no {MODEL_NAME}")
+    if len(final) > 1:
+        preferred = [m for m in final if PurePosixPath(m[0]).parent.parent.name.startswith("nnUNetTrainerV2__")]
+        if len(preferred) != 1:
+            raise TransferError(f"{source}: several {configuration} {fold_name} checkpoints, cannot choose: "
+                                + ", ".join(m[0] for m in final))
+        final = preferred
+    model = final[0][0]
+    full = context + PurePosixPath(model).parts  # absolute for folders: names above `source` count too
+    trainer_dir, task = full[-3] if len(full) > 2 else "", full[-4] if len(full) > 3 else ""
+    if is_zip:
+        plans = str(PurePosixPath(model).parent.parent / "plans.pkl")
+        plans_ok, pkl_ok = plans in set(names), model + ".pkl" in set(names)
+    else:
+        plans = os.path.relpath(Path(source.resolve(), model).parent.parent / "plans.pkl", source.resolve())
+        plans_ok, pkl_ok = (source / plans).is_file(), (source / (model + ".pkl")).is_file()
+    return V1Location(source=source, is_zip=is_zip, model=model, fold=fold_name, configuration=configuration,
+                      task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0],
+                      plans=plans, has_plans=plans_ok, model_pkl=model + ".pkl" if pkl_ok else None)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+@dataclass
+class V1Checkpoint:
+    """A loaded v1 checkpoint: weights (no `module.` prefix), plans, the plans stage it was trained on."""
+
+    location: V1Location
+    state_dict: "OrderedDict[str, torch.Tensor]"
+    plans: dict
+    stage: int
+    plans_source: str
+    epoch: int | None = None
+    init: tuple | None = None
+    trainer_class: str | None = None
+    sha256: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _unpickle(loc: V1Location, member: str) -> Any:
+    try:
+        return pickle.loads(loc.read(member))
+    except Exception as exc:  # any unpickling/IO failure is a broken file
+        raise TransferError(f"{loc.describe(member)}: cannot read this pickle ({type(exc).__name__}: {exc})") from exc
+
+
+def load_v1_checkpoint(source: str | Path | V1Location, fold: int | str = 0) -> V1Checkpoint:
+    """Load a v1 3d_fullres checkpoint and its plans from a zip/folder (or a `V1Location`).
+
+    Uses `torch.load(map_location="cpu", weights_only=False)`: v1 files hold numpy scalars, which
+    torch >= 2.6's default `weights_only=True` refuses.
+    """
+    loc = source if isinstance(source, V1Location) else find_v1_checkpoint(source, fold)
+    desc = loc.describe()
+    try:
+        raw = loc.read(loc.model)
+    except Exception as exc:
+        raise TransferError(f"{desc}: cannot read the file ({type(exc).__name__}: {exc})") from exc
+    try:
+        ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise TransferError(f"{desc}: not a readable torch checkpoint, the file may be corrupt or truncated "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
+        got = sorted(ckpt.keys()) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise TransferError(f"{desc}: not an nnU-Net v1 checkpoint (expected a dict with 'state_dict'; got {got})")
+    state_dict: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, value in ckpt["state_dict"].items():
+        if not isinstance(value, torch.Tensor):
+            raise TransferError(f"{desc}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        state_dict[key[len("module."):] if key.startswith("module.") else key] = value
+
+    notes: list[str] = []
+    info: Mapping | None = None
+    info_error = ""
+    if loc.model_pkl is not None:
+        try:
+            info = _unpickle(loc, loc.model_pkl)
+        except TransferError as exc:
+            info_error = f" ({exc})"
+            notes.append(str(exc))
+    if loc.has_plans:
+        plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
+    elif isinstance(info, Mapping) and isinstance(info.get("plans"), Mapping):
+        plans, plans_source = info["plans"], f"{loc.describe(loc.model_pkl)}['plans']"
+    else:
+        raise TransferError(f"{desc}: no v1 plans: neither {loc.describe(loc.plans)} "
+                            f"nor a 'plans' entry in {loc.describe(loc.model + '.pkl')}{info_error}")
+    if not isinstance(plans, Mapping) or "plans_per_stage" not in plans:
+        raise TransferError(f"{plans_source}: not v1 nnU-Net plans (no 'plans_per_stage')")
+    init = tuple(info["init"]) if isinstance(info, Mapping) and isinstance(info.get("init"), (tuple, list)) else None
+    stages = sorted(plans["plans_per_stage"])
+    # v1 trains 3d_fullres on the last stage (stage 1 when a cascade exists); init[5] records it.
+    stage = init[5] if init is not None and len(init) > 5 and init[5] is not None else stages[-1]
+    if stage not in plans["plans_per_stage"]:
+        raise TransferError(f"{desc}: trained on plans stage {stage}, but {plans_source} has stages {stages}")
+    return V1Checkpoint(location=loc, state_dict=state_dict, plans=dict(plans), stage=int(stage),
+                        plans_source=plans_source, epoch=ckpt.get("epoch"), init=init,
+                        trainer_class=info.get("class") if isinstance(info, Mapping) else None,
+                        sha256=hashlib.sha256(raw).hexdigest(), notes=notes)
+
+
+# ----------------------------------------------------------------------------------------- architecture
+
+
+@dataclass(frozen=True)
+class V1Architecture:
+    """The shapes of a v1 nnUNetTrainerV2 Generic_UNet (3D, convolutional pooling/upsampling)."""
+
+    num_input_channels: int
+    num_outputs: int
+    features_per_stage: list[int]
+    conv_kernel_sizes: list[list[int]]
+    pool_op_kernel_sizes: list[list[int]]
+    conv_per_stage: int
+    patch_size: list[int]
+    spacing: list[float]
+    batch_size: int
+    base_num_features: int
+
+    @property
+    def num_pool(self) -> int:
+        return len(self.pool_op_kernel_sizes)
+
+    def summary(self) -> dict:
+        """JSON-friendly description (for conversion.json)."""
+        return {"stages": self.num_pool + 1, "features_per_stage": self.features_per_stage,
+                "conv_kernel_sizes": self.conv_kernel_sizes, "pool_op_kernel_sizes": self.pool_op_kernel_sizes,
+                "conv_per_stage": self.conv_per_stage, "patch_size": self.patch_size, "spacing": self.spacing,
+                "batch_size": self.batch_size, "base_num_features": self.base_num_features,
+                "num_input_channels": self.num_input_channels, "num_outputs": self.num_outputs}
+
+
+def _v1_features(base: int, num_pool: int, max_features: int = V1_MAX_NUM_FEATURES_3D) -> list[int]:
+    """Features per stage exactly as Generic_UNet computes them (x2 per stage, rounded, capped)."""
+    feats, out = [], base
+    for _ in range(num_pool + 1):
+        feats.append(int(out))
+        out = min(int(np.round(out * 2)), max_features)
+    return feats
+
+
+def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.Tensor] | None = None,
+                    where: str = "checkpoint") -> V1Architecture:
+    """Read the v1 network shapes from the plans stage; cross-check them against `state_dict` if given."""
+    sp = plans["plans_per_stage"][stage]
+    patch = [int(i) for i in np.asarray(sp["patch_size"]).tolist()]
+    if len(patch) != 3:
+        raise TransferError(f"{where}: plans stage {stage} is {len(patch)}D (patch {patch}); only 3D converts")
+    pools = [[int(i) for i in p] for p in sp["pool_op_kernel_sizes"]]
+    kernels = [[int(i) for i in k] for k in sp["conv_kernel_sizes"]]
+    cps = int(plans.get("conv_per_stage") or 2)
+    if cps < 2:
+        raise TransferError(f"{where}: conv_per_stage {cps} < 2 is not supported (v1 then builds an extra conv)")
+    if len(kernels) != len(pools) + 1:
+        raise TransferError(f"{where}: {len(kernels)} conv kernels for {len(pools)} pooling steps in the plans")
+    bad = sorted({i for k in kernels for i in k if i not in (1, 3)})
+    if bad:
+        raise TransferError(f"{where}: conv kernel sizes {bad} in {kernels}: v1 pads only size-3 kernels "
+                            "(padding 1 if k == 3 else 0), v2 pads (k - 1) // 2; only 1 and 3 convert exactly")
+    base = int(plans["base_num_features"])
+    feats = _v1_features(base, len(pools))
+    arch = V1Architecture(num_input_channels=int(plans.get("num_modalities", 1)),
+                          num_outputs=int(plans["num_classes"]) + 1, features_per_stage=feats,
+                          conv_kernel_sizes=kernels, pool_op_kernel_sizes=pools, conv_per_stage=cps,
+                          patch_size=patch, spacing=[float(s) for s in np.asarray(sp["current_spacing"]).tolist()],
+                          batch_size=int(sp["batch_size"]), base_num_features=base)
+    if state_dict is not None:
+        expected = _v1_expected_shapes(arch)
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != expected[k])
+        if missing or unexpected or wrong:
+            detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                               for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                   ("wrong shape", wrong)) if keys)
+            raise TransferError(f"{where}: the state_dict is not the Generic_UNet its plans stage {stage} describe "
+                                f"(stages {len(pools) + 1}, features {feats}, kernels {kernels}); {detail}")
+        arch = V1Architecture(**{**arch.__dict__,
+                                 "num_input_channels": int(state_dict[_ctx(0, 0) + ".conv.weight"].shape[1]),
+                                 "num_outputs": int(state_dict["seg_outputs.0.weight"].shape[0])})
+    return arch
+
+
+def _ctx(d: int, c: int) -> str:
+    return f"conv_blocks_context.{d}.blocks.{c}"
+
+
+def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, list[int]]]:
+    """(v2 canonical conv prefix, v1 prefix, level, v1 kernel) for every conv, in v2 order."""
+    P, c = arch.num_pool, arch.conv_per_stage
+    k = arch.conv_kernel_sizes
+    out = []
+    for d in range(P):
+        out += [(f"encoder.stages.{d}.0.convs.{j}", _ctx(d, j), d, k[d]) for j in range(c)]
+    out += [(f"encoder.stages.{P}.0.convs.{j}", f"conv_blocks_context.{P}.0.blocks.{j}", P, k[P]) for j in range(c - 1)]
+    out.append((f"encoder.stages.{P}.0.convs.{c - 1}", f"conv_blocks_context.{P}.1.blocks.0", P, k[P]))
+    for u in range(P):
+        level = P - 1 - u  # v1 uses conv_kernel_sizes[-(u + 1)] = kernel of level + 1 here
+        out += [(f"decoder.stages.{u}.convs.{j}", f"conv_blocks_localization.{u}.0.blocks.{j}", level, k[level + 1])
+                for j in range(c - 1)]
+        out.append((f"decoder.stages.{u}.convs.{c - 1}", f"conv_blocks_localization.{u}.1.blocks.0", level,
+                    k[level + 1]))
+    return out
+
+
+def _v1_expected_shapes(arch: V1Architecture) -> dict[str, tuple[int, ...]]:
+    """Every key of the v1 Generic_UNet state_dict with its shape (for validating a loaded checkpoint)."""
+    f, P, c = arch.features_per_stage, arch.num_pool, arch.conv_per_stage
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def conv(prefix: str, cin: int, cout: int, kernel: Sequence[int]) -> None:
+        shapes[f"{prefix}.conv.weight"] = (cout, cin, *kernel)
+        shapes[f"{prefix}.conv.bias"] = (cout,)
+        shapes[f"{prefix}.instnorm.weight"] = (cout,)
+        shapes[f"{prefix}.instnorm.bias"] = (cout,)
+
+    for v2, v1, level, kernel in _v1_conv_keys(arch):
+        j = int(v2.rsplit(".", 1)[1])
+        if v2.startswith("encoder"):
+            cin = (arch.num_input_channels if level == 0 else f[level - 1]) if j == 0 else f[level]
+        else:
+            cin = 2 * f[level] if j == 0 else f[level]
+        conv(v1, cin, f[level], kernel)
+    for u in range(P):
+        level = P - 1 - u
+        shapes[f"tu.{u}.weight"] = (f[level + 1], f[level], *arch.pool_op_kernel_sizes[level])
+        shapes[f"seg_outputs.{u}.weight"] = (arch.num_outputs, f[level], 1, 1, 1)
+    return shapes
+
+
+def v2_kernel_sizes(v1_kernels: Sequence[Sequence[int]], pad_kernels: bool = False) -> list[list[int]]:
+    """PlainConvUNet `kernel_sizes` reproducing v1's network, or `TransferError` if none does.
+
+    v1's decoder at level L uses v1_kernels[L + 1], PlainConvUNet's uses kernel_sizes[L] (the encoder's).
+    Equal kernels: identical. Otherwise, with `pad_kernels`, level L gets the per-axis maximum of both
+    (the smaller kernels are zero-padded by `convert_state_dict`).
+    """
+    kernels = [[int(i) for i in k] for k in v1_kernels]
+    if all(k == kernels[0] for k in kernels):
+        return kernels
+    if not pad_kernels:
+        raise TransferError(
+            f"v1 conv_kernel_sizes {kernels} are not all equal. v1's Generic_UNet gives the decoder at resolution "
+            "level L the kernel of level L+1 (conv_kernel_sizes[-(u+1)]) while v2's PlainConvUNet gives it the "
+            "encoder's kernel of level L (kernel_sizes[-(u+2)]), so no PlainConvUNet has this network's decoder "
+            "shapes and converting would write wrong weights. Use pad_kernels=True (CLI --pad-kernels) for an "
+            "equivalent PlainConvUNet with the larger kernel per level and zero-padded v1 kernels.")
+    P = len(kernels) - 1
+    return [[max(a, b) for a, b in zip(kernels[L], kernels[L + 1])] for L in range(P)] + [kernels[P]]
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+
+def _dataset_name(task: str) -> str:
+    m = re.fullmatch(r"Task(\d+)_(.+)", task or "")
+    return f"Dataset{int(m.group(1)):03d}_{m.group(2)}" if m else "Dataset999_V1Converted"
+
+
+def _median(values: Any, transpose: Sequence[int]) -> list[float] | None:
+    try:
+        arr = np.asarray([np.asarray(v, dtype=np.float64) for v in values])
+        if arr.ndim != 2 or arr.shape[1] != len(transpose) or len(arr) == 0:
+            return None
+        return np.median(arr, 0)[list(transpose)].tolist()
+    except (TypeError, ValueError):
+        return None
+
+
+def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_name: str | None = None,
+                     plans_name: str = "nnUNetPlans", pad_kernels: bool = False, batch_dice: bool = True,
+                     image_reader_writer: str = "SimpleITKIO") -> dict:
+    """nnU-Net v2 plans (2.8.1 planner format) with one `3d_fullres` configuration equal to the v1 stage.
+
+    `stage` defaults to the last plans stage (v1's 3d_fullres). The architecture mirrors v1 (see
+    `v2_kernel_sizes` for unequal kernels); normalisation maps v1 'CT' -> 'CTNormalization' with v1's
+    foreground intensity statistics (`sd`/`mn`/`mx` renamed `std`/`min`/`max`).
+    """
+    stages = sorted(v1_plans["plans_per_stage"])
+    stage = stages[-1] if stage is None else stage
+    where = f"v1 plans stage {stage}"
+    arch = v1_architecture(v1_plans, stage, where=where)
+    sp = v1_plans["plans_per_stage"][stage]
+    n = arch.num_pool + 1
+    tf = [int(i) for i in (v1_plans.get("transpose_forward") or [0, 1, 2])]
+    tb = [int(i) for i in (v1_plans.get("transpose_backward") or [0, 1, 2])]
+
+    channels = sorted(v1_plans["normalization_schemes"])
+    schemes = []
+    for ch in channels:
+        scheme = v1_plans["normalization_schemes"][ch]
+        if scheme not in V1_NORMALIZATION:
+            raise TransferError(f"{where}: v1 normalization scheme {scheme!r} (channel {ch}) has no v2 equivalent; "
+                                f"known: {sorted(V1_NORMALIZATION)}")
+        schemes.append(V1_NORMALIZATION[scheme])
+    mask_for_norm = v1_plans.get("use_mask_for_norm") or {}
+    use_mask = [bool(mask_for_norm.get(ch, False)) for ch in channels]
+
+    props = (v1_plans.get("dataset_properties") or {}).get("intensityproperties") or {}
+    intensity: dict[str, dict[str, float]] = {}
+    for ch in channels:
+        p = props.get(ch)
+        if p is None:
+            if schemes[channels.index(ch)] == "CTNormalization":
+                raise TransferError(f"{where}: CT normalization needs dataset_properties['intensityproperties']"
+                                    f"[{ch}], which these plans lack")
+            continue
+        intensity[str(ch)] = {"mean": float(p["mean"]), "median": float(p["median"]), "std": float(p["sd"]),
+                              "min": float(p["mn"]), "max": float(p["mx"]),
+                              "percentile_99_5": float(p["percentile_99_5"]),
+                              "percentile_00_5": float(p["percentile_00_5"])}
+
+    spacing = _median(v1_plans.get("original_spacings", []), tf) or arch.spacing
+    shape = _median(v1_plans.get("original_sizes", []), tf) or np.asarray(sp["median_patient_size_in_voxels"]).tolist()
+    configuration = {
+        "data_identifier": f"{plans_name}_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": arch.batch_size,
+        "patch_size": arch.patch_size,
+        "median_image_size_in_voxels": [int(round(float(i))) for i in np.asarray(sp["median_patient_size_in_voxels"])],
+        "spacing": arch.spacing,
+        "normalization_schemes": schemes,
+        "use_mask_for_norm": use_mask,
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": {
+            "network_class_name": PLAIN_CONV_UNET,
+            "arch_kwargs": {
+                "n_stages": n,
+                "features_per_stage": arch.features_per_stage,
+                "conv_op": "torch.nn.modules.conv.Conv3d",
+                "kernel_sizes": v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels),
+                "strides": [[1, 1, 1]] + arch.pool_op_kernel_sizes,
+                "n_conv_per_stage": [arch.conv_per_stage] * n,
+                "n_conv_per_stage_decoder": [arch.conv_per_stage] * (n - 1),
+                "conv_bias": True,
+                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                "dropout_op": None,
+                "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU",
+                "nonlin_kwargs": {"inplace": True},
+            },
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+        "batch_dice": bool(batch_dice),
+    }
+    return {
+        "dataset_name": dataset_name or "Dataset999_V1Converted",
+        "plans_name": plans_name,
+        "original_median_spacing_after_transp": [float(i) for i in spacing],
+        "original_median_shape_after_transp": [int(round(float(i))) for i in shape],
+        "image_reader_writer": image_reader_writer,
+        "transpose_forward": tf,
+        "transpose_backward": tb,
+        "configurations": {"3d_fullres": configuration},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": intensity,
+    }
+
+
+# -------------------------------------------------------------------------------------------- weights
+
+
+def _embed_kernel(weight: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+    """Zero-pad a conv weight (out, in, *k) to the centred larger `kernel` (odd sizes)."""
+    pad: list[int] = []
+    for have, want in reversed(list(zip(weight.shape[2:], kernel))):
+        extra = int(want) - int(have)
+        if extra < 0 or extra % 2:
+            raise TransferError(f"cannot embed a kernel of size {tuple(weight.shape[2:])} into {list(kernel)}")
+        pad += [extra // 2, extra // 2]
+    return F.pad(weight, pad) if any(pad) else weight
+
+
+def _with_aliases(canonical: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+    """Add the aliases PlainConvUNet's state_dict also lists (same tensors, so the file stays one copy).
+
+    `...convs.{c}.conv.*` is also `...convs.{c}.all_modules.0.*`, `...norm.*` also `...all_modules.1.*`
+    (no dropout), and the encoder appears again under `decoder.encoder.*`.
+    """
+    def expand(items: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+        out, block, current = [], [], None
+        for key, value in items:
+            m = re.fullmatch(r"(.*\.convs\.\d+)\.(conv|norm)\.(weight|bias)", key)
+            prefix = m.group(1) if m else None
+            if prefix != current and block:
+                out += block + [(k.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1."), v)
+                                for k, v in block]
+                block = []
+            current = prefix
+            if m:
+                block.append((key, value))
+            else:
+                out.append((key, value))
+        if block:
+            out += block + [(k.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1."), v)
+                            for k, v in block]
+        return out
+
+    enc = expand([(k, v) for k, v in canonical.items() if k.startswith("encoder.")])
+    dec = expand([(k, v) for k, v in canonical.items() if k.startswith("decoder.")])
+    return OrderedDict(enc + [("decoder." + k, v) for k, v in enc] + dec)
+
+
+def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Architecture, *,
+                       keep_channels: Sequence[int] = KEEP_CHANNELS,
+                       pad_kernels: bool = False) -> "OrderedDict[str, torch.Tensor]":
+    """Map a v1 Generic_UNet state_dict onto PlainConvUNet keys, aliases included.
+
+    Context/bottleneck convs -> encoder stages, localization -> decoder stages, `tu` -> transpconvs
+    (bias zeros: v1 has none), `seg_outputs` -> seg_layers keeping v1 output channels `keep_channels`
+    (bias zeros). Every v1 key must be used exactly once.
+    """
+    v2_kernels = v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels)
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in v1_state_dict.items()}
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in sd:
+            raise TransferError(f"v1 state_dict has no {key!r}; it does not match the architecture "
+                                f"{arch.summary()}")
+        used.add(key)
+        return sd[key].detach().to("cpu", torch.float32).contiguous()
+
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for v2, v1, level, _ in _v1_conv_keys(arch):
+        out[f"{v2}.conv.weight"] = _embed_kernel(take(f"{v1}.conv.weight"), v2_kernels[level]).contiguous()
+        out[f"{v2}.conv.bias"] = take(f"{v1}.conv.bias")
+        out[f"{v2}.norm.weight"] = take(f"{v1}.instnorm.weight")
+        out[f"{v2}.norm.bias"] = take(f"{v1}.instnorm.bias")
+    for u in range(arch.num_pool):
+        w = take(f"tu.{u}.weight")
+        out[f"decoder.transpconvs.{u}.weight"] = w
+        out[f"decoder.transpconvs.{u}.bias"] = torch.zeros(w.shape[1])
+    for u in range(arch.num_pool):
+        w = take(f"seg_outputs.{u}.weight")
+        if max(keep_channels) >= w.shape[0]:
+            raise TransferError(f"keep_channels {list(keep_channels)}: the v1 network has {w.shape[0]} outputs")
+        out[f"decoder.seg_layers.{u}.weight"] = w[list(keep_channels)].contiguous()
+        out[f"decoder.seg_layers.{u}.bias"] = torch.zeros(len(keep_channels))
+    unused = sorted(set(sd) - used)
+    if unused:
+        raise TransferError(f"v1 state_dict has keys this conversion does not know ({len(unused)}): "
+                            f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
+    return _with_aliases(out)
+
+
+# ------------------------------------------------------------------------------------- v2 networks
+
+
+def build_network(plans: Mapping | str | Path, configuration: str = "3d_fullres", num_input_channels: int = 1,
+                  num_outputs: int = 2, deep_supervision: bool = True, allow_init: bool = True) -> torch.nn.Module:
+    """The v2 network of a plans dict/file, through nnunetv2's own `get_network_from_plans`."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    if not isinstance(plans, Mapping):
+        plans = json.loads(Path(plans).read_text())
+    cm = PlansManager(copy.deepcopy(dict(plans))).get_configuration(configuration)
+    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                  cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
+                                  allow_init=allow_init, deep_supervision=deep_supervision)
+
+
+def load_converted_weights(network: torch.nn.Module, path: str | Path,
+                           include_seg_layers: bool = True) -> torch.nn.Module:
+    """Load `pretrained_weights.pth` with nnunetv2's `load_pretrained_weights`, then (by default) also the
+    segmentation heads, which that function deliberately skips (here they carry v1's background/vessel)."""
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+
+    load_pretrained_weights(network, str(path))
+    if include_seg_layers:
+        weights = torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
+        own = network.state_dict()
+        seg = {k: v for k, v in weights.items() if ".seg_layers." in k}
+        bad = [k for k in own if ".seg_layers." in k and (k not in seg or seg[k].shape != own[k].shape)]
+        if bad:
+            raise TransferError(f"{path}: segmentation heads do not fit this network ({', '.join(bad[:3])}); "
+                                "build it with num_outputs=2 or pass include_seg_layers=False")
+        own.update(seg)
+        network.load_state_dict(own)
+    return network
+
+
+# ------------------------------------------------------------------------------------------ convert
+
+
+def _check_against_network(weights: Mapping[str, torch.Tensor], plans: dict, arch: V1Architecture,
+                           n_out: int) -> int:
+    """Build the v2 network from `plans` and require exactly its keys and shapes; returns the key count."""
+    net = build_network(plans, num_input_channels=arch.num_input_channels, num_outputs=n_out, allow_init=False)
+    own = net.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or extra or wrong:
+        raise TransferError(f"converted weights do not fit the v2 network built from the plans (missing {missing[:3]}, "
+                            f"unexpected {extra[:3]}, wrong shape {wrong[:3]}); dynamic_network_architectures "
+                            "may have changed its module layout")
+    net.load_state_dict(weights, strict=True)
+    return len(own)
+
+
+def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force: bool = False, *,
+            pad_kernels: bool = False) -> Path:
+    """Convert the v1 3d_fullres checkpoint of `fold` in `source` into OUT_DIR/{plans.json,
+    pretrained_weights.pth, conversion.json}. Existing files there are only replaced with `force`."""
+    out_dir = Path(out_dir)
+    existing = [name for name in OUTPUT_FILES if (out_dir / name).exists()]
+    if existing and not force:
+        raise TransferError(f"{out_dir}: already holds {', '.join(existing)}; pass force=True (CLI --force) "
+                            "to overwrite")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TransferError(f"{out_dir}: exists and is not a folder")
+
+    ckpt = load_v1_checkpoint(source, fold)
+    loc = ckpt.location
+    arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe())
+    batch_dice = bool(ckpt.init[4]) if ckpt.init is not None and len(ckpt.init) > 4 else True
+    plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, dataset_name=_dataset_name(loc.task),
+                             pad_kernels=pad_kernels, batch_dice=batch_dice)
+    weights = convert_state_dict(ckpt.state_dict, arch, pad_kernels=pad_kernels)
+    n_keys = _check_against_network(weights, plans, arch, len(KEEP_CHANNELS))
+
+    v2_kernels = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["kernel_sizes"]
+    report = {
+        "source": str(Path(source).resolve()),
+        "checkpoint": loc.model,
+        "checkpoint_sha256": ckpt.sha256,
+        "plans_from": ckpt.plans_source,
+        "configuration": loc.configuration,
+        "fold": loc.fold,
+        "task": loc.task,
+        "trainer": loc.trainer,
+        "trainer_class": ckpt.trainer_class,
+        "plans_stage": ckpt.stage,
+        "epoch": ckpt.epoch,
+        "v1_architecture": arch.summary(),
+        "v2_network": PLAIN_CONV_UNET,
+        "v2_kernel_sizes": v2_kernels,
+        "kernels_zero_padded": v2_kernels != arch.conv_kernel_sizes,
+        "kept_v1_output_channels": {"0": "background (v1 channel 0)", "1": "vessel (v1 channel 1)"},
+        "keys": {"v1_state_dict": len(ckpt.state_dict),
+                 "v2_canonical": sum(1 for k in weights if ".all_modules." not in k
+                                     and not k.startswith("decoder.encoder.")),
+                 "v2_with_aliases": n_keys},
+        "notes": ckpt.notes,
+        "versions": {"torch": torch.__version__, "nnunetv2": _version("nnunetv2"),
+                     "dynamic_network_architectures": _version("dynamic-network-architectures")},
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / "plans.json", json.dumps(plans, indent=4).encode())
+    buf = io.BytesIO()
+    torch.save({"network_weights": weights}, buf)
+    _write_atomic(out_dir / "pretrained_weights.pth", buf.getvalue())
+    _write_atomic(out_dir / "conversion.json", json.dumps(report, indent=4).encode())
+    return out_dir
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 on a `TransferError`, printed to stderr)."""
+    ap = argparse.ArgumentParser(prog="python -m lib.transfer",
+                                 description="Convert an nnU-Net v1 3d_fullres checkpoint to nnU-Net v2 files.")
+    ap.add_argument("source", type=Path, help="the v1 model zip (e.g. Task008_HepaticVessel.zip) or its folder")
+    ap.add_argument("out_dir", type=Path, help="folder for plans.json, pretrained_weights.pth, conversion.json")
+    ap.add_argument("--fold", default="0", help="fold to convert: 0-4 or 'all' (default 0)")
+    ap.add_argument("--force", action="store_true", help="overwrite existing output files")
+    ap.add_argument("--pad-kernels", action="store_true",
+                    help="convert unequal v1 kernels by zero-padding to the larger kernel per level")
+    args = ap.parse_args(argv)
+    try:
+        out = convert(args.source, args.out_dir, fold=args.fold, force=args.force, pad_kernels=args.pad_kernels)
+    except TransferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = json.loads((out / "conversion.json").read_text())
+    print(f"converted {report['checkpoint']} ({report['fold']}, epoch {report['epoch']}) -> {out}: "
+          f"{report['keys']['v2_with_aliases']} v2 keys from {report['keys']['v1_state_dict']} v1 keys")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
