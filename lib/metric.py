@@ -115,14 +115,17 @@ class SurfaceDice:
             m = torch.as_tensor(m, device=self.device)
             pad = torch.zeros((m.shape[0] + 2, m.shape[1] + 2), dtype=torch.uint8, device=self.device)
         pad[1:-1, 1:-1] = m
-        return pad[:-1, :-1] | (pad[:-1, 1:] << 1) | (pad[1:, :-1] << 2) | (pad[1:, 1:] << 3)
+        pairs = pad[:, :-1] | (pad[:, 1:] << 1)  # left/right neighbours first, then rows: 2 shifts, not 3
+        return pairs[:-1] | (pairs[1:] << 2)
 
     def _add_cubes(self, gt_codes, pred_codes) -> None:
         prev_gt, prev_pred = self._prev
         self._prev = gt_codes, pred_codes
         if self.device is None:
-            area_gt = CUBE_AREA[prev_gt | (gt_codes << 4)]
-            area_pred = CUBE_AREA[prev_pred | (pred_codes << 4)]
+            cubes_gt, cubes_pred = prev_gt | (gt_codes << 4), prev_pred | (pred_codes << 4)
+            touched = np.flatnonzero(cubes_gt | cubes_pred)  # vessels are sparse: look only where either is
+            area_gt = CUBE_AREA[cubes_gt.ravel()[touched]]
+            area_pred = CUBE_AREA[cubes_pred.ravel()[touched]]
             both = (area_gt > 0) & (area_pred > 0)
             self.area_gt += float(area_gt.sum())
             self.area_pred += float(area_pred.sum())
