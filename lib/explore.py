@@ -1,0 +1,1156 @@
+"""Data exploration of slices and masks: the logic behind notebooks/01_explore.ipynb.
+
+Plain functions, arrays in, matplotlib figures out. Every reader here touches one xy slice at a time: the
+whole-volume views (intensity histograms, vessel fraction along z, projections, xz/yz planes) are built from
+evenly spaced or streamed slices, so a 2279-slice kidney is never held in memory at full resolution.
+
+- `summary_table`                          one row per group (shape, voxel size, labels, disk, memory)
+- `intensity_stats`, `percentile_table`,   intensity histograms of sampled slices, vessel vs non-vessel,
+  `plot_intensity_histograms`              percentiles that feed normalisation
+- `scan_labels`, `plot_vessel_fraction`,   one streamed pass over a group's labels: vessel fraction per slice,
+  `plot_projections`                       projections of the mask along z, y, x (MIP = count > 0), centroid
+- `orthogonal_views`, `plot_orthogonal`    xy, xz, yz planes through a point with the mask overlaid
+- `plot_domain_shift`                      test kidneys next to a training kidney at one display window
+- `SliceBrowser`                           ipywidgets browser (group, axis, slice, overlay, window, prediction)
+
+Figures are `matplotlib.figure.Figure` objects made without pyplot: nothing is shown twice or kept alive by
+pyplot's registry; `publish` saves one as PNG and displays it when running under IPython.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from lib import data, paths, rle
+from lib.data import Group
+
+__all__ = [
+    "AXES", "LABEL_COLOR", "PREDICTION_COLOR", "BOTH_COLOR",
+    "image_slice", "label_slice", "sample_positions", "plane_positions", "resolve_path", "ensure_data",
+    "select_groups", "summary_table",
+    "IntensityStats", "intensity_stats", "percentile_table", "plot_intensity_histograms",
+    "LabelScan", "scan_labels", "plot_vessel_fraction", "plot_projections",
+    "OrthoViews", "default_point", "orthogonal_views", "plot_orthogonal",
+    "reference_group", "plot_domain_shift", "overlay_rgba", "mask_layers",
+    "SliceReader", "Prediction", "prediction_source", "ThresholdPrediction", "SliceBrowser",
+    "live_frontend", "publish",
+]
+
+AXES = ("xy", "xz", "yz")
+LABEL_COLOR = (1.0, 0.1, 0.1)  # red: the ground-truth labels (with a prediction shown: labels it missed)
+PREDICTION_COLOR = (0.0, 0.85, 1.0)  # cyan: a prediction (with labels shown: where it has no label)
+BOTH_COLOR = (1.0, 0.9, 0.0)  # yellow: labels and prediction agree
+READ_AHEAD = 8  # slices read ahead by a background thread in streamed passes
+STYLE = {
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "figure.titlesize": 13,
+    "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
+    "figure.facecolor": "white", "savefig.facecolor": "white",
+}
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading single slices, choosing slices
+# ----------------------------------------------------------------------------------------------------------
+
+
+def image_slice(group: Group, index: int) -> np.ndarray:
+    """The xy image at slice position `index` (one TIFF read), in the stored dtype."""
+    return data.read_slice(group.image_files[index], (group.height, group.width), group.dtype)
+
+
+def label_slice(group: Group, index: int) -> np.ndarray:
+    """The vessel mask at slice position `index` as bool (one TIFF read or one RLE decode)."""
+    if group.label_files is not None:
+        return data.read_slice(group.label_files[index], (group.height, group.width), np.dtype(np.uint8)) > 0
+    if group.label_rles is not None:
+        return rle.decode(group.label_rles[index], (group.height, group.width)) > 0
+    raise data.DataError(f"{group.name}: this group has no labels")
+
+
+def sample_positions(n: int, max_count: int) -> np.ndarray:
+    """At most `max_count` evenly spaced positions in [0, n), first and last included."""
+    if n <= 0 or max_count <= 0:
+        return np.zeros(0, np.int64)
+    return np.unique(np.linspace(0, n - 1, min(n, max_count)).round().astype(np.int64))
+
+
+def plane_positions(n: int, max_slices: int) -> tuple[np.ndarray, int]:
+    """Every k-th slice position of [0, n), k chosen so that at most `max_slices` are read; returns (positions, k)."""
+    step = max(1, math.ceil(n / max(1, max_slices)))
+    count = len(range(0, n, step))
+    start = (n - 1 - step * (count - 1)) // 2  # centre the sampled range
+    return np.arange(start, n, step, dtype=np.int64)[:count], step
+
+
+def _prefetch(read: Callable[[int], Any], positions: Sequence[int], ahead: int = READ_AHEAD) -> Iterator[Any]:
+    """`read(p)` for each position in order, with up to `ahead` reads in flight on threads (bounded memory)."""
+    positions = [int(p) for p in positions]
+    with ThreadPoolExecutor(max(1, min(ahead, data.READ_THREADS))) as pool:
+        queue: deque = deque()
+        for p in positions:
+            queue.append(pool.submit(read, p))
+            if len(queue) > ahead:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
+
+
+def _ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _z_note(step: int, count: int, n: int) -> str:
+    return "all slices" if step == 1 else f"every {_ordinal(step)} slice ({count} of {n} read)"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """`path` as given when absolute, else relative to the project root (the notebook runs from notebooks/)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else paths.PROJECT_ROOT / path
+
+
+def ensure_data(data_dir: str | Path, preset: str = "tiny") -> Path:
+    """The competition root `data_dir`; when it is missing and is the synthetic default, generate it there.
+
+    Any other missing folder is an error: real data is never replaced by synthetic data silently.
+    """
+    root = resolve_path(data_dir)
+    if root.is_dir():
+        return root
+    if root.resolve() == paths.synthetic_data_dir().resolve():
+        from lib import synthetic  # only needed here
+
+        print(f"{root} does not exist: generating the SYNTHETIC '{preset}' preset there (not real HiP-CT data)")
+        return synthetic.generate(root, preset=preset, seed=0, progress=False)
+    raise FileNotFoundError(f"{root}: competition root not found (set data_dir, or SENNET_DATA_DIR)")
+
+
+def select_groups(groups: Mapping[str, Group], names: Sequence[str] | str | None) -> dict[str, Group]:
+    """The groups named in `names` (None: all), in the given order; an unknown name is an error."""
+    if names is None:
+        return dict(groups)
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise KeyError(f"unknown groups {unknown}; the root has {list(groups)}")
+    return {n: groups[n] for n in names}
+
+
+def summary_table(groups: Mapping[str, Group]) -> pd.DataFrame:
+    """`data.summary` with one "H x W" column (sizes in GB; kidney_3_dense's images are kidney_3_sparse's files)."""
+    table = data.summary(dict(groups))
+    table.insert(2, "H x W", [f"{h} x {w}" for h, w in zip(table["height"], table["width"])])
+    return table.drop(columns=["height", "width"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Intensities
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class IntensityStats:
+    """Exact intensity histograms (one bin per value) of sampled slices, split by the labels when present."""
+
+    group: str
+    split: str
+    label_kind: str | None
+    voxel_um: float | None
+    n_slices: int
+    positions: np.ndarray  # slice positions sampled
+    offset: int  # intensity of bin 0 (non-zero only for signed dtypes)
+    counts: np.ndarray  # voxels per intensity value, all sampled voxels
+    vessel_counts: np.ndarray | None = None  # the same for labelled vessel voxels
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.arange(self.offset, self.offset + len(self.counts))
+
+    @property
+    def other_counts(self) -> np.ndarray | None:
+        """Non-vessel voxels (background and tissue, and in sparse groups unlabelled vessels)."""
+        return None if self.vessel_counts is None else self.counts - self.vessel_counts
+
+    def percentile(self, q: float, which: str = "all") -> float:
+        """The q-th percentile (0-100) of "all", "vessel" or "other" sampled voxels; NaN when there are none."""
+        counts = {"all": self.counts, "vessel": self.vessel_counts, "other": self.other_counts}[which]
+        if counts is None or counts.sum() == 0:
+            return float("nan")
+        cum = np.cumsum(counts, dtype=np.float64)
+        return float(np.searchsorted(cum, q / 100 * cum[-1], side="left") + self.offset)
+
+    def window(self, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+        """A display window from percentiles of all sampled voxels."""
+        lo, hi = self.percentile(low), self.percentile(high)
+        return lo, max(hi, lo + 1)
+
+    def mean_std(self) -> tuple[float, float]:
+        v, c = self.values.astype(np.float64), self.counts.astype(np.float64)
+        mean = float((v * c).sum() / c.sum())
+        return mean, float(np.sqrt((c * (v - mean) ** 2).sum() / c.sum()))
+
+
+def intensity_stats(group: Group, max_slices: int = 32) -> IntensityStats:
+    """Histogram at most `max_slices` evenly spaced slices of `group`, one slice in memory at a time."""
+    positions = sample_positions(group.shape[0], max_slices)
+    info = np.iinfo(group.dtype)
+    offset = int(info.min)
+    nbins = int(info.max) - offset + 1
+    counts = np.zeros(nbins, np.int64)
+    vessel = np.zeros(nbins, np.int64) if group.has_labels else None
+    read = (lambda z: (image_slice(group, z), label_slice(group, z))) if vessel is not None \
+        else (lambda z: (image_slice(group, z), None))
+    for img, lab in _prefetch(read, positions):
+        values = img.ravel() if offset == 0 else (img.astype(np.int64) - offset).ravel()
+        counts += np.bincount(values, minlength=nbins)
+        if vessel is not None:
+            vessel += np.bincount(values[lab.ravel()], minlength=nbins)
+    return IntensityStats(group.name, group.split, group.label_kind, group.voxel_um, group.shape[0], positions,
+                          offset, counts, vessel)
+
+
+def percentile_table(stats: Mapping[str, IntensityStats]) -> pd.DataFrame:
+    """Percentiles per group (all voxels; vessel and non-vessel voxels where labelled): inputs to normalisation."""
+    rows = []
+    for s in stats.values():
+        mean, std = s.mean_std()
+        total = int(s.counts.sum())
+        row = {
+            "group": s.group, "split": s.split, "labels": s.label_kind or "none", "slices_sampled": len(s.positions),
+            "voxels_sampled": total, "min": s.percentile(0), "p0.5": s.percentile(0.5), "p50": s.percentile(50),
+            "p99.5": s.percentile(99.5), "max": s.percentile(100), "mean": round(mean, 1), "std": round(std, 1),
+            "vessel_%": np.nan, "vessel_p0.5": np.nan, "vessel_p50": np.nan, "vessel_p99.5": np.nan,
+            "other_p50": np.nan,
+        }
+        if s.vessel_counts is not None:
+            row.update({
+                "vessel_%": round(100 * s.vessel_counts.sum() / max(total, 1), 3),
+                "vessel_p0.5": s.percentile(0.5, "vessel"), "vessel_p50": s.percentile(50, "vessel"),
+                "vessel_p99.5": s.percentile(99.5, "vessel"), "other_p50": s.percentile(50, "other"),
+            })
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("group")
+
+
+def _rebin(s: IntensityStats, counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.histogram(s.values, bins=edges, weights=counts)[0]
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = min(max_cols, max(1, n))
+    return math.ceil(n / cols), cols
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with mpl.rc_context(STYLE):
+        yield
+
+
+def plot_intensity_histograms(stats: Mapping[str, IntensityStats], bins: int = 200) -> Figure:
+    """One panel per group: log-scale histogram of sampled intensities, vessel (red) vs non-vessel (grey)."""
+    items = list(stats.values())
+    rows, cols = _grid(len(items))
+    with _style():
+        fig = Figure(figsize=(5.2 * cols, 3.6 * rows), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax in axes.ravel()[len(items):]:
+            ax.set_visible(False)
+        for ax, s in zip(axes.ravel(), items):
+            lo, hi = s.percentile(0.01), s.percentile(99.99)
+            pad = max(1.0, 0.04 * (hi - lo))
+            edges = np.linspace(lo - pad, hi + pad + 1, bins + 1)
+            centres = (edges[:-1] + edges[1:]) / 2
+            if s.vessel_counts is None:
+                ax.fill_between(centres, _rebin(s, s.counts, edges), step="mid", color="0.45", alpha=0.8,
+                                label="all voxels (group without labels)")
+            else:
+                ax.fill_between(centres, _rebin(s, s.other_counts, edges), step="mid", color="0.55", alpha=0.7,
+                                label="non-vessel")
+                ax.step(centres, _rebin(s, s.vessel_counts, edges), where="mid", color=LABEL_COLOR, lw=1.5,
+                        label="vessel (labelled)")
+                ax.axvline(s.percentile(50, "vessel"), color=LABEL_COLOR, ls=":", lw=1.2, label="vessel median")
+            for q, ls in ((0.5, "--"), (99.5, "--")):
+                ax.axvline(s.percentile(q), color="k", ls=ls, lw=1)
+            ax.plot([], [], "k--", lw=1, label="p0.5 / p99.5 (all)")
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=0.8)
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_xlabel("intensity (raw, stored value)")
+            ax.set_ylabel("voxels (log scale)")
+            ax.set_title(f"{s.group} ({s.split}, {s.label_kind or 'no'} labels, {len(s.positions)} of {s.n_slices} "
+                         "slices)")
+            ax.grid(alpha=0.25)
+        legend: dict[str, Any] = {}
+        for ax in axes.ravel()[:len(items)]:
+            for handle, text in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(text, handle)
+        fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), frameon=False)
+        fig.suptitle("Intensity histograms of sampled slices")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Labels along z: vessel fraction and projections, one streamed pass
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _block_any(mask: np.ndarray, d: int) -> np.ndarray:
+    """Max-pool a 2D bool mask by d x d blocks (ragged edges padded), so thin vessels survive downsampling."""
+    if d == 1:
+        return mask
+    h, w = mask.shape
+    hd, wd = -(-h // d), -(-w // d)
+    padded = np.zeros((hd * d, wd * d), bool)
+    padded[:h, :w] = mask
+    return padded.reshape(hd, d, wd, d).any(axis=(1, 3))
+
+
+@dataclass
+class LabelScan:
+    """What one pass over a group's label slices gives: vessel fraction per slice, projections, centroid.
+
+    Projections count vessel voxels along each ray of a grid downsampled `downsample` times per axis by
+    max-pooling (1 = full resolution); their maximum-intensity projection (MIP) is `count > 0`.
+    """
+
+    group: str
+    label_kind: str | None
+    shape: tuple[int, int, int]
+    slice_numbers: np.ndarray  # slice number of each position (kidney_3_dense starts at 496 on real data)
+    fraction: np.ndarray  # vessel voxels / H*W, per slice
+    along_z: np.ndarray  # (H/d, W/d) counts
+    along_y: np.ndarray  # (Z/d, W/d)
+    along_x: np.ndarray  # (Z/d, H/d)
+    downsample: int = 1
+    centroid: tuple[int, int, int] | None = None  # (z, y, x) of the vessel voxels, full resolution
+
+    def mip(self, axis: str) -> np.ndarray:
+        """Binary maximum-intensity projection along "z", "y" or "x"."""
+        return {"z": self.along_z, "y": self.along_y, "x": self.along_x}[axis] > 0
+
+
+def scan_labels(group: Group, max_size: int = 1024, downsample: int | None = None) -> LabelScan:
+    """Read every label slice of `group` once (streaming): fraction per slice, projections, centroid.
+
+    `downsample` (default: the smallest factor bringing every axis to at most `max_size`) max-pools the
+    projections in-plane and along z; the fraction and the centroid are always full resolution.
+    """
+    if not group.has_labels:
+        raise data.DataError(f"{group.name}: this group has no labels")
+    z_n, h, w = group.shape
+    d = downsample or max(1, math.ceil(max(group.shape) / max_size))
+    hd, wd, zd = -(-h // d), -(-w // d), -(-z_n // d)
+    fraction = np.zeros(z_n)
+    along_z = np.zeros((hd, wd), np.int32)
+    along_y = np.zeros((zd, wd), np.int32)
+    along_x = np.zeros((zd, hd), np.int32)
+    block = np.zeros((hd, wd), bool)
+    sums = np.zeros(4)  # voxels, z, y, x moments
+    ys, xs = np.arange(h), np.arange(w)
+    for z, m in enumerate(_prefetch(lambda i: label_slice(group, i), range(z_n))):
+        n = int(m.sum())
+        fraction[z] = n / (h * w)
+        if n:
+            sums += (n, z * n, (m.sum(1) * ys).sum(), (m.sum(0) * xs).sum())
+            block |= _block_any(m, d)
+        if z % d == d - 1 or z == z_n - 1:
+            along_z += block
+            along_y[z // d] = block.sum(0)
+            along_x[z // d] = block.sum(1)
+            block[:] = False
+    centroid = tuple(int(round(v / sums[0])) for v in sums[1:]) if sums[0] else None
+    return LabelScan(group.name, group.label_kind, group.shape, np.asarray(group.slices), fraction,
+                     along_z, along_y, along_x, d, centroid)  # type: ignore[arg-type]
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of True in a 1D bool array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+def plot_vessel_fraction(scans: Mapping[str, LabelScan]) -> Figure:
+    """Vessel fraction per slice along z, one row per labelled group (x = slice number, shared)."""
+    items = list(scans.values())
+    with _style():
+        fig = Figure(figsize=(11, 1.0 + 1.9 * len(items)), layout="constrained")
+        axes = fig.subplots(len(items), 1, sharex=True, squeeze=False)[:, 0]
+        for ax, s in zip(axes, items):
+            pct = 100 * s.fraction
+            ax.fill_between(s.slice_numbers, pct, step="mid", color=LABEL_COLOR, alpha=0.35, lw=0)
+            ax.step(s.slice_numbers, pct, where="mid", color=LABEL_COLOR, lw=1)
+            empty = s.fraction == 0
+            for a, b in _runs(empty):
+                ax.axvspan(s.slice_numbers[a] - 0.5, s.slice_numbers[b - 1] + 0.5, color="0.3", alpha=0.15, lw=0)
+            spans = ", ".join(f"{s.slice_numbers[a]}-{s.slice_numbers[b - 1]}" for a, b in _runs(empty)[:4])
+            note = f"mean {pct.mean():.3f}%, max {pct.max():.3f}%; {int(empty.sum())} of {len(pct)} slices empty"
+            if spans:
+                note += f" ({spans}{', ...' if len(_runs(empty)) > 4 else ''})"
+            ax.text(0.005, 0.93, note, transform=ax.transAxes, va="top", fontsize=9,
+                    bbox=dict(facecolor="white", alpha=0.8, lw=0))
+            ax.set_ylabel("vessel %")
+            ax.set_ylim(0, max(pct.max() * 1.35, 1e-3))
+            ax.set_title(f"{s.group} ({s.label_kind} labels, {s.shape[0]} slices)", loc="right")
+            ax.grid(alpha=0.25)
+        axes[-1].set_xlabel("slice number (z)")
+        axes[0].legend(handles=[Patch(color="0.3", alpha=0.15, label="no labelled vessel in slice")],
+                       loc="upper right")
+        fig.suptitle("Vessel fraction per slice along z (labels read slice by slice)")
+    return fig
+
+
+def _ortho_figure(z_n: int, h: int, w: int, size: float = 9.0) -> tuple[Figure, Any, Any, Any, Any, float]:
+    """A figure in the classic orthogonal layout: xy top-left, yz (z horizontal) top-right, xz below xy.
+
+    Returns the figure, the four axes and the z stretch: a thin volume (the public test kidneys hold 3 slices)
+    is drawn with z stretched to a quarter of the in-plane size, so the xz/yz panels stay readable.
+    """
+    zz = max(z_n, 0.25 * max(h, w))
+    total_w, total_h = w + zz, h + zz
+    scale = size / max(total_w, total_h)
+    fig = Figure(figsize=(max(total_w * scale, 5.5) + 1.2, max(total_h * scale, 4.5) + 0.8), layout="constrained")
+    gs = fig.add_gridspec(2, 2, width_ratios=[w, zz], height_ratios=[h, zz])
+    return fig, fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, 0]), \
+        fig.add_subplot(gs[1, 1]), _z_stretch(z_n, h, w)
+
+
+def _z_stretch(z_n: int, h: int, w: int) -> float:
+    """How much to stretch z so that a thin volume's xz/yz planes are a quarter of the in-plane size (1: none)."""
+    stretch = 0.25 * max(h, w) / z_n
+    return stretch if stretch > 1.5 else 1.0
+
+
+def _stretch_note(stretch: float) -> str:
+    return "" if stretch == 1.0 else f"\nz stretched {stretch:.0f}x"
+
+
+def _interpolation(stretch: float) -> str:
+    """Nearest-neighbour for stretched (thin) planes, else matplotlib's default antialiasing."""
+    return "nearest" if stretch != 1.0 else "auto"
+
+
+def plot_projections(scan: LabelScan) -> Figure:
+    """Projections of the vessel mask along z, x and y in the orthogonal layout (log colour: voxels per ray)."""
+    z_n, h, w = scan.shape
+    d = scan.downsample
+    with _style():
+        fig, ax_xy, ax_yz, ax_xz, ax_info, stretch = _ortho_figure(z_n, h, w)
+        vmax = max(1, int(max(scan.along_z.max(), scan.along_y.max(), scan.along_x.max())))
+        norm = LogNorm(vmin=1, vmax=max(vmax, 2))
+        cmap = mpl.colormaps["inferno"].with_extremes(bad="black", under="black")
+        kw = dict(cmap=cmap, norm=norm, aspect="equal", interpolation=_interpolation(stretch))
+        mask = lambda a: np.ma.masked_less(a, 1)  # noqa: E731
+        im = ax_xy.imshow(mask(scan.along_z), extent=(-0.5, w - 0.5, h - 0.5, -0.5), **kw)
+        ax_yz.imshow(mask(scan.along_x.T), extent=(-0.5, z_n - 0.5, h - 0.5, -0.5), **dict(kw, aspect=1 / stretch))
+        ax_xz.imshow(mask(scan.along_y), extent=(-0.5, w - 0.5, z_n - 0.5, -0.5), **dict(kw, aspect=stretch))
+        for ax in (ax_xy, ax_yz, ax_xz):
+            ax.set_facecolor("black")
+        ax_xy.set(title="along z (top view)", xlabel="x", ylabel="y")
+        ax_yz.set(title="along x (side view)" + _stretch_note(stretch), xlabel="z (slice position)", ylabel="y")
+        ax_xz.set(title="along y (front view)" + _stretch_note(stretch), xlabel="x", ylabel="z (slice position)")
+        ax_info.axis("off")
+        cb = fig.colorbar(im, ax=ax_info, location="left", fraction=0.12, shrink=0.9)
+        cb.set_label("vessel voxels along the ray (log)")
+        grid = "full resolution" if d == 1 else f"max-pooled {d}x{d}x{d}"
+        ax_info.text(0.35, 0.5, f"{scan.group}\n{scan.label_kind} labels\n{z_n} x {h} x {w}\n{grid}\n\n"
+                     "MIP = any vessel on the ray;\ncolour = how many", transform=ax_info.transAxes,
+                     va="center", fontsize=9)
+        fig.suptitle(f"{scan.group}: projections of the vessel mask (streamed slice by slice)")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Orthogonal views through a point
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OrthoViews:
+    """xy, xz and yz planes through `point` (z, y, x); xz/yz hold every `step`-th slice (`z_positions`)."""
+
+    group: str
+    shape: tuple[int, int, int]
+    point: tuple[int, int, int]
+    z_positions: np.ndarray
+    step: int
+    xy: np.ndarray  # (H, W)
+    xz: np.ndarray  # (N, W) at y = point[1]
+    yz: np.ndarray  # (N, H) at x = point[2]
+    xy_label: np.ndarray | None = None
+    xz_label: np.ndarray | None = None
+    yz_label: np.ndarray | None = None
+    voxel_um: float | None = None
+    slice_numbers: tuple[int, ...] = field(default=(), repr=False)
+
+
+def default_point(group: Group, scan: LabelScan | None = None) -> tuple[int, int, int]:
+    """The vessel centroid from `scan` when it has vessels, else the centre of the volume."""
+    if scan is not None and scan.centroid is not None:
+        return scan.centroid
+    z_n, h, w = group.shape
+    return z_n // 2, h // 2, w // 2
+
+
+def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, max_slices: int = 128) -> OrthoViews:
+    """Planes through `point` (default: centre). Reads 1 + N slices, N <= `max_slices` (z subsampled).
+
+    Only one row and one column of each z-subsampled slice are kept: memory O(N * (H + W)).
+    """
+    z_n, h, w = group.shape
+    z0, y0, x0 = point if point is not None else default_point(group)
+    z0, y0, x0 = int(np.clip(z0, 0, z_n - 1)), int(np.clip(y0, 0, h - 1)), int(np.clip(x0, 0, w - 1))
+    positions, step = plane_positions(z_n, max_slices)
+    labelled = group.has_labels
+    xz = np.empty((len(positions), w), group.dtype)
+    yz = np.empty((len(positions), h), group.dtype)
+    xz_l = np.zeros((len(positions), w), bool) if labelled else None
+    yz_l = np.zeros((len(positions), h), bool) if labelled else None
+    read = (lambda z: (image_slice(group, z), label_slice(group, z) if labelled else None))
+    for i, (img, lab) in enumerate(_prefetch(read, positions)):
+        xz[i], yz[i] = img[y0], img[:, x0]
+        if labelled:
+            xz_l[i], yz_l[i] = lab[y0], lab[:, x0]
+    return OrthoViews(group.name, group.shape, (z0, y0, x0), positions, step, image_slice(group, z0), xz, yz,
+                      label_slice(group, z0) if labelled else None, xz_l, yz_l, group.voxel_um, group.slices)
+
+
+def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float] = LABEL_COLOR, alpha: float = 0.5) -> np.ndarray:
+    """An RGBA float32 image: `color` where `mask`, with opacity `alpha`; transparent elsewhere."""
+    out = np.zeros((*mask.shape, 4), np.float32)
+    out[..., :3] = color
+    out[..., 3] = np.asarray(mask, bool) * np.float32(alpha)
+    return out
+
+
+def mask_layers(label: np.ndarray | None, prediction: np.ndarray | None, alpha: float = 0.5
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """RGBA layers for labels and a prediction: red labels and cyan prediction; where both are present, red
+    marks labels the prediction missed, cyan predictions without a label, yellow (in the prediction layer)
+    agreement."""
+    if prediction is None:
+        return (None if label is None else overlay_rgba(label, LABEL_COLOR, alpha)), None
+    pred = np.asarray(prediction, bool)
+    if label is None:
+        return None, overlay_rgba(pred, PREDICTION_COLOR, alpha)
+    lab = np.asarray(label, bool)
+    pred_rgba = overlay_rgba(pred, PREDICTION_COLOR, alpha)
+    pred_rgba[pred & lab, :3] = BOTH_COLOR
+    return overlay_rgba(lab & ~pred, LABEL_COLOR, alpha), pred_rgba
+
+
+def _legend_handles(alpha: float, label: bool, prediction: bool) -> list[Patch]:
+    if label and prediction:
+        return [Patch(color=LABEL_COLOR, alpha=alpha, label="labels only (missed)"),
+                Patch(color=PREDICTION_COLOR, alpha=alpha, label="prediction only"),
+                Patch(color=BOTH_COLOR, alpha=alpha, label="both")]
+    if prediction:
+        return [Patch(color=PREDICTION_COLOR, alpha=alpha, label="prediction")]
+    return [Patch(color=LABEL_COLOR, alpha=alpha, label="labels")] if label else []
+
+
+def reference_group(groups: Mapping[str, Group]) -> str:
+    """The training kidney other kidneys are compared with: kidney_1_dense, else the first dense, else the first."""
+    if "kidney_1_dense" in groups:
+        return "kidney_1_dense"
+    return next((n for n, g in groups.items() if g.label_kind == "dense"), next(iter(groups)))
+
+
+def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None, alpha: float = 0.5) -> Figure:
+    """xy / yz / xz planes in the orthogonal layout, grey image, red mask overlay, dashed cross-hairs."""
+    z_n, h, w = views.shape
+    z0, y0, x0 = views.point
+    lo, hi = window if window is not None else tuple(np.percentile(views.xy, [0.5, 99.5]))
+    zs, step = views.z_positions, views.step
+    z_ext = (zs[0] - step / 2, zs[-1] + step / 2)
+    panels = [
+        ("xy", views.xy, views.xy_label, (-0.5, w - 0.5, h - 0.5, -0.5)),
+        ("yz", views.yz.T, None if views.yz_label is None else views.yz_label.T, (*z_ext, h - 0.5, -0.5)),
+        ("xz", views.xz, views.xz_label, (-0.5, w - 0.5, z_ext[1], z_ext[0])),
+    ]
+    with _style():
+        fig, ax_xy, ax_yz, ax_xz, ax_info, stretch = _ortho_figure(z_n, h, w)
+        aspects = {"xy": 1.0, "yz": 1 / stretch, "xz": stretch}
+        for ax, (name, img, lab, ext) in zip((ax_xy, ax_yz, ax_xz), panels):
+            interp = _interpolation(stretch) if name != "xy" else "auto"
+            im = ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, extent=ext, aspect=aspects[name], interpolation=interp)
+            if lab is not None:
+                ax.imshow(overlay_rgba(lab, LABEL_COLOR, alpha), extent=ext, aspect=aspects[name],
+                          interpolation=interp)
+        number = views.slice_numbers[z0] if views.slice_numbers else z0
+        ax_xy.set(title=f"xy at z={z0} (slice {number:04d})", xlabel="x", ylabel="y")
+        ax_yz.set(title=f"yz at x={x0}{_stretch_note(stretch)}", xlabel="z (slice position)", ylabel="y")
+        ax_xz.set(title=f"xz at y={y0}{_stretch_note(stretch)}", xlabel="x", ylabel="z (slice position)")
+        ax_xy.axhline(y0, color="yellow", ls="--", lw=0.8)
+        ax_xy.axvline(x0, color="yellow", ls="--", lw=0.8)
+        ax_yz.axvline(z0, color="yellow", ls="--", lw=0.8)
+        ax_yz.axhline(y0, color="yellow", ls="--", lw=0.8)
+        ax_xz.axhline(z0, color="yellow", ls="--", lw=0.8)
+        ax_xz.axvline(x0, color="yellow", ls="--", lw=0.8)
+        ax_info.axis("off")
+        cb = fig.colorbar(im, ax=ax_info, location="left", fraction=0.12, shrink=0.9)
+        cb.set_label("intensity (display window)")
+        handles = [Patch(color=LABEL_COLOR, alpha=alpha, label="vessel labels")] if views.xy_label is not None \
+            else []
+        handles.append(Line2D([], [], color="yellow", ls="--", label="other planes"))
+        ax_info.legend(handles=handles, loc="upper right", frameon=False)
+        voxel = f"{views.voxel_um:g} µm voxels\n" if views.voxel_um else ""
+        ax_info.text(0.35, 0.35, f"{views.group}\n{z_n} x {h} x {w}\n{voxel}xz, yz: {_z_note(step, len(zs), z_n)}"
+                     f"\nwindow {lo:.0f}..{hi:.0f}", transform=ax_info.transAxes, va="center", fontsize=9)
+        sub = "" if step == 1 else f", xz/yz from every {_ordinal(step)} slice"
+        fig.suptitle(f"{views.group}: orthogonal planes through (z, y, x) = {views.point}{sub}")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Train/test domain shift
+# ----------------------------------------------------------------------------------------------------------
+
+
+def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, IntensityStats], reference: str,
+                      others: Sequence[str], bins: int = 200) -> Figure:
+    """Middle xy slice of `reference` and each of `others`, at the reference's window and at their own,
+    axes in mm; below, intensity densities raw and after per-kidney percentile scaling (p0.5 -> 0, p99.5 -> 1).
+
+    Reads one slice per kidney (the stats come from `intensity_stats`).
+    """
+    names = [reference, *[o for o in others if o != reference]]
+    n = len(names)
+    ref_window = stats[reference].window()
+    with _style():
+        fig = Figure(figsize=(max(4.0 * n, 9), 11), layout="constrained")
+        gs = fig.add_gridspec(3, 2 * n, height_ratios=[1, 1, 0.9])
+        for col, name in enumerate(names):
+            g, s = groups[name], stats[name]
+            z = g.shape[0] // 2
+            img = image_slice(g, z)
+            mm = (g.voxel_um or 1.0) / 1000
+            unit = "mm" if g.voxel_um else "px"
+            ext = (0, g.width * mm, g.height * mm, 0)
+            for row, (win, what) in enumerate(((ref_window, f"{reference} window"), (s.window(), "own window"))):
+                ax = fig.add_subplot(gs[row, 2 * col:2 * col + 2])
+                im = ax.imshow(img, cmap="gray", vmin=win[0], vmax=win[1], extent=ext)
+                ax.set_title(f"{name} ({g.split}, {g.voxel_um or '?'} µm)\nslice {g.slices[z]:04d}, {what}",
+                             fontsize=10)
+                ax.set_xlabel(f"x ({unit})")
+                ax.set_ylabel(f"y ({unit})")
+                if col == n - 1:
+                    fig.colorbar(im, ax=ax, fraction=0.05, label="intensity")
+        ax_raw = fig.add_subplot(gs[2, :n])
+        ax_norm = fig.add_subplot(gs[2, n:])
+        colors = mpl.colormaps["tab10"]
+        lo = min(stats[n_].percentile(0.01) for n_ in names)
+        hi = max(stats[n_].percentile(99.99) for n_ in names)
+        for i, name in enumerate(names):
+            s = stats[name]
+            c = "k" if name == reference else colors(i % 10)
+            lw = 2.0 if name == reference else 1.4
+            edges = np.linspace(lo, hi + 1, bins + 1)
+            dens = _rebin(s, s.counts, edges)
+            ax_raw.plot((edges[:-1] + edges[1:]) / 2, dens / dens.sum(), color=c, lw=lw, label=name)
+            p_lo, p_hi = s.window()
+            nedges = p_lo + np.linspace(-0.3, 1.3, bins + 1) * (p_hi - p_lo)
+            nd = _rebin(s, s.counts, nedges)
+            ax_norm.plot(np.linspace(-0.3, 1.3, bins + 1)[:-1] + 0.8 / bins, nd / max(nd.sum(), 1), color=c, lw=lw,
+                         label=name)
+        ax_raw.set(title="raw intensity", xlabel="intensity (stored value)", ylabel="fraction of voxels")
+        ax_norm.set(title="after per-kidney scaling: (v - p0.5) / (p99.5 - p0.5)", xlabel="scaled intensity",
+                    ylabel="fraction of voxels")
+        for ax in (ax_raw, ax_norm):
+            ax.legend()
+            ax.grid(alpha=0.25)
+        fig.suptitle(f"Domain shift: test kidneys next to {reference} (top row: one display window for all)")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Interactive browser
+# ----------------------------------------------------------------------------------------------------------
+
+
+class SliceReader:
+    """Reads single xy slices and counts them: the browser's reading cost meter (injectable in tests)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.log: list[tuple[str, str, int]] = []  # (group, "image"/"label", position)
+
+    def image(self, group: Group, index: int) -> np.ndarray:
+        self.reads += 1
+        self.log.append((group.name, "image", index))
+        return image_slice(group, index)
+
+    def label(self, group: Group, index: int) -> np.ndarray:
+        self.reads += 1
+        self.log.append((group.name, "label", index))
+        return label_slice(group, index)
+
+
+Prediction = Callable[[str, str, int], "np.ndarray | None"]
+"""`(group_name, axis, index) -> 2D mask or None`. For "xy", index is the slice position and the mask is (H, W).
+For "xz"/"yz", index is y/x; return None to let the browser build the plane from xy calls (cached, z-subsampled
+like the image), or a full-z plane (Z, W)/(Z, H) or one already matching the displayed rows."""
+
+
+def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndarray] | None,
+                      groups: Mapping[str, Group]) -> Prediction | None:
+    """Turn a callable, a folder of predicted slice TIFFs or a mapping group -> 3D array into a `Prediction`.
+
+    A folder holds `<group>/NNNN.tif` or `<group>/labels/NNNN.tif` (nonzero = vessel), numbered as the group's
+    slices; a mapping's arrays may be `np.memmap`s / `np.load(..., mmap_mode="r")` (planes then cost Z rows).
+    """
+    if prediction is None or callable(prediction):
+        return prediction
+    if isinstance(prediction, Mapping):
+        arrays = prediction
+
+        def from_arrays(name: str, axis: str, index: int) -> np.ndarray | None:
+            if name not in arrays:
+                return None
+            a = arrays[name]
+            return np.asarray({"xy": lambda: a[index], "xz": lambda: a[:, index, :], "yz": lambda: a[:, :, index]}
+                              [axis]()) != 0
+        return from_arrays
+    root = resolve_path(prediction)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: prediction folder not found")
+
+    def from_folder(name: str, axis: str, index: int) -> np.ndarray | None:
+        if axis != "xy" or name not in groups:
+            return None
+        number = groups[name].slices[index]
+        for sub in (root / name, root / name / "labels", root / "train" / name / "labels", root / "test" / name):
+            for ext in (".tif", ".tiff"):
+                path = sub / f"{number:04d}{ext}"
+                if path.is_file():
+                    return data.read_slice(path) != 0
+        return None
+    return from_folder
+
+
+@dataclass
+class ThresholdPrediction:
+    """A stand-in prediction: voxels above (or below) a per-group intensity threshold. Reads the image slice."""
+
+    groups: Mapping[str, Group]
+    thresholds: Mapping[str, float]
+    bright: bool = True
+
+    @classmethod
+    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, IntensityStats],
+                   share_percent: float | None = None) -> ThresholdPrediction:
+        """Keep the brightest `share_percent` % voxels of each group (the darkest if vessels are darker than the
+        rest); default share: the labelled vessel share of the first densely labelled group (else 1%)."""
+        labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
+        labelled.sort(key=lambda s: s.label_kind != "dense")
+        ref = labelled[0] if labelled else None
+        bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
+        if share_percent is None:
+            share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
+        q = 100 - share_percent if bright else share_percent
+        return cls(groups, {n: s.percentile(q) for n, s in stats.items()}, bright)
+
+    def __call__(self, name: str, axis: str, index: int) -> np.ndarray | None:
+        if axis != "xy" or name not in self.thresholds:
+            return None
+        img = image_slice(self.groups[name], index)
+        return img > self.thresholds[name] if self.bright else img < self.thresholds[name]
+
+
+@dataclass
+class _PlaneCache:
+    """The current group's z-subsampled, in-plane strided stack from which xz/yz planes are cut."""
+
+    positions: np.ndarray
+    step: int
+    stride: int
+    layers: dict[str, np.ndarray] = field(default_factory=dict)  # "image", "label", "prediction"
+
+
+class SliceBrowser:
+    """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid.
+
+    Reading cost per update: xy reads one image slice, one label slice and asks the prediction for one slice,
+    whatever the kidney size. xz/yz need one row/column of every slice: the first xz/yz view of a group reads
+    every k-th slice (at most `max_plane_slices`, strided in-plane to fit `plane_budget_mb`) into a cache, after
+    which moving through xz/yz planes reads nothing. On a 2279 x 1303 x 912 kidney with the defaults that is
+    127 reads per layer once (every 18th slice, every 2nd pixel in-plane, about 75 MB of images). Switching
+    group drops the cache.
+
+    Widgets (ipywidgets) drive callbacks that update matplotlib artists with `set_data`; `widget()` returns the
+    control panel with the figure, `static_figure()` renders xy, xz and yz once (for papermill runs).
+    """
+
+    def __init__(self, groups: Mapping[str, Group] | Sequence[Group], prediction: Any = None, *,
+                 stats: Mapping[str, IntensityStats] | None = None, group: str | None = None,
+                 point: tuple[int, int, int] | None = None, max_plane_slices: int = 128,
+                 plane_budget_mb: float = 256, alpha: float = 0.5, reader: SliceReader | None = None,
+                 figsize: tuple[float, float] = (7.5, 7.0), dpi: int = 90) -> None:
+        import ipywidgets as W  # imported here: the batch functions do not need it
+
+        self.groups = dict(groups) if isinstance(groups, Mapping) else {g.name: g for g in groups}
+        if not self.groups:
+            raise ValueError("SliceBrowser needs at least one group")
+        self.prediction = prediction_source(prediction, self.groups)
+        self.stats = dict(stats or {})
+        self.reader = reader or SliceReader()
+        self.max_plane_slices = max_plane_slices
+        self.dpi = dpi
+        self.plane_budget_mb = plane_budget_mb
+        self.cursor: list[int] = [0, 0, 0]  # (z, y, x) of the current group
+        self._cache: _PlaneCache | None = None
+        self._hold = False  # set while widgets are adjusted programmatically
+        self._output: Any = None  # the ipywidgets.Output showing the figure once widget() was called
+
+        first = group or next(iter(self.groups))
+        self.group_w = W.Dropdown(options=list(self.groups), value=first, description="group")
+        self.axis_w = W.ToggleButtons(options=list(AXES), value="xy", description="axis",
+                                      style={"button_width": "48px"})
+        self.index_w = W.IntSlider(0, 0, 1, description="slice", continuous_update=False,
+                                   layout=W.Layout(width="95%"))
+        self.labels_w = W.Checkbox(True, description="labels (red)", indent=False)
+        self.prediction_w = W.Checkbox(self.prediction is not None, description="prediction (cyan)", indent=False,
+                                       disabled=self.prediction is None)
+        self.alpha_w = W.FloatSlider(alpha, min=0.0, max=1.0, step=0.05, description="opacity")
+        self.window_w = W.FloatRangeSlider(value=(0, 1), min=0, max=1, step=1, description="window",
+                                           continuous_update=False, layout=W.Layout(width="95%"))
+        self.info_w = W.HTML()
+
+        with _style():
+            self.fig = Figure(figsize=figsize, layout="constrained")
+            self.ax = self.fig.add_subplot()
+            blank = np.zeros((2, 2))
+            self.image_artist = self.ax.imshow(blank, cmap="gray", vmin=0, vmax=1, aspect="equal")
+            self.label_artist = self.ax.imshow(overlay_rgba(blank > 0), aspect="equal")
+            self.prediction_artist = self.ax.imshow(overlay_rgba(blank > 0, PREDICTION_COLOR), aspect="equal")
+            self.colorbar = self.fig.colorbar(self.image_artist, ax=self.ax, fraction=0.046, pad=0.02,
+                                              label="intensity")
+
+        self.group_w.observe(self._on_group, "value")
+        self.axis_w.observe(self._on_axis, "value")
+        self.index_w.observe(self._on_index, "value")
+        for w in (self.labels_w, self.prediction_w, self.alpha_w):
+            w.observe(self._on_overlay, "value")
+        self.window_w.observe(self._on_window, "value")
+        self._enter_group(first, point)
+        self.update()
+
+    # --- state ------------------------------------------------------------------------------------------
+    @property
+    def group(self) -> Group:
+        return self.groups[self.group_w.value]
+
+    @property
+    def axis(self) -> str:
+        return self.axis_w.value
+
+    def _axis_dim(self, axis: str) -> int:
+        """Which cursor coordinate the slider moves: z for xy, y for xz, x for yz."""
+        return AXES.index(axis)
+
+    def _enter_group(self, name: str, point: tuple[int, int, int] | None = None) -> None:
+        g = self.groups[name]
+        self._cache = None
+        self.cursor = list(point) if point is not None else [n // 2 for n in g.shape]
+        self.cursor = [int(np.clip(c, 0, n - 1)) for c, n in zip(self.cursor, g.shape)]
+        self._sync_slider()
+        s = self.stats.get(name)
+        if s is not None:
+            lo, hi = s.percentile(0), s.percentile(100)
+            self._set_window(lo, max(hi, lo + 1), s.window())
+        else:  # no statistics: the window comes from the first slice shown (no extra read)
+            self._window_pending = True
+
+    def _set_window(self, lo: float, hi: float, value: tuple[float, float]) -> None:
+        self._hold = True
+        try:
+            self.window_w.min, self.window_w.max = -1e12, 1e12  # widen first: min must stay below max
+            self.window_w.value = (float(value[0]), float(value[1]))
+            self.window_w.min, self.window_w.max = float(lo), float(hi)
+            self.window_w.step = max(1.0, (hi - lo) / 1000)
+        finally:
+            self._hold = False
+        self._window_pending = False
+        self.image_artist.set_clim(*self.window_w.value)
+
+    def _sync_slider(self) -> None:
+        dim = self._axis_dim(self.axis)
+        self._hold = True
+        try:
+            self.index_w.max = self.group.shape[dim] - 1
+            self.index_w.value = self.cursor[dim]
+            self.index_w.description = ("z", "y", "x")[dim]
+        finally:
+            self._hold = False
+
+    # --- callbacks ----------------------------------------------------------------------------------------
+    def _on_group(self, change: dict) -> None:
+        if self._hold:
+            return
+        self._enter_group(change["new"])
+        self.update()
+
+    def _on_axis(self, change: dict) -> None:
+        if self._hold:
+            return
+        self._sync_slider()
+        self.update()
+
+    def _on_index(self, change: dict) -> None:
+        if self._hold:
+            return
+        self.cursor[self._axis_dim(self.axis)] = int(change["new"])
+        self.update()
+
+    def _on_overlay(self, change: dict) -> None:
+        self._apply_overlays()
+        self._refresh()
+
+    def _on_window(self, change: dict) -> None:
+        if self._hold:
+            return
+        self.image_artist.set_clim(*change["new"])
+        self._refresh()
+
+    # --- data -----------------------------------------------------------------------------------------------
+    def _plane_cache(self) -> _PlaneCache:
+        if self._cache is None:
+            z_n, h, w = self.group.shape
+            positions, step = plane_positions(z_n, self.max_plane_slices)
+            per_pixel = self.group.dtype.itemsize + (1 if self.group.has_labels else 0) + 1
+            stride = 1
+            while len(positions) * -(-h // stride) * -(-w // stride) * per_pixel > self.plane_budget_mb * 1e6:
+                stride += 1
+            self._cache = _PlaneCache(positions, step, stride)
+        return self._cache
+
+    def _stack(self, layer: str) -> np.ndarray | None:
+        """The cached z-subsampled stack of `layer`, read on first use (N reads or prediction calls)."""
+        cache = self._plane_cache()
+        if layer not in cache.layers:
+            g, s = self.group, cache.stride
+            if layer == "image":
+                cache.layers[layer] = np.stack([self.reader.image(g, int(z))[::s, ::s] for z in cache.positions])
+            elif layer == "label":
+                if not g.has_labels:
+                    return None
+                cache.layers[layer] = np.stack([self.reader.label(g, int(z))[::s, ::s] for z in cache.positions])
+            else:
+                planes = [self.prediction(g.name, "xy", int(z)) for z in cache.positions]
+                if any(p is None for p in planes):
+                    return None
+                cache.layers[layer] = np.stack([np.asarray(p, bool)[::s, ::s] for p in planes])
+        return cache.layers[layer]
+
+    def _prediction_plane(self, axis: str, index: int, rows: int, cols: int) -> np.ndarray | None:
+        """A prediction plane matching the displayed (rows, cols) plane, or None."""
+        if self.prediction is None or not self.prediction_w.value:
+            return None
+        g = self.group
+        if axis == "xy":
+            p = self.prediction(g.name, "xy", index)
+            return None if p is None else np.asarray(p, bool)
+        p = self.prediction(g.name, axis, index)
+        cache = self._plane_cache()
+        if p is not None:
+            p = np.asarray(p, bool)
+            if p.shape[0] == g.shape[0]:
+                p = p[cache.positions]
+            if p.shape[1] != cols:
+                p = p[:, ::cache.stride]
+            return p if p.shape == (rows, cols) else None
+        stack = self._stack("prediction")
+        if stack is None:
+            return None
+        k = index // cache.stride
+        return stack[:, k, :] if axis == "xz" else stack[:, :, k]
+
+    def view(self, axis: str | None = None) -> dict[str, Any]:
+        """Arrays for `axis` (default: current) at the cursor: image, label, prediction, extent, title, labels."""
+        axis = axis or self.axis
+        g = self.group
+        z_n, h, w = g.shape
+        z, y, x = self.cursor
+        if axis == "xy":
+            image = self.reader.image(g, z)
+            label = self.reader.label(g, z) if g.has_labels else None
+            pred = self._prediction_plane("xy", z, h, w)
+            extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+            stretch = 1.0
+            title = f"{g.name}  xy  z={z} of {z_n} (slice {g.slices[z]:04d})"
+            xlabel, ylabel = "x", "y"
+        else:
+            cache = self._plane_cache()
+            s, step, zs = cache.stride, cache.step, cache.positions
+            index = y if axis == "xz" else x
+            k = index // s
+            cut = (lambda a: a[:, k, :]) if axis == "xz" else (lambda a: a[:, :, k])
+            image = cut(self._stack("image"))
+            labels = self._stack("label") if g.has_labels else None
+            label = None if labels is None else cut(labels)
+            pred = self._prediction_plane(axis, index, *image.shape)
+            span = h if axis == "xz" else w
+            extent = (-s / 2, image.shape[1] * s - s / 2, zs[-1] + step / 2, zs[0] - step / 2)
+            name = "y" if axis == "xz" else "x"
+            sub = _z_note(step, len(zs), z_n) + ("" if s == 1 else f", in-plane every {_ordinal(s)} pixel")
+            stretch = _z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
+            title = f"{g.name}  {axis}  {name}={k * s} of {span}{_stretch_note(stretch)}\n{sub}"
+            xlabel, ylabel = ("x" if axis == "xz" else "y"), "z (slice position)"
+        return {"image": image, "label": label, "prediction": pred, "extent": extent, "title": title,
+                "xlabel": xlabel, "ylabel": ylabel, "aspect": 1.0 if axis == "xy" else stretch}
+
+    def update(self) -> None:
+        """Read what the current state shows and push it into the artists (the body of every callback)."""
+        v = self.view()
+        self._view = v
+        self.image_artist.set_data(v["image"])
+        for artist in (self.image_artist, self.label_artist, self.prediction_artist):
+            artist.set_extent(v["extent"])
+        if self._window_pending:
+            lo, hi = (float(a) for a in np.percentile(v["image"], [0.5, 99.5]))
+            self._set_window(float(v["image"].min()), float(max(v["image"].max(), lo + 1)), (lo, max(hi, lo + 1)))
+        self.ax.set_xlim(v["extent"][0], v["extent"][1])
+        self.ax.set_ylim(v["extent"][2], v["extent"][3])
+        self.ax.set_title(v["title"], fontsize=10)
+        self.ax.set_xlabel(v["xlabel"])
+        self.ax.set_ylabel(v["ylabel"])
+        self.ax.set_aspect(v["aspect"])
+        for artist in (self.image_artist, self.label_artist, self.prediction_artist):
+            artist.set_interpolation(_interpolation(v["aspect"]))
+        self._apply_overlays()
+        self.info_w.value = (f"<code>{self.group.name}</code> {self.group.shape[0]} x {self.group.shape[1]} x "
+                             f"{self.group.shape[2]}, cursor (z, y, x) = {tuple(self.cursor)}, "
+                             f"slices read so far: {self.reader.reads}")
+        self._refresh()
+
+    def _apply_overlays(self) -> None:
+        """Overlay visibility, colours and opacity from the checkboxes and the slider (no reads, except one
+        prediction call when the prediction is switched on after the view was read)."""
+        v, alpha = self._view, float(self.alpha_w.value)
+        shape = v["image"].shape
+        if v["prediction"] is None and self.prediction is not None and self.prediction_w.value:
+            v["prediction"] = self._prediction_plane(self.axis, self.cursor[self._axis_dim(self.axis)], *shape)
+        show_label = bool(self.labels_w.value) and v["label"] is not None
+        show_pred = bool(self.prediction_w.value) and v["prediction"] is not None
+        label_rgba, pred_rgba = mask_layers(v["label"] if show_label else None,
+                                            v["prediction"] if show_pred else None, alpha)
+        empty = np.zeros((*shape, 4), np.float32)
+        self.label_artist.set_data(empty if label_rgba is None else label_rgba)
+        self.label_artist.set_visible(show_label)
+        self.prediction_artist.set_data(empty if pred_rgba is None else pred_rgba)
+        self.prediction_artist.set_visible(show_pred)
+        if self.ax.get_legend() is not None:
+            self.ax.get_legend().remove()
+        handles = _legend_handles(alpha, show_label, show_pred)
+        if handles:
+            self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7)
+
+    def _refresh(self) -> None:
+        """Redraw: in a live frontend the Output widget shows the figure again (inline backend, no ipympl)."""
+        if self._output is None:
+            return
+        from io import BytesIO
+
+        from IPython.display import Image, clear_output, display
+
+        buffer = BytesIO()
+        self.fig.savefig(buffer, format="png", dpi=self.dpi)  # PNG bytes: independent of the matplotlib backend
+        with self._output:
+            clear_output(wait=True)
+            display(Image(data=buffer.getvalue()))
+
+    # --- presentation -----------------------------------------------------------------------------------------
+    def widget(self) -> Any:
+        """The control panel and the figure, for a live Jupyter frontend."""
+        import ipywidgets as W
+
+        if self._output is None:
+            self._output = W.Output()
+        controls = W.VBox([
+            W.HBox([self.group_w, self.axis_w]), self.index_w,
+            W.HBox([self.labels_w, self.prediction_w, self.alpha_w]), self.window_w, self.info_w,
+        ])
+        self._refresh()
+        return W.VBox([controls, self._output])
+
+    def static_figure(self) -> Figure:
+        """xy, xz and yz at the cursor, as the browser shows them, in one figure (for runs without a frontend)."""
+        views = [self.view(a) for a in AXES]
+        lo, hi = self.window_w.value
+        alpha = float(self.alpha_w.value)
+        with _style():
+            fig = Figure(figsize=(16, 5.6), layout="constrained")
+            axes = fig.subplots(1, 3)
+            shown = (False, False)
+            for ax, v in zip(axes, views):
+                kw = dict(extent=v["extent"], aspect=v["aspect"], interpolation=_interpolation(v["aspect"]))
+                im = ax.imshow(v["image"], cmap="gray", vmin=lo, vmax=hi, **kw)
+                label = v["label"] if self.labels_w.value else None
+                pred = v["prediction"] if self.prediction_w.value else None
+                for layer in mask_layers(label, pred, alpha):
+                    if layer is not None:
+                        ax.imshow(layer, **kw)
+                shown = (shown[0] or label is not None, shown[1] or pred is not None)
+                ax.set_title(v["title"], fontsize=10)
+                ax.set(xlabel=v["xlabel"], ylabel=v["ylabel"])
+            fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="intensity")
+            handles = _legend_handles(alpha, *shown)
+            if handles:
+                fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+            fig.suptitle("Slice browser, rendered once (no live frontend): xy, xz, yz at cursor "
+                         f"(z, y, x) = {tuple(self.cursor)}")
+        return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Notebook plumbing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def live_frontend() -> bool:
+    """True inside a Jupyter kernel driven by an interactive frontend (widgets can be used).
+
+    Papermill, nbconvert and nbclient execute with `allow_stdin=False`; Jupyter Lab/Notebook and VS Code allow
+    stdin. `SENNET_INTERACTIVE=0/1` overrides the guess.
+    """
+    forced = os.environ.get("SENNET_INTERACTIVE")
+    if forced is not None:
+        return forced.strip().lower() in {"1", "true", "yes"}
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    kernel = getattr(get_ipython(), "kernel", None)
+    return bool(kernel is not None and getattr(kernel, "_allow_stdin", False))
+
+
+def publish(fig: Figure, output_dir: str | Path, name: str, show: bool = True, dpi: int = 110) -> Path:
+    """Save `fig` as `output_dir/name.png` and, under IPython, display that PNG (the figure is rendered once)."""
+    path = Path(output_dir) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    if show:
+        try:
+            from IPython import get_ipython
+            from IPython.display import Image, display
+        except ImportError:
+            return path
+        if get_ipython() is not None:
+            display(Image(filename=str(path)))
+    return path
