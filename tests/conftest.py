@@ -49,3 +49,11 @@ def mini_root(tmp_path: Path) -> Path:
     np.save(tmp_path / "k1_labels.npy", k1[1])
     np.save(tmp_path / "k3_images.npy", k3[0])
     return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic `tiny` competition root, generated once per test session (read-only for tests)."""
+    from lib import synthetic
+
+    return synthetic.generate(tmp_path_factory.mktemp("synthetic") / "tiny", preset="tiny", seed=0, progress=False)

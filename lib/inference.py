@@ -1,0 +1,268 @@
+"""Sliding-window prediction over whole kidneys in bounded memory, streamed along z.
+
+The tile grid, Gaussian weighting and mirroring are nnU-Net's own (`compute_steps_for_sliding_window`,
+`compute_gaussian`, all flip combinations), laid over the whole volume exactly as `nnUNetPredictor` does,
+but tiles are visited one z-row at a time and a slice is written out as soon as no later tile touches it.
+So the result equals nnUNetPredictor's (no seams: the grid is global) while memory holds only about one
+patch depth of slices: peak ~ 16 * patch_z * H * W bytes (+ the network), whatever the number of slices.
+
+Two classes means softmax = sigmoid(logit_vessel - logit_background), and Gaussian averaging is linear, so
+one channel (the logit difference) is accumulated instead of two.
+
+Pipeline per kidney (each stage a generator of 2D slices): read -> CT-normalise -> resample to the training
+spacing (optional) -> sliding window -> resample back -> float16/uint8 memmap on disk.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lib import data, training, transfer
+
+RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
+READ_CHUNK = 8
+
+
+@dataclass
+class Model:
+    """A trained network and what inference needs from its plans."""
+
+    network: torch.nn.Module
+    plans: dict
+    patch_size: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    intensity: dict  # CT normalisation statistics of the training data (channel 0)
+    mirror_axes: tuple[int, ...]
+    device: torch.device
+    model_dir: Path | None = None
+    checkpoint: dict = field(default_factory=dict)  # file, epoch, mtime: identifies the weights
+
+
+def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "checkpoint_final.pth",
+               fold: int = 0) -> Model:
+    """Load the model folder notebook 02 writes (plans.json, dataset.json, fold_k/checkpoint_*.pth)."""
+    model_dir = Path(model_dir)
+    plans_file, weights_file = model_dir / "plans.json", model_dir / f"fold_{fold}" / checkpoint
+    for path in (plans_file, weights_file):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; is {model_dir} a model folder written by training?")
+    plans = json.loads(plans_file.read_text())
+    try:
+        saved = torch.load(weights_file, map_location="cpu", weights_only=False)
+        weights = saved["network_weights"]
+    except Exception as e:
+        raise RuntimeError(f"{weights_file}: not a readable nnU-Net checkpoint ({type(e).__name__}: {e})") from None
+    network = transfer.build_network(plans, training.CONFIGURATION, deep_supervision=False)
+    network.load_state_dict(weights)
+    mirror = saved.get("inference_allowed_mirroring_axes") or (0, 1, 2)
+    info = {"file": str(weights_file), "epoch": saved.get("current_epoch"), "mtime": weights_file.stat().st_mtime}
+    return from_network(network, plans, device, tuple(mirror), model_dir, info)
+
+
+def from_network(network: torch.nn.Module, plans: dict, device: str | torch.device = "auto",
+                 mirror_axes: tuple[int, ...] = (0, 1, 2), model_dir: Path | None = None,
+                 checkpoint: dict | None = None) -> Model:
+    """Wrap an in-memory network (deep supervision off) and its plans for prediction."""
+    device = training.resolve_device(device) if isinstance(device, str) else device
+    config = plans["configurations"][training.CONFIGURATION]
+    network = network.to(device).eval()
+    return Model(network, plans, tuple(config["patch_size"]), tuple(config["spacing"]),
+                 plans["foreground_intensity_properties_per_channel"]["0"], tuple(mirror_axes), device,
+                 model_dir, checkpoint or {})
+
+
+def normalize(image: np.ndarray, intensity: dict) -> np.ndarray:
+    """nnU-Net's CTNormalization: clip to the foreground 0.5/99.5 percentiles, z-score with foreground stats."""
+    out = np.clip(image.astype(np.float32), intensity["percentile_00_5"], intensity["percentile_99_5"])
+    out -= np.float32(intensity["mean"])
+    out /= np.float32(max(intensity["std"], 1e-8))
+    return out
+
+
+def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int],
+                    shape_out: tuple[int, int, int]) -> Iterator[np.ndarray]:
+    """Resample a stream of slices from `shape_in` to `shape_out`: linear along z, bilinear in-plane.
+
+    Holds two input slices at a time. Coordinates follow `align_corners=False` (pixel centres).
+    """
+    (z_in, _, _), (z_out, h_out, w_out) = shape_in, shape_out
+
+    def plane(s: np.ndarray) -> np.ndarray:
+        if s.shape == (h_out, w_out):
+            return s.astype(np.float32, copy=False)
+        t = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))[None, None]
+        return F.interpolate(t, size=(h_out, w_out), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+    source = iter(slices)
+    held: dict[int, np.ndarray] = {}  # at most the two input slices around the current output slice
+    for j in range(z_out):
+        c = min(max((j + 0.5) * z_in / z_out - 0.5, 0.0), z_in - 1)
+        k = int(math.floor(c))
+        k1 = min(k + 1, z_in - 1)
+        while len(held) == 0 or max(held) < k1:
+            held[max(held, default=-1) + 1] = plane(next(source))
+        for old in [i for i in held if i < k]:
+            del held[old]
+        w = c - k
+        yield held[k] if w == 0 else (1 - w) * held[k] + w * held[k1]
+    for _ in source:  # drain, so that a generator upstream runs to its end
+        pass
+
+
+def sliding_window(model: Model, slices: Iterable[np.ndarray], shape: tuple[int, int, int], tile_step: float = 0.5,
+                   tta: bool = True, batch_size: int = 1, progress: tqdm | None = None) -> Iterator[np.ndarray]:
+    """Vessel probabilities of a (Z, H, W) volume given as normalised slices, yielded slice by slice.
+
+    Tiles and weights are nnUNetPredictor's; tiles smaller volumes are zero-padded as nnU-Net pads them.
+    """
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+    device, patch = model.device, model.patch_size
+    padded = tuple(max(s, p) for s, p in zip(shape, patch))
+    below = tuple((p - s) // 2 for s, p in zip(shape, padded))
+    steps = compute_steps_for_sliding_window(padded, patch, tile_step)
+    gaussian = compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device).float()
+    pz = patch[0]
+    depth = pz + max(np.diff(steps[0]).max(initial=0), 1)
+    value = torch.zeros((depth, *padded[1:]), device=device)
+    weight = torch.zeros_like(value)
+    window: list[torch.Tensor] = []  # padded input slices from `window_start` on
+    window_start, base = 0, 0  # first padded z held in `window` / in `value` and `weight`
+    source = iter(slices)
+    tiles = [(y, x) for y in steps[1] for x in steps[2]]
+
+    def padded_slice(z: int) -> torch.Tensor:
+        real = z - below[0]
+        out = torch.zeros(padded[1:], device=device)
+        if 0 <= real < shape[0]:
+            s = torch.from_numpy(np.ascontiguousarray(next(source), dtype=np.float32))
+            out[below[1]:below[1] + shape[1], below[2]:below[2] + shape[2]] = s.to(device)
+        return out
+
+    for i, z0 in enumerate(steps[0]):
+        window = window[z0 - window_start:]
+        window_start = z0
+        while len(window) < pz:
+            window.append(padded_slice(window_start + len(window)))
+        slab = torch.stack(window[:pz])
+        for b in range(0, len(tiles), batch_size):
+            chunk = tiles[b:b + batch_size]
+            x = torch.stack([slab[:, y:y + patch[1], x:x + patch[2]] for y, x in chunk])[:, None]
+            diff = _predict_logit_difference(model, x, tta)
+            for (y, x_), d in zip(chunk, diff):
+                value[z0 - base:z0 - base + pz, y:y + patch[1], x_:x_ + patch[2]] += d * gaussian
+                weight[z0 - base:z0 - base + pz, y:y + patch[1], x_:x_ + patch[2]] += gaussian
+        done_until = steps[0][i + 1] if i + 1 < len(steps[0]) else padded[0]
+        for z in range(base, done_until):  # no later tile reaches these slices
+            real = z - below[0]
+            if 0 <= real < shape[0]:
+                prob = torch.sigmoid(value[z - base] / weight[z - base])
+                yield prob[below[1]:below[1] + shape[1], below[2]:below[2] + shape[2]].cpu().numpy()
+                if progress is not None:
+                    progress.update(1)
+        keep = base + depth - done_until
+        value[:keep] = value[done_until - base:].clone()
+        weight[:keep] = weight[done_until - base:].clone()
+        value[keep:] = 0
+        weight[keep:] = 0
+        base = done_until
+
+
+@torch.inference_mode()
+def _predict_logit_difference(model: Model, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Vessel minus background logit of a batch of patches, averaged over mirrorings as nnU-Net does."""
+    autocast = torch.autocast("cuda") if model.device.type == "cuda" else _nullcontext()
+    with autocast:
+        logits = model.network(x).float()
+        if tta and model.mirror_axes:
+            axes = [a + 2 for a in model.mirror_axes]
+            combos = [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
+            for c in combos:
+                logits += torch.flip(model.network(torch.flip(x, c)), c).float()
+            logits /= len(combos) + 1
+    return logits[:, 1] - logits[:, 0]
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model: Model,
+                      resample: bool) -> tuple[int, int, int]:
+    """The shape a volume takes at the training spacing; unchanged when not resampling or sizes are close."""
+    if not resample or voxel_um is None:
+        return shape
+    scale = [voxel_um / 1000 / s for s in model.spacing_mm]
+    if all(abs(f - 1) <= RESAMPLE_TOLERANCE for f in scale):
+        return shape
+    return tuple(max(1, int(round(n * f))) for n, f in zip(shape, scale))
+
+
+def predict_slices(model: Model, group: data.Group, tile_step: float = 0.5, tta: bool = True,
+                   resample: bool = True, batch_size: int = 1, progress: bool = True) -> Iterator[np.ndarray]:
+    """Vessel probability slices (float32, the group's H x W) of a whole group, in z order."""
+    shape = group.shape
+    work_shape = model_space_shape(shape, group.voxel_um, model, resample)
+    slices: Iterable[np.ndarray] = (normalize(s, model.intensity) for s in _read_slices(group))
+    if work_shape != shape:
+        slices = resample_slices(slices, shape, work_shape)
+    bar = tqdm(total=work_shape[0], desc=f"predict {group.name}", unit="slice", disable=not progress)
+    probs = sliding_window(model, slices, work_shape, tile_step, tta, batch_size, bar)
+    if work_shape != shape:
+        probs = resample_slices(probs, work_shape, shape)
+    yield from probs
+    bar.close()
+
+
+def predict_group(model: Model, group: data.Group, out_file: Path | str, tile_step: float = 0.5, tta: bool = True,
+                  resample: bool = True, dtype: str = "float16", batch_size: int = 1, overwrite: bool = False,
+                  progress: bool = True) -> np.memmap:
+    """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255).
+
+    A finished file made by the same model and settings is reused; another existing file is an error
+    unless `overwrite`.
+    """
+    out_file = Path(out_file)
+    record = out_file.with_suffix(".json")
+    settings = {"group": group.name, "shape": list(group.shape), "model": model.checkpoint, "tile_step": tile_step,
+                "tta": tta, "resample": resample, "dtype": dtype,
+                "model_space_shape": list(model_space_shape(group.shape, group.voxel_um, model, resample))}
+    if out_file.exists():
+        if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
+            return np.load(out_file, mmap_mode="r")
+        if not overwrite:
+            raise FileExistsError(f"{out_file}: exists from other settings or an unfinished run; "
+                                  "pass overwrite=True to replace it")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    record.unlink(missing_ok=True)
+    out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.dtype(dtype), shape=group.shape)
+    start = time.perf_counter()
+    for z, prob in enumerate(predict_slices(model, group, tile_step, tta, resample, batch_size, progress)):
+        out[z] = np.round(prob * 255) if dtype == "uint8" else prob
+    out.flush()
+    record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
+    return np.load(out_file, mmap_mode="r")
+
+
+def probability(stored: np.ndarray) -> np.ndarray:
+    """Probabilities as float32 in [0, 1] from a stored float16 or uint8 (x255) array or slice."""
+    return stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored.astype(np.float32)
+
+
+def _read_slices(group: data.Group) -> Iterator[np.ndarray]:
+    for start in range(0, group.shape[0], READ_CHUNK):
+        yield from group.read_images(start, min(start + READ_CHUNK, group.shape[0]))

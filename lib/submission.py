@@ -1,0 +1,64 @@
+"""The competition's submission.csv: one RLE row per test slice, checked before it is written.
+
+Ids are `<kidney>_<slice:04d>` for the slices discovered at run time, in the order of sample_submission.csv
+when it exists. An existing submission is never overwritten: it is kept as `submission.<time>.csv`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lib import data, rle
+
+
+class SubmissionCheckError(ValueError):
+    """A submission that would be rejected or scored wrongly; nothing was written."""
+
+
+def group_rows(group: data.Group, masks: np.ndarray) -> list[tuple[str, str]]:
+    """(id, rle) for every slice of a group from its (Z, H, W) mask (array or memmap, nonzero = vessel)."""
+    if tuple(masks.shape) != group.shape:
+        raise SubmissionCheckError(f"{group.name}: mask shape {tuple(masks.shape)} != volume shape {group.shape}")
+    return [(group.slice_id(z), rle.encode(np.asarray(masks[z]))) for z in range(group.shape[0])]
+
+
+def write_submission(rows: Iterable[tuple[str, str]], path: Path | str,
+                     sample_submission: Path | str | None = None) -> pd.DataFrame:
+    """Check and write `rows` as submission.csv; returns the frame written.
+
+    Checks: every id once, every rle a non-empty string ("1 0" for an empty slice), and, when a
+    sample_submission is given, exactly its ids (written in its order).
+    """
+    path = Path(path)
+    frame = pd.DataFrame(list(rows), columns=["id", "rle"])
+    dup = frame["id"][frame["id"].duplicated()]
+    if len(dup):
+        raise SubmissionCheckError(f"{len(dup)} duplicate ids, e.g. {dup.iloc[0]!r}")
+    bad = frame[~frame["rle"].map(lambda r: isinstance(r, str) and r.strip() != "")]
+    if len(bad):
+        raise SubmissionCheckError(f"{len(bad)} rows without an RLE string (NaN or empty), e.g. {bad['id'].iloc[0]!r}")
+    if sample_submission is not None and Path(sample_submission).is_file():
+        expected = pd.read_csv(sample_submission, dtype=str, keep_default_na=False)["id"]
+        missing = sorted(set(expected) - set(frame["id"]))
+        extra = sorted(set(frame["id"]) - set(expected))
+        if missing or extra:
+            raise SubmissionCheckError(
+                f"ids differ from {sample_submission}: {len(missing)} missing (e.g. {missing[:3]}), "
+                f"{len(extra)} not expected (e.g. {extra[:3]})")
+        frame = frame.set_index("id").loc[expected].reset_index()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    frame.to_csv(partial, index=False)
+    if path.exists():  # keep the previous submission under a timestamped name
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        kept, n = path.with_name(f"{path.stem}.{stamp}{path.suffix}"), 1
+        while kept.exists():
+            kept, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
+        os.replace(path, kept)
+    os.replace(partial, path)
+    return frame

@@ -1,0 +1,62 @@
+"""Builders shared by tests: small random nnU-Net models in the format training writes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib import transfer, v1_checkpoint
+
+INTENSITY = {"mean": 100.0, "std": 20.0, "percentile_00_5": 50.0, "percentile_99_5": 160.0,
+             "median": 100.0, "min": 0.0, "max": 200.0}
+
+
+def small_plans(patch=(32, 64, 64), spacing=(0.05, 0.05, 0.05), intensity: dict | None = None) -> dict:
+    """v2 plans of the 'small' v1 variant (6 stages, base 4 features) with kidney-like spacing."""
+    plans = transfer.v2_plans_from_v1(v1_checkpoint.variant_plans("small"))
+    config = plans["configurations"]["3d_fullres"]
+    config["patch_size"], config["spacing"] = list(patch), list(spacing)
+    plans["foreground_intensity_properties_per_channel"] = {"0": dict(intensity or INTENSITY)}
+    return plans
+
+
+def random_network(plans: dict, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """The plans' network with perturbed weights (so outputs vary in space), deep supervision off."""
+    torch.manual_seed(seed)
+    net = transfer.build_network(plans, deep_supervision=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return net.eval()
+
+
+def write_model_dir(folder: Path, plans: dict, network: torch.nn.Module) -> Path:
+    """A model folder laid out as training writes it: plans.json, dataset.json, fold_0/checkpoint_final.pth."""
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"},
+                                                     "labels": {"background": 0, "vessel": 1}, "file_ending": ".tif"}))
+    torch.save({"network_weights": network.state_dict(), "current_epoch": 1,
+                "inference_allowed_mirroring_axes": (0, 1, 2)}, folder / "fold_0" / "checkpoint_final.pth")
+    return folder
+
+
+def reference_probabilities(network: torch.nn.Module, volume: np.ndarray, patch, tile_step: float = 0.5) -> np.ndarray:
+    """nnU-Net's sliding window written out plainly in float64 on the whole volume (no padding needed)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+    g = compute_gaussian(tuple(patch), 1 / 8, 10, device=torch.device("cpu")).float().numpy().astype(np.float64)
+    steps = compute_steps_for_sliding_window(volume.shape, tuple(patch), tile_step)
+    value, weight = np.zeros((2, *volume.shape)), np.zeros(volume.shape)
+    with torch.no_grad():
+        for z in steps[0]:
+            for y in steps[1]:
+                for x in steps[2]:
+                    sl = np.s_[z:z + patch[0], y:y + patch[1], x:x + patch[2]]
+                    out = network(torch.from_numpy(np.ascontiguousarray(volume[sl])[None, None])).double().numpy()[0]
+                    value[(slice(None), *sl)] += out * g
+                    weight[sl] += g
+    logits = value / weight
+    return 1 / (1 + np.exp(-(logits[1] - logits[0])))

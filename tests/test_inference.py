@@ -1,0 +1,143 @@
+"""Streaming sliding-window prediction: equal to nnU-Net's own predictor, bounded, resolution-aware."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lib import data, inference
+
+from helpers import INTENSITY, random_network, reference_probabilities, small_plans, write_model_dir
+
+PATCH = (32, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def model() -> inference.Model:
+    plans = small_plans(PATCH, spacing=(1.0, 1.0, 1.0))
+    return inference.from_network(random_network(plans), plans, "cpu")
+
+
+def volume(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(100, 30, shape).clip(1, None).astype(np.float32)
+
+
+def ours(model: inference.Model, vol: np.ndarray, tta: bool = False, **kw) -> np.ndarray:
+    slices = (inference.normalize(s, model.intensity) for s in vol)
+    return np.stack(list(inference.sliding_window(model, slices, vol.shape, tta=tta, **kw)))
+
+
+def nnunet_predictor_probabilities(model: inference.Model, vol: np.ndarray, tta: bool) -> np.ndarray:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(model.plans)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.manual_initialization(model.network, manager, manager.get_configuration("3d_fullres"),
+                                    [model.network.state_dict()], {"channel_names": {"0": "CT"},
+                                    "labels": {"background": 0, "vessel": 1}, "file_ending": ".tif"},
+                                    "test", model.mirror_axes)
+    _, probs = predictor.predict_single_npy_array(vol[None], {"spacing": [1.0, 1.0, 1.0]}, None, None, True)
+    return probs[1]
+
+
+def test_equals_plain_float64_sliding_window(model: inference.Model) -> None:
+    vol = volume((45, 70, 90))
+    expected = reference_probabilities(model.network, inference.normalize(vol, INTENSITY), PATCH)
+    np.testing.assert_allclose(ours(model, vol), expected, atol=1e-5, rtol=0)
+
+
+def test_matches_nnunet_predictor(model: inference.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    vol = volume((45, 70, 90), seed=1)
+    mine = ours(model, vol)
+    shipped = nnunet_predictor_probabilities(model, vol, tta=False)
+    # nnUNetPredictor accumulates tiles in float16; with float32 buffers it is the same computation as ours.
+    monkeypatch.setattr(torch, "half", torch.float32)
+    fp32 = nnunet_predictor_probabilities(model, vol, tta=False)
+    monkeypatch.undo()
+    assert np.abs(mine - fp32).max() < 1e-4
+    # The shipped predictor differs by its float16 rounding (largest where only tile corners, whose Gaussian
+    # weights underflow in float16, cover a voxel); the typical voxel agrees far below 1e-3.
+    diff = np.abs(mine - shipped)
+    assert np.median(diff) < 1e-3 and np.abs(fp32 - shipped).max() == pytest.approx(diff.max(), abs=1e-4)
+
+
+def test_mirroring_and_padding_match_nnunet_predictor(model: inference.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    vol = volume((20, 64, 70), seed=2)  # thinner than the patch along z: zero-padded as nnU-Net pads
+    mine = ours(model, vol, tta=True)
+    monkeypatch.setattr(torch, "half", torch.float32)
+    theirs = nnunet_predictor_probabilities(model, vol, tta=True)
+    assert mine.shape == vol.shape
+    assert np.abs(mine - theirs).max() < 1e-4
+
+
+def test_streams_with_bounded_lookahead(model: inference.Model) -> None:
+    vol = volume((150, 64, 64), seed=3)
+    consumed = []
+
+    def counted():
+        for z, s in enumerate(vol):
+            consumed.append(z)
+            yield inference.normalize(s, model.intensity)
+
+    lookahead = []
+    for k, _ in enumerate(inference.sliding_window(model, counted(), vol.shape, tta=False)):
+        lookahead.append(len(consumed) - k)
+    assert len(lookahead) == 150
+    assert max(lookahead) <= PATCH[0] + 1  # at most one patch depth of slices is held, whatever the depth
+
+
+def test_batched_tiles_give_the_same_result(model: inference.Model) -> None:
+    vol = volume((36, 64, 96), seed=4)
+    np.testing.assert_allclose(ours(model, vol, batch_size=3), ours(model, vol), atol=1e-5)
+
+
+def test_resample_slices_is_linear_in_z_and_identity_when_equal() -> None:
+    ramp = np.repeat(np.arange(10, dtype=np.float32)[:, None, None], 6, 1).repeat(5, 2)
+    same = np.stack(list(inference.resample_slices(iter(ramp), ramp.shape, ramp.shape)))
+    np.testing.assert_array_equal(same, ramp)
+    up = np.stack(list(inference.resample_slices(iter(ramp), ramp.shape, (20, 12, 10))))
+    centres = np.clip((np.arange(20) + 0.5) / 2 - 0.5, 0, 9)  # align_corners=False
+    np.testing.assert_allclose(up[:, 3, 4], centres, atol=1e-6)
+    back = np.stack(list(inference.resample_slices(iter(up), up.shape, ramp.shape)))
+    np.testing.assert_allclose(back[1:-1], ramp[1:-1], atol=1e-5)
+
+
+def test_predict_group_resamples_kidney_6_and_caches(synthetic_tiny: Path, tmp_path: Path) -> None:
+    plans = small_plans(PATCH, spacing=(0.05, 0.05, 0.05), intensity={**INTENSITY, "mean": 20000.0, "std": 5000.0,
+                                                                      "percentile_00_5": 5000.0, "percentile_99_5": 40000.0})
+    model_dir = write_model_dir(tmp_path / "model", plans, random_network(plans))
+    model = inference.load_model(model_dir, device="cpu")
+    k6, k5 = data.open_group("kidney_6", synthetic_tiny), data.open_group("kidney_5", synthetic_tiny)
+    work = inference.model_space_shape(k6.shape, k6.voxel_um, model, resample=True)
+    assert work == tuple(int(round(n * 63.08 / 50)) for n in k6.shape)  # 63.08 µm -> 50 µm grid
+    assert inference.model_space_shape(k5.shape, k5.voxel_um, model, resample=True) == k5.shape  # 50.28: within 2%
+    out = tmp_path / "probs" / "kidney_6.npy"
+    probs = inference.predict_group(model, k6, out, tta=False, progress=False)
+    assert probs.shape == k6.shape and probs.dtype == np.float16
+    assert 0 <= float(probs.min()) and float(probs.max()) <= 1 and float(probs.std()) > 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["settings"]["model_space_shape"] == list(work)
+    mtime = out.stat().st_mtime_ns
+    inference.predict_group(model, k6, out, tta=False, progress=False)  # same settings: reused
+    assert out.stat().st_mtime_ns == mtime
+    with pytest.raises(FileExistsError, match="kidney_6.npy: exists from other settings"):
+        inference.predict_group(model, k6, out, tta=True, progress=False)
+    plain = inference.predict_group(model, k6, tmp_path / "plain.npy", tta=False, resample=False,
+                                    dtype="uint8", progress=False)
+    assert plain.dtype == np.uint8 and plain.shape == k6.shape
+
+
+def test_load_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="plans.json: missing"):
+        inference.load_model(tmp_path)
+    plans = small_plans()
+    write_model_dir(tmp_path, plans, random_network(plans))
+    (tmp_path / "fold_0" / "checkpoint_final.pth").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="checkpoint_final.pth: not a readable nnU-Net checkpoint"):
+        inference.load_model(tmp_path)
