@@ -26,6 +26,7 @@ DATASET_NAME = f"Dataset{DATASET_ID}_SenNetKidney"
 DEFAULT_TRAIN_GROUPS = ("kidney_1_dense", "kidney_2", "kidney_3_sparse")
 DEFAULT_VAL_GROUP = "kidney_3_dense"
 READ_CHUNK = 16  # slices read together (threaded) while writing a slab
+MIN_SLAB = 4  # runs of fewer slices are left out (nnU-Net's 3D TIFF reader needs >1; such slivers teach little)
 
 
 def nnunet_env(work_dir: Path | str) -> dict[str, Path]:
@@ -74,8 +75,11 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
         group, role = groups[name], "val" if name == val_group else "train"
         keep = np.array([role == "val" or f not in val_files for f in group.image_files])
         for start, stop in _runs(keep):
-            for s in range(start, stop, slab_depth):
-                e = min(s + slab_depth, stop)
+            if stop - start < MIN_SLAB:  # e.g. a sliver of kidney_3_sparse beside kidney_3_dense: too thin to use
+                continue
+            n = -(-(stop - start) // slab_depth)  # slabs of near-equal depth, none a thin remainder
+            edges = np.linspace(start, stop, n + 1).round().astype(int)
+            for s, e in zip(edges[:-1].tolist(), edges[1:].tolist()):
                 cases.append(Case(f"{name}_z{group.slices[s]:04d}", name, s, e, spacing_mm(group), role))
     return cases
 

@@ -1,0 +1,115 @@
+"""Transfer-learning training on the CPU with the tiny configuration: from scratch, from a converted v1
+archive, resuming after an interruption; plus the dataset conversion and plans it rests on."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from lib import data, nnunet_dataset, training, transfer, v1_checkpoint
+from lib.training import FineTuneTrainer, TrainSettings
+
+FAST = dict(configuration="tiny", epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, device="cpu",
+            train_groups=("kidney_1_dense", "kidney_3_sparse"), val_group="kidney_3_dense")
+
+
+def test_cases_keep_validation_images_out_of_training(synthetic_tiny: Path) -> None:
+    groups = data.discover(synthetic_tiny)
+    cases = nnunet_dataset.plan_cases(groups, ["kidney_1_dense", "kidney_3_sparse"], "kidney_3_dense", slab_depth=8)
+    dense = groups["kidney_3_dense"]
+    sparse_slices = {groups["kidney_3_sparse"].slices[z] for c in cases if c.group == "kidney_3_sparse"
+                     for z in range(c.start, c.stop)}
+    assert sparse_slices.isdisjoint(dense.slices) and sparse_slices  # kidney_3_dense's images are held out
+    assert all(c.stop - c.start <= 8 for c in cases)
+    assert [c.role for c in cases if c.group == "kidney_3_dense"] == ["val"] * len([c for c in cases if c.role == "val"])
+    with pytest.raises(data.DataError, match="kidney_5.*has no labels"):
+        nnunet_dataset.plan_cases(groups, ["kidney_5"], None)
+
+
+def test_raw_dataset_slabs_equal_the_source(synthetic_tiny: Path, tmp_path: Path) -> None:
+    table = nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, ["kidney_1_dense"], "kidney_3_dense",
+                                             slab_depth=7, progress=False)
+    raw = tmp_path / "raw" / nnunet_dataset.DATASET_NAME
+    group = data.open_group("kidney_1_dense", synthetic_tiny)
+    stacked = np.concatenate([tifffile.imread(raw / "imagesTr" / f"{n}_0000.tif") for n in table.index
+                              if n.startswith("kidney_1_dense")])
+    np.testing.assert_array_equal(stacked, group.read_images())
+    assert list(table.loc[table["group"] == "kidney_1_dense", "slices"]) == [7, 6, 7]  # 20 slices, no thin rest
+    label = tifffile.imread(raw / "labelsTr" / "kidney_1_dense_z0007.tif")
+    np.testing.assert_array_equal(label, group.read_labels(7, 13) // 255)
+    assert json.loads((raw / "imagesTr" / "kidney_1_dense_z0007.json").read_text())["spacing"] == [0.05] * 3
+    assert json.loads((raw / "dataset.json").read_text())["overwrite_image_reader_writer"] == "Tiff3DIO"
+    with pytest.raises(FileExistsError, match="converted with other settings"):
+        nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, ["kidney_1_dense"], "kidney_3_dense", slab_depth=5)
+
+
+def test_plans_keep_the_architecture_and_take_kidney_statistics() -> None:
+    arch = transfer.v2_plans_from_v1(v1_checkpoint.variant_plans("task008"))
+    fingerprint = {"spacings": [[0.05] * 3] * 3, "shapes_after_crop": [[100, 200, 300]] * 3,
+                   "foreground_intensity_properties_per_channel": {"0": {"mean": 1.0, "std": 2.0}}}
+    plans = training.kidney_plans(arch, fingerprint, [32, 64, 64], 2)
+    config, hepatic = plans["configurations"]["3d_fullres"], arch["configurations"]["3d_fullres"]
+    assert config["architecture"] == hepatic["architecture"]
+    assert config["spacing"] == [0.05] * 3 and config["patch_size"] == [32, 64, 64]
+    assert plans["foreground_intensity_properties_per_channel"]["0"]["mean"] == 1.0
+    assert training.patch_size_for(arch, torch.device("cuda")) == [64, 192, 192]  # the hepatic patch on a GPU
+    assert training.patch_size_for(arch, torch.device("cpu")) == [32, 64, 64]
+    with pytest.raises(ValueError, match="not divisible"):
+        training.patch_size_for(arch, torch.device("cpu"), [24, 64, 64])
+
+
+def test_warmup_then_poly_schedule() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = training.WarmupPolyLR(opt, 0.01, max_steps=10, warmup=2)
+    lrs = []
+    for epoch in range(10):
+        sched.step(epoch)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(0.01 / 3) and lrs[1] == pytest.approx(0.02 / 3)
+    assert lrs[2] == pytest.approx(0.01 * 0.8 ** 0.9) and lrs[9] < lrs[5] < lrs[2]
+
+
+def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: Path) -> None:
+    archive = v1_checkpoint.write_v1_archive(tmp_path / "Task008_HepaticVessel.zip",
+                                             v1_checkpoint.variant_plans("small"), seed=3)
+    arch, weights_file = training.architecture_plans("tiny", archive, tmp_path / "work")
+    network = transfer.build_network(arch)
+    loaded = training.load_all_weights(network, weights_file)
+    converted = torch.load(weights_file, weights_only=True)["network_weights"]
+    for key, value in network.state_dict().items():  # every tensor, the vessel head included
+        torch.testing.assert_close(value, converted[key], rtol=0, atol=0)
+    assert loaded["tensors_loaded"] == len(converted) and loaded["heads_loaded"]
+
+    result = training.train(synthetic_tiny, tmp_path / "run", TrainSettings(pretrained=str(archive), **FAST),
+                            progress=False)
+    record = json.loads((result.model_dir / "training.json").read_text())
+    assert record["from_scratch"] is False and record["pretrained"]["tensors_loaded"] == len(converted)
+    assert (result.model_dir / "fold_0" / "checkpoint_final.pth").is_file()
+    assert len(result.history["train_losses"]) == 2 and np.isfinite(result.history["train_losses"]).all()
+
+
+def test_from_scratch_resumes_after_an_interruption(synthetic_tiny: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    original = FineTuneTrainer.on_epoch_end
+
+    def interrupted(self):
+        original(self)
+        raise KeyboardInterrupt("simulated interruption after the first epoch")
+
+    monkeypatch.setattr(FineTuneTrainer, "on_epoch_end", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
+    monkeypatch.undo()
+    model_dir = tmp_path / "nnunet" / "results" / nnunet_dataset.DATASET_NAME / training.TRAINER_FOLDER
+    assert (model_dir / "fold_0" / "checkpoint_latest.pth").is_file()
+    result = training.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
+    assert result.resumed_from_epoch == 1 and result.pretrained is None
+    assert len(result.history["train_losses"]) == 2  # epoch 0 from before the interruption, epoch 1 now
+    fig = training.plot_history(result.history, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000 and len(fig.axes) == 3
+    with pytest.raises(FileExistsError, match="a finished model is already there"):
+        training.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
