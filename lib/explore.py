@@ -498,6 +498,9 @@ class OrthoViews:
     yz_label: np.ndarray | None = None
     voxel_um: float | None = None
     slice_numbers: tuple[int, ...] = field(default=(), repr=False)
+    xy_prediction: np.ndarray | None = None
+    xz_prediction: np.ndarray | None = None
+    yz_prediction: np.ndarray | None = None
 
 
 def default_point(group: Group, scan: LabelScan | None = None) -> tuple[int, int, int]:
@@ -508,10 +511,12 @@ def default_point(group: Group, scan: LabelScan | None = None) -> tuple[int, int
     return z_n // 2, h // 2, w // 2
 
 
-def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, max_slices: int = 128) -> OrthoViews:
+def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, max_slices: int = 128,
+                     prediction: np.ndarray | None = None) -> OrthoViews:
     """Planes through `point` (default: centre). Reads 1 + N slices, N <= `max_slices` (z subsampled).
 
-    Only one row and one column of each z-subsampled slice are kept: memory O(N * (H + W)).
+    Only one row and one column of each z-subsampled slice are kept: memory O(N * (H + W)). `prediction`,
+    a (Z, H, W) mask (array or memmap), adds the same planes of a predicted mask.
     """
     z_n, h, w = group.shape
     z0, y0, x0 = point if point is not None else default_point(group)
@@ -527,8 +532,14 @@ def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, ma
         xz[i], yz[i] = img[y0], img[:, x0]
         if labelled:
             xz_l[i], yz_l[i] = lab[y0], lab[:, x0]
+    planes = {}
+    if prediction is not None:
+        planes = {"xy_prediction": np.asarray(prediction[z0]) > 0,
+                  "xz_prediction": np.asarray(prediction[positions, y0, :]) > 0,
+                  "yz_prediction": np.asarray(prediction[positions, :, x0]) > 0}
     return OrthoViews(group.name, group.shape, (z0, y0, x0), positions, step, image_slice(group, z0), xz, yz,
-                      label_slice(group, z0) if labelled else None, xz_l, yz_l, group.voxel_um, group.slices)
+                      label_slice(group, z0) if labelled else None, xz_l, yz_l, group.voxel_um, group.slices,
+                      **planes)
 
 
 def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float] = LABEL_COLOR, alpha: float = 0.5) -> np.ndarray:
@@ -579,20 +590,23 @@ def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None
     lo, hi = window if window is not None else tuple(np.percentile(views.xy, [0.5, 99.5]))
     zs, step = views.z_positions, views.step
     z_ext = (zs[0] - step / 2, zs[-1] + step / 2)
+    def t(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a.T
+
     panels = [
-        ("xy", views.xy, views.xy_label, (-0.5, w - 0.5, h - 0.5, -0.5)),
-        ("yz", views.yz.T, None if views.yz_label is None else views.yz_label.T, (*z_ext, h - 0.5, -0.5)),
-        ("xz", views.xz, views.xz_label, (-0.5, w - 0.5, z_ext[1], z_ext[0])),
+        ("xy", views.xy, views.xy_label, views.xy_prediction, (-0.5, w - 0.5, h - 0.5, -0.5)),
+        ("yz", views.yz.T, t(views.yz_label), t(views.yz_prediction), (*z_ext, h - 0.5, -0.5)),
+        ("xz", views.xz, views.xz_label, views.xz_prediction, (-0.5, w - 0.5, z_ext[1], z_ext[0])),
     ]
     with _style():
         fig, ax_xy, ax_yz, ax_xz, ax_info, stretch = _ortho_figure(z_n, h, w)
         aspects = {"xy": 1.0, "yz": 1 / stretch, "xz": stretch}
-        for ax, (name, img, lab, ext) in zip((ax_xy, ax_yz, ax_xz), panels):
+        for ax, (name, img, lab, pred, ext) in zip((ax_xy, ax_yz, ax_xz), panels):
             interp = _interpolation(stretch) if name != "xy" else "auto"
             im = ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, extent=ext, aspect=aspects[name], interpolation=interp)
-            if lab is not None:
-                ax.imshow(overlay_rgba(lab, LABEL_COLOR, alpha), extent=ext, aspect=aspects[name],
-                          interpolation=interp)
+            for layer in mask_layers(lab, pred, alpha):
+                if layer is not None:
+                    ax.imshow(layer, extent=ext, aspect=aspects[name], interpolation=interp)
         number = views.slice_numbers[z0] if views.slice_numbers else z0
         ax_xy.set(title=f"xy at z={z0} (slice {number:04d})", xlabel="x", ylabel="y")
         ax_yz.set(title=f"yz at x={x0}{_stretch_note(stretch)}", xlabel="z (slice position)", ylabel="y")
@@ -606,8 +620,7 @@ def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None
         ax_info.axis("off")
         cb = fig.colorbar(im, ax=ax_info, location="left", fraction=0.12, shrink=0.9)
         cb.set_label("intensity (display window)")
-        handles = [Patch(color=LABEL_COLOR, alpha=alpha, label="vessel labels")] if views.xy_label is not None \
-            else []
+        handles = _legend_handles(alpha, views.xy_label is not None, views.xy_prediction is not None)
         handles.append(Line2D([], [], color="yellow", ls="--", label="other planes"))
         ax_info.legend(handles=handles, loc="upper right", frameon=False)
         voxel = f"{views.voxel_um:g} µm voxels\n" if views.voxel_um else ""

@@ -93,6 +93,7 @@ def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
 
 def binarize(probs: np.ndarray, threshold: float, out_file: Path | str) -> np.memmap:
     """Write `probs >= threshold` as a (Z, H, W) uint8 0/1 `.npy` memmap, chunk by chunk."""
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=probs.shape)
     for start in range(0, probs.shape[0], CHUNK):
         out[start:start + CHUNK] = probability(np.asarray(probs[start:start + CHUNK])) >= threshold
@@ -139,6 +140,19 @@ def remove_small_components(mask: np.ndarray, min_size: int, slab: int = 64, pro
     roots = np.unique(root)
     return {"components": int(len(roots)), "removed_components": int((component_size[roots] < min_size).sum()),
             "removed_voxels": removed_voxels, "kept_voxels": int(size.sum()) - removed_voxels}
+
+
+def segment(probs: np.ndarray, threshold: float, out_file: Path | str, min_component_size: int = 0,
+            progress: bool = True) -> tuple[np.memmap, dict]:
+    """Binarise a probability volume into a uint8 memmap and drop components below `min_component_size`."""
+    mask = binarize(probs, threshold, out_file)
+    stats = {"threshold": float(threshold)}
+    if min_component_size > 1:
+        stats.update(remove_small_components(mask, min_component_size, progress=progress))
+        mask.flush()
+    vessel = sum(int(np.count_nonzero(mask[a:a + CHUNK])) for a in range(0, mask.shape[0], CHUNK))
+    stats["vessel_fraction"] = vessel / mask.size
+    return mask, stats
 
 
 def _touching(last: np.ndarray, first: np.ndarray, offset_last: int, offset_first: int) -> np.ndarray:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm.auto import tqdm
 
 from lib import nnunet_dataset, transfer, v1_checkpoint
@@ -148,39 +149,33 @@ def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_s
     return plans
 
 
-def _trainer_class():
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+class FineTuneTrainer(nnUNetTrainer):
+    """nnUNetTrainer with a settable schedule, linear warm-up then poly decay, a checkpoint every epoch (for
+    resuming), and progress bars over epochs and iterations."""
 
-    class FineTuneTrainer(nnUNetTrainer):
-        """nnUNetTrainer with settable schedule, linear warm-up then poly decay, a checkpoint every epoch,
-        and a progress bar over iterations."""
+    warmup_epochs = 1
 
-        warmup_epochs = 1
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                    momentum=0.99, nesterov=True)
+        return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
 
-        def configure_optimizers(self):
-            optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                        momentum=0.99, nesterov=True)
-            return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
-
-        def run_training(self):
-            self.on_train_start()
-            for _ in tqdm(range(self.current_epoch, self.num_epochs), desc="epochs", initial=self.current_epoch,
-                          total=self.num_epochs, unit="epoch"):
-                self.on_epoch_start()
-                self.on_train_epoch_start()
-                outputs = [self.train_step(next(self.dataloader_train))
-                           for _ in tqdm(range(self.num_iterations_per_epoch), desc=f"epoch {self.current_epoch}",
-                                         leave=False, unit="it")]
-                self.on_train_epoch_end(outputs)
-                with torch.no_grad():
-                    self.on_validation_epoch_start()
-                    val = [self.validation_step(next(self.dataloader_val))
-                           for _ in range(self.num_val_iterations_per_epoch)]
-                    self.on_validation_epoch_end(val)
-                self.on_epoch_end()
-            self.on_train_end()
-
-    return FineTuneTrainer
+    def run_training(self):
+        self.on_train_start()
+        for _ in tqdm(range(self.current_epoch, self.num_epochs), desc="epochs", initial=self.current_epoch,
+                      total=self.num_epochs, unit="epoch"):
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outputs = [self.train_step(next(self.dataloader_train))
+                       for _ in tqdm(range(self.num_iterations_per_epoch), desc=f"epoch {self.current_epoch}",
+                                     leave=False, unit="it")]
+            self.on_train_epoch_end(outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
+                self.on_validation_epoch_end(val)
+            self.on_epoch_end()
+        self.on_train_end()
 
 
 class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
@@ -249,13 +244,13 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     plans = prepare(work_dir, arch, patch, settings.batch_size, cases)
     dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json").read_text())
 
-    model_dir = Path(os.environ["nnUNet_results"]) / DATASET_NAME / TRAINER_FOLDER
+    model_dir = default_model_dir(output_dir)
     latest = model_dir / "fold_0" / "checkpoint_latest.pth"
     final = model_dir / "fold_0" / "checkpoint_final.pth"
     if final.is_file():
         raise FileExistsError(f"{final}: a finished model is already there; use another output_dir "
                               "(earlier results are never overwritten)")
-    trainer = _trainer_class()({**plans, "continue_training": latest.is_file()}, CONFIGURATION, 0, dataset_json,
+    trainer = FineTuneTrainer({**plans, "continue_training": latest.is_file()}, CONFIGURATION, 0, dataset_json,
                                device)
     trainer.num_epochs = settings.epochs
     trainer.num_iterations_per_epoch = settings.iterations_per_epoch
@@ -271,7 +266,10 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     elif weights is not None:
         loaded = load_all_weights(trainer.network, weights)
     start = time.perf_counter()
-    trainer.run_training()
+    import matplotlib
+
+    with matplotlib.rc_context():  # nnU-Net's progress plot calls seaborn.set(font_scale=2.5) globally
+        trainer.run_training()
     history = {k: [float(np.mean(v)) if isinstance(v, list) else float(v) for v in values]
                for k, values in trainer.logger.local_logger.my_fantastic_logging.items()}
     result = TrainResult(model_dir, asdict(settings), loaded, table.reset_index().to_dict("records"), resumed,
@@ -280,6 +278,20 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
         {**asdict(result), "model_dir": str(model_dir), "device": str(device),
          "from_scratch": settings.pretrained is None, "patch_size": patch}, indent=2, default=str))
     return result
+
+
+def default_model_dir(output_dir: Path | str) -> Path:
+    """Where `train(data_dir, output_dir)` writes its model folder (the folder notebook 03 loads)."""
+    return Path(output_dir) / "nnunet" / "results" / DATASET_NAME / TRAINER_FOLDER
+
+
+def find_model_dir(search_root: Path | str) -> Path | None:
+    """The first folder under `search_root` holding plans.json and fold_0/checkpoint_final.pth (e.g. a model
+    uploaded as a Kaggle dataset), or None."""
+    for plans in sorted(Path(search_root).glob("**/plans.json")):
+        if (plans.parent / "fold_0" / "checkpoint_final.pth").is_file():
+            return plans.parent
+    return None
 
 
 def plot_history(history: dict, path: Path | str | None = None):
