@@ -6,14 +6,13 @@ REQ_HASH := $(shell cat requirements.txt requirements-test.txt | sha1sum | cut -
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 DATA := outputs/data/synthetic
 
-.PHONY: setup test data benchmarks clean-venv
+.PHONY: setup test data demo benchmarks kaggle clean-venv
 
 setup: $(STAMP)
 
 # The venv is rebuilt when missing or when either requirements file changed (stale stamp).
 $(STAMP): requirements.txt requirements-test.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install -q --no-deps nnunet==1.7.1
 	$(PY) -m ipykernel install --user --name sennet-vessels --display-name "Python (sennet-vessels)" >/dev/null
@@ -24,10 +23,22 @@ test: setup
 	$(PY) -m pytest
 
 data: setup
-	$(PY) -m lib.synthetic --out $(DATA) --preset small --seed 0
+	@test -d $(DATA)/train && echo "$(DATA) exists (delete it to regenerate)" || \
+		$(PY) -m lib.synthetic --out $(DATA) --preset small --seed 0
+
+# The whole pipeline (notebooks 01 -> 02 -> 03 with papermill) on the synthetic small dataset, on the CPU.
+demo: setup
+	$(PY) -m lib.pipeline --config configs/demo.toml
 
 benchmarks: setup
 	$(PY) benchmarks/metric.py
+	$(PY) benchmarks/inference.py
+
+# The Kaggle bundle in outputs/kaggle: notebooks 02/03 ready to push, the lib and offline-wheels datasets
+# (wheels cached in outputs/kaggle-wheel-cache). KAGGLE_USER=<your Kaggle user name>; KAGGLE_ARGS for more.
+KAGGLE_USER ?= your-kaggle-username
+kaggle: setup
+	$(PY) -m lib.kaggle --out outputs/kaggle --user $(KAGGLE_USER) $(KAGGLE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,7 +30,7 @@ PLANS_NAME = "nnUNetPlans"
 CONFIGURATION = "3d_fullres"
 TRAINER_FOLDER = f"FineTuneTrainer__{PLANS_NAME}__{CONFIGURATION}"
 CPU_PATCH = (32, 64, 64)  # the smallest useful patch; rounded up to what the strides need
-ARCHITECTURES = {"hepatic": "task008", "tiny": "small"}  # configuration -> lib.v1_checkpoint variant
+ARCHITECTURES = {"hepatic": "task008", "tiny": "tiny"}  # configuration -> lib.v1_checkpoint variant
 
 
 @dataclass

@@ -75,7 +75,7 @@ def test_warmup_then_poly_schedule() -> None:
 
 def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: Path) -> None:
     archive = v1_checkpoint.write_v1_archive(tmp_path / "Task008_HepaticVessel.zip",
-                                             v1_checkpoint.variant_plans("small"), seed=3)
+                                             v1_checkpoint.variant_plans("tiny"), seed=3)
     arch, weights_file = training.architecture_plans("tiny", archive, tmp_path / "work")
     network = transfer.build_network(arch)
     loaded = training.load_all_weights(network, weights_file)
