@@ -128,7 +128,7 @@ def run(config_path: Path | str, data_dir: str | None = None, pretrained: str | 
         try:
             papermill.execute_notebook(str(paths.PROJECT_ROOT / "notebooks" / f"{nb}.ipynb"), str(executed),
                                        parameters=params[nb], kernel_name=kernel,
-                                       cwd=str(paths.PROJECT_ROOT / "notebooks"), progress_bar=False)
+                                       cwd=str(paths.PROJECT_ROOT / "notebooks"), progress_bar=True)
         except papermill.PapermillExecutionError as e:
             raise PipelineError(f"notebook {nb} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                                 f"the executed notebook is kept at {executed}") from None
