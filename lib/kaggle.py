@@ -112,6 +112,8 @@ from pathlib import Path
 KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input"))
 KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
 KAGGLE_WORKING.mkdir(parents=True, exist_ok=True)
+# Large intermediate files (nnU-Net data, probabilities) stay out of /kaggle/working and its 20 GB limit.
+KAGGLE_SCRATCH = Path(os.environ.get("KAGGLE_SCRATCH_DIR", "/tmp/sennet-vessels"))
 
 
 def unmet_requirements(requirements: Path) -> list[str]:
@@ -171,6 +173,7 @@ TRAIN_PARAMETERS = {
     "data_dir": (f'str(KAGGLE_INPUT / "{COMPETITION}")', "the competition data attached to the notebook"),
     "output_dir": ('str(KAGGLE_WORKING / "train")',
                    "nnU-Net folders, the model, figures (in the notebook's output)"),
+    "scratch_dir": ('str(KAGGLE_SCRATCH / "train")', "nnU-Net raw + preprocessed data, outside the 20 GB /kaggle/working"),
     "pretrained": (
         f'next((str(p) for pattern in ("*/{PRETRAINED_NAME}.zip", "*/*/{PRETRAINED_NAME}.zip", '
         f'"*/{PRETRAINED_NAME}", "*/*/{PRETRAINED_NAME}") for p in sorted(KAGGLE_INPUT.glob(pattern))), None)',
@@ -182,7 +185,19 @@ INFER_PARAMETERS = {
                           "dataset, found by training.find_model_dir"),
     "output_dir": ('str(KAGGLE_WORKING / "infer")', "probabilities, masks, figures, scores"),
     "submission_file": ('str(KAGGLE_WORKING / "submission.csv")', "what the competition scores"),
+    "scratch_dir": ('str(KAGGLE_SCRATCH / "infer")', "probabilities and masks, outside the 20 GB /kaggle/working"),
 }
+KAGGLE_CONFIG = paths.PROJECT_ROOT / "configs" / "kaggle.toml"
+
+
+def config_parameters(notebook: str, paths_set_here: Mapping[str, object], config: Path = KAGGLE_CONFIG
+                      ) -> dict[str, tuple[str, str]]:
+    """The non-path settings of `notebook` in configs/kaggle.toml (epochs, threshold, ...) as overrides, so the
+    bundle and `lib.pipeline --config configs/kaggle.toml` run the same recipe."""
+    from lib.pipeline import load_config
+
+    settings = load_config(config).get("notebooks", {}).get(notebook, {})
+    return {k: (repr(v), f"from {config.name}") for k, v in settings.items() if k not in paths_set_here}
 
 
 def override_parameters(source: str, overrides: Mapping[str, tuple[str, str]]) -> str:
@@ -552,6 +567,7 @@ def build(out: Path | str, user: str = DEFAULT_USER, wheels: bool = True, wheel_
 
     for key, name, slug, title, overrides, sources in specs:
         folder = _fresh(kernels / key)
+        overrides = {**config_parameters(name, overrides), **overrides}
         nbformat.write(kaggle_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", overrides), str(folder / f"{name}.ipynb"))
         _write_json(folder / "kernel-metadata.json", kernel_metadata(user, slug, title, f"{name}.ipynb", sources))
     bundle.seconds = time.perf_counter() - start

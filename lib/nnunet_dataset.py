@@ -29,11 +29,12 @@ READ_CHUNK = 16  # slices read together (threaded) while writing a slab
 MIN_SLAB = 4  # runs of fewer slices are left out (nnU-Net's 3D TIFF reader needs >1; such slivers teach little)
 
 
-def nnunet_env(work_dir: Path | str) -> dict[str, Path]:
-    """Point nnU-Net's three folders (raw, preprocessed, results) into `work_dir` via the environment."""
+def nnunet_env(work_dir: Path | str, results: Path | str | None = None) -> dict[str, Path]:
+    """Point nnU-Net's three folders into `work_dir` (raw, preprocessed; results too unless given elsewhere)
+    via the environment."""
     work_dir = Path(work_dir)
     folders = {"nnUNet_raw": work_dir / "raw", "nnUNet_preprocessed": work_dir / "preprocessed",
-               "nnUNet_results": work_dir / "results"}
+               "nnUNet_results": Path(results) if results is not None else work_dir / "results"}
     for name, path in folders.items():
         path.mkdir(parents=True, exist_ok=True)
         os.environ[name] = str(path)

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +50,12 @@ class TrainSettings:
     train_groups: tuple[str, ...] = nnunet_dataset.DEFAULT_TRAIN_GROUPS
     val_group: str | None = nnunet_dataset.DEFAULT_VAL_GROUP
     slab_depth: int = 128
+    scratch_dir: str | None = None  # nnU-Net raw + preprocessed data (large); None: <output_dir>/nnunet
     seed: int = 0
-    extra: dict = field(default_factory=dict)
+
+    def work_dir(self, output_dir: Path | str) -> Path:
+        """Where nnU-Net's raw and preprocessed folders go (the model always goes under `output_dir`)."""
+        return Path(self.scratch_dir) if self.scratch_dir else Path(output_dir) / "nnunet"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -226,8 +230,8 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     """Convert, plan, preprocess and fine-tune; resume if an unfinished run of the same settings exists."""
     settings = settings or TrainSettings()
     output_dir = Path(output_dir)
-    work_dir = output_dir / "nnunet"
-    nnunet_dataset.nnunet_env(work_dir)
+    work_dir = settings.work_dir(output_dir)
+    nnunet_dataset.nnunet_env(work_dir, results=results_dir(output_dir))
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
@@ -280,9 +284,14 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     return result
 
 
+def results_dir(output_dir: Path | str) -> Path:
+    """nnU-Net's results folder of a training run (always under `output_dir`, whatever the scratch folder)."""
+    return Path(output_dir) / "nnunet" / "results"
+
+
 def default_model_dir(output_dir: Path | str) -> Path:
     """Where `train(data_dir, output_dir)` writes its model folder (the folder notebook 03 loads)."""
-    return Path(output_dir) / "nnunet" / "results" / DATASET_NAME / TRAINER_FOLDER
+    return results_dir(output_dir) / DATASET_NAME / TRAINER_FOLDER
 
 
 def find_model_dir(search_root: Path | str) -> Path | None:
