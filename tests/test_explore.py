@@ -17,14 +17,6 @@ PROJECT = Path(__file__).resolve().parent.parent
 NOTEBOOK = PROJECT / "notebooks" / "01_explore.ipynb"
 
 
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny synthetic competition root, generated once per session."""
-    from lib import synthetic
-
-    return synthetic.generate(tmp_path_factory.mktemp("synthetic") / "tiny", preset="tiny", seed=0, progress=False)
-
-
 @pytest.fixture
 def volume_root(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     """A 40-slice labelled group with known contents (each slice's image encodes its z) and a test group."""
@@ -120,6 +112,19 @@ def test_orthogonal_views_read_subsampled_planes(volume_root, monkeypatch) -> No
     assert "every 5th slice" in fig.get_suptitle()
 
 
+def test_orthogonal_views_carry_a_prediction(volume_root) -> None:
+    root, _, labels = volume_root
+    g = data.open_group("kidney_1_dense", root)
+    prediction = np.zeros(g.shape, np.uint8)
+    prediction[10:20, 4:6, 3] = 1
+    v = explore.orthogonal_views(g, (12, 4, 3), max_slices=8, prediction=prediction)
+    np.testing.assert_array_equal(v.xy_prediction, prediction[12] > 0)
+    np.testing.assert_array_equal(v.yz_prediction, prediction[v.z_positions, :, 3] > 0)
+    fig = explore.plot_orthogonal(v)
+    legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert {"labels only (missed)", "prediction only", "both"} <= set(legend)
+
+
 def test_prediction_sources(volume_root, tmp_path) -> None:
     root, _, labels = volume_root
     groups = data.discover(root)
@@ -150,8 +155,8 @@ def test_live_frontend_is_false_outside_a_kernel(monkeypatch) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_browser_callbacks_update_artists(synthetic_root) -> None:
-    groups = data.discover(synthetic_root)
+def test_browser_callbacks_update_artists(synthetic_tiny) -> None:
+    groups = data.discover(synthetic_tiny)
     g = groups["kidney_1_dense"]
     browser = explore.SliceBrowser(groups, group="kidney_1_dense", alpha=0.5)
     assert browser.index_w.max == g.shape[0] - 1 and browser.axis == "xy"
@@ -192,8 +197,8 @@ def test_browser_callbacks_update_artists(synthetic_root) -> None:
     assert browser.static_figure() is not None and browser.widget() is not None
 
 
-def test_browser_prediction_layer_in_another_colour(synthetic_root) -> None:
-    groups = data.discover(synthetic_root)
+def test_browser_prediction_layer_in_another_colour(synthetic_tiny) -> None:
+    groups = data.discover(synthetic_tiny)
     g = groups["kidney_1_dense"]
     calls: list[tuple[str, str, int]] = []
 
@@ -281,18 +286,18 @@ def test_notebook_is_stored_clean() -> None:
     assert nb.metadata.kernelspec.name == "python3"
 
 
-def test_notebook_runs_under_papermill(synthetic_root, tmp_path) -> None:
+def test_notebook_runs_under_papermill(synthetic_tiny, tmp_path) -> None:
     import papermill
 
     out_dir = tmp_path / "explore"
     executed = tmp_path / "01_explore.out.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(executed), kernel_name="python3", cwd=str(NOTEBOOK.parent),
-                               parameters={"data_dir": str(synthetic_root), "output_dir": str(out_dir)},
+                               parameters={"data_dir": str(synthetic_tiny), "output_dir": str(out_dir)},
                                progress_bar=False)
     nb = nbformat.read(executed, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    groups = data.discover(synthetic_root)
+    groups = data.discover(synthetic_tiny)
     expected = ["intensity_histograms", "vessel_fraction", "domain_shift", "slice_browser"]
     expected += [f"orthogonal_{n}" for n in groups]
     expected += [f"projections_{n}" for n, g in groups.items() if g.has_labels]

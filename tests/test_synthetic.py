@@ -19,9 +19,9 @@ LABELLED = ("kidney_1_dense", "kidney_2", "kidney_3_sparse", "kidney_3_dense")
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny preset, seed 0, generated once for the session."""
-    return generate(tmp_path_factory.mktemp("synthetic") / "tiny", "tiny", seed=0, progress=False)
+def tiny(synthetic_tiny: Path) -> Path:
+    """The tiny preset, seed 0, generated once for the session (conftest's)."""
+    return synthetic_tiny
 
 
 def _group_dir(root: Path, group: str) -> Path:
