@@ -3,8 +3,9 @@
 The tile grid, Gaussian weighting and mirroring are nnU-Net's own (`compute_steps_for_sliding_window`,
 `compute_gaussian`, all flip combinations), laid over the whole volume exactly as `nnUNetPredictor` does,
 but tiles are visited one z-row at a time and a slice is written out as soon as no later tile touches it.
-So the result equals nnUNetPredictor's (no seams: the grid is global) while memory holds only about one
-patch depth of slices: peak ~ 16 * patch_z * H * W bytes (+ the network), whatever the number of slices.
+So the result equals nnUNetPredictor's (no seams: the grid is global) while memory holds three float32 buffers
+of (patch_z + z-step) slices: peak ~ 12 * (patch_z + step_z) * H * W bytes, i.e. 18 * patch_z * H * W at the
+default half-patch step (+ the network and one batch of patches), whatever the number of slices.
 
 Two classes means softmax = sigmoid(logit_vessel - logit_background), and Gaussian averaging is linear, so
 one channel (the logit difference) is accumulated instead of two.
@@ -14,6 +15,7 @@ spacing (optional) -> sliding window -> resample back -> float16/uint8 memmap on
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -76,9 +78,17 @@ def from_network(network: torch.nn.Module, plans: dict, device: str | torch.devi
     device = training.resolve_device(device) if isinstance(device, str) else device
     config = plans["configurations"][training.CONFIGURATION]
     network = network.to(device).eval()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels once
+    if checkpoint is None:  # identify in-memory weights by content, so cached predictions are never mixed up
+        digest = hashlib.sha1()
+        for key, tensor in network.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        checkpoint = {"weights_sha1": digest.hexdigest()}
     return Model(network, plans, tuple(config["patch_size"]), tuple(config["spacing"]),
                  plans["foreground_intensity_properties_per_channel"]["0"], tuple(mirror_axes), device,
-                 model_dir, checkpoint or {})
+                 model_dir, checkpoint)
 
 
 def normalize(image: np.ndarray, intensity: dict) -> np.ndarray:
@@ -123,73 +133,71 @@ def sliding_window(model: Model, slices: Iterable[np.ndarray], shape: tuple[int,
                    tta: bool = True, batch_size: int = 1, progress: tqdm | None = None) -> Iterator[np.ndarray]:
     """Vessel probabilities of a (Z, H, W) volume given as normalised slices, yielded slice by slice.
 
-    Tiles and weights are nnUNetPredictor's; tiles smaller volumes are zero-padded as nnU-Net pads them.
+    Tiles and weights are nnUNetPredictor's; volumes smaller than the patch are zero-padded as nnU-Net pads them.
+    `batch_size` patches (tiles and their mirrorings) go through the network at once.
     """
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
     device, patch = model.device, model.patch_size
     padded = tuple(max(s, p) for s, p in zip(shape, patch))
     below = tuple((p - s) // 2 for s, p in zip(shape, padded))
+    inside = (slice(below[1], below[1] + shape[1]), slice(below[2], below[2] + shape[2]))
     steps = compute_steps_for_sliding_window(padded, patch, tile_step)
     gaussian = compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device).float()
     pz = patch[0]
-    depth = pz + max(np.diff(steps[0]).max(initial=0), 1)
-    value = torch.zeros((depth, *padded[1:]), device=device)
-    weight = torch.zeros_like(value)
-    window: list[torch.Tensor] = []  # padded input slices from `window_start` on
-    window_start, base = 0, 0  # first padded z held in `window` / in `value` and `weight`
+    depth = pz + max(int(np.diff(steps[0]).max(initial=0)), 1)
+    # Three rolling buffers over padded slices [base, base + depth): input, weighted logit sum, weight sum.
+    image, value, weight = (torch.zeros((depth, *padded[1:]), device=device) for _ in range(3))
+    base = loaded = 0
     source = iter(slices)
     tiles = [(y, x) for y in steps[1] for x in steps[2]]
-
-    def padded_slice(z: int) -> torch.Tensor:
-        real = z - below[0]
-        out = torch.zeros(padded[1:], device=device)
-        if 0 <= real < shape[0]:
-            s = torch.from_numpy(np.ascontiguousarray(next(source), dtype=np.float32))
-            out[below[1]:below[1] + shape[1], below[2]:below[2] + shape[2]] = s.to(device)
-        return out
-
-    for i, z0 in enumerate(steps[0]):
-        window = window[z0 - window_start:]
-        window_start = z0
-        while len(window) < pz:
-            window.append(padded_slice(window_start + len(window)))
-        slab = torch.stack(window[:pz])
+    for i, z0 in enumerate(steps[0]):  # z0 == base: each z-row of tiles starts where the last flush ended
+        while loaded < z0 + pz:
+            row = image[loaded - base]
+            row.zero_()
+            if 0 <= loaded - below[0] < shape[0]:
+                row[inside] = torch.from_numpy(np.ascontiguousarray(next(source), dtype=np.float32)).to(device)
+            loaded += 1
         for b in range(0, len(tiles), batch_size):
             chunk = tiles[b:b + batch_size]
-            x = torch.stack([slab[:, y:y + patch[1], x:x + patch[2]] for y, x in chunk])[:, None]
-            diff = _predict_logit_difference(model, x, tta)
-            for (y, x_), d in zip(chunk, diff):
-                value[z0 - base:z0 - base + pz, y:y + patch[1], x_:x_ + patch[2]] += d * gaussian
-                weight[z0 - base:z0 - base + pz, y:y + patch[1], x_:x_ + patch[2]] += gaussian
+            x = torch.stack([image[:pz, y:y + patch[1], x:x + patch[2]] for y, x in chunk])[:, None]
+            for (y, x_), d in zip(chunk, _predict_logit_difference(model, x, tta, batch_size)):
+                value[:pz, y:y + patch[1], x_:x_ + patch[2]].addcmul_(d, gaussian)
+                weight[:pz, y:y + patch[1], x_:x_ + patch[2]] += gaussian
         done_until = steps[0][i + 1] if i + 1 < len(steps[0]) else padded[0]
         for z in range(base, done_until):  # no later tile reaches these slices
-            real = z - below[0]
-            if 0 <= real < shape[0]:
-                prob = torch.sigmoid(value[z - base] / weight[z - base])
-                yield prob[below[1]:below[1] + shape[1], below[2]:below[2] + shape[2]].cpu().numpy()
+            if 0 <= z - below[0] < shape[0]:
+                yield torch.sigmoid(value[z - base][inside] / weight[z - base][inside]).cpu().numpy()
                 if progress is not None:
                     progress.update(1)
-        keep = base + depth - done_until
-        value[:keep] = value[done_until - base:].clone()
-        weight[:keep] = weight[done_until - base:].clone()
-        value[keep:] = 0
-        weight[keep:] = 0
+        for buffer in (image, value, weight):
+            _shift_down(buffer, done_until - base)
         base = done_until
 
 
+def _shift_down(buffer: torch.Tensor, rows: int) -> None:
+    """Move rows [rows:] of a buffer to the front, one slice at a time (no whole-buffer copy), zero the rest."""
+    for r in range(buffer.shape[0] - rows):
+        buffer[r].copy_(buffer[r + rows])
+    buffer[buffer.shape[0] - rows:].zero_()
+
+
 @torch.inference_mode()
-def _predict_logit_difference(model: Model, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Vessel minus background logit of a batch of patches, averaged over mirrorings as nnU-Net does."""
+def _predict_logit_difference(model: Model, x: torch.Tensor, tta: bool, batch_size: int = 1) -> torch.Tensor:
+    """Vessel minus background logit of a batch of patches, averaged over mirrorings as nnU-Net does
+    (the plain prediction plus every combination of flipped axes), `batch_size` patches per network call."""
+    axes = [a + 2 for a in model.mirror_axes] if tta else []
+    variants = [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
+    inputs = torch.cat([torch.flip(x, c) if c else x for c in variants])
     autocast = torch.autocast("cuda") if model.device.type == "cuda" else _nullcontext()
     with autocast:
-        logits = model.network(x).float()
-        if tta and model.mirror_axes:
-            axes = [a + 2 for a in model.mirror_axes]
-            combos = [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
-            for c in combos:
-                logits += torch.flip(model.network(torch.flip(x, c)), c).float()
-            logits /= len(combos) + 1
+        outputs = torch.cat([model.network(inputs[i:i + batch_size]).float()
+                             for i in range(0, len(inputs), batch_size)])
+    n = x.shape[0]
+    logits = outputs[:n].clone()
+    for k, c in enumerate(variants[1:], start=1):
+        logits += torch.flip(outputs[k * n:(k + 1) * n], c)
+    logits /= len(variants)
     return logits[:, 1] - logits[:, 0]
 
 
@@ -249,13 +257,26 @@ def predict_group(model: Model, group: data.Group, out_file: Path | str, tile_st
                                   "pass overwrite=True to replace it")
     out_file.parent.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)
-    out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.dtype(dtype), shape=group.shape)
     start = time.perf_counter()
-    for z, prob in enumerate(predict_slices(model, group, tile_step, tta, resample, batch_size, progress)):
-        out[z] = np.round(prob * 255) if dtype == "uint8" else prob
-    out.flush()
+    probs = predict_slices(model, group, tile_step, tta, resample, batch_size, progress)
+    save_slices(out_file, group.shape, dtype, (np.round(p * 255) if dtype == "uint8" else p for p in probs))
     record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
     return np.load(out_file, mmap_mode="r")
+
+
+def save_slices(path: Path | str, shape: tuple[int, ...], dtype: str | np.dtype, chunks: Iterable[np.ndarray]) -> None:
+    """Write a `.npy` file from slices or slabs in order, through a file handle rather than a memmap, so the
+    written pages go to the page cache instead of staying in this process's memory."""
+    dtype = np.dtype(dtype)
+    written, expected = 0, int(np.prod(shape))
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                 "fortran_order": False, "shape": tuple(shape)})
+        for chunk in chunks:
+            f.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
+            written += np.size(chunk)
+    if written != expected:
+        raise ValueError(f"{path}: wrote {written} values for shape {tuple(shape)} ({expected} expected)")
 
 
 def probability(stored: np.ndarray) -> np.ndarray:

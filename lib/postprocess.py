@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lib.inference import probability
+from lib.inference import probability, save_slices
 from lib.metric import SurfaceDice
 
 DEFAULT_GRID = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))  # 19 thresholds
@@ -94,11 +94,9 @@ def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
 def binarize(probs: np.ndarray, threshold: float, out_file: Path | str) -> np.memmap:
     """Write `probs >= threshold` as a (Z, H, W) uint8 0/1 `.npy` memmap, chunk by chunk."""
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.uint8, shape=probs.shape)
-    for start in range(0, probs.shape[0], CHUNK):
-        out[start:start + CHUNK] = probability(np.asarray(probs[start:start + CHUNK])) >= threshold
-    out.flush()
-    return out
+    chunks = (probability(np.asarray(probs[a:a + CHUNK])) >= threshold for a in range(0, probs.shape[0], CHUNK))
+    save_slices(out_file, probs.shape, np.uint8, chunks)
+    return np.load(out_file, mmap_mode="r+")
 
 
 def remove_small_components(mask: np.ndarray, min_size: int, slab: int = 64, progress: bool = True) -> dict:
