@@ -10,7 +10,7 @@
 2. Depth: `predict_group` (float16 memmap, as the product writes it) on a `full`-preset synthetic kidney
    (default kidney_6, 501 x 1028 x 1257, generated once into outputs/benchmarks/ and reused) at two depths
    (the first N slices at full H x W, default 128 and 501), each in a fresh subprocess, next to the bound
-   stated in lib/inference.py (peak ~ 16 * patch_z * H * W bytes + the network); plus nnUNetPredictor with
+   stated in lib/inference.py (peak ~ 18 * patch_z * H * W bytes + the network); plus nnUNetPredictor with
    the same network on the smallest depth (the volume in memory). On the CPU the network is a STUB by default
    (a 1x1x1 convolution with the tiny plans' 32x64x64 patch): the predictor's own buffers, tiling and I/O are
    measured in about a minute, where the tiny network would need hours for 501 full-size slices on 2 cores.
@@ -539,7 +539,7 @@ def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, sa
             h, w = full_shape[1:]
             pz = r["patch_size"][0]
             padded = (max(h, r["patch_size"][1]), max(w, r["patch_size"][2]))
-            r["bound_MiB"] = 16 * pz * padded[0] * padded[1] / MIB
+            r["bound_MiB"] = 18 * pz * padded[0] * padded[1] / MIB
             r["bound_plus_network_MiB"] = r["bound_MiB"] + r["network_MiB"]
             r["slices_per_s"] = depth / r["seconds"]
             r["depth"] = depth
@@ -569,7 +569,7 @@ def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, sa
         columns += [("other procs (cores)", "other_processes_cpu_cores", ".2f")]
     print(table(rows, columns))
     warn_contention(rows)
-    print(f"  bound (lib/inference.py docstring): 16 * patch_z * H * W bytes + the network = 16 * {pz} * "
+    print(f"  bound (lib/inference.py docstring): 18 * patch_z * H * W bytes + the network = 18 * {pz} * "
           f"{padded[0]} * {padded[1]} B + {rows[0]['network_MiB']:.1f} MiB = {rows[0]['bound_plus_network_MiB']:.0f} "
           f"MiB; no resampling (plans spacing = the group's {group.voxel_um} um)")
     print("  'peak extra' = VmHWM - VmRSS before; it counts the output memmap's pages ('file-backed': page cache the "
