@@ -2,9 +2,10 @@
 
 Each group is cut into slabs of at most `slab_depth` slices, written page by page (one slice in memory at
 a time), so conversion is O(H*W). nnU-Net's own fingerprinting and preprocessing then hold one slab at a
-time: about 22 bytes per voxel (uint16 read + float32 image and label copies + resampling scratch), i.e.
-peak ~ 22 * slab_depth * H * W bytes. With the default 128 slices, kidney_1_dense (1303 x 912) needs
-about 3.3 GB and kidney_3 (1706 x 1510) about 7.3 GB: both fit a 29 GB Kaggle machine.
+time (uint16 read, float32 image and label copies, cropping and resampling scratch). Measured by
+benchmarks/preprocess_memory.py: peak ~ 1.9 GiB + 11.2 bytes * slab_depth * H * W. With the default 128
+slices, kidney_1_dense (1303 x 912) needs about 3.5 GiB and kidney_3 (1706 x 1510) about 5.3 GiB, where
+kidney_1_dense as a single case would need about 30 GiB: slabs are what make it fit a 29 GB Kaggle machine.
 """
 from __future__ import annotations
 
