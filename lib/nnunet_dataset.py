@@ -114,8 +114,10 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
         (root / sub).mkdir(parents=True, exist_ok=True)
     total = sum(c.stop - c.start for c in cases)
     with tqdm(total=total, desc="nnU-Net raw dataset", unit="slice", disable=not progress) as bar:
-        for case in cases:
-            _write_case(groups[case.group], case, root, bar)
+        vessels = {case.name: _write_case(groups[case.group], case, root, bar) for case in cases}
+    if not any(vessels[c.name] for c in cases if c.role == "train"):
+        raise data.DataError(f"{root}: no labelled vessel voxel in the training groups {list(train_groups)}; "
+                             "nnU-Net cannot fingerprint or learn from that")
     dataset_json = {
         "channel_names": {"0": "CT"},  # "CT" selects CTNormalization: clip to foreground percentiles, z-score
         "labels": {"background": 0, "vessel": 1},
@@ -144,7 +146,9 @@ def read_cases(work_dir: Path | str) -> list[Case]:
     return [Case(**c) for c in json.loads(manifest.read_text())["cases"]]
 
 
-def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm) -> None:
+def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm) -> int:
+    """Write one slab's image and label 3D TIFFs and spacing sidecars; returns its vessel voxel count."""
+    vessel = 0
     image_path = root / "imagesTr" / f"{case.name}_0000.tif"
     label_path = root / "labelsTr" / f"{case.name}.tif"
     sidecar = json.dumps({"spacing": [case.spacing_mm] * 3})
@@ -153,10 +157,13 @@ def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm) -> None:
             e = min(s + READ_CHUNK, case.stop)
             for image, label in zip(group.read_images(s, e), group.read_labels(s, e)):
                 images.write(image, contiguous=True)
-                labels.write((label > 0).astype(np.uint8), contiguous=True)
+                binary = (label > 0).astype(np.uint8)
+                vessel += int(binary.sum())
+                labels.write(binary, contiguous=True)
             bar.update(e - s)
     (root / "imagesTr" / f"{case.name}.json").write_text(sidecar)
     (root / "labelsTr" / f"{case.name}.json").write_text(sidecar)
+    return vessel
 
 
 def _case_table(cases: Sequence[Case], groups: dict[str, data.Group]) -> pd.DataFrame:

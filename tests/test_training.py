@@ -47,6 +47,15 @@ def test_raw_dataset_slabs_equal_the_source(synthetic_tiny: Path, tmp_path: Path
         nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, ["kidney_1_dense"], "kidney_3_dense", slab_depth=5)
 
 
+def test_training_groups_without_vessels_are_refused(tmp_path: Path) -> None:
+    from conftest import write_group
+
+    root = tmp_path / "root"
+    write_group(root, "train", "kidney_1_dense", np.full((6, 8, 8), 100, np.uint16), np.zeros((6, 8, 8), np.uint8))
+    with pytest.raises(data.DataError, match="no labelled vessel voxel in the training groups"):
+        nnunet_dataset.write_raw_dataset(root, tmp_path / "work", ["kidney_1_dense"], None, progress=False)
+
+
 def test_plans_keep_the_architecture_and_take_kidney_statistics() -> None:
     arch = transfer.v2_plans_from_v1(v1_checkpoint.variant_plans("task008"))
     fingerprint = {"spacings": [[0.05] * 3] * 3, "shapes_after_crop": [[100, 200, 300]] * 3,
