@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
                           f"{r['step_s_median'] * 1000:.0f} ms), "
                           f"{r.get('iterations_per_s_end_to_end', float('nan')):.2f} it/s end to end "
                           f"(incl. waiting for data augmentation)")
-                print(f"    epochs (trainer timestamps, incl. validation and checkpoint): "
+                print("    epochs (trainer timestamps, incl. validation and checkpoint): "
                       + ", ".join(f"{s:.1f} s" for s in r["epoch_s"]) + " -> "
                       + ", ".join(f"{v:.2f} it/s" for v in r["iterations_per_s_by_epoch"]))
                 if "cuda_max_allocated_MiB" in r:

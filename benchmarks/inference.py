@@ -126,17 +126,10 @@ def make_plans(configuration: str, spacing_mm: float, intensity: dict) -> dict:
 
 
 def random_network(plans: dict, seed: int = SEED, scale: float = 0.05):
-    """The plans' network, nnU-Net's init plus a seeded perturbation (outputs vary in space); no deep supervision."""
-    import torch
-
+    """The plans' network with seeded random weights (lib.transfer.random_network)."""
     from lib import transfer
 
-    torch.manual_seed(seed)
-    net = transfer.build_network(plans, deep_supervision=False)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return net.eval()
+    return transfer.random_network(plans, seed, scale)
 
 
 def intensity_stats(sample: np.ndarray) -> dict:

@@ -363,7 +363,7 @@ def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, list[int]]]
 
 def _v1_expected_shapes(arch: V1Architecture) -> dict[str, tuple[int, ...]]:
     """Every key of the v1 Generic_UNet state_dict with its shape (for validating a loaded checkpoint)."""
-    f, P, c = arch.features_per_stage, arch.num_pool, arch.conv_per_stage
+    f, P = arch.features_per_stage, arch.num_pool
     shapes: dict[str, tuple[int, ...]] = {}
 
     def conv(prefix: str, cin: int, cout: int, kernel: Sequence[int]) -> None:
@@ -624,6 +624,18 @@ def build_network(plans: Mapping | str | Path, configuration: str = "3d_fullres"
     return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                   cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
                                   allow_init=allow_init, deep_supervision=deep_supervision)
+
+
+def random_network(plans: Mapping, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """The plans' network with seeded random weights (nnU-Net's init plus a perturbation, so outputs vary in
+    space), deep supervision off, in eval mode: a stand-in for tests and benchmarks, whose speed and memory do not
+    depend on the weights."""
+    torch.manual_seed(seed)
+    net = build_network(plans, deep_supervision=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return net.eval()
 
 
 def load_converted_weights(network: torch.nn.Module, path: str | Path,

@@ -22,14 +22,7 @@ def small_plans(patch=(32, 64, 64), spacing=(0.05, 0.05, 0.05), intensity: dict 
     return plans
 
 
-def random_network(plans: dict, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
-    """The plans' network with perturbed weights (so outputs vary in space), deep supervision off."""
-    torch.manual_seed(seed)
-    net = transfer.build_network(plans, deep_supervision=False)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return net.eval()
+random_network = transfer.random_network
 
 
 def write_model_dir(folder: Path, plans: dict, network: torch.nn.Module) -> Path:
