@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lib import data, training, transfer
+from lib import data, transfer
 
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
 READ_CHUNK = 8
@@ -50,6 +50,13 @@ class Model:
     checkpoint: dict = field(default_factory=dict)  # file, epoch, mtime: identifies the weights
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" picks the GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "checkpoint_final.pth",
                fold: int = 0) -> Model:
     """Load the model folder notebook 02 writes (plans.json, dataset.json, fold_k/checkpoint_*.pth)."""
@@ -64,7 +71,7 @@ def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "c
         weights = saved["network_weights"]
     except Exception as e:
         raise RuntimeError(f"{weights_file}: not a readable nnU-Net checkpoint ({type(e).__name__}: {e})") from None
-    network = transfer.build_network(plans, training.CONFIGURATION, deep_supervision=False)
+    network = transfer.build_network(plans, transfer.CONFIGURATION, deep_supervision=False)
     network.load_state_dict(weights)
     mirror = saved.get("inference_allowed_mirroring_axes") or (0, 1, 2)
     info = {"file": str(weights_file), "epoch": saved.get("current_epoch"), "mtime": weights_file.stat().st_mtime}
@@ -75,8 +82,8 @@ def from_network(network: torch.nn.Module, plans: dict, device: str | torch.devi
                  mirror_axes: tuple[int, ...] = (0, 1, 2), model_dir: Path | None = None,
                  checkpoint: dict | None = None) -> Model:
     """Wrap an in-memory network (deep supervision off) and its plans for prediction."""
-    device = training.resolve_device(device) if isinstance(device, str) else device
-    config = plans["configurations"][training.CONFIGURATION]
+    device = resolve_device(device) if isinstance(device, str) else device
+    config = plans["configurations"][transfer.CONFIGURATION]
     network = network.to(device).eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels once

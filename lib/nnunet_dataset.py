@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,8 +108,6 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
             raise FileExistsError(f"{root}: holds a dataset converted with other settings "
                                   f"(see {manifest.name}); pass force=True to replace it")
     if root.exists() and force:
-        import shutil
-
         shutil.rmtree(root)
     for sub in ("imagesTr", "labelsTr"):
         (root / sub).mkdir(parents=True, exist_ok=True)

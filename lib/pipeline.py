@@ -106,8 +106,8 @@ def run(config_path: Path | str, data_dir: str | None = None, pretrained: str | 
     if pretrained is not None:
         overrides["02_train.pretrained"] = pretrained
     data = Path(data_dir or config.get("data_dir") or "")
-    missing = [k for k in config.get("required", []) if k == "data_dir" and not data_dir
-               or k == "pretrained" and pretrained is None]
+    given = {"data_dir": data_dir, "pretrained": pretrained}
+    missing = [k for k in config.get("required", []) if given.get(k) is None]
     if missing:
         raise PipelineError(f"{config_path}: needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
     data = data if data.is_absolute() else paths.PROJECT_ROOT / data

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,10 +25,11 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm.auto import tqdm
 
 from lib import nnunet_dataset, transfer, v1_checkpoint
+from lib.inference import resolve_device
 from lib.nnunet_dataset import DATASET_ID, DATASET_NAME
+from lib.transfer import CONFIGURATION
 
 PLANS_NAME = "nnUNetPlans"
-CONFIGURATION = "3d_fullres"
 TRAINER_FOLDER = f"FineTuneTrainer__{PLANS_NAME}__{CONFIGURATION}"
 CPU_PATCH = (32, 64, 64)  # the smallest useful patch; rounded up to what the strides need
 ARCHITECTURES = {"hepatic": "task008", "tiny": "tiny"}  # configuration -> lib.v1_checkpoint variant
@@ -56,13 +58,6 @@ class TrainSettings:
     def work_dir(self, output_dir: Path | str) -> Path:
         """Where nnU-Net's raw and preprocessed folders go (the model always goes under `output_dir`)."""
         return Path(self.scratch_dir) if self.scratch_dir else Path(output_dir) / "nnunet"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks the GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def architecture_plans(configuration: str, pretrained: str | Path | None, work_dir: Path) -> tuple[dict, Path | None]:
@@ -139,8 +134,6 @@ def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_s
     plans_file = folder / f"{PLANS_NAME}.json"
     done = folder / f"{PLANS_NAME}_{CONFIGURATION}"
     if plans_file.is_file() and json.loads(plans_file.read_text()) != plans and done.exists():
-        import shutil
-
         shutil.rmtree(done)  # preprocessed with other plans: stale
     plans_file.write_text(json.dumps(plans, indent=2))
     raw_dataset_json = Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json"

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 CONFIG_NAMES = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
+CONFIGURATION = "3d_fullres"  # the one v2 configuration this project converts, plans, trains and predicts with
 MODEL_NAME = "model_final_checkpoint.model"
 OUTPUT_FILES = ("plans.json", "pretrained_weights.pth", "conversion.json")
 KEEP_CHANNELS = (0, 1)  # v1 Task008 outputs: 0 background, 1 vessel, 2 tumour
@@ -612,7 +613,7 @@ def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Archit
 # ------------------------------------------------------------------------------------- v2 networks
 
 
-def build_network(plans: Mapping | str | Path, configuration: str = "3d_fullres", num_input_channels: int = 1,
+def build_network(plans: Mapping | str | Path, configuration: str = CONFIGURATION, num_input_channels: int = 1,
                   num_outputs: int = 2, deep_supervision: bool = True, allow_init: bool = True) -> torch.nn.Module:
     """The v2 network of a plans dict/file, through nnunetv2's own `get_network_from_plans`."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
