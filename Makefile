@@ -2,33 +2,43 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-REQ_HASH := $(shell cat requirements.txt requirements-test.txt | sha1sum | cut -c1-12)
+REQ_HASH := $(shell cat requirements.txt requirements-test.txt pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 DATA := outputs/data/synthetic
 
-.PHONY: setup test data demo benchmarks kaggle clean-venv
+.PHONY: setup lint test test-fast data demo benchmarks kaggle clean-venv
 
 setup: $(STAMP)
 
-# The venv is rebuilt when missing or when either requirements file changed (stale stamp).
-$(STAMP): requirements.txt requirements-test.txt
+# The venv is rebuilt when missing or when a requirements file or pyproject.toml changed (stale stamp).
+# The project itself is installed editable (`lib` importable everywhere, no sys.path edits).
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip install -q --no-deps nnunet==1.7.1
 	$(PY) -m ipykernel install --user --name sennet-vessels --display-name "Python (sennet-vessels)" >/dev/null
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+
+# Everything, as CI runs it: lint, then every test (slow ones included), the 15 slowest listed.
+test: lint
 	$(PY) -m pytest
+
+# While editing: skip the tests marked slow (notebooks, training, the offline Kaggle install).
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
 
 data: setup
 	@test -d $(DATA)/train && echo "$(DATA) exists (delete it to regenerate)" || \
-		$(PY) -m lib.synthetic --out $(DATA) --preset small --seed 0
+		$(PY) -m lib.dev.synthetic --out $(DATA) --preset small --seed 0
 
 # The whole pipeline (notebooks 01 -> 02 -> 03 with papermill) on the synthetic small dataset, on the CPU.
 demo: setup
-	$(PY) -m lib.pipeline --config configs/demo.toml
+	$(PY) -m lib.runs.pipeline --config configs/demo.toml
 
 benchmarks: setup
 	$(PY) benchmarks/metric.py
@@ -38,7 +48,7 @@ benchmarks: setup
 # (wheels cached in outputs/kaggle-wheel-cache). KAGGLE_USER=<your Kaggle user name>; KAGGLE_ARGS for more.
 KAGGLE_USER ?= your-kaggle-username
 kaggle: setup
-	$(PY) -m lib.kaggle --out outputs/kaggle --user $(KAGGLE_USER) $(KAGGLE_ARGS)
+	$(PY) -m lib.runs.kaggle --out outputs/kaggle --user $(KAGGLE_USER) $(KAGGLE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

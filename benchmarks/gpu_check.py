@@ -2,8 +2,8 @@
 
 1. Fine-tune the `hepatic` configuration (the real Task008-sized network, 31 M parameters, full patch
    64x192x192, batch 2) for a few iterations from a converted v1-format archive (RANDOM weights written by
-   `lib.v1_checkpoint.write_v1_archive`; from scratch, same network, if nnU-Net v1 is not installed) on the
-   SYNTHETIC `small` preset, through the project's own `lib.training.train`. Records iterations/s (steady
+   `lib.dev.v1_checkpoint.write_v1_archive`; from scratch, same network, if nnU-Net v1 is not installed) on the
+   SYNTHETIC `small` preset, through the project's own `lib.training.fine_tune.train`. Records iterations/s (steady
    state: per-step times from a wrapper around nnUNetTrainer.train_step, plus the trainer's own epoch
    timestamps), the time to the first step, and peak GPU memory (torch.cuda.max_memory_allocated/reserved
    and device-wide used memory sampled with cudaMemGetInfo).
@@ -14,7 +14,8 @@
    set (else outputs/benchmarks/gpu_check.json); step logs go beside it (logs/).
 
 Every step runs in its own subprocess with a timeout inside the overall `--budget`, so one failure or
-overrun still reports the others. Needs only `python benchmarks/gpu_check.py` from the repository root.
+overrun still reports the others. Run `python benchmarks/gpu_check.py` from the repository root after
+`pip install --no-deps -e .` (or with `PYTHONPATH=.` where the project cannot be installed).
 
 CPU rehearsal (same steps, tiny network, 2 iterations, the full 64x192x192 patch on the small volumes):
 `python benchmarks/gpu_check.py --device cpu --tiny`.
@@ -35,7 +36,6 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 MIB = 2**20
 START = time.monotonic()
 
@@ -126,12 +126,14 @@ class MemorySampler(threading.Thread):
 
 
 def train_step_worker(spec: dict) -> dict:
-    """Step 1 in this (fresh) process: synthetic data, v1 archive, lib.training.train with timings."""
+    """Step 1 in this (fresh) process: synthetic data, v1 archive, lib.training.fine_tune.train with timings."""
     import numpy as np
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from lib import synthetic, training, v1_checkpoint
+    from lib.dev import synthetic, v1_checkpoint
+    from lib.model import architectures
+    from lib.training import fine_tune
 
     result: dict = {"configuration": spec["configuration"], "device": spec["device"],
                     "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA"), "phases_s": {}}
@@ -140,18 +142,18 @@ def train_step_worker(spec: dict) -> dict:
     t = time.perf_counter()
     root = work / "synthetic-small"
     if not (root / "synthetic.json").is_file():
-        groups = [*training.TrainSettings().train_groups, training.TrainSettings().val_group]
+        groups = [*fine_tune.TrainSettings().train_groups, fine_tune.TrainSettings().val_group]
         synthetic.generate(root, "small", 0, groups=groups, force=True, progress=False)
     result["phases_s"]["synthetic_small_data"] = time.perf_counter() - t
     say(f"  synthetic 'small' root ready ({result['phases_s']['synthetic_small_data']:.1f} s): {root}")
 
-    variant = training.ARCHITECTURES[spec["configuration"]]
+    variant = fine_tune.ARCHITECTURES[spec["configuration"]]
     pretrained = None
     t = time.perf_counter()
     try:
         archive = work / f"Task008_HepaticVessel_{variant}_random.zip"
         if not archive.is_file():
-            v1_checkpoint.write_v1_archive(archive, v1_checkpoint.variant_plans(variant), seed=0,
+            v1_checkpoint.write_v1_archive(archive, architectures.variant_plans(variant), seed=0,
                                            configurations=("3d_fullres",))
         pretrained = str(archive)
         result["pretrained"] = f"{archive.name}: RANDOM weights in nnU-Net v1 format (variant {variant})"
@@ -173,8 +175,8 @@ def train_step_worker(spec: dict) -> dict:
 
     nnUNetTrainer.train_step = timed_step
     for name in ("architecture_plans", "prepare"):
-        fn = getattr(training, name, None)
-        if fn is None:  # lib/training.py reorganised: time train() as a whole only
+        fn = getattr(fine_tune, name, None)
+        if fn is None:  # lib/training/fine_tune.py reorganised: time train() as a whole only
             continue
 
         def wrapped(*a, _fn=fn, _name=name, **k):
@@ -184,9 +186,9 @@ def train_step_worker(spec: dict) -> dict:
             finally:
                 result["phases_s"][_name] = time.perf_counter() - t0
                 say(f"  train(): {_name} done ({result['phases_s'][_name]:.1f} s)")
-        setattr(training, name, wrapped)
+        setattr(fine_tune, name, wrapped)
 
-    settings = training.TrainSettings(
+    settings = fine_tune.TrainSettings(
         configuration=spec["configuration"], pretrained=pretrained, epochs=spec["epochs"],
         iterations_per_epoch=spec["iterations"], val_iterations_per_epoch=spec["val_iterations"],
         patch_size=tuple(spec["patch_size"]) if spec.get("patch_size") else None, batch_size=spec["batch_size"],
@@ -199,7 +201,7 @@ def train_step_worker(spec: dict) -> dict:
         sampler = MemorySampler()
         sampler.start()
     t = time.perf_counter()
-    run = training.train(root, work / "run", settings, progress=False)
+    run = fine_tune.train(root, work / "run", settings, progress=False)
     result["phases_s"]["train_total"] = time.perf_counter() - t
     result["train_seconds_reported"] = run.seconds  # trainer.run_training only
     if cuda:
@@ -276,8 +278,8 @@ def run_subprocess(cmd: list[str], log: Path, timeout: float, env: dict | None =
 
 
 def tail(text: str, n: int = 25) -> str:
-    lines = [l.rsplit("\r", 1)[-1] for l in text.splitlines()]
-    return "\n".join("    | " + l for l in lines[-n:])
+    lines = [row.rsplit("\r", 1)[-1] for row in text.splitlines()]
+    return "\n".join("    | " + row for row in lines[-n:])
 
 
 # ------------------------------------------------------------------------------------------------ main

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lib import rle  # noqa: E402
-from lib.metric import score_submission, surface_dice  # noqa: E402
+from lib import rle
+from lib.metric import score_submission, surface_dice
 
 
 def vessel_slices(shape: tuple[int, int, int], seed: int, jitter: int = 0):
@@ -100,7 +99,7 @@ def run_kidney_from_rle(shape: tuple[int, int, int]) -> None:
 
 def peak_rss_mib() -> float:
     """This process's peak resident memory (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
 
 

@@ -1,7 +1,7 @@
 """Peak memory of the training data path per z-slab: conversion to the nnU-Net raw dataset (this process) and
 nnU-Net's fingerprinting + preprocessing (its worker processes), on full-size slabs of SYNTHETIC kidney_1_dense.
 
-Prints bytes per slab voxel for each stage, the number behind the bound stated in lib/nnunet_dataset.py, and
+Prints bytes per slab voxel for each stage, the number behind the bound stated in lib/training/nnunet_dataset.py, and
 what it means for the default 128-slice slabs of the real groups on a 29 GB Kaggle machine. Baseline: each whole
 kidney as a single nnU-Net case (no slabs), extrapolated with the same per-voxel cost.
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import tifffile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lib import nnunet_dataset, synthetic, training  # noqa: E402
+from lib.dev import synthetic
+from lib.training import fine_tune, nnunet_dataset
 
 GROUPS = {"kidney_1_dense": (2279, 1303, 912), "kidney_2": (2217, 1041, 1511), "kidney_3_sparse": (1035, 1706, 1510)}
 
 
 def vm_hwm_mib() -> float:
     """This process's peak resident memory (VmHWM)."""
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:"))
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
 
 
@@ -52,8 +52,8 @@ def measure(data: Path, work: Path, slab_depth: int) -> dict:
     nnunet_dataset.write_raw_dataset(data, work, ["kidney_1_dense"], None, slab_depth, progress=False)
     convert = vm_hwm_mib()
     cases = nnunet_dataset.read_cases(work)
-    arch, _ = training.architecture_plans("tiny", None, work)
-    training.prepare(work, arch, [32, 64, 64], 2, cases)
+    arch, _ = fine_tune.architecture_plans("tiny", None, work)
+    fine_tune.prepare(work, arch, [32, 64, 64], 2, cases)
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"convert_MiB": convert, "workers_MiB": workers, "seconds": time.perf_counter() - start,
             "slab_voxels": max(c.stop - c.start for c in cases)}

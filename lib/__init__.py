@@ -1,5 +1,6 @@
 """SenNet + HOA kidney vessel segmentation: the shared code behind the notebooks.
 
-Pipeline, one module per stage: paths -> data (+ rle, synthetic) -> metric -> transfer/training
--> inference -> postprocess -> submission.
+One room per pipeline stage, imports only going down (tests/test_layout.py):
+paths -> data (data, rle, volume) -> metric -> model -> training | inference -> postprocess -> submission
+-> explore -> dev (stand-ins) -> notebook -> runs (pipeline, Kaggle bundle).
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,17 @@ def open_group(name: str, root: Path | str | None = None, validate: bool = True)
         if (root / split / name).is_dir():
             return _open_group(root, split, name, _train_rles(root), validate)
     raise DataError(f"{root}: no group named {name!r} under train/ or test/")
+
+
+def select_groups(groups: Mapping[str, Group], names: Sequence[str] | str | None) -> dict[str, Group]:
+    """The groups named in `names` (None: all), in the given order; an unknown name is an error."""
+    if names is None:
+        return dict(groups)
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise KeyError(f"unknown groups {unknown}; the root has {list(groups)}")
+    return {n: groups[n] for n in names}
 
 
 def summary(groups: dict[str, Group]) -> pd.DataFrame:

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lib import data, transfer
+from lib import data
+from lib.model.network import CONFIGURATION, build_network, resolve_device
+from lib.volume import save_slices
 
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
 READ_CHUNK = 8
@@ -50,13 +52,6 @@ class Model:
     checkpoint: dict = field(default_factory=dict)  # file, epoch, mtime: identifies the weights
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks the GPU when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "checkpoint_final.pth",
                fold: int = 0) -> Model:
     """Load the model folder notebook 02 writes (plans.json, dataset.json, fold_k/checkpoint_*.pth)."""
@@ -71,11 +66,11 @@ def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "c
         weights = saved["network_weights"]
     except Exception as e:
         raise RuntimeError(f"{weights_file}: not a readable nnU-Net checkpoint ({type(e).__name__}: {e})") from None
-    network = transfer.build_network(plans, transfer.CONFIGURATION, deep_supervision=False)
-    network.load_state_dict(weights)
+    net = build_network(plans, CONFIGURATION, deep_supervision=False)
+    net.load_state_dict(weights)
     mirror = saved.get("inference_allowed_mirroring_axes") or (0, 1, 2)
     info = {"file": str(weights_file), "epoch": saved.get("current_epoch"), "mtime": weights_file.stat().st_mtime}
-    return from_network(network, plans, device, tuple(mirror), model_dir, info)
+    return from_network(net, plans, device, tuple(mirror), model_dir, info)
 
 
 def from_network(network: torch.nn.Module, plans: dict, device: str | torch.device = "auto",
@@ -83,7 +78,7 @@ def from_network(network: torch.nn.Module, plans: dict, device: str | torch.devi
                  checkpoint: dict | None = None) -> Model:
     """Wrap an in-memory network (deep supervision off) and its plans for prediction."""
     device = resolve_device(device) if isinstance(device, str) else device
-    config = plans["configurations"][transfer.CONFIGURATION]
+    config = plans["configurations"][CONFIGURATION]
     network = network.to(device).eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch shapes: let cuDNN pick its fastest kernels once
@@ -143,7 +138,10 @@ def sliding_window(model: Model, slices: Iterable[np.ndarray], shape: tuple[int,
     Tiles and weights are nnUNetPredictor's; volumes smaller than the patch are zero-padded as nnU-Net pads them.
     `batch_size` patches (tiles and their mirrorings) go through the network at once.
     """
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+    from nnunetv2.inference.sliding_window_prediction import (
+        compute_gaussian,
+        compute_steps_for_sliding_window,
+    )
 
     device, patch = model.device, model.patch_size
     padded = tuple(max(s, p) for s, p in zip(shape, patch))
@@ -269,26 +267,6 @@ def predict_group(model: Model, group: data.Group, out_file: Path | str, tile_st
     save_slices(out_file, group.shape, dtype, (np.round(p * 255) if dtype == "uint8" else p for p in probs))
     record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
     return np.load(out_file, mmap_mode="r")
-
-
-def save_slices(path: Path | str, shape: tuple[int, ...], dtype: str | np.dtype, chunks: Iterable[np.ndarray]) -> None:
-    """Write a `.npy` file from slices or slabs in order, through a file handle rather than a memmap, so the
-    written pages go to the page cache instead of staying in this process's memory."""
-    dtype = np.dtype(dtype)
-    written, expected = 0, int(np.prod(shape))
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                 "fortran_order": False, "shape": tuple(shape)})
-        for chunk in chunks:
-            f.write(np.ascontiguousarray(chunk, dtype=dtype).tobytes())
-            written += np.size(chunk)
-    if written != expected:
-        raise ValueError(f"{path}: wrote {written} values for shape {tuple(shape)} ({expected} expected)")
-
-
-def probability(stored: np.ndarray) -> np.ndarray:
-    """Probabilities as float32 in [0, 1] from a stored float16 or uint8 (x255) array or slice."""
-    return stored.astype(np.float32) / 255 if stored.dtype == np.uint8 else stored.astype(np.float32)
 
 
 def _read_slices(group: data.Group) -> Iterator[np.ndarray]:

@@ -29,3 +29,9 @@ def default_data_dir() -> Path:
         return Path(os.environ["SENNET_DATA_DIR"])
     kaggle = kaggle_input() / COMPETITION
     return kaggle if kaggle.is_dir() else synthetic_data_dir()
+
+
+def resolve_path(path: str | Path) -> Path:
+    """`path` as given when absolute, else relative to the project root (the notebook runs from notebooks/)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path

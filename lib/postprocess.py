@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lib.inference import probability, save_slices
 from lib.metric import SurfaceDice
+from lib.volume import probability, save_slices
 
 DEFAULT_GRID = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))  # 19 thresholds
 CHUNK = 16
@@ -30,7 +30,7 @@ class ThresholdRule:
     value: float | None = None
 
     @classmethod
-    def parse(cls, spec: float | str) -> "ThresholdRule":
+    def parse(cls, spec: float | str) -> ThresholdRule:
         """0.4 -> fixed; "tune" -> tuned; "top:0.002" -> keep the top 0.2% of voxels per volume."""
         if isinstance(spec, (int, float)) and not isinstance(spec, bool):
             if not 0 < spec < 1:

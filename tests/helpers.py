@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import transfer, v1_checkpoint
+from lib.dev import v1_checkpoint
+from lib.model import architectures, convert_v1
 
 INTENSITY = {"mean": 100.0, "std": 20.0, "percentile_00_5": 50.0, "percentile_99_5": 160.0,
              "median": 100.0, "min": 0.0, "max": 200.0}
@@ -15,14 +16,14 @@ INTENSITY = {"mean": 100.0, "std": 20.0, "percentile_00_5": 50.0, "percentile_99
 
 def small_plans(patch=(32, 64, 64), spacing=(0.05, 0.05, 0.05), intensity: dict | None = None) -> dict:
     """v2 plans of the 'small' v1 variant (6 stages, base 4 features) with kidney-like spacing."""
-    plans = transfer.v2_plans_from_v1(v1_checkpoint.variant_plans("small"))
+    plans = convert_v1.v2_plans_from_v1(architectures.variant_plans("small"))
     config = plans["configurations"]["3d_fullres"]
     config["patch_size"], config["spacing"] = list(patch), list(spacing)
     plans["foreground_intensity_properties_per_channel"] = {"0": dict(intensity or INTENSITY)}
     return plans
 
 
-random_network = transfer.random_network
+random_network = v1_checkpoint.random_network
 
 
 def write_model_dir(folder: Path, plans: dict, network: torch.nn.Module) -> Path:
@@ -38,7 +39,10 @@ def write_model_dir(folder: Path, plans: dict, network: torch.nn.Module) -> Path
 
 def reference_probabilities(network: torch.nn.Module, volume: np.ndarray, patch, tile_step: float = 0.5) -> np.ndarray:
     """nnU-Net's sliding window written out plainly in float64 on the whole volume (no padding needed)."""
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+    from nnunetv2.inference.sliding_window_prediction import (
+        compute_gaussian,
+        compute_steps_for_sliding_window,
+    )
 
     g = compute_gaussian(tuple(patch), 1 / 8, 10, device=torch.device("cpu")).float().numpy().astype(np.float64)
     steps = compute_steps_for_sliding_window(volume.shape, tuple(patch), tile_step)

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import write_group
 
 from lib import data
 from lib.data import DataError
-
-from conftest import write_group
 
 
 def test_discovers_groups_shapes_and_labels(mini_root: Path) -> None:

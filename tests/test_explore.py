@@ -1,4 +1,4 @@
-"""Notebook 01 and lib/explore.py: batch views, reading cost, widget callbacks, and a papermill run."""
+"""Notebook 01 and lib/figures.py: batch views, reading cost, widget callbacks, and a papermill run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +8,11 @@ import nbformat
 import numpy as np
 import pytest
 import tifffile
-
-from lib import data, explore
-
 from conftest import write_group
+
+from lib import data, notebook
+from lib.explore import figures
+from lib.explore.browser import SliceBrowser, prediction_source
 
 PROJECT = Path(__file__).resolve().parent.parent
 NOTEBOOK = PROJECT / "notebooks" / "01_explore.ipynb"
@@ -56,19 +57,19 @@ class CountingReads:
 
 
 def test_sampling_and_plane_positions_respect_caps() -> None:
-    assert explore.sample_positions(2279, 32).tolist()[:2] == [0, 73] and len(explore.sample_positions(2279, 32)) == 32
-    assert explore.sample_positions(5, 32).tolist() == [0, 1, 2, 3, 4]
+    assert figures.sample_positions(2279, 32).tolist()[:2] == [0, 73] and len(figures.sample_positions(2279, 32)) == 32
+    assert figures.sample_positions(5, 32).tolist() == [0, 1, 2, 3, 4]
     for n, cap in [(2279, 128), (20, 128), (40, 8), (41, 8), (1, 5)]:
-        pos, step = explore.plane_positions(n, cap)
+        pos, step = figures.plane_positions(n, cap)
         assert len(pos) <= cap and pos.min() >= 0 and pos.max() < n
         assert np.all(np.diff(pos) == step)
-    assert explore.plane_positions(2279, 128)[1] == 18
+    assert figures.plane_positions(2279, 128)[1] == 18
 
 
 def test_intensity_stats_match_numpy(volume_root) -> None:
     root, images, labels = volume_root
     g = data.open_group("kidney_1_dense", root)
-    s = explore.intensity_stats(g, max_slices=8)
+    s = figures.intensity_stats(g, max_slices=8)
     sampled = images[s.positions]
     assert len(s.positions) == 8 and s.counts.sum() == sampled.size
     for q in (0.5, 50, 99.5):
@@ -76,7 +77,7 @@ def test_intensity_stats_match_numpy(volume_root) -> None:
     vessel = sampled[labels[s.positions] > 0]
     assert s.vessel_counts.sum() == vessel.size
     assert s.percentile(50, "vessel") == np.percentile(vessel, 50, method="inverted_cdf")
-    table = explore.percentile_table({"kidney_1_dense": s})
+    table = figures.percentile_table({"kidney_1_dense": s})
     assert {"p0.5", "p50", "p99.5", "vessel_p50", "other_p50", "vessel_%"} <= set(table.columns)
 
 
@@ -84,13 +85,13 @@ def test_scan_labels_streams_fraction_projections_centroid(volume_root) -> None:
     root, _, labels = volume_root
     g = data.open_group("kidney_1_dense", root)
     mask = labels > 0
-    full = explore.scan_labels(g)
+    full = figures.scan_labels(g)
     np.testing.assert_allclose(full.fraction, mask.mean(axis=(1, 2)))
     np.testing.assert_array_equal(full.along_z, mask.sum(0))
     np.testing.assert_array_equal(full.along_y, mask.sum(1))
     np.testing.assert_array_equal(full.along_x, mask.sum(2))
     assert full.centroid == tuple(int(round(c)) for c in np.argwhere(mask).mean(0))
-    coarse = explore.scan_labels(g, downsample=3)  # 40 x 12 x 10 -> max-pooled 14 x 4 x 4
+    coarse = figures.scan_labels(g, downsample=3)  # 40 x 12 x 10 -> max-pooled 14 x 4 x 4
     pooled = np.zeros((42, 12, 12), bool)
     pooled[:40, :12, :10] = mask
     pooled = pooled.reshape(14, 3, 4, 3, 4, 3).any(axis=(1, 3, 5))
@@ -103,12 +104,12 @@ def test_orthogonal_views_read_subsampled_planes(volume_root, monkeypatch) -> No
     root, images, labels = volume_root
     g = data.open_group("kidney_1_dense", root)
     reads = CountingReads(monkeypatch)
-    v = explore.orthogonal_views(g, (12, 4, 3), max_slices=8)
+    v = figures.orthogonal_views(g, (12, 4, 3), max_slices=8)
     assert len(v.z_positions) <= 8 and reads.n == 2 * (len(v.z_positions) + 1)  # images + labels, + the xy slice
     np.testing.assert_array_equal(v.xy, images[12])
     np.testing.assert_array_equal(v.xz, images[v.z_positions, 4, :])
     np.testing.assert_array_equal(v.yz_label, labels[v.z_positions, :, 3] > 0)
-    fig = explore.plot_orthogonal(v, (0, 60000))
+    fig = figures.plot_orthogonal(v, (0, 60000))
     assert "every 5th slice" in fig.get_suptitle()
 
 
@@ -117,10 +118,10 @@ def test_orthogonal_views_carry_a_prediction(volume_root) -> None:
     g = data.open_group("kidney_1_dense", root)
     prediction = np.zeros(g.shape, np.uint8)
     prediction[10:20, 4:6, 3] = 1
-    v = explore.orthogonal_views(g, (12, 4, 3), max_slices=8, prediction=prediction)
+    v = figures.orthogonal_views(g, (12, 4, 3), max_slices=8, prediction=prediction)
     np.testing.assert_array_equal(v.xy_prediction, prediction[12] > 0)
     np.testing.assert_array_equal(v.yz_prediction, prediction[v.z_positions, :, 3] > 0)
-    fig = explore.plot_orthogonal(v)
+    fig = figures.plot_orthogonal(v)
     legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert {"labels only (missed)", "prediction only", "both"} <= set(legend)
 
@@ -130,24 +131,24 @@ def test_prediction_sources(volume_root, tmp_path) -> None:
     groups = data.discover(root)
     pred_dir = tmp_path / "pred"
     write_group(pred_dir, "", "kidney_1_dense", None, labels)  # <dir>/kidney_1_dense/labels/NNNN.tif
-    from_folder = explore.prediction_source(pred_dir, groups)
+    from_folder = prediction_source(pred_dir, groups)
     np.testing.assert_array_equal(from_folder("kidney_1_dense", "xy", 12), labels[12] > 0)
     assert from_folder("kidney_1_dense", "xz", 3) is None  # planes: the browser builds them from xy slices
-    from_arrays = explore.prediction_source({"kidney_1_dense": labels}, groups)
+    from_arrays = prediction_source({"kidney_1_dense": labels}, groups)
     np.testing.assert_array_equal(from_arrays("kidney_1_dense", "yz", 3), labels[:, :, 3] > 0)
 
 
 def test_ensure_data_refuses_to_invent_real_data(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
-        explore.ensure_data(tmp_path / "missing")
-    assert explore.ensure_data(tmp_path) == tmp_path
+        notebook.ensure_data(tmp_path / "missing")
+    assert notebook.ensure_data(tmp_path) == tmp_path
 
 
 def test_live_frontend_is_false_outside_a_kernel(monkeypatch) -> None:
     monkeypatch.delenv("SENNET_INTERACTIVE", raising=False)
-    assert explore.live_frontend() is False
+    assert notebook.live_frontend() is False
     monkeypatch.setenv("SENNET_INTERACTIVE", "1")
-    assert explore.live_frontend() is True
+    assert notebook.live_frontend() is True
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_live_frontend_is_false_outside_a_kernel(monkeypatch) -> None:
 def test_browser_callbacks_update_artists(synthetic_tiny) -> None:
     groups = data.discover(synthetic_tiny)
     g = groups["kidney_1_dense"]
-    browser = explore.SliceBrowser(groups, group="kidney_1_dense", alpha=0.5)
+    browser = SliceBrowser(groups, group="kidney_1_dense", alpha=0.5)
     assert browser.index_w.max == g.shape[0] - 1 and browser.axis == "xy"
 
     browser.index_w.value = 7
@@ -167,7 +168,7 @@ def test_browser_callbacks_update_artists(synthetic_tiny) -> None:
     rgba = np.asarray(browser.label_artist.get_array())
     np.testing.assert_array_equal(rgba[..., 3] > 0, label)
     assert label.any()
-    np.testing.assert_allclose(rgba[label][:, :3] - explore.LABEL_COLOR, 0, atol=1e-6)
+    np.testing.assert_allclose(rgba[label][:, :3] - figures.LABEL_COLOR, 0, atol=1e-6)
     assert browser.label_artist.get_visible() and np.isclose(rgba[..., 3].max(), 0.5)
 
     browser.alpha_w.value = 0.8
@@ -204,17 +205,17 @@ def test_browser_prediction_layer_in_another_colour(synthetic_tiny) -> None:
 
     def predict(name: str, axis: str, index: int):  # a shifted copy of the labels, xy only
         calls.append((name, axis, index))
-        return np.roll(explore.label_slice(groups[name], index), 2, axis=1) if axis == "xy" else None
+        return np.roll(figures.label_slice(groups[name], index), 2, axis=1) if axis == "xy" else None
 
-    browser = explore.SliceBrowser(groups, predict, group="kidney_1_dense", point=(9, 30, 20))
+    browser = SliceBrowser(groups, predict, group="kidney_1_dense", point=(9, 30, 20))
     label, pred = tifffile.imread(g.label_files[9]) > 0, predict("kidney_1_dense", "xy", 9)
     assert browser.prediction_artist.get_visible()
     p_rgba = np.asarray(browser.prediction_artist.get_array())
     l_rgba = np.asarray(browser.label_artist.get_array())
     np.testing.assert_array_equal(p_rgba[..., 3] > 0, pred)
     assert (pred & ~label).any() and (pred & label).any()
-    np.testing.assert_allclose(p_rgba[pred & ~label][:, :3] - explore.PREDICTION_COLOR, 0, atol=1e-6)  # cyan: no label
-    np.testing.assert_allclose(p_rgba[pred & label][:, :3] - explore.BOTH_COLOR, 0, atol=1e-6)  # yellow: agreement
+    np.testing.assert_allclose(p_rgba[pred & ~label][:, :3] - figures.PREDICTION_COLOR, 0, atol=1e-6)  # cyan: no label
+    np.testing.assert_allclose(p_rgba[pred & label][:, :3] - figures.BOTH_COLOR, 0, atol=1e-6)  # yellow: agreement
     np.testing.assert_array_equal(l_rgba[..., 3] > 0, label & ~pred)  # red: labels the prediction missed
     browser.prediction_w.value = False
     assert not browser.prediction_artist.get_visible()
@@ -230,7 +231,7 @@ def test_browser_reads_one_slice_per_layer_per_xy_step(volume_root, monkeypatch)
     root, images, _ = volume_root
     groups = data.discover(root)
     reads = CountingReads(monkeypatch)
-    browser = explore.SliceBrowser(groups, group="kidney_1_dense", max_plane_slices=8)
+    browser = SliceBrowser(groups, group="kidney_1_dense", max_plane_slices=8)
     for z in (3, 17, 39, 0, 25):
         before = reads.n
         browser.index_w.value = z
@@ -245,7 +246,7 @@ def test_browser_reads_one_slice_per_layer_per_xy_step(volume_root, monkeypatch)
     browser.axis_w.value = "xz"
     first = reads.n - before
     assert 0 < first <= 2 * 8  # at most the cap per layer (images + labels), never the whole volume
-    pos, step = explore.plane_positions(40, 8)
+    pos, step = figures.plane_positions(40, 8)
     np.testing.assert_array_equal(browser.image_artist.get_array(), images[pos, browser.cursor[1], :])
     assert f"every {step}th slice" in browser.ax.get_title()
     before = reads.n
@@ -261,7 +262,7 @@ def test_browser_reads_one_slice_per_layer_per_xy_step(volume_root, monkeypatch)
 def test_browser_plane_cache_fits_the_memory_budget(volume_root) -> None:
     root, images, _ = volume_root
     groups = data.discover(root)
-    browser = explore.SliceBrowser(groups, group="kidney_1_dense", max_plane_slices=40, plane_budget_mb=0.005)
+    browser = SliceBrowser(groups, group="kidney_1_dense", max_plane_slices=40, plane_budget_mb=0.005)
     browser.axis_w.value = "xz"
     stride = browser._cache.stride
     assert stride > 1 and browser._cache.layers["image"].nbytes <= 5000

@@ -7,10 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    INTENSITY,
+    random_network,
+    reference_probabilities,
+    small_plans,
+    write_model_dir,
+)
 
 from lib import data, inference
-
-from helpers import INTENSITY, random_network, reference_probabilities, small_plans, write_model_dir
 
 PATCH = (32, 64, 64)
 

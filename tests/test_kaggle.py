@@ -1,4 +1,4 @@
-"""The Kaggle bundle (lib.kaggle): layout and metadata, the bundled notebooks, the wheels, and the offline path:
+"""The Kaggle bundle (lib.runs.kaggle): layout and metadata, the bundled notebooks, the wheels, and the offline path:
 a fresh venv holding only torch (+ torchvision, as on Kaggle) installs everything else from the bundle's wheels
 with pip --no-index and no network, and runs the bundled inference notebook against a fake /kaggle/input.
 
@@ -21,7 +21,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from lib import kaggle, paths
+from lib import paths
+from lib.runs import kaggle
 
 WHEEL_CACHE = paths.outputs_dir() / "kaggle-wheel-cache"
 USER = "test-user"
@@ -88,7 +89,7 @@ def no_network() -> list[str]:
     (and a warning) where user namespaces are not available: then only pip's --no-index keeps it offline."""
     if _network_namespace_works():
         return ["unshare", "-rn", sys.executable, "-c", LOOPBACK_UP]
-    warnings.warn("unshare -rn is not available here: the offline checks rely on pip --no-index alone")
+    warnings.warn("unshare -rn is not available here: the offline checks rely on pip --no-index alone", stacklevel=2)
     return []
 
 
@@ -205,9 +206,9 @@ def test_bundle_layout_and_metadata(bundle: kaggle.Bundle) -> None:
     assert sorted(p.name for p in lib.glob("*.py")) == project_modules and "kaggle.py" in project_modules
     assert not list(lib.rglob("__pycache__")) and not list(lib.rglob("*.pyc"))
     model = out / "datasets" / "model"
-    from lib import training
+    from lib.training import fine_tune
 
-    assert training.find_model_dir(model) == model / "model"
+    assert fine_tune.find_model_dir(model) == model / "model"
 
 
 @pytest.mark.parametrize("name", ["02_train", "03_infer"])

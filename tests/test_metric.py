@@ -12,7 +12,13 @@ import pytest
 from scipy import ndimage
 
 from lib import rle
-from lib.metric import CUBE_AREA, SubmissionError, SurfaceDice, score_submission, surface_dice
+from lib.metric import (
+    CUBE_AREA,
+    SubmissionError,
+    SurfaceDice,
+    score_submission,
+    surface_dice,
+)
 
 if not hasattr(np, "Inf"):  # surface-distance 0.1 still uses np.Inf, removed in numpy 2
     np.Inf = np.inf

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lib import pipeline
-from lib.pipeline import PipelineError
+from lib.runs import pipeline
+from lib.runs.pipeline import PipelineError
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 

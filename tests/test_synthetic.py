@@ -11,8 +11,16 @@ import pytest
 import tifffile
 from scipy import ndimage, stats
 
-from lib import rle, synthetic
-from lib.synthetic import GROUPS, PRESETS, TEST_GROUPS, TRAIN_GROUPS, generate, render_slices
+from lib import rle
+from lib.dev import synthetic
+from lib.dev.synthetic import (
+    GROUPS,
+    PRESETS,
+    TEST_GROUPS,
+    TRAIN_GROUPS,
+    generate,
+    render_slices,
+)
 
 TINY = PRESETS["tiny"]
 LABELLED = ("kidney_1_dense", "kidney_2", "kidney_3_sparse", "kidney_3_dense")

@@ -10,8 +10,12 @@ import pytest
 import tifffile
 import torch
 
-from lib import data, nnunet_dataset, training, transfer, v1_checkpoint
-from lib.training import FineTuneTrainer, TrainSettings
+from lib import data
+from lib.dev import v1_checkpoint
+from lib.model import architectures, convert_v1, network
+from lib.training import fine_tune, nnunet_dataset, trainer
+from lib.training.fine_tune import TrainSettings
+from lib.training.trainer import FineTuneTrainer
 
 FAST = dict(configuration="tiny", epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, device="cpu",
             train_groups=("kidney_1_dense", "kidney_3_sparse"), val_group="kidney_3_dense")
@@ -57,23 +61,23 @@ def test_training_groups_without_vessels_are_refused(tmp_path: Path) -> None:
 
 
 def test_plans_keep_the_architecture_and_take_kidney_statistics() -> None:
-    arch = transfer.v2_plans_from_v1(v1_checkpoint.variant_plans("task008"))
+    arch = convert_v1.v2_plans_from_v1(architectures.variant_plans("task008"))
     fingerprint = {"spacings": [[0.05] * 3] * 3, "shapes_after_crop": [[100, 200, 300]] * 3,
                    "foreground_intensity_properties_per_channel": {"0": {"mean": 1.0, "std": 2.0}}}
-    plans = training.kidney_plans(arch, fingerprint, [32, 64, 64], 2)
+    plans = fine_tune.kidney_plans(arch, fingerprint, [32, 64, 64], 2)
     config, hepatic = plans["configurations"]["3d_fullres"], arch["configurations"]["3d_fullres"]
     assert config["architecture"] == hepatic["architecture"]
     assert config["spacing"] == [0.05] * 3 and config["patch_size"] == [32, 64, 64]
     assert plans["foreground_intensity_properties_per_channel"]["0"]["mean"] == 1.0
-    assert training.patch_size_for(arch, torch.device("cuda")) == [64, 192, 192]  # the hepatic patch on a GPU
-    assert training.patch_size_for(arch, torch.device("cpu")) == [32, 64, 64]
+    assert fine_tune.patch_size_for(arch, torch.device("cuda")) == [64, 192, 192]  # the hepatic patch on a GPU
+    assert fine_tune.patch_size_for(arch, torch.device("cpu")) == [32, 64, 64]
     with pytest.raises(ValueError, match="not divisible"):
-        training.patch_size_for(arch, torch.device("cpu"), [24, 64, 64])
+        fine_tune.patch_size_for(arch, torch.device("cpu"), [24, 64, 64])
 
 
 def test_warmup_then_poly_schedule() -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = training.WarmupPolyLR(opt, 0.01, max_steps=10, warmup=2)
+    sched = trainer.WarmupPolyLR(opt, 0.01, max_steps=10, warmup=2)
     lrs = []
     for epoch in range(10):
         sched.step(epoch)
@@ -84,16 +88,16 @@ def test_warmup_then_poly_schedule() -> None:
 
 def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: Path) -> None:
     archive = v1_checkpoint.write_v1_archive(tmp_path / "Task008_HepaticVessel.zip",
-                                             v1_checkpoint.variant_plans("tiny"), seed=3)
-    arch, weights_file = training.architecture_plans("tiny", archive, tmp_path / "work")
-    network = transfer.build_network(arch)
-    loaded = training.load_all_weights(network, weights_file)
+                                             architectures.variant_plans("tiny"), seed=3)
+    arch, weights_file = fine_tune.architecture_plans("tiny", archive, tmp_path / "work")
+    net = network.build_network(arch)
+    loaded = fine_tune.load_all_weights(net, weights_file)
     converted = torch.load(weights_file, weights_only=True)["network_weights"]
-    for key, value in network.state_dict().items():  # every tensor, the vessel head included
+    for key, value in net.state_dict().items():  # every tensor, the vessel head included
         torch.testing.assert_close(value, converted[key], rtol=0, atol=0)
     assert loaded["tensors_loaded"] == len(converted) and loaded["heads_loaded"]
 
-    result = training.train(synthetic_tiny, tmp_path / "run", TrainSettings(pretrained=str(archive), **FAST),
+    result = fine_tune.train(synthetic_tiny, tmp_path / "run", TrainSettings(pretrained=str(archive), **FAST),
                             progress=False)
     record = json.loads((result.model_dir / "training.json").read_text())
     assert record["from_scratch"] is False and record["pretrained"]["tensors_loaded"] == len(converted)
@@ -111,14 +115,14 @@ def test_from_scratch_resumes_after_an_interruption(synthetic_tiny: Path, tmp_pa
 
     monkeypatch.setattr(FineTuneTrainer, "on_epoch_end", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        training.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
+        fine_tune.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
     monkeypatch.undo()
-    model_dir = tmp_path / "nnunet" / "results" / nnunet_dataset.DATASET_NAME / training.TRAINER_FOLDER
+    model_dir = tmp_path / "nnunet" / "results" / nnunet_dataset.DATASET_NAME / fine_tune.TRAINER_FOLDER
     assert (model_dir / "fold_0" / "checkpoint_latest.pth").is_file()
-    result = training.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
+    result = fine_tune.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
     assert result.resumed_from_epoch == 1 and result.pretrained is None
     assert len(result.history["train_losses"]) == 2  # epoch 0 from before the interruption, epoch 1 now
-    fig = training.plot_history(result.history, tmp_path / "curves.png")
+    fig = fine_tune.plot_history(result.history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and len(fig.axes) == 3
     with pytest.raises(FileExistsError, match="a finished model is already there"):
-        training.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
+        fine_tune.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)

@@ -1,6 +1,6 @@
 """v1 -> v2 checkpoint conversion, checked against nnU-Net v1's own Generic_UNet.
 
-The archives are stand-ins written by `lib.v1_checkpoint` (random weights in the real v1 format and layout,
+The archives are stand-ins written by `lib.dev.v1_checkpoint` (random weights in the real v1 format and layout,
 built with v1's code); the v2 side is nnunetv2's own plans handling, network builder and
 `load_pretrained_weights`. Equivalence = same logits on the same input, all deep-supervision outputs.
 """
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import transfer, v1_checkpoint
-from lib.transfer import TransferError
+from lib.dev import v1_checkpoint
+from lib.model import architectures, convert_v1, network
+from lib.model.convert_v1 import TransferError
 
 FULLRES = "3d_fullres/Task008_HepaticVessel/nnUNetTrainerV2__nnUNetPlansv2.1"
 PREFIX = "download/nnUNet/"
@@ -25,7 +26,7 @@ TOL = 1e-4
 
 
 def _v1_from_zip(zip_path: Path, fold: int = 0, prefix: str = PREFIX) -> torch.nn.Module:
-    """The v1 network of a stand-in archive, read without lib.transfer: v1 builder + torch.load."""
+    """The v1 network of a stand-in archive, read without lib.model.convert_v1: v1 builder + torch.load."""
     with zipfile.ZipFile(zip_path) as zf:
         plans = pickle.loads(zf.read(f"{prefix}{FULLRES}/plans.pkl"))
         ckpt = torch.load(io.BytesIO(zf.read(f"{prefix}{FULLRES}/fold_{fold}/model_final_checkpoint.model")),
@@ -50,8 +51,8 @@ def _max_diff(v1_net: torch.nn.Module, v2_net: torch.nn.Module, shape: tuple[int
 
 def _v2_from_out(out: Path) -> torch.nn.Module:
     plans = json.loads((out / "plans.json").read_text())
-    net = transfer.build_network(plans, num_input_channels=1, num_outputs=2, deep_supervision=True)
-    return transfer.load_converted_weights(net, out / "pretrained_weights.pth")
+    net = network.build_network(plans, num_input_channels=1, num_outputs=2, deep_supervision=True)
+    return convert_v1.load_converted_weights(net, out / "pretrained_weights.pth")
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +60,14 @@ def small_zip(tmp_path_factory) -> Path:
     """Task008-structured (6 stages, strides [[2,2,2]]*4 + [[1,2,2]]) archive with 4 base features, nested prefix,
     3d_lowres and 3d_cascade_fullres next to 3d_fullres, folds 0 and 1."""
     path = tmp_path_factory.mktemp("v1") / "Task008_HepaticVessel.zip"
-    return v1_checkpoint.write_v1_archive(path, v1_checkpoint.variant_plans("small"), seed=3, folds=(0, 1),
+    return v1_checkpoint.write_v1_archive(path, architectures.variant_plans("small"), seed=3, folds=(0, 1),
                                           prefix=PREFIX, configurations=("3d_lowres", "3d_cascade_fullres",
                                                                          "3d_fullres"))
 
 
 @pytest.fixture(scope="module")
 def converted(small_zip, tmp_path_factory) -> Path:
-    return transfer.convert(small_zip, tmp_path_factory.mktemp("out") / "task008_v2")
+    return convert_v1.convert(small_zip, tmp_path_factory.mktemp("out") / "task008_v2")
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_written_keys_are_exactly_the_v2_network(converted: Path) -> None:
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
     weights = torch.load(converted / "pretrained_weights.pth", weights_only=True)["network_weights"]
-    net = transfer.build_network(json.loads((converted / "plans.json").read_text()))
+    net = network.build_network(json.loads((converted / "plans.json").read_text()))
     own = net.state_dict()
     assert set(weights) == set(own)
     assert all(weights[k].shape == own[k].shape for k in own)
@@ -145,7 +146,7 @@ def test_plans_json_is_a_v2_plans_file(converted: Path) -> None:
     fg = pm.foreground_intensity_properties_per_channel["0"]
     assert set(fg) == {"mean", "median", "std", "min", "max", "percentile_99_5", "percentile_00_5"}
     assert fg["std"] == pytest.approx(56.2)
-    net = transfer.build_network(plans, deep_supervision=False).eval()
+    net = network.build_network(plans, deep_supervision=False).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 1, 32, 64, 64)).shape == (1, 2, 32, 64, 64)
     report = json.loads((converted / "conversion.json").read_text())
@@ -157,11 +158,11 @@ def test_plans_json_is_a_v2_plans_file(converted: Path) -> None:
 def test_fold_and_extracted_folder(small_zip: Path, extracted: Path, converted: Path, tmp_path: Path) -> None:
     ref = torch.load(converted / "pretrained_weights.pth", weights_only=True)["network_weights"]
     for i, src in enumerate((extracted, extracted / "download/nnUNet/3d_fullres/Task008_HepaticVessel")):
-        out = transfer.convert(src, tmp_path / f"o{i}")
+        out = convert_v1.convert(src, tmp_path / f"o{i}")
         got = torch.load(out / "pretrained_weights.pth", weights_only=True)["network_weights"]
         assert all(torch.equal(got[k], ref[k]) for k in ref)
         assert (out / "plans.json").read_text() == (converted / "plans.json").read_text()
-    out1 = transfer.convert(small_zip, tmp_path / "fold1", fold=1)
+    out1 = convert_v1.convert(small_zip, tmp_path / "fold1", fold=1)
     assert json.loads((out1 / "conversion.json").read_text())["fold"] == "fold_1"
     assert _max_diff(_v1_from_zip(small_zip, fold=1), _v2_from_out(out1), (1, 1, 32, 64, 64), seed=1) < TOL
     got1 = torch.load(out1 / "pretrained_weights.pth", weights_only=True)["network_weights"]
@@ -173,7 +174,7 @@ def test_plans_from_model_pkl_when_plans_pkl_absent(extracted: Path, tmp_path: P
     src = tmp_path / "src"
     shutil.copytree(extracted / "download/nnUNet/3d_fullres", src / "3d_fullres")
     (src / "3d_fullres/Task008_HepaticVessel/nnUNetTrainerV2__nnUNetPlansv2.1/plans.pkl").unlink()
-    out = transfer.convert(src, tmp_path / "out")
+    out = convert_v1.convert(src, tmp_path / "out")
     assert json.loads((out / "conversion.json").read_text())["plans_from"].endswith(".model.pkl['plans']")
 
 
@@ -186,7 +187,7 @@ def test_numpy1_pickled_plans(extracted: Path, tmp_path: Path) -> None:
     assert b"numpy._core" in old
     plans_pkl.write_bytes(pickle.dumps(pickle.loads(plans_pkl.read_bytes()), protocol=0)
                           .replace(b"numpy._core", b"numpy.core"))
-    out = transfer.convert(src, tmp_path / "out")
+    out = convert_v1.convert(src, tmp_path / "out")
     assert json.loads((out / "plans.json").read_text())["configurations"]["3d_fullres"]["patch_size"] == [32, 64, 64]
 
 
@@ -194,21 +195,21 @@ def test_cli(tmp_path: Path, capsys) -> None:
     src = v1_checkpoint.main([str(tmp_path / "v1.zip"), "--variant", "small", "--seed", "5", "--folds", "0", "1"])
     assert "RANDOM weights" in capsys.readouterr().out
     out = tmp_path / "cli"
-    assert transfer.main([str(src), str(out), "--fold", "1"]) == 0
+    assert convert_v1.main([str(src), str(out), "--fold", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["conversion.json", "plans.json", "pretrained_weights.pth"]
-    assert transfer.main([str(src), str(out)]) == 2
+    assert convert_v1.main([str(src), str(out)]) == 2
     assert "already holds" in capsys.readouterr().err
-    assert transfer.main([str(src), str(out), "--force"]) == 0
+    assert convert_v1.main([str(src), str(out), "--force"]) == 0
     assert json.loads((out / "conversion.json").read_text())["fold"] == "fold_0"
 
 
 def test_task008_full_size(tmp_path: Path) -> None:
     """The real Task008 plans (base 32, max 320, patch 64x192x192): 31 M parameters through the whole path."""
-    plans = v1_checkpoint.task008_like_plans()
+    plans = architectures.task008_like_plans()
     zip_path = v1_checkpoint.write_v1_archive(tmp_path / "t8.zip", plans, prefix="x/", configurations=("3d_fullres",),
                                               compression=zipfile.ZIP_STORED, optimizer_state=False,
                                               legacy_serialization=True)  # as torch < 1.6 wrote it
-    out = transfer.convert(zip_path, tmp_path / "out")
+    out = convert_v1.convert(zip_path, tmp_path / "out")
     cm_kw = json.loads((out / "plans.json").read_text())["configurations"]["3d_fullres"]
     assert cm_kw["patch_size"] == [64, 192, 192]
     assert cm_kw["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 64, 128, 256, 320, 320]
@@ -218,12 +219,12 @@ def test_task008_full_size(tmp_path: Path) -> None:
 
 
 def test_anisotropic_kernels(tmp_path: Path) -> None:
-    zip_path = v1_checkpoint.write_v1_archive(tmp_path / "aniso.zip", v1_checkpoint.variant_plans("anisotropic"),
+    zip_path = v1_checkpoint.write_v1_archive(tmp_path / "aniso.zip", architectures.variant_plans("anisotropic"),
                                               prefix=PREFIX, configurations=("3d_fullres",), optimizer_state=False)
     with pytest.raises(TransferError, match=r"not all equal.*kernel of level L\+1.*pad_kernels=True"):
-        transfer.convert(zip_path, tmp_path / "out")
+        convert_v1.convert(zip_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    out = transfer.convert(zip_path, tmp_path / "out", pad_kernels=True)
+    out = convert_v1.convert(zip_path, tmp_path / "out", pad_kernels=True)
     plans = json.loads((out / "plans.json").read_text())
     assert plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["kernel_sizes"][0] == [3, 3, 3]
     assert json.loads((out / "conversion.json").read_text())["kernels_zero_padded"] is True
@@ -235,26 +236,26 @@ def test_anisotropic_kernels(tmp_path: Path) -> None:
 
 def test_missing_source_and_not_an_archive(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match=r"nope\.zip: no such file or folder"):
-        transfer.convert(tmp_path / "nope.zip", tmp_path / "out")
+        convert_v1.convert(tmp_path / "nope.zip", tmp_path / "out")
     (tmp_path / "notes.zip").write_text("not a zip")
     with pytest.raises(TransferError, match=r"notes\.zip: not a readable zip archive"):
-        transfer.convert(tmp_path / "notes.zip", tmp_path / "out")
+        convert_v1.convert(tmp_path / "notes.zip", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TransferError, match="no 3d_fullres model .*no v1 .model files at all"):
-        transfer.convert(tmp_path / "empty", tmp_path / "out")
+        convert_v1.convert(tmp_path / "empty", tmp_path / "out")
 
 
 @pytest.mark.parametrize("configurations, found", [(("3d_lowres",), "3d_lowres/fold_0"), (("2d",), "2d/fold_0")])
 def test_archive_without_3d_fullres(tmp_path: Path, configurations, found) -> None:
-    zip_path = v1_checkpoint.write_v1_archive(tmp_path / "a.zip", v1_checkpoint.variant_plans("small"),
+    zip_path = v1_checkpoint.write_v1_archive(tmp_path / "a.zip", architectures.variant_plans("small"),
                                               configurations=configurations, optimizer_state=False)
     with pytest.raises(TransferError, match=rf"a\.zip: no 3d_fullres model in this archive; found: {found}"):
-        transfer.convert(zip_path, tmp_path / "out")
+        convert_v1.convert(zip_path, tmp_path / "out")
 
 
 def test_missing_fold(small_zip: Path, tmp_path: Path) -> None:
     with pytest.raises(TransferError, match="3d_fullres has no fold_3; available folds: fold_0, fold_1"):
-        transfer.convert(small_zip, tmp_path / "out", fold=3)
+        convert_v1.convert(small_zip, tmp_path / "out", fold=3)
 
 
 def test_corrupt_model(small_zip: Path, extracted: Path, tmp_path: Path) -> None:
@@ -265,15 +266,15 @@ def test_corrupt_model(small_zip: Path, extracted: Path, tmp_path: Path) -> None
             data = src.read(info.filename)
             dst.writestr(info, data[: len(data) // 3] if info.filename == member else data)
     with pytest.raises(TransferError, match=rf"bad\.zip!{member}: not a readable torch checkpoint"):
-        transfer.convert(bad_zip, tmp_path / "out")
+        convert_v1.convert(bad_zip, tmp_path / "out")
     folder = tmp_path / "folder"
     shutil.copytree(extracted, folder)
     (folder / member).write_bytes(b"\x00garbage")
     with pytest.raises(TransferError, match="model_final_checkpoint.model: not a readable torch checkpoint"):
-        transfer.convert(folder, tmp_path / "out")
+        convert_v1.convert(folder, tmp_path / "out")
     torch.save({"weights": 1}, folder / member)
     with pytest.raises(TransferError, match="not an nnU-Net v1 checkpoint"):
-        transfer.convert(folder, tmp_path / "out")
+        convert_v1.convert(folder, tmp_path / "out")
 
 
 def test_missing_or_mismatched_plans(extracted: Path, tmp_path: Path) -> None:
@@ -283,14 +284,14 @@ def test_missing_or_mismatched_plans(extracted: Path, tmp_path: Path) -> None:
     (trainer_dir / "plans.pkl").unlink()
     (trainer_dir / "fold_0/model_final_checkpoint.model.pkl").unlink()
     with pytest.raises(TransferError, match=r"no v1 plans: neither .*plans\.pkl nor a 'plans' entry"):
-        transfer.convert(src, tmp_path / "out")
-    (trainer_dir / "plans.pkl").write_bytes(pickle.dumps(v1_checkpoint.variant_plans("task008")))
+        convert_v1.convert(src, tmp_path / "out")
+    (trainer_dir / "plans.pkl").write_bytes(pickle.dumps(architectures.variant_plans("task008")))
     with pytest.raises(TransferError, match="state_dict is not the Generic_UNet its plans stage 1 describe"):
-        transfer.convert(src, tmp_path / "out")
+        convert_v1.convert(src, tmp_path / "out")
 
 
 def test_existing_output_needs_force(small_zip: Path, converted: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in converted.iterdir()}
     with pytest.raises(TransferError, match="already holds conversion.json|already holds plans.json"):
-        transfer.convert(small_zip, converted)
+        convert_v1.convert(small_zip, converted)
     assert {p.name: p.stat().st_mtime_ns for p in converted.iterdir()} == before

@@ -1,6 +1,6 @@
 """Convert an nnU-Net v1 3d_fullres checkpoint (e.g. Task008_HepaticVessel) into nnU-Net v2 files.
 
-`python -m lib.transfer SOURCE OUT_DIR [--fold 0] [--force] [--pad-kernels]`
+`python -m lib.model.convert_v1 SOURCE OUT_DIR [--fold 0] [--force] [--pad-kernels]`
 
 SOURCE is the downloaded zip or its extracted folder, with any member prefix: the checkpoint is found by
 searching for `**/3d_fullres/**/fold_<k>/model_final_checkpoint.model` (`3d_cascade_fullres`, `3d_lowres`
@@ -28,7 +28,6 @@ v1 checkpoints are pickles (`torch.load(weights_only=False)`): only convert file
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import io
 import json
@@ -38,16 +37,18 @@ import re
 import sys
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.model.network import build_network
+
 CONFIG_NAMES = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
-CONFIGURATION = "3d_fullres"  # the one v2 configuration this project converts, plans, trains and predicts with
 MODEL_NAME = "model_final_checkpoint.model"
 OUTPUT_FILES = ("plans.json", "pretrained_weights.pth", "conversion.json")
 KEEP_CHANNELS = (0, 1)  # v1 Task008 outputs: 0 background, 1 vessel, 2 tumour
@@ -184,7 +185,7 @@ class V1Checkpoint:
     """A loaded v1 checkpoint: weights (no `module.` prefix), plans, the plans stage it was trained on."""
 
     location: V1Location
-    state_dict: "OrderedDict[str, torch.Tensor]"
+    state_dict: OrderedDict[str, torch.Tensor]
     plans: dict
     stage: int
     plans_source: str
@@ -537,7 +538,7 @@ def _embed_kernel(weight: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     return F.pad(weight, pad) if any(pad) else weight
 
 
-def _with_aliases(canonical: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+def _with_aliases(canonical: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     """Add the aliases PlainConvUNet's state_dict also lists (same tensors, so the file stays one copy).
 
     `...convs.{c}.conv.*` is also `...convs.{c}.all_modules.0.*`, `...norm.*` also `...all_modules.1.*`
@@ -569,7 +570,7 @@ def _with_aliases(canonical: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[s
 
 def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Architecture, *,
                        keep_channels: Sequence[int] = KEEP_CHANNELS,
-                       pad_kernels: bool = False) -> "OrderedDict[str, torch.Tensor]":
+                       pad_kernels: bool = False) -> OrderedDict[str, torch.Tensor]:
     """Map a v1 Generic_UNet state_dict onto PlainConvUNet keys, aliases included.
 
     Context/bottleneck convs -> encoder stages, localization -> decoder stages, `tu` -> transpconvs
@@ -608,35 +609,6 @@ def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Archit
         raise TransferError(f"v1 state_dict has keys this conversion does not know ({len(unused)}): "
                             f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
     return _with_aliases(out)
-
-
-# ------------------------------------------------------------------------------------- v2 networks
-
-
-def build_network(plans: Mapping | str | Path, configuration: str = CONFIGURATION, num_input_channels: int = 1,
-                  num_outputs: int = 2, deep_supervision: bool = True, allow_init: bool = True) -> torch.nn.Module:
-    """The v2 network of a plans dict/file, through nnunetv2's own `get_network_from_plans`."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    if not isinstance(plans, Mapping):
-        plans = json.loads(Path(plans).read_text())
-    cm = PlansManager(copy.deepcopy(dict(plans))).get_configuration(configuration)
-    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                  cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
-                                  allow_init=allow_init, deep_supervision=deep_supervision)
-
-
-def random_network(plans: Mapping, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
-    """The plans' network with seeded random weights (nnU-Net's init plus a perturbation, so outputs vary in
-    space), deep supervision off, in eval mode: a stand-in for tests and benchmarks, whose speed and memory do not
-    depend on the weights."""
-    torch.manual_seed(seed)
-    net = build_network(plans, deep_supervision=False)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return net.eval()
 
 
 def load_converted_weights(network: torch.nn.Module, path: str | Path,
@@ -751,7 +723,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 on a `TransferError`, printed to stderr)."""
-    ap = argparse.ArgumentParser(prog="python -m lib.transfer",
+    ap = argparse.ArgumentParser(prog="python -m lib.model.convert_v1",
                                  description="Convert an nnU-Net v1 3d_fullres checkpoint to nnU-Net v2 files.")
     ap.add_argument("source", type=Path, help="the v1 model zip (e.g. Task008_HepaticVessel.zip) or its folder")
     ap.add_argument("out_dir", type=Path, help="folder for plans.json, pretrained_weights.pth, conversion.json")

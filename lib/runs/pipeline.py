@@ -1,6 +1,6 @@
 """Run the notebooks 01 -> 02 -> 03 in order with papermill, parameters from one config file per scenario.
 
-`python -m lib.pipeline --config configs/demo.toml [--data-dir D] [--pretrained P] [-p key=value ...]
+`python -m lib.runs.pipeline --config configs/demo.toml [--data-dir D] [--pretrained P] [-p key=value ...]
 [--name N] [--force]` writes `outputs/<name>/`: the executed notebooks, each notebook's outputs (figures,
 model, submission.csv) in a folder of its own, and `scores.json` (validation and test surface Dice, threshold,
 minutes per notebook). An earlier run is never replaced unless `--force`: the next free `<name>-2`, `-3`, ... is
@@ -13,8 +13,9 @@ import json
 import shutil
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from lib import paths
 
@@ -90,7 +91,9 @@ def notebook_parameters(config: dict, run_dir: Path, data_dir: Path, overrides: 
 
 
 def _trained_model_dir(run_dir: Path) -> Path:
-    from lib.training import default_model_dir  # imports nnU-Net: only when a run starts
+    from lib.training.fine_tune import (
+        default_model_dir,  # imports nnU-Net: only when a run starts
+    )
 
     return default_model_dir(run_dir / "02_train")
 
@@ -112,7 +115,7 @@ def run(config_path: Path | str, data_dir: str | None = None, pretrained: str | 
         raise PipelineError(f"{config_path}: needs {', '.join('--' + m.replace('_', '-') for m in missing)}")
     data = data if data.is_absolute() else paths.PROJECT_ROOT / data
     if config.get("synthetic_preset") and not (data / "train").is_dir():
-        from lib import synthetic
+        from lib.dev import synthetic
 
         print(f"generating the synthetic {config['synthetic_preset']} dataset into {data}")
         synthetic.generate(data, preset=config["synthetic_preset"], seed=0)

@@ -17,7 +17,7 @@ What is mimicked, because the pipeline must cope with it:
 Everything is rendered slice by slice (memory O(H*W + number of segments)), so the `full` preset writes the
 real competition shapes without ever holding a volume. Same seed -> byte-identical files.
 
-CLI: `python -m lib.synthetic --out DIR --preset {tiny,small,full} --seed N [--groups ...] [--force]`
+CLI: `python -m lib.dev.synthetic --out DIR --preset {tiny,small,full} --seed N [--groups ...] [--force]`
 """
 from __future__ import annotations
 
@@ -276,7 +276,7 @@ def _grow_trees(kidney: _Kidney, preset: Preset, rng: np.random.Generator, max_b
             continue
         length = (len0 * np.sqrt(r / preset.root_radius_um) * rng.uniform(0.7, 1.3) if end is None
                   else float(np.linalg.norm(end - p)))
-        for attempt in range(6 if end is None else 0):  # steer away from the kidney's surface, else shorten
+        for _attempt in range(6 if end is None else 0):  # steer away from the kidney's surface, else shorten
             cand = p + length * d
             if kidney.g(cand) <= g_max:
                 end = cand
@@ -747,7 +747,7 @@ def generate(out: Path | str, preset: str | Preset = "tiny", seed: int = 0, grou
 def _provenance(p: Preset, seed: int, groups: Sequence[str], counts: Mapping[str, _Counts]) -> dict[str, object]:
     record: dict[str, object] = {
         "synthetic": True,
-        "note": ("SYNTHETIC data written by lib/synthetic.py (procedural kidneys and vessel trees), in the layout of "
+        "note": ("SYNTHETIC data written by lib/dev/synthetic.py (procedural kidneys and vessel trees), in the layout of "
                  "the SenNet + HOA competition, for proving code paths. Not real HiP-CT data; scores on it say "
                  "nothing about the leaderboard."),
         "preset": p.name,
@@ -789,8 +789,8 @@ def _provenance(p: Preset, seed: int, groups: Sequence[str], counts: Mapping[str
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m lib.synthetic --out DIR --preset tiny|small|full --seed N [--groups ...] [--force]`."""
-    ap = argparse.ArgumentParser(prog="python -m lib.synthetic", description=__doc__.splitlines()[0])
+    """`python -m lib.dev.synthetic --out DIR --preset tiny|small|full --seed N [--groups ...] [--force]`."""
+    ap = argparse.ArgumentParser(prog="python -m lib.dev.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="competition root to write (must not exist or be empty)")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--seed", default=0, type=int)

@@ -1,7 +1,7 @@
 """Stand-in nnU-Net v1 archives: RANDOM weights in the real v1 file format, NOT the hepatic-vessel model.
 
 The pretrained Task008_HepaticVessel model (zenodo record 3734294) cannot be downloaded from the machines
-this project is developed and tested on. To keep the real conversion path honest (`lib.transfer` reads the
+this project is developed and tested on. To keep the real conversion path honest (`lib.model.convert_v1` reads the
 real archive layout and the real file formats), this module writes archives that look like that download,
 built with nnU-Net v1's own code:
 
@@ -19,7 +19,7 @@ a wrong mapping cannot hide behind zeros and ones). The plans numbers (spacing, 
 statistics, ...) are plausible for liver CT but made up, except where they follow from the published
 Task008 configuration (patch 64x192x192, spacing about 1.5x0.8x0.8 mm). Nothing here predicts vessels.
 
-CLI: `python -m lib.v1_checkpoint OUT.zip [--variant task008|tiny|small|anisotropic] [--seed N] [--folds 0 1]`.
+CLI: `python -m lib.dev.v1_checkpoint OUT.zip [--variant task008|tiny|small|anisotropic] [--seed N] [--folds 0 1]`.
 """
 from __future__ import annotations
 
@@ -30,14 +30,17 @@ import json
 import pickle
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-TASK = "Task008_HepaticVessel"
+from lib.model.architectures import TASK, VARIANTS, stage_plan, variant_plans
+from lib.model.network import build_network
+
 PLANS_IDENTIFIER = "nnUNetPlansv2.1"
 TRAINERS = {
     "2d": "nnUNetTrainerV2",
@@ -50,23 +53,6 @@ TRAINER_MODULES = {
     "nnUNetTrainerV2CascadeFullRes": "nnunet.training.network_training.nnUNetTrainerV2_CascadeFullRes",
 }
 
-# Task008 3d_fullres as published / derived (see /work/shared/nnunet.md): 6 resolution stages.
-TASK008_POOLS = [[2, 2, 2]] * 4 + [[1, 2, 2]]
-TASK008_KERNELS = [[3, 3, 3]] * 6
-VARIANTS: dict[str, dict[str, Any]] = {
-    # The real Task008 shape: base 32 features (max 320), patch 64x192x192, about 31 M parameters.
-    "task008": {},
-    # Same structure (6 stages, same strides and kernels), 4 base features and a 32x64x64 patch: fast on CPU.
-    "small": {"base_num_features": 4, "patch_size": (32, 64, 64)},
-    # The `tiny` training configuration (CPU demos): as "small" with 8 base features. Base 4 does not learn
-    # thin vessels within a CPU demo's few hundred iterations (pseudo Dice stayed 0); base 8 reached 0.5-0.7.
-    "tiny": {"base_num_features": 8, "patch_size": (32, 64, 64)},
-    # As "small" but with a first kernel of [1, 3, 3] (as v1 plans for strongly anisotropic data).
-    "anisotropic": {"base_num_features": 4, "patch_size": (32, 64, 64),
-                    "conv_kernel_sizes": [[1, 3, 3]] + [[3, 3, 3]] * 5},
-}
-
-
 def _require_v1() -> None:
     """Import nnU-Net v1 or fail with an explanation of how to install it."""
     try:
@@ -78,119 +64,13 @@ def _require_v1() -> None:
             f"importing nnunet.network_architecture.generic_UNet failed: {exc}") from exc
 
 
-def _num_pool_per_axis(pools: Sequence[Sequence[int]]) -> list[int]:
-    return [int(sum(int(np.log2(p[a])) for p in pools)) for a in range(len(pools[0]))]
-
-
-def _stage_plan(patch_size: Sequence[int], spacing: Sequence[float], median_shape: Sequence[float],
-                pools: Sequence[Sequence[int]], kernels: Sequence[Sequence[int]], batch_size: int,
-                original_spacing: Sequence[float]) -> dict:
-    """One `plans_per_stage` entry with the keys and value types v1's planner writes."""
-    patch = np.array(patch_size, dtype=np.int64)
-    return {
-        "batch_size": int(batch_size),
-        "num_pool_per_axis": _num_pool_per_axis(pools),
-        "patch_size": patch,
-        "median_patient_size_in_voxels": np.array(median_shape, dtype=np.int64),
-        "current_spacing": np.array(spacing, dtype=np.float64),
-        "original_spacing": np.array(original_spacing, dtype=np.float64),
-        "do_dummy_2D_data_aug": bool((max(patch) / patch[0]) > 3),
-        "pool_op_kernel_sizes": [list(map(int, p)) for p in pools],
-        "conv_kernel_sizes": [list(map(int, k)) for k in kernels],
-    }
-
-
-def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = (64, 192, 192),
-                       pool_op_kernel_sizes: Sequence[Sequence[int]] | None = None,
-                       conv_kernel_sizes: Sequence[Sequence[int]] | None = None,
-                       spacing: Sequence[float] = (1.5, 0.8, 0.8), batch_size: int = 2,
-                       with_lowres: bool = True, num_cases: int = 303) -> dict:
-    """A v1 `nnUNetPlansv2.1` plans dict shaped like Task008_HepaticVessel's (stage 0 lowres, 1 fullres).
-
-    Defaults give the Task008 3d_fullres configuration; smaller `base_num_features`/`patch_size` give a fast
-    variant with the same structure, `conv_kernel_sizes` an anisotropic one. Numbers that are not published
-    (dataset sizes, intensity statistics) are plausible for contrast-enhanced liver CT, not the real ones.
-    """
-    pools = [list(p) for p in (pool_op_kernel_sizes or TASK008_POOLS)]
-    kernels = [list(k) for k in (conv_kernel_sizes or TASK008_KERNELS)]
-    if len(kernels) != len(pools) + 1:
-        raise ValueError(f"need len(pools) + 1 conv kernels, got {len(kernels)} kernels for {len(pools)} pools")
-    divisor = np.prod(np.array(pools), axis=0)
-    if any(int(s) % int(d) for s, d in zip(patch_size, divisor)):
-        raise ValueError(f"patch size {list(patch_size)} is not divisible by the pooling product {divisor.tolist()}")
-
-    # Per-case spacings/sizes whose median is exactly `spacing` / the median shape (odd count, symmetric jitter).
-    rng = np.random.default_rng(8)
-    n = num_cases if num_cases % 2 else num_cases + 1
-    factors = np.exp(np.linspace(-0.4, 0.4, n))
-    spacings = [np.array(spacing, dtype=np.float64) * np.array([f, 1.0, 1.0]) for f in rng.permutation(factors)]
-    median_shape = np.array([150, 512, 512])
-    sizes = [np.round(median_shape * np.array([1 / f, 1.0, 1.0])).astype(int) for f in rng.permutation(factors)]
-    cases = [f"hepaticvessel_{i:03d}" for i in range(n)]
-
-    fullres = _stage_plan(patch_size, spacing, median_shape, pools, kernels, batch_size, spacing)
-    plans_per_stage: dict[int, dict] = {}
-    if with_lowres:
-        factor = 1.9
-        low_shape = np.round(median_shape / factor).astype(int)
-        plans_per_stage[0] = _stage_plan(patch_size, np.array(spacing) * factor, low_shape, pools, kernels,
-                                         batch_size, spacing)
-    plans_per_stage[len(plans_per_stage)] = fullres
-
-    intensity = OrderedDict({0: OrderedDict([
-        ("local_props", OrderedDict()),
-        ("median", np.float64(147.0)), ("mean", np.float64(143.6)), ("sd", np.float64(56.2)),
-        ("mn", np.float64(-386.0)), ("mx", np.float64(1326.0)),
-        ("percentile_99_5", np.float64(276.0)), ("percentile_00_5", np.float64(-6.0)),
-    ])})
-    dataset_properties = {
-        "all_sizes": sizes,
-        "all_spacings": spacings,
-        "all_classes": [1, 2],
-        "modalities": {0: "CT"},
-        "intensityproperties": intensity,
-        "size_reductions": OrderedDict((c, np.float64(1.0)) for c in cases),
-    }
-    return {
-        "num_stages": len(plans_per_stage),
-        "num_modalities": 1,
-        "modalities": {0: "CT"},
-        "normalization_schemes": OrderedDict({0: "CT"}),
-        "dataset_properties": dataset_properties,
-        "list_of_npz_files": [f"/nnUNet_raw/nnUNet_cropped_data/{TASK}/{c}.npz" for c in cases],
-        "original_spacings": spacings,
-        "original_sizes": sizes,
-        "preprocessed_data_folder": f"/nnUNet_preprocessed/{TASK}",
-        "num_classes": 2,
-        "all_classes": [1, 2],
-        "base_num_features": int(base_num_features),
-        "use_mask_for_norm": OrderedDict({0: False}),
-        "keep_only_largest_region": None,
-        "min_region_size_per_class": None,
-        "min_size_per_class": None,
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "data_identifier": "nnUNetData_plans_v2.1",
-        "plans_per_stage": plans_per_stage,
-        "preprocessor_name": "GenericPreprocessor",
-        "conv_per_stage": 2,
-    }
-
-
-def variant_plans(variant: str) -> dict:
-    """Plans for one of `VARIANTS` ("task008", "small", "anisotropic")."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
-    return task008_like_plans(**VARIANTS[variant])
-
-
 def plans_2d(plans: dict) -> dict:
     """The matching v1 2D plans (`nnUNetPlansv2.1_plans_2D.pkl`): one stage, in-plane patch, pools and kernels."""
     p2 = copy.deepcopy(plans)
     full = plans["plans_per_stage"][max(plans["plans_per_stage"])]
     pools = [p[1:] for p in full["pool_op_kernel_sizes"]]
     kernels = [k[1:] for k in full["conv_kernel_sizes"]]
-    stage = _stage_plan(list(full["patch_size"][1:]), full["current_spacing"], full["median_patient_size_in_voxels"],
+    stage = stage_plan(list(full["patch_size"][1:]), full["current_spacing"], full["median_patient_size_in_voxels"],
                         pools, kernels, 12, full["original_spacing"])
     stage["do_dummy_2D_data_aug"] = False
     p2["plans_per_stage"] = {0: stage}
@@ -240,7 +120,7 @@ def build_v1_network(plans: dict, stage: int, num_input_channels: int | None = N
 def perturb_(network: nn.Module, seed: int, scale: float = 0.1) -> nn.Module:
     """Stand in for training: give every bias and norm affine non-trivial values (init leaves 0s and 1s)."""
     gen = torch.Generator().manual_seed(seed)
-    for name, p in network.named_parameters():
+    for _name, p in network.named_parameters():
         noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
         if p.ndim == 1:  # conv biases, norm weights/biases
             p.add_(noise * scale)
@@ -385,9 +265,21 @@ def _debug_info(plans: dict, stage: int, init: tuple) -> dict:
     }.items()}
 
 
+def random_network(plans: Mapping, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """The plans' network with seeded random weights (nnU-Net's init plus a perturbation, so outputs vary in
+    space), deep supervision off, in eval mode: a stand-in for tests and benchmarks, whose speed and memory do not
+    depend on the weights."""
+    torch.manual_seed(seed)
+    net = build_network(plans, deep_supervision=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return net.eval()
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """CLI: write a stand-in v1 archive (random weights, real v1 format)."""
-    ap = argparse.ArgumentParser(prog="python -m lib.v1_checkpoint", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lib.dev.v1_checkpoint", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="zip file to write")
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="task008")
     ap.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """Fine-tune nnU-Net v2 on the kidney data, initialised from the converted v1 hepatic-vessel model.
 
 Steps (each a function, called in order by `train`): convert the competition root to an nnU-Net raw dataset
-(`lib.nnunet_dataset`), fingerprint it, write kidney plans that reuse the hepatic architecture exactly but
+(`lib.training.nnunet_dataset`), fingerprint it, write kidney plans that reuse the hepatic architecture exactly but
 take normalisation from the kidney data and a patch size that fits the device, preprocess, then train with
 `FineTuneTrainer` through the Python API (no trainer lookup by name), resuming from its last checkpoint.
 
@@ -21,18 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from tqdm.auto import tqdm
 
-from lib import nnunet_dataset, transfer, v1_checkpoint
-from lib.inference import resolve_device
-from lib.nnunet_dataset import DATASET_ID, DATASET_NAME
-from lib.transfer import CONFIGURATION
+from lib.model import architectures, convert_v1
+from lib.model.network import CONFIGURATION, resolve_device
+from lib.training import nnunet_dataset
+from lib.training.nnunet_dataset import DATASET_ID, DATASET_NAME
+from lib.training.trainer import FineTuneTrainer
 
 PLANS_NAME = "nnUNetPlans"
 TRAINER_FOLDER = f"FineTuneTrainer__{PLANS_NAME}__{CONFIGURATION}"
 CPU_PATCH = (32, 64, 64)  # the smallest useful patch; rounded up to what the strides need
-ARCHITECTURES = {"hepatic": "task008", "tiny": "tiny"}  # configuration -> lib.v1_checkpoint variant
+ARCHITECTURES = {"hepatic": "task008", "tiny": "tiny"}  # configuration -> lib.model.architectures variant
 
 
 @dataclass
@@ -40,7 +39,7 @@ class TrainSettings:
     """What `train` needs beyond the data; defaults are the seed's recipe (15 epochs from the hepatic model)."""
 
     configuration: str = "hepatic"  # "hepatic" (seed recipe) or "tiny" (CPU demo, not the seed recipe)
-    pretrained: str | None = None  # converted folder (lib.transfer output) or v1 zip/folder; None: from scratch
+    pretrained: str | None = None  # converted folder (lib.model.convert_v1 output) or v1 zip/folder; None: from scratch
     epochs: int = 15
     iterations_per_epoch: int = 250
     val_iterations_per_epoch: int = 50
@@ -63,13 +62,13 @@ class TrainSettings:
 def architecture_plans(configuration: str, pretrained: str | Path | None, work_dir: Path) -> tuple[dict, Path | None]:
     """v2 plans carrying the network architecture, and the converted weights file (None when from scratch).
 
-    A v1 archive/folder is converted into `work_dir/pretrained`; a folder that already holds `lib.transfer`'s
+    A v1 archive/folder is converted into `work_dir/pretrained`; a folder that already holds `lib.model.convert_v1`'s
     output is used as it is.
     """
     if configuration not in ARCHITECTURES:
         raise ValueError(f"configuration must be one of {sorted(ARCHITECTURES)}, got {configuration!r}")
     if pretrained is None:
-        return transfer.v2_plans_from_v1(v1_checkpoint.variant_plans(ARCHITECTURES[configuration])), None
+        return architectures.v2_plans(ARCHITECTURES[configuration]), None
     pretrained = Path(pretrained)
     if not pretrained.exists():
         raise FileNotFoundError(f"{pretrained}: pretrained checkpoint not found")
@@ -77,7 +76,7 @@ def architecture_plans(configuration: str, pretrained: str | Path | None, work_d
     if not (pretrained / "pretrained_weights.pth").is_file():
         converted = work_dir / "pretrained"
         if not (converted / "pretrained_weights.pth").is_file():
-            transfer.convert(pretrained, converted)
+            convert_v1.convert(pretrained, converted)
     return json.loads((converted / "plans.json").read_text()), converted / "pretrained_weights.pth"
 
 
@@ -121,7 +120,9 @@ def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int],
 def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_size: int,
             cases: Sequence[nnunet_dataset.Case]) -> dict:
     """Fingerprint and preprocess the raw dataset with nnU-Net's own code; write plans and the split."""
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
+        DatasetFingerprintExtractor,
+    )
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = Path(os.environ["nnUNet_preprocessed"]) / DATASET_NAME
@@ -146,59 +147,10 @@ def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_s
     return plans
 
 
-class FineTuneTrainer(nnUNetTrainer):
-    """nnUNetTrainer with a settable schedule, linear warm-up then poly decay, a checkpoint every epoch (for
-    resuming), and progress bars over epochs and iterations."""
-
-    warmup_epochs = 1
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=0.99, nesterov=True)
-        return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
-
-    def run_training(self):
-        self.on_train_start()
-        for _ in tqdm(range(self.current_epoch, self.num_epochs), desc="epochs", initial=self.current_epoch,
-                      total=self.num_epochs, unit="epoch"):
-            self.on_epoch_start()
-            self.on_train_epoch_start()
-            outputs = [self.train_step(next(self.dataloader_train))
-                       for _ in tqdm(range(self.num_iterations_per_epoch), desc=f"epoch {self.current_epoch}",
-                                     leave=False, unit="it")]
-            self.on_train_epoch_end(outputs)
-            with torch.no_grad():
-                self.on_validation_epoch_start()
-                val = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
-                self.on_validation_epoch_end(val)
-            self.on_epoch_end()
-        self.on_train_end()
-
-
-class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
-    """Linear warm-up over `warmup` epochs, then nnU-Net's poly decay (exponent 0.9) to zero at `max_steps`."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, max_steps: int, warmup: int = 0):
-        self.initial_lr, self.max_steps, self.warmup = initial_lr, max_steps, warmup
-        super().__init__(optimizer)
-
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.initial_lr * (step + 1) / (self.warmup + 1)
-        return self.initial_lr * (1 - step / self.max_steps) ** 0.9
-
-    def step(self, current_step: int | None = None) -> None:  # nnU-Net calls step(epoch)
-        step = self.last_epoch + 1 if current_step is None else current_step
-        self.last_epoch = step
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(step)
-        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-
-
 def load_all_weights(network: torch.nn.Module, weights_file: Path) -> dict:
     """Load every converted weight, segmentation heads included (nnU-Net's own loader skips the heads);
     returns what was loaded, for the notebook to show."""
-    transfer.load_converted_weights(network, weights_file, include_seg_layers=True)
+    convert_v1.load_converted_weights(network, weights_file, include_seg_layers=True)
     keys = list(network.state_dict())
     return {"file": str(weights_file), "tensors_loaded": len(keys),
             "parameters_loaded": int(sum(p.numel() for p in network.parameters())),

@@ -1,0 +1,1 @@
+"""Exploration of slices and masks: static figures and the interactive slice browser."""

@@ -1,0 +1,145 @@
+"""The networks this project trains: the Task008_HepaticVessel 3d_fullres architecture and smaller variants.
+
+Each architecture is written as the v1 `nnUNetPlansv2.1` plans dict that nnU-Net v1 made for Task008, so the
+same converter (`lib.model.convert_v1.v2_plans_from_v1`) turns it into v2 plans whether the weights come from
+the real hepatic checkpoint or training starts from scratch. The plans numbers that are not published (dataset
+sizes, intensity statistics) are plausible for liver CT, not the real ones; the network shapes are Task008's.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lib.model.convert_v1 import v2_plans_from_v1
+
+TASK = "Task008_HepaticVessel"
+# Task008 3d_fullres as published / derived (see /work/shared/nnunet.md): 6 resolution stages.
+TASK008_POOLS = [[2, 2, 2]] * 4 + [[1, 2, 2]]
+TASK008_KERNELS = [[3, 3, 3]] * 6
+VARIANTS: dict[str, dict[str, Any]] = {
+    # The real Task008 shape: base 32 features (max 320), patch 64x192x192, about 31 M parameters.
+    "task008": {},
+    # Same structure (6 stages, same strides and kernels), 4 base features and a 32x64x64 patch: fast on CPU.
+    "small": {"base_num_features": 4, "patch_size": (32, 64, 64)},
+    # The `tiny` training configuration (CPU demos): as "small" with 8 base features. Base 4 does not learn
+    # thin vessels within a CPU demo's few hundred iterations (pseudo Dice stayed 0); base 8 reached 0.5-0.7.
+    "tiny": {"base_num_features": 8, "patch_size": (32, 64, 64)},
+    # As "small" but with a first kernel of [1, 3, 3] (as v1 plans for strongly anisotropic data).
+    "anisotropic": {"base_num_features": 4, "patch_size": (32, 64, 64),
+                    "conv_kernel_sizes": [[1, 3, 3]] + [[3, 3, 3]] * 5},
+}
+
+
+def _num_pool_per_axis(pools: Sequence[Sequence[int]]) -> list[int]:
+    return [int(sum(int(np.log2(p[a])) for p in pools)) for a in range(len(pools[0]))]
+
+
+def stage_plan(patch_size: Sequence[int], spacing: Sequence[float], median_shape: Sequence[float],
+                pools: Sequence[Sequence[int]], kernels: Sequence[Sequence[int]], batch_size: int,
+                original_spacing: Sequence[float]) -> dict:
+    """One `plans_per_stage` entry with the keys and value types v1's planner writes."""
+    patch = np.array(patch_size, dtype=np.int64)
+    return {
+        "batch_size": int(batch_size),
+        "num_pool_per_axis": _num_pool_per_axis(pools),
+        "patch_size": patch,
+        "median_patient_size_in_voxels": np.array(median_shape, dtype=np.int64),
+        "current_spacing": np.array(spacing, dtype=np.float64),
+        "original_spacing": np.array(original_spacing, dtype=np.float64),
+        "do_dummy_2D_data_aug": bool((max(patch) / patch[0]) > 3),
+        "pool_op_kernel_sizes": [list(map(int, p)) for p in pools],
+        "conv_kernel_sizes": [list(map(int, k)) for k in kernels],
+    }
+
+
+def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = (64, 192, 192),
+                       pool_op_kernel_sizes: Sequence[Sequence[int]] | None = None,
+                       conv_kernel_sizes: Sequence[Sequence[int]] | None = None,
+                       spacing: Sequence[float] = (1.5, 0.8, 0.8), batch_size: int = 2,
+                       with_lowres: bool = True, num_cases: int = 303) -> dict:
+    """A v1 `nnUNetPlansv2.1` plans dict shaped like Task008_HepaticVessel's (stage 0 lowres, 1 fullres).
+
+    Defaults give the Task008 3d_fullres configuration; smaller `base_num_features`/`patch_size` give a fast
+    variant with the same structure, `conv_kernel_sizes` an anisotropic one. Numbers that are not published
+    (dataset sizes, intensity statistics) are plausible for contrast-enhanced liver CT, not the real ones.
+    """
+    pools = [list(p) for p in (pool_op_kernel_sizes or TASK008_POOLS)]
+    kernels = [list(k) for k in (conv_kernel_sizes or TASK008_KERNELS)]
+    if len(kernels) != len(pools) + 1:
+        raise ValueError(f"need len(pools) + 1 conv kernels, got {len(kernels)} kernels for {len(pools)} pools")
+    divisor = np.prod(np.array(pools), axis=0)
+    if any(int(s) % int(d) for s, d in zip(patch_size, divisor)):
+        raise ValueError(f"patch size {list(patch_size)} is not divisible by the pooling product {divisor.tolist()}")
+
+    # Per-case spacings/sizes whose median is exactly `spacing` / the median shape (odd count, symmetric jitter).
+    rng = np.random.default_rng(8)
+    n = num_cases if num_cases % 2 else num_cases + 1
+    factors = np.exp(np.linspace(-0.4, 0.4, n))
+    spacings = [np.array(spacing, dtype=np.float64) * np.array([f, 1.0, 1.0]) for f in rng.permutation(factors)]
+    median_shape = np.array([150, 512, 512])
+    sizes = [np.round(median_shape * np.array([1 / f, 1.0, 1.0])).astype(int) for f in rng.permutation(factors)]
+    cases = [f"hepaticvessel_{i:03d}" for i in range(n)]
+
+    fullres = stage_plan(patch_size, spacing, median_shape, pools, kernels, batch_size, spacing)
+    plans_per_stage: dict[int, dict] = {}
+    if with_lowres:
+        factor = 1.9
+        low_shape = np.round(median_shape / factor).astype(int)
+        plans_per_stage[0] = stage_plan(patch_size, np.array(spacing) * factor, low_shape, pools, kernels,
+                                         batch_size, spacing)
+    plans_per_stage[len(plans_per_stage)] = fullres
+
+    intensity = OrderedDict({0: OrderedDict([
+        ("local_props", OrderedDict()),
+        ("median", np.float64(147.0)), ("mean", np.float64(143.6)), ("sd", np.float64(56.2)),
+        ("mn", np.float64(-386.0)), ("mx", np.float64(1326.0)),
+        ("percentile_99_5", np.float64(276.0)), ("percentile_00_5", np.float64(-6.0)),
+    ])})
+    dataset_properties = {
+        "all_sizes": sizes,
+        "all_spacings": spacings,
+        "all_classes": [1, 2],
+        "modalities": {0: "CT"},
+        "intensityproperties": intensity,
+        "size_reductions": OrderedDict((c, np.float64(1.0)) for c in cases),
+    }
+    return {
+        "num_stages": len(plans_per_stage),
+        "num_modalities": 1,
+        "modalities": {0: "CT"},
+        "normalization_schemes": OrderedDict({0: "CT"}),
+        "dataset_properties": dataset_properties,
+        "list_of_npz_files": [f"/nnUNet_raw/nnUNet_cropped_data/{TASK}/{c}.npz" for c in cases],
+        "original_spacings": spacings,
+        "original_sizes": sizes,
+        "preprocessed_data_folder": f"/nnUNet_preprocessed/{TASK}",
+        "num_classes": 2,
+        "all_classes": [1, 2],
+        "base_num_features": int(base_num_features),
+        "use_mask_for_norm": OrderedDict({0: False}),
+        "keep_only_largest_region": None,
+        "min_region_size_per_class": None,
+        "min_size_per_class": None,
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "data_identifier": "nnUNetData_plans_v2.1",
+        "plans_per_stage": plans_per_stage,
+        "preprocessor_name": "GenericPreprocessor",
+        "conv_per_stage": 2,
+    }
+
+
+def variant_plans(variant: str) -> dict:
+    """Plans for one of `VARIANTS` ("task008", "small", "anisotropic")."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return task008_like_plans(**VARIANTS[variant])
+
+
+
+def v2_plans(variant: str) -> dict:
+    """v2 plans (one `3d_fullres` configuration) of an architecture variant, for training from scratch."""
+    return v2_plans_from_v1(variant_plans(variant))
