@@ -15,6 +15,7 @@ spacing (optional) -> sliding window -> resample back -> float16/uint8 memmap on
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -31,10 +32,9 @@ from tqdm.auto import tqdm
 
 from lib import data
 from lib.model.network import CONFIGURATION, build_network, resolve_device
-from lib.volume import save_slices
+from lib.volume import chunks, save_slices
 
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
-READ_CHUNK = 8
 
 
 @dataclass
@@ -194,7 +194,7 @@ def _predict_logit_difference(model: Model, x: torch.Tensor, tta: bool, batch_si
     axes = [a + 2 for a in model.mirror_axes] if tta else []
     variants = [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
     inputs = torch.cat([torch.flip(x, c) if c else x for c in variants])
-    autocast = torch.autocast("cuda") if model.device.type == "cuda" else _nullcontext()
+    autocast = torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext()
     with autocast:
         outputs = torch.cat([model.network(inputs[i:i + batch_size]).float()
                              for i in range(0, len(inputs), batch_size)])
@@ -204,14 +204,6 @@ def _predict_logit_difference(model: Model, x: torch.Tensor, tta: bool, batch_si
         logits += torch.flip(outputs[k * n:(k + 1) * n], c)
     logits /= len(variants)
     return logits[:, 1] - logits[:, 0]
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model: Model,
@@ -270,5 +262,5 @@ def predict_group(model: Model, group: data.Group, out_file: Path | str, tile_st
 
 
 def _read_slices(group: data.Group) -> Iterator[np.ndarray]:
-    for start in range(0, group.shape[0], READ_CHUNK):
-        yield from group.read_images(start, min(start + READ_CHUNK, group.shape[0]))
+    for start, stop in chunks(group.shape[0]):
+        yield from group.read_images(start, stop)

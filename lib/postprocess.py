@@ -13,13 +13,14 @@ from pathlib import Path
 import cc3d
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from lib.metric import SurfaceDice
-from lib.volume import probability, save_slices
+from lib.volume import chunks, probability, save_slices
 
 DEFAULT_GRID = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))  # 19 thresholds
-CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,7 @@ def threshold_curve(probs: np.ndarray, labels, thresholds: Sequence[float] = DEF
     """
     accs = {float(t): SurfaceDice() for t in thresholds}
     depth = probs.shape[0]
-    for start in tqdm(range(0, depth, CHUNK), desc="threshold curve", unit="chunk", disable=not progress):
-        stop = min(start + CHUNK, depth)
+    for start, stop in tqdm(chunks(depth), desc="threshold curve", unit="chunk", disable=not progress):
         truth = labels.read_labels(start, stop) if hasattr(labels, "read_labels") else np.asarray(labels[start:stop])
         p = probability(np.asarray(probs[start:stop]))
         for g, q in zip(truth, p):
@@ -73,6 +73,21 @@ def best_threshold(curve: pd.DataFrame) -> float:
     return float(curve.sort_values(["surface_dice", "threshold"], ascending=[False, True]).iloc[0]["threshold"])
 
 
+def threshold_grid(rule: ThresholdRule) -> list[float]:
+    """The thresholds a validation curve is scored at: the default grid, 0.5 (an argmax) and a fixed rule's value."""
+    return sorted(set(DEFAULT_GRID) | {0.5} | ({rule.value} if rule.kind == "fixed" else set()))
+
+
+def decide_threshold(rule: ThresholdRule, curve: pd.DataFrame | None) -> float | None:
+    """The global cut a rule asks for: the fixed value, the curve's best for "tune" (which needs a curve), or
+    None for "top" (cut per kidney by `top_fraction_threshold`)."""
+    if rule.kind == "tune":
+        if curve is None:
+            raise ValueError("threshold='tune' needs a validation group with labels (val_group)")
+        return best_threshold(curve)
+    return rule.value if rule.kind == "fixed" else None
+
+
 def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
     """The probability above which `fraction` of the volume's voxels lie (2nd place kept the top 0.2%).
 
@@ -80,8 +95,8 @@ def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
     """
     bins = 256 if probs.dtype == np.uint8 else 65536
     counts = np.zeros(bins, np.int64)
-    for start in range(0, probs.shape[0], CHUNK):
-        chunk = np.asarray(probs[start:start + CHUNK])
+    for start, stop in chunks(probs.shape[0]):
+        chunk = np.asarray(probs[start:stop])
         codes = chunk if chunk.dtype == np.uint8 else chunk.astype(np.float16).view(np.uint16)
         counts += np.bincount(codes.ravel(), minlength=bins)
     # Non-negative float16 values sort like their bit patterns, so the top of the histogram is the top of the data.
@@ -94,20 +109,21 @@ def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
 def binarize(probs: np.ndarray, threshold: float, out_file: Path | str) -> np.memmap:
     """Write `probs >= threshold` as a (Z, H, W) uint8 0/1 `.npy` memmap, chunk by chunk."""
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    chunks = (probability(np.asarray(probs[a:a + CHUNK])) >= threshold for a in range(0, probs.shape[0], CHUNK))
-    save_slices(out_file, probs.shape, np.uint8, chunks)
+    masks = (probability(np.asarray(probs[a:b])) >= threshold for a, b in chunks(probs.shape[0]))
+    save_slices(out_file, probs.shape, np.uint8, masks)
     return np.load(out_file, mmap_mode="r+")
 
 
 def remove_small_components(mask: np.ndarray, min_size: int, slab: int = 64, progress: bool = True) -> dict:
     """Zero 26-connected components smaller than `min_size` voxels, in place, one z-slab at a time.
 
-    cc3d labels each slab; components that continue across a slab boundary are merged with a union-find
-    over the boundary slices, so sizes are those of whole components. A second pass relabels each slab
-    (cc3d is deterministic) and removes the small ones. Memory: one slab of uint32 labels.
+    cc3d labels each slab; components that continue across a slab boundary are merged as a graph (scipy's
+    connected_components over the label pairs touching across boundary slices), so sizes are those of whole
+    components. A second pass relabels each slab (cc3d is deterministic) and removes the small ones.
+    Memory: one slab of uint32 labels.
     """
     depth = mask.shape[0]
-    ranges = [(a, min(a + slab, depth)) for a in range(0, depth, slab)]
+    ranges = chunks(depth, slab)
     sizes: list[np.ndarray] = []
     offsets = [0]
     parent_pairs: list[np.ndarray] = []
@@ -122,7 +138,9 @@ def remove_small_components(mask: np.ndarray, min_size: int, slab: int = 64, pro
         offsets.append(offsets[-1] + len(count) - 1)
     total = offsets[-1]
     size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
-    root = _union(total, np.concatenate(parent_pairs) if parent_pairs else np.zeros((0, 2), np.int64))
+    pairs = np.concatenate(parent_pairs) if parent_pairs else np.zeros((0, 2), np.int64)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(total, total))
+    root = connected_components(graph, directed=False)[1]  # whole-component id of every slab-local component
     component_size = np.bincount(root, weights=size, minlength=total).astype(np.int64)
     small = component_size[root] < min_size  # per slab-local component, via its root
     removed_voxels = int(size[small].sum())
@@ -148,7 +166,7 @@ def segment(probs: np.ndarray, threshold: float, out_file: Path | str, min_compo
     if min_component_size > 1:
         stats.update(remove_small_components(mask, min_component_size, progress=progress))
         mask.flush()
-    vessel = sum(int(np.count_nonzero(mask[a:a + CHUNK])) for a in range(0, mask.shape[0], CHUNK))
+    vessel = sum(int(np.count_nonzero(mask[a:b])) for a, b in chunks(mask.shape[0]))
     stats["vessel_fraction"] = vessel / mask.size
     return mask, stats
 
@@ -164,24 +182,3 @@ def _touching(last: np.ndarray, first: np.ndarray, offset_last: int, offset_firs
             both = (a > 0) & (b > 0)
             pairs.append(np.stack([a[both] - 1 + offset_last, b[both] - 1 + offset_first], 1))
     return np.unique(np.concatenate(pairs), axis=0)
-
-
-def _union(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Root id of each of `n` ids after merging `pairs` (union-find with path halving)."""
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs.tolist():
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    while True:  # flatten: every id points at its root
-        grand = parent[parent]
-        if (grand == parent).all():
-            return parent
-        parent = grand

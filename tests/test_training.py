@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from lib import data
+from lib import data, inference, paths
 from lib.dev import v1_checkpoint
 from lib.model import architectures, convert_v1, network
 from lib.training import fine_tune, nnunet_dataset, trainer
@@ -75,6 +75,17 @@ def test_plans_keep_the_architecture_and_take_kidney_statistics() -> None:
         fine_tune.patch_size_for(arch, torch.device("cpu"), [24, 64, 64])
 
 
+def test_settings_from_notebook_parameters() -> None:
+    params = {"epochs": 3, "patch_size": [32, 64, 64], "train_groups": None, "scratch_dir": "outputs/scratch",
+              "validation_tta": True, "data_dir": "somewhere"}  # the last two are not settings
+    settings = TrainSettings.from_parameters(params)
+    assert settings.epochs == 3 and settings.patch_size == (32, 64, 64)
+    assert settings.train_groups == nnunet_dataset.DEFAULT_TRAIN_GROUPS
+    assert settings.scratch_dir == str(paths.PROJECT_ROOT / "outputs" / "scratch")
+    assert TrainSettings.from_parameters({"train_groups": ["kidney_2"]}).train_groups == ("kidney_2",)
+    assert TrainSettings.from_parameters({}) == TrainSettings()
+
+
 def test_warmup_then_poly_schedule() -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = trainer.WarmupPolyLR(opt, 0.01, max_steps=10, warmup=2)
@@ -86,7 +97,9 @@ def test_warmup_then_poly_schedule() -> None:
     assert lrs[2] == pytest.approx(0.01 * 0.8 ** 0.9) and lrs[9] < lrs[5] < lrs[2]
 
 
-def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     archive = v1_checkpoint.write_v1_archive(tmp_path / "Task008_HepaticVessel.zip",
                                              architectures.variant_plans("tiny"), seed=3)
     arch, weights_file = fine_tune.architecture_plans("tiny", archive, tmp_path / "work")
@@ -103,6 +116,28 @@ def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: 
     assert record["from_scratch"] is False and record["pretrained"]["tensors_loaded"] == len(converted)
     assert (result.model_dir / "fold_0" / "checkpoint_final.pth").is_file()
     assert len(result.history["train_losses"]) == 2 and np.isfinite(result.history["train_losses"]).all()
+    assert_nnunet_predictor_opens(result.model_dir, monkeypatch)
+
+
+def assert_nnunet_predictor_opens(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnU-Net's own predictor loads a trained model folder with no nnUNet_extTrainer set, and predicts what the
+    project's predictor predicts (float32 accumulation on both sides, as in tests/test_inference.py)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    monkeypatch.setattr(torch, "half", torch.float32)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    assert predictor.trainer_name == "nnUNetTrainer"
+    assert torch.load(model_dir / "fold_0" / "checkpoint_final.pth", weights_only=False)["fine_tuned_with"].endswith(
+        "FineTuneTrainer")
+    model = inference.load_model(model_dir, "cpu")
+    vol = np.random.default_rng(5).normal(20000, 5000, (40, 70, 80)).clip(1, None).astype(np.float32)
+    _, theirs = predictor.predict_single_npy_array(vol[None], {"spacing": list(model.spacing_mm)}, None, None, True)
+    slices = (inference.normalize(s, model.intensity) for s in vol)
+    mine = np.stack(list(inference.sliding_window(model, slices, vol.shape, tta=False)))
+    assert np.abs(mine - theirs[1]).max() < 1e-4
 
 
 def test_from_scratch_resumes_after_an_interruption(synthetic_tiny: Path, tmp_path: Path,

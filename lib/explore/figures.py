@@ -36,6 +36,7 @@ from matplotlib.patches import Patch
 
 from lib import data, rle
 from lib.data import Group
+from lib.volume import runs
 
 __all__ = [
     "AXES", "LABEL_COLOR", "PREDICTION_COLOR", "BOTH_COLOR",
@@ -343,12 +344,6 @@ def scan_labels(group: Group, max_size: int = 1024, downsample: int | None = Non
                      along_z, along_y, along_x, d, centroid)  # type: ignore[arg-type]
 
 
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) runs of True in a 1D bool array."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
-    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
-
-
 def plot_vessel_fraction(scans: Mapping[str, LabelScan]) -> Figure:
     """Vessel fraction per slice along z, one row per labelled group (x = slice number, shared)."""
     items = list(scans.values())
@@ -360,12 +355,12 @@ def plot_vessel_fraction(scans: Mapping[str, LabelScan]) -> Figure:
             ax.fill_between(s.slice_numbers, pct, step="mid", color=LABEL_COLOR, alpha=0.35, lw=0)
             ax.step(s.slice_numbers, pct, where="mid", color=LABEL_COLOR, lw=1)
             empty = s.fraction == 0
-            for a, b in _runs(empty):
+            for a, b in runs(empty):
                 ax.axvspan(s.slice_numbers[a] - 0.5, s.slice_numbers[b - 1] + 0.5, color="0.3", alpha=0.15, lw=0)
-            spans = ", ".join(f"{s.slice_numbers[a]}-{s.slice_numbers[b - 1]}" for a, b in _runs(empty)[:4])
+            spans = ", ".join(f"{s.slice_numbers[a]}-{s.slice_numbers[b - 1]}" for a, b in runs(empty)[:4])
             note = f"mean {pct.mean():.3f}%, max {pct.max():.3f}%; {int(empty.sum())} of {len(pct)} slices empty"
             if spans:
-                note += f" ({spans}{', ...' if len(_runs(empty)) > 4 else ''})"
+                note += f" ({spans}{', ...' if len(runs(empty)) > 4 else ''})"
             ax.text(0.005, 0.93, note, transform=ax.transAxes, va="top", fontsize=9,
                     bbox=dict(facecolor="white", alpha=0.8, lw=0))
             ax.set_ylabel("vessel %")
@@ -653,4 +648,35 @@ def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, Intensity
             ax.legend()
             ax.grid(alpha=0.25)
         fig.suptitle(f"Domain shift: test kidneys next to {reference} (top row: one display window for all)")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Threshold and prediction summaries (notebook 03)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def plot_threshold_curve(curve: pd.DataFrame, chosen: float | None, group: str) -> Figure:
+    """Surface Dice (the leaderboard metric) and Dice against the probability threshold, the chosen cut marked."""
+    with _style():
+        fig = Figure(figsize=(7, 4), layout="constrained")
+        ax = fig.add_subplot()
+        ax.plot(curve["threshold"], curve["surface_dice"], "o-", label="surface Dice (tolerance 0)")
+        ax.plot(curve["threshold"], curve["dice"], "s--", alpha=0.6, label="Dice")
+        if chosen is not None:
+            ax.axvline(chosen, color="tab:red", ls=":", label=f"chosen {chosen:.2f}")
+        ax.set(xlabel="probability threshold", ylabel="score", ylim=(0, 1), title=f"Threshold curve on {group}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def plot_predicted_fraction(per_kidney: pd.DataFrame) -> Figure:
+    """Share of voxels predicted as vessel per kidney (`vessel_fraction` column): a blank or flooded kidney shows."""
+    with _style():
+        fig = Figure(figsize=(6, 3.5), layout="constrained")
+        ax = fig.add_subplot()
+        ax.bar(per_kidney.index.astype(str), per_kidney["vessel_fraction"] * 100, color="tab:cyan")
+        ax.set(ylabel="predicted vessel voxels (%)", title="Predicted vessel fraction per kidney")
+        ax.grid(axis="y", alpha=0.3)
     return fig

@@ -15,13 +15,15 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from lib import paths
 from lib.model import architectures, convert_v1
 from lib.model.network import CONFIGURATION, resolve_device
 from lib.training import nnunet_dataset
@@ -53,6 +55,19 @@ class TrainSettings:
     slab_depth: int = 128
     scratch_dir: str | None = None  # nnU-Net raw + preprocessed data (large); None: <output_dir>/nnunet
     seed: int = 0
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, Any]) -> TrainSettings:
+        """Settings from notebook 02's parameters (or any mapping), each field taken by its name: lists become
+        tuples, `train_groups=None` means the default groups, `scratch_dir` is relative to the project root."""
+        values = {f.name: params[f.name] for f in fields(cls) if f.name in params}
+        if values.get("patch_size") is not None:
+            values["patch_size"] = tuple(values["patch_size"])
+        if "train_groups" in values:
+            values["train_groups"] = tuple(values["train_groups"] or nnunet_dataset.DEFAULT_TRAIN_GROUPS)
+        if values.get("scratch_dir"):
+            values["scratch_dir"] = str(paths.resolve_path(values["scratch_dir"]))
+        return cls(**values)
 
     def work_dir(self, output_dir: Path | str) -> Path:
         """Where nnU-Net's raw and preprocessed folders go (the model always goes under `output_dir`)."""

@@ -2,10 +2,10 @@
 
 Each group is cut into slabs of at most `slab_depth` slices, written page by page (one slice in memory at
 a time), so conversion is O(H*W). nnU-Net's own fingerprinting and preprocessing then hold one slab at a
-time (uint16 read, float32 image and label copies, cropping and resampling scratch). Measured by
-benchmarks/preprocess_memory.py: peak ~ 1.9 GiB + 11.2 bytes * slab_depth * H * W. With the default 128
-slices, kidney_1_dense (1303 x 912) needs about 3.5 GiB and kidney_3 (1706 x 1510) about 5.3 GiB, where
-kidney_1_dense as a single case would need about 30 GiB: slabs are what make it fit a 29 GB Kaggle machine.
+time (uint16 read, float32 image and label copies, cropping and resampling scratch): `preprocessing_peak_gib`
+(measured by benchmarks/preprocess_memory.py). With the default 128 slices, kidney_1_dense (1303 x 912) needs
+about 3.5 GiB and kidney_3 (1706 x 1510) about 5.3 GiB, where kidney_1_dense as a single case would need about
+30 GiB: slabs are what make it fit a 29 GB Kaggle machine.
 """
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ import tifffile
 from tqdm.auto import tqdm
 
 from lib import data
+from lib.volume import CHUNK, runs
 
 DATASET_ID = 501
 DATASET_NAME = f"Dataset{DATASET_ID}_SenNetKidney"
 DEFAULT_TRAIN_GROUPS = ("kidney_1_dense", "kidney_2", "kidney_3_sparse")
 DEFAULT_VAL_GROUP = "kidney_3_dense"
-READ_CHUNK = 16  # slices read together (threaded) while writing a slab
+# nnU-Net preprocessing's peak memory per slab, measured by benchmarks/preprocess_memory.py (the one place the
+# figure lives; the notebook and the README show what this gives).
+PREPROCESS_BASE_GIB, PREPROCESS_BYTES_PER_VOXEL = 1.9, 11.2
 MIN_SLAB = 4  # runs of fewer slices are left out (nnU-Net's 3D TIFF reader needs >1; such slivers teach little)
 
 
@@ -77,7 +80,7 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
     for name in chosen:
         group, role = groups[name], "val" if name == val_group else "train"
         keep = np.array([role == "val" or f not in val_files for f in group.image_files])
-        for start, stop in _runs(keep):
+        for start, stop in runs(keep):
             if stop - start < MIN_SLAB:  # e.g. a sliver of kidney_3_sparse beside kidney_3_dense: too thin to use
                 continue
             n = -(-(stop - start) // slab_depth)  # slabs of near-equal depth, none a thin remainder
@@ -152,8 +155,8 @@ def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm) -> int:
     label_path = root / "labelsTr" / f"{case.name}.tif"
     sidecar = json.dumps({"spacing": [case.spacing_mm] * 3})
     with tifffile.TiffWriter(image_path) as images, tifffile.TiffWriter(label_path) as labels:
-        for s in range(case.start, case.stop, READ_CHUNK):
-            e = min(s + READ_CHUNK, case.stop)
+        for s in range(case.start, case.stop, CHUNK):
+            e = min(s + CHUNK, case.stop)
             for image, label in zip(group.read_images(s, e), group.read_labels(s, e)):
                 images.write(image, contiguous=True)
                 binary = (label > 0).astype(np.uint8)
@@ -165,13 +168,14 @@ def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm) -> int:
     return vessel
 
 
+def preprocessing_peak_gib(slices: int, height: int, width: int) -> float:
+    """Peak memory (GiB) of nnU-Net's preprocessing of one slab of `slices` x `height` x `width` voxels."""
+    return PREPROCESS_BASE_GIB + PREPROCESS_BYTES_PER_VOXEL * slices * height * width / 2**30
+
+
 def _case_table(cases: Sequence[Case], groups: dict[str, data.Group]) -> pd.DataFrame:
     rows = [{**asdict(c), "slices": c.stop - c.start, "first_slice": groups[c.group].slices[c.start],
-             "height": groups[c.group].height, "width": groups[c.group].width} for c in cases]
+             "height": groups[c.group].height, "width": groups[c.group].width,
+             "preprocess_peak_gib": round(preprocessing_peak_gib(c.stop - c.start, groups[c.group].height,
+                                                                 groups[c.group].width), 2)} for c in cases]
     return pd.DataFrame(rows).set_index("name")
-
-
-def _runs(keep: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) of the runs of True in a boolean vector."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
-    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))

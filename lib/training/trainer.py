@@ -1,7 +1,15 @@
 """The nnU-Net trainer this project fine-tunes with: nnUNetTrainer with a warm-up, a checkpoint every epoch
-and progress bars. The network it builds is nnUNetTrainer's own, so a model folder it writes loads in nnU-Net's
-tools as well as in `lib.inference`."""
+and progress bars.
+
+Its network is nnUNetTrainer's own (nothing here changes `build_network_architecture`), so the checkpoints that
+nnU-Net's tools load (final, best) name `nnUNetTrainer` as their trainer: `nnUNetPredictor`,
+`nnUNetv2_predict_from_modelfolder` and nnU-Net's ensembling then open a model folder written here without
+`nnUNet_extTrainer` (they look the trainer up by that name only to build the network). `fine_tuned_with` in the
+checkpoint and training.json beside it record the real trainer.
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -13,6 +21,16 @@ class FineTuneTrainer(nnUNetTrainer):
     resuming), and progress bars over epochs and iterations."""
 
     warmup_epochs = 1
+    NNUNET_TRAINER_NAME = "nnUNetTrainer"  # builds the same network; findable by nnU-Net's trainer lookup
+    CHECKPOINTS_FOR_NNUNET = ("checkpoint_final.pth", "checkpoint_best.pth")
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if Path(filename).name in self.CHECKPOINTS_FOR_NNUNET and Path(filename).is_file():
+            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+            checkpoint["trainer_name"] = self.NNUNET_TRAINER_NAME
+            checkpoint["fine_tuned_with"] = f"{type(self).__module__}.{type(self).__qualname__}"
+            torch.save(checkpoint, filename)
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
