@@ -1,4 +1,5 @@
-"""Shared fixtures: small hand-made competition roots (independent of the synthetic generator)."""
+"""Shared fixtures: small hand-made competition roots (independent of the synthetic generator) and the
+synthetic tiny root. Builders that tests call directly live in helpers.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,28 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import tifffile
+from helpers import random_volume, write_group
 
 from lib import rle
-
-
-def write_group(root: Path, split: str, name: str, images: np.ndarray | None, labels: np.ndarray | None = None,
-                first: int = 0) -> None:
-    """Write a group's slices as the competition does: images/NNNN.tif (uint16), labels/NNNN.tif (0/255)."""
-    for kind, vol in (("images", images), ("labels", labels)):
-        if vol is None:
-            continue
-        folder = root / split / name / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, sl in enumerate(vol):
-            tifffile.imwrite(folder / f"{first + i:04d}.tif", sl)
-
-
-def random_volume(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A uint16 image volume and a 0/255 uint8 label volume of `shape`."""
-    labels = (rng.random(shape) > 0.9).astype(np.uint8) * 255
-    images = rng.integers(0, 60000, shape, dtype=np.uint16)
-    return images, labels
 
 
 @pytest.fixture

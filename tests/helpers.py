@@ -1,10 +1,12 @@
-"""Builders shared by tests: small random nnU-Net models in the format training writes."""
+"""Builders shared by tests: competition groups written slice by slice, small random nnU-Net models in the format
+training writes, and nnU-Net's sliding window written out plainly."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 
 from lib.dev import v1_checkpoint
@@ -57,3 +59,22 @@ def reference_probabilities(network: torch.nn.Module, volume: np.ndarray, patch,
                     weight[sl] += g
     logits = value / weight
     return 1 / (1 + np.exp(-(logits[1] - logits[0])))
+
+
+def write_group(root: Path, split: str, name: str, images: np.ndarray | None, labels: np.ndarray | None = None,
+                first: int = 0) -> None:
+    """Write a group's slices as the competition does: images/NNNN.tif (uint16), labels/NNNN.tif (0/255)."""
+    for kind, vol in (("images", images), ("labels", labels)):
+        if vol is None:
+            continue
+        folder = root / split / name / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, sl in enumerate(vol):
+            tifffile.imwrite(folder / f"{first + i:04d}.tif", sl)
+
+
+def random_volume(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A uint16 image volume and a 0/255 uint8 label volume of `shape`."""
+    labels = (rng.random(shape) > 0.9).astype(np.uint8) * 255
+    images = rng.integers(0, 60000, shape, dtype=np.uint16)
+    return images, labels

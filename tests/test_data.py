@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import write_group
+from helpers import write_group
 
 from lib import data
 from lib.data import DataError

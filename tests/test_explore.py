@@ -8,7 +8,7 @@ import nbformat
 import numpy as np
 import pytest
 import tifffile
-from conftest import write_group
+from helpers import write_group
 
 from lib import data, notebook
 from lib.explore import figures
@@ -287,6 +287,7 @@ def test_notebook_is_stored_clean() -> None:
     assert nb.metadata.kernelspec.name == "python3"
 
 
+@pytest.mark.slow
 def test_notebook_runs_under_papermill(synthetic_tiny, tmp_path) -> None:
     import papermill
 

@@ -55,6 +55,7 @@ def test_missing_required_inputs_are_named(tmp_path: Path) -> None:
         pipeline.run(CONFIG.parent / "full.toml")
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_is_named_and_kept(synthetic_tiny: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path))
@@ -63,6 +64,7 @@ def test_a_failing_notebook_is_named_and_kept(synthetic_tiny: Path, tmp_path: Pa
     assert (tmp_path / "demo" / "02_train.ipynb").is_file()
 
 
+@pytest.mark.slow
 def test_three_notebooks_end_to_end_on_tiny(synthetic_tiny: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cc3d
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 
@@ -40,8 +41,13 @@ def test_threshold_curve_is_the_metric_at_each_threshold() -> None:
     curve = postprocess.threshold_curve(probs, gt, thresholds=(0.2, 0.5, 0.7, 0.9), progress=False)
     for row in curve.itertuples():
         assert row.surface_dice == pytest.approx(surface_dice(gt, probs.astype(np.float32) >= row.threshold), abs=1e-12)
-    best = postprocess.best_threshold(curve)
-    assert curve.set_index("threshold").loc[best, "surface_dice"] == curve["surface_dice"].max()
+
+
+def test_best_threshold_is_the_highest_score_and_the_lower_cut_on_ties() -> None:
+    curve = pd.DataFrame({"threshold": [0.9, 0.2, 0.7, 0.4], "surface_dice": [0.1, 0.5, 0.8, 0.8],
+                          "dice": [0.9, 0.9, 0.9, 0.9]})  # unsorted; Dice must not decide
+    assert postprocess.best_threshold(curve) == 0.4
+    assert postprocess.best_threshold(curve.iloc[:3]) == 0.7
 
 
 def test_threshold_curve_reads_group_labels(synthetic_tiny: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from scipy import ndimage, stats
 
-from lib import rle
+from lib import data, rle
 from lib.dev import synthetic
 from lib.dev.synthetic import (
     GROUPS,
@@ -62,17 +62,16 @@ def test_tiny_preset_shapes_are_small_non_square_and_distinct() -> None:
     assert len(set(shapes)) == len(shapes)
 
 
-def test_full_preset_has_the_competition_shapes() -> None:
+@pytest.mark.slow
+def test_full_preset_renders_competition_sized_slices() -> None:
+    # The full preset renders slices as large as the real group's (kidney_6: the smallest, ~15 s), and its
+    # kidney_3_dense labels the real slice range of kidney_3_sparse.
     full = PRESETS["full"]
-    assert full.shapes["kidney_1_dense"] == (2279, 1303, 912)
-    assert full.shapes["kidney_2"] == (2217, 1041, 1511)
-    assert full.shapes["kidney_3_sparse"] == (1035, 1706, 1510)
-    assert full.shapes["kidney_3_dense"] == (501, 1706, 1510)
-    assert (full.kidney_3_dense_slices.start, full.kidney_3_dense_slices.stop - 1) == (496, 996)
-    assert full.shapes["kidney_5"] == (1012, 1330, 1598)
-    assert full.shapes["kidney_6"] == (501, 1028, 1257)
-    assert synthetic.VOXEL_UM == {"kidney_1_dense": 50.0, "kidney_2": 50.0, "kidney_3_sparse": 50.16,
-                                  "kidney_3_dense": 50.16, "kidney_5": 50.28, "kidney_6": 63.08}
+    rendered = next(render_slices("full", 0, "kidney_6", slices=[250]))
+    assert rendered.image.shape == data.COMPETITION_SHAPES["kidney_6"][1:] and rendered.image.dtype == np.uint16
+    assert rendered.label is None  # a test kidney ships no labels
+    assert full.kidney_3_dense_slices == data.KIDNEY_3_DENSE_SLICES
+    assert full.shapes["kidney_3_dense"] == data.COMPETITION_SHAPES["kidney_3_dense"]
 
 
 def test_writes_the_exact_layout(tiny: Path) -> None:

@@ -52,7 +52,7 @@ def test_raw_dataset_slabs_equal_the_source(synthetic_tiny: Path, tmp_path: Path
 
 
 def test_training_groups_without_vessels_are_refused(tmp_path: Path) -> None:
-    from conftest import write_group
+    from helpers import write_group
 
     root = tmp_path / "root"
     write_group(root, "train", "kidney_1_dense", np.full((6, 8, 8), 100, np.uint16), np.zeros((6, 8, 8), np.uint8))
@@ -140,6 +140,7 @@ def assert_nnunet_predictor_opens(model_dir: Path, monkeypatch: pytest.MonkeyPat
     assert np.abs(mine - theirs[1]).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_from_scratch_resumes_after_an_interruption(synthetic_tiny: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     original = FineTuneTrainer.on_epoch_end

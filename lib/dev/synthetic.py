@@ -38,7 +38,7 @@ import tifffile
 from scipy import ndimage
 from tqdm import tqdm
 
-from lib import rle
+from lib import data, rle
 
 __all__ = [
     "GROUPS", "TRAIN_GROUPS", "TEST_GROUPS", "VOXEL_UM", "PRESETS", "Preset", "SyntheticSlice",
@@ -72,11 +72,7 @@ GROUPS: tuple[str, ...] = tuple(_GROUPS)
 TRAIN_GROUPS: tuple[str, ...] = tuple(g for g, info in _GROUPS.items() if info.split == "train")
 TEST_GROUPS: tuple[str, ...] = tuple(g for g, info in _GROUPS.items() if info.split == "test")
 
-# Voxel sizes of the real scans (µm, isotropic); kidney_3_dense is a label-only view of kidney_3_sparse.
-VOXEL_UM: dict[str, float] = {
-    "kidney_1_dense": 50.0, "kidney_2": 50.0, "kidney_3_sparse": 50.16, "kidney_3_dense": 50.16,
-    "kidney_5": 50.28, "kidney_6": 63.08,
-}
+VOXEL_UM: dict[str, float] = {g: data.VOXEL_SIZE_UM[g] for g in GROUPS}  # the real scans' voxel sizes
 
 
 @dataclass(frozen=True)
@@ -147,12 +143,12 @@ PRESETS: dict[str, Preset] = {
         dense=(46, 91), root_radius_um=190.0, min_radius_um=50.0, n_roots=3,
         description="CPU training demo: 64-128 slices of 128-192 px per group",
     ),
-    # The real competition shapes (kidney_3_dense: 0496..0996 of kidney_3_sparse).
+    # The real competition shapes (kidney_3_dense: 0496..0996 of kidney_3_sparse), from the data layer.
     "full": _preset(
         "full",
-        {"kidney_1_dense": (2279, 1303, 912), "kidney_2": (2217, 1041, 1511), "kidney_3_sparse": (1035, 1706, 1510),
-         "kidney_5": (1012, 1330, 1598), "kidney_6": (501, 1028, 1257)},
-        dense=(496, 996), root_radius_um=900.0, min_radius_um=50.0, n_roots=5,
+        {g: data.COMPETITION_SHAPES[g] for g in GROUPS if g != "kidney_3_dense"},
+        dense=(data.KIDNEY_3_DENSE_SLICES.start, data.KIDNEY_3_DENSE_SLICES.stop - 1),
+        root_radius_um=900.0, min_radius_um=50.0, n_roots=5,
         description="the real competition shapes, written slice by slice",
     ),
 }
