@@ -6,6 +6,7 @@ Every widget carries a CSS class `sennet-<name>` so a browser test can find it.
 """
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import ipywidgets as W
@@ -32,11 +33,12 @@ class BrowserWidgets:
         self.window_w = W.FloatRangeSlider(value=(0, 1), min=0, max=1, step=1, description="window",
                                            continuous_update=False, layout=W.Layout(width="95%"))
         self.info_w = W.HTML()
+        self.error_w = W.HTML()
         self.image_w = W.Image(format="png")
-        for name in ("group", "axis", "index", "labels", "prediction", "alpha", "window", "info", "image"):
+        for name in ("group", "axis", "index", "labels", "prediction", "alpha", "window", "info", "error", "image"):
             getattr(self, f"{name}_w").add_class(f"sennet-{name}")
 
-        self._bind(self.group_w, lambda v: model.set_group(v))
+        self._bind(self.group_w, model.set_group)
         self._bind(self.axis_w, model.set_axis)
         self._bind(self.index_w, model.set_index)
         self._bind(self.labels_w, model.set_labels)
@@ -45,7 +47,8 @@ class BrowserWidgets:
         self._bind(self.window_w, lambda v: model.set_window(*v))
         self.panel = W.VBox([
             W.HBox([self.group_w, self.axis_w]), self.index_w,
-            W.HBox([self.labels_w, self.prediction_w, self.alpha_w]), self.window_w, self.info_w, self.image_w,
+            W.HBox([self.labels_w, self.prediction_w, self.alpha_w]), self.window_w, self.info_w, self.error_w,
+            self.image_w,
         ])
         self.panel.add_class("sennet-browser")
         self._show()
@@ -55,8 +58,13 @@ class BrowserWidgets:
         def changed(change: dict) -> None:
             if self._hold:
                 return
-            setter(change["new"])
-            self._show()
+            try:
+                setter(change["new"])
+                self._show()
+                self.error_w.value = ""
+            except Exception as e:  # shown in the panel: a widget callback's traceback reaches no output area
+                self.error_w.value = f"<pre>error: {html.escape(f'{type(e).__name__}: {e}')}</pre>"
+                raise
         widget.observe(changed, "value")
 
     def _show(self) -> None:
