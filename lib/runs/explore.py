@@ -75,8 +75,9 @@ def server_env(root: Path) -> dict[str, str]:
 def command(app: Path | None, host: str, port: int) -> list[str]:
     """The Voilà command for `app` (a notebook), or JupyterLab on notebooks/ when `app` is None."""
     if app is None:
+        root_user = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []  # containers, CI
         return [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={host}", f"--port={port}",
-                "--port-retries=0", f"--ServerApp.root_dir={paths.PROJECT_ROOT / 'notebooks'}"]
+                "--port-retries=0", f"--ServerApp.root_dir={paths.PROJECT_ROOT / 'notebooks'}", *root_user]
     return [sys.executable, "-m", "voila", str(app), "--no-browser", f"--Voila.ip={host}", f"--port={port}",
             "--show_tracebacks=True", "--Voila.log_level=WARN"]
 
