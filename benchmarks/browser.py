@@ -14,6 +14,7 @@ Run: `.venv/bin/python benchmarks/browser.py` (about 1.5 minutes on 2 cores, mos
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -62,14 +63,17 @@ def measure(root: Path, repeats: int, widgets: bool) -> dict[str, list[tuple[flo
     """Per step kind: (ms, slices read) of each repeat, driving the model directly or through the widgets."""
     groups = data.discover(root)
     results: dict[str, list[tuple[float, int]]] = {k: [] for k in ("xy", "first xz", "xz", "toggle")}
-    for r in range(repeats):
+    for r in range(repeats + 1):  # the first round warms up (fonts, imports, the OS file cache) and is dropped
         model = SliceBrowser(groups, root / "prediction", point=(5 + r, 600, 450))
         panel = BrowserWidgets(model) if widgets else None
         model.png()  # what the page shows first
-        results["xy"].append(step(model, panel, "set_index", "index_w", model.index + 1))
-        results["first xz"].append(step(model, panel, "set_axis", "axis_w", "xz"))
-        results["xz"].append(step(model, panel, "set_index", "index_w", model.index + 1 + r))
-        results["toggle"].append(step(model, panel, "set_labels", "labels_w", False))
+        steps = {"xy": step(model, panel, "set_index", "index_w", model.index + 1),
+                 "first xz": step(model, panel, "set_axis", "axis_w", "xz"),
+                 "xz": step(model, panel, "set_index", "index_w", model.index + 1 + r),
+                 "toggle": step(model, panel, "set_labels", "labels_w", False)}
+        for kind, result in steps.items():
+            if r:
+                results[kind].append(result)
     return results
 
 
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     root = write_crop(args.data, args.slices, args.seed)
     print(f"\nkidney_1_dense crop: {args.slices} x 1303 x 912 (synthetic), with labels and a prediction folder; "
-          f"median of {args.repeats}; goal {GOAL_MS:.0f} ms per xy step\n")
+          f"median of {args.repeats}; goal {GOAL_MS:.0f} ms per xy step; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at start\n")
     print(f"{'step':<12} {'layer':<9} {'slices read':>11} {'ms':>8} {'x goal':>7}")
     for layer in ("model", "widgets"):
         for kind, runs in measure(root, args.repeats, layer == "widgets").items():

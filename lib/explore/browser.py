@@ -6,7 +6,9 @@ tests and benchmarks drive the model directly, and papermill runs render `static
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -50,15 +52,19 @@ class SliceReader:
     def __init__(self) -> None:
         self.reads = 0
         self.log: list[tuple[str, str, int]] = []  # (group, "image"/"label", position)
+        self._lock = threading.Lock()  # plane caches are read on threads
+
+    def _count(self, group: Group, kind: str, index: int) -> None:
+        with self._lock:
+            self.reads += 1
+            self.log.append((group.name, kind, index))
 
     def image(self, group: Group, index: int) -> np.ndarray:
-        self.reads += 1
-        self.log.append((group.name, "image", index))
+        self._count(group, "image", index)
         return image_slice(group, index)
 
     def label(self, group: Group, index: int) -> np.ndarray:
-        self.reads += 1
-        self.log.append((group.name, "label", index))
+        self._count(group, "label", index)
         return label_slice(group, index)
 
 
@@ -224,6 +230,7 @@ class SliceBrowser:
             artist.set_animated(True)  # drawn over a cached background (ticks, labels, colorbar): see render()
         self._background: Any = None
         self._background_key: tuple | None = None
+        self._legend: tuple | None = None  # (alpha, labels shown, prediction shown) the legend was built for
         self.set_group(self.group_name, point)
 
     # --- state ------------------------------------------------------------------------------------------
@@ -317,15 +324,16 @@ class SliceBrowser:
         cache = self._plane_cache()
         if layer not in cache.layers:
             g, s = self.group, cache.stride
-            if layer == "image":
-                cache.layers[layer] = np.stack([self.reader.image(g, int(z))[::s, ::s] for z in cache.positions])
-            elif layer == "label":
-                if not g.has_labels:
-                    return None
-                cache.layers[layer] = np.stack([self.reader.label(g, int(z))[::s, ::s] for z in cache.positions])
-            else:
+            if layer == "label" and not g.has_labels:
+                return None
+            positions = [int(z) for z in cache.positions]
+            if layer != "prediction":
+                read = self.reader.image if layer == "image" else self.reader.label
+                with ThreadPoolExecutor(data.READ_THREADS) as pool:  # TIFF reads overlap (I/O, decoding)
+                    cache.layers[layer] = np.stack(list(pool.map(lambda z: read(g, z)[::s, ::s], positions)))
+            else:  # a prediction callable need not be thread-safe: asked in order
+                planes = [self.prediction(g.name, "xy", z) for z in positions]
                 empty = np.zeros((-(-g.height // s), -(-g.width // s)), bool)
-                planes = [self.prediction(g.name, "xy", int(z)) for z in cache.positions]
                 cache.missing_predictions = sum(p is None for p in planes)
                 if cache.missing_predictions == len(planes):
                     return None
@@ -445,11 +453,14 @@ class SliceBrowser:
         self.label_artist.set_visible(show_label)
         self.prediction_artist.set_data(empty if pred_rgba is None else pred_rgba)
         self.prediction_artist.set_visible(show_pred)
-        if self.ax.get_legend() is not None:
-            self.ax.get_legend().remove()
-        handles = legend_handles(self.alpha, show_label, show_pred)
-        if handles:
-            self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7).set_animated(True)
+        legend = (self.alpha, show_label, show_pred)
+        if legend != self._legend:  # rebuilt only when what it says changes
+            if self.ax.get_legend() is not None:
+                self.ax.get_legend().remove()
+            handles = legend_handles(*legend)
+            if handles:
+                self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7).set_animated(True)
+            self._legend = legend
         notes = [n for n in v["notes"] if "prediction" not in n or self.show_prediction]
         self.ax.set_title(v["title"] + "".join(f"\n{n}" for n in notes), fontsize=10)
 
