@@ -168,7 +168,7 @@ class Page:
         return self.find(".sennet-index .widget-label").text.strip()
 
 
-def test_explorer_in_chromium(explore_server: str, driver, tmp_path: Path) -> None:
+def test_explorer_in_chromium(driver, explore_server: str, tmp_path: Path) -> None:  # no browser: skip first
     from selenium.webdriver.support.ui import Select
 
     driver.get(explore_server)
