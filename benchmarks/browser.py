@@ -6,17 +6,23 @@ Then, for the view model (`lib.explore.browser.SliceBrowser`: reads + figure upd
 widget layer (`lib.explore.widgets.BrowserWidgets`: a control's value set in-process, through the model, to
 the PNG handed to the Image widget; the websocket and the browser's decoding are not included), one step of
 each kind is timed: next xy slice, first xz view (reads the plane cache), next xz slice, label toggle.
+With `--browser`, the same steps on the page `make explore` serves, in headless Chromium: from the key press or
+click to the new image in the page (websocket, kernel, PNG, image element), notebook 01 run on the crop first.
 Each step is repeated `--repeats` times on fresh positions (the first xz view on a fresh browser) and the median
 is reported, against the goal of 300 ms per xy step.
 
-Run: `.venv/bin/python benchmarks/browser.py` (about 1.5 minutes on 2 cores, most of it writing the data once).
+Run: `.venv/bin/python benchmarks/browser.py [--browser]` (about 1.5 minutes on 2 cores, most of it writing the
+data once; `--browser` adds about a minute).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +32,7 @@ from lib import data
 from lib.dev import synthetic
 from lib.explore.browser import SliceBrowser
 from lib.explore.widgets import BrowserWidgets
+from lib.runs import explore
 
 GOAL_MS = 300.0
 FIRST = 1120  # the cropped range sits in the middle of the 2279-slice kidney
@@ -77,25 +84,66 @@ def measure(root: Path, repeats: int, widgets: bool) -> dict[str, list[tuple[flo
     return results
 
 
+def reads_so_far(page: explore.ExplorerPage) -> int:
+    return int(re.search(r"slices read so far: (\d+)", page.info()).group(1))
+
+
+def measure_page(root: Path, repeats: int) -> dict[str, list[tuple[float, int]]]:
+    """The same steps in headless Chromium on the page `make explore` serves (notebook 01 on `root`): from the
+    key press or click to the new image in the page, through the websocket and the kernel."""
+    results: dict[str, list[tuple[float, int]]] = {k: [] for k in ("xy", "first xz", "xz", "toggle")}
+    with tempfile.TemporaryDirectory(prefix="browser-bench-") as tmp:
+        env = dict(os.environ, SENNET_OUTPUTS=tmp)
+        with explore.running(root, explore.free_port(), Path(tmp) / "server.log", env) as url:
+            chrome = explore.headless_chromium(Path(tmp) / "chromium-profile")
+            try:
+                page = explore.ExplorerPage(chrome, url, timeout=600)
+                z = int(re.search(r"\(z, y, x\) = \((\d+)", page.info()).group(1))
+
+                def timed(kind: str, act) -> None:
+                    before = reads_so_far(page)
+                    results[kind].append((1000 * page.change(act), reads_so_far(page) - before))
+
+                for r in range(repeats + 1):  # round 0 warms up and is dropped
+                    timed("xy", partial(page.type_into_readout, "index", str((z + 1 + r) % 40)))
+                    if r == 0:
+                        results["xy"].clear()
+                timed("first xz", lambda: page.click_axis("xz"))
+                for r in range(repeats):
+                    timed("xz", partial(page.type_into_readout, "index", str(500 + r)))
+                    timed("toggle", lambda: page.toggle("labels"))
+                assert not page.errors(), page.errors()
+            finally:
+                chrome.quit()
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("outputs/benchmarks/browser"), help="where the crop is written")
     ap.add_argument("--slices", type=int, default=48, help="full-size slices in the cropped group")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--browser", action="store_true",
+                    help="also time the page in headless Chromium (make explore's server; needs chromium)")
     args = ap.parse_args(argv)
     root = write_crop(args.data, args.slices, args.seed)
     print(f"\nkidney_1_dense crop: {args.slices} x 1303 x 912 (synthetic), with labels and a prediction folder; "
           f"median of {args.repeats}; goal {GOAL_MS:.0f} ms per xy step; {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start\n")
     print(f"{'step':<12} {'layer':<9} {'slices read':>11} {'ms':>8} {'x goal':>7}")
-    for layer in ("model", "widgets"):
-        for kind, runs in measure(root, args.repeats, layer == "widgets").items():
+    layers = {"model": lambda: measure(root, args.repeats, False), "widgets": lambda: measure(root, args.repeats, True)}
+    if args.browser:
+        layers["page"] = lambda: measure_page(root, args.repeats)
+    for layer, run in layers.items():
+        for kind, runs in run().items():
             ms = statistics.median(m for m, _ in runs)
             reads = statistics.median(n for _, n in runs)
             print(f"{kind:<12} {layer:<9} {reads:>11.0f} {ms:>8.0f} {ms / GOAL_MS:>7.2f}")
     print("\nslices read: images + labels per slice (the prediction folder's TIFFs are read too, not counted here); "
-          f"the first xz view reads every slice up to 128 ({args.slices} here; 127 on the whole 2279-slice kidney).")
+          f"the first xz view reads every slice up to 128 ({args.slices} here; 127 on the whole 2279-slice kidney)."
+          "\npage: notebook 01's browser (its prediction is the threshold demo, which reads the image slice again);"
+          " the first xz view there also pays the notebook's window and overlay settings.")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,16 @@ import errno
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from lib import data, paths
 
@@ -97,6 +102,121 @@ def serve(data_dir: str | Path | None, host: str, port: int, lab: bool = False, 
             return subprocess.call(command(app, host, port), env=server_env(root))
         except KeyboardInterrupt:
             return 0
+
+
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1400,1600", "--force-device-scale-factor=1")
+
+
+def headless_chromium(profile: Path) -> Any:
+    """A Selenium driver on the distribution's headless Chromium with a fresh profile in `profile`, to open the
+    page as a person would (the browser test, benchmarks/browser.py --browser). ExploreError when there is none."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        raise ExploreError("no Chromium here (apt-get install chromium chromium-driver; .ci/run does it on CI)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(service=Service(driver), options=options)  # a given driver: nothing downloaded
+    chrome.set_page_load_timeout(300)
+    return chrome
+
+
+@contextmanager
+def running(data_dir: Path, port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`python -m lib.runs.explore` in a subprocess on 127.0.0.1:`port` (output to `log`); yields its URL once it
+    listens, stops it on exit (tests, benchmarks)."""
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "lib.runs.explore", "--data-dir", str(data_dir),
+                                   "--port", str(port)], cwd=paths.PROJECT_ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while not _listening(port):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise ExploreError(f"{log}: the explorer did not start:\n{log.read_text()}")
+                time.sleep(0.2)
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            server.terminate()
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ExplorerPage:
+    """The served notebook 01 in a Selenium driver: the slice browser's controls (found by their `sennet-*` CSS
+    classes) and its image, with a wait for the image the kernel sends back after a change."""
+
+    def __init__(self, driver: Any, url: str, timeout: float = 120) -> None:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver = driver
+        driver.get(url)  # returns once the notebook has run and the page has loaded
+        self.wait = WebDriverWait(driver, timeout, poll_frequency=0.02)
+        self.image = self.wait.until(lambda d: d.find_element("css selector", ".sennet-image"))
+        self.wait.until(lambda d: self.image.get_attribute("src"))
+
+    def find(self, selector: str) -> Any:
+        return self.driver.find_element("css selector", selector)
+
+    def change(self, act: Callable[[], None]) -> float:
+        """Do `act` (a click, a key press), wait until the page shows a new image; returns the seconds it took."""
+        before = self.image.get_attribute("src")
+        start = time.perf_counter()
+        act()
+        self.wait.until(lambda d: self.image.get_attribute("src") != before)  # a new blob URL: a new PNG
+        return time.perf_counter() - start
+
+    def type_into_readout(self, control: str, value: str) -> None:
+        """Type `value` into a slider's number (the way to set it exactly), then Enter."""
+        from selenium.webdriver.common.keys import Keys
+
+        readout = self.find(f".sennet-{control} .widget-readout")
+        readout.click()
+        readout.send_keys(Keys.CONTROL, "a")
+        readout.send_keys(value, Keys.ENTER)
+
+    def click_axis(self, axis: str) -> None:
+        self.driver.find_element("xpath", "//*[contains(@class, 'sennet-axis')]"
+                                          f"//button[normalize-space()='{axis}']").click()
+
+    def toggle(self, control: str) -> None:
+        self.find(f".sennet-{control} input").click()
+
+    def select_group(self, name: str) -> None:
+        from selenium.webdriver.support.ui import Select
+
+        Select(self.find(".sennet-group select")).select_by_visible_text(name)
+
+    def info(self) -> str:
+        return self.find(".sennet-info").text
+
+    def errors(self) -> list[str]:
+        """Error text anywhere on the page: the browser panel's error line and any error or stderr output."""
+        shown = self.driver.find_elements("css selector", '.sennet-error, '
+                                          '[data-mime-type="application/vnd.jupyter.stderr"], '
+                                          '[data-mime-type="application/vnd.jupyter.error"]')
+        return [e.text for e in shown if e.text.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
