@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\nslices read: images + labels per slice (the prediction folder's TIFFs are read too, not counted here); "
           f"the first xz view reads every slice up to 128 ({args.slices} here; 127 on the whole 2279-slice kidney)."
           "\npage: notebook 01's browser (its prediction is the threshold demo, which reads the image slice again);"
-          " the first xz view there also pays the notebook's window and overlay settings.")
+          " its first xz view reads nothing: the notebook's static figure filled the plane cache when the page was built;"
+          " page times include Selenium's own commands (the key presses, polling the image).")
 
 
 if __name__ == "__main__":
