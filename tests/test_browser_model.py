@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import write_group
 from PIL import Image
 
 from lib import data
@@ -89,8 +88,10 @@ def test_prediction_folder_with_a_missing_slice(mini_root: Path, tmp_path: Path)
     groups = data.discover(mini_root)
     labels = np.load(mini_root.parent / "k1_labels.npy")
     pred_dir = tmp_path / "pred"
-    write_group(pred_dir, "", "kidney_1_dense", None, labels)
-    (pred_dir / "kidney_1_dense" / "labels" / "0003.tif").unlink()
+    (pred_dir / "kidney_1_dense").mkdir(parents=True)
+    for z, mask in enumerate(labels):
+        if z != 3:  # slice 0003 missing
+            tifffile.imwrite(pred_dir / "kidney_1_dense" / f"{z:04d}.tif", mask)
     model = SliceBrowser(groups, pred_dir, group="kidney_1_dense", point=(2, 4, 3))
     assert model.show_prediction and model.prediction_artist.get_visible()
     np.testing.assert_array_equal(model.displayed["prediction"], labels[2] > 0)
