@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,3 +65,25 @@ def test_server_environment_and_command(tmp_path: Path, monkeypatch: pytest.Monk
     assert voila[1:3] == ["-m", "voila"] and "--Voila.ip=127.0.0.1" in voila and "--port=8999" in voila
     lab = explore.command(None, "127.0.0.1", 8999)
     assert lab[1:3] == ["-m", "jupyterlab"] and "--ServerApp.ip=127.0.0.1" in lab and "--port-retries=0" in lab
+
+
+def test_missing_synthetic_default_is_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                synthetic_tiny: Path) -> None:
+    from lib.dev import synthetic
+
+    monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path))
+    monkeypatch.delenv("SENNET_DATA_DIR", raising=False)
+    monkeypatch.setenv("KAGGLE_INPUT_DIR", str(tmp_path / "no-kaggle"))
+    made: list[tuple[Path, str]] = []
+
+    def generate(out: Path, preset: str, seed: int) -> Path:  # the small preset takes a minute: copy tiny instead
+        made.append((Path(out), preset))
+        shutil.copytree(synthetic_tiny, out)
+        return Path(out)
+
+    monkeypatch.setattr(synthetic, "generate", generate)
+    assert explore.check_data(None) == tmp_path / "data" / "synthetic"
+    assert made == [(tmp_path / "data" / "synthetic", "small")]
+    assert explore.check_data(None) == tmp_path / "data" / "synthetic" and len(made) == 1  # made once
+    with pytest.raises(explore.ExploreError, match="not found"):  # an explicit root is never generated
+        explore.check_data(tmp_path / "elsewhere")
