@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -98,9 +99,14 @@ def serve(data_dir: str | Path | None, host: str, port: int, lab: bool = False, 
         app = None if lab else app_notebook(Path(folder), kernel)
         what = "JupyterLab on notebooks/ (the URL with its token follows)" if lab else "notebook 01 (Voilà)"
         print(f"Exploring {root}\n{what}: http://{host}:{port}/\nCtrl-C stops the server.", flush=True)
+        server = subprocess.Popen(command(app, host, port), env=server_env(root))
+        # `kill` of this launcher (tests, process managers) stops the server and its kernels too, not orphaning them
+        signal.signal(signal.SIGTERM, lambda *_: server.terminate())
         try:
-            return subprocess.call(command(app, host, port), env=server_env(root))
-        except KeyboardInterrupt:
+            return server.wait()
+        except KeyboardInterrupt:  # Ctrl-C: no "shut down?" prompt, a clean stop (kernels shut down)
+            server.terminate()
+            server.wait()
             return 0
 
 
