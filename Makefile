@@ -6,7 +6,7 @@ REQ_HASH := $(shell cat requirements.txt requirements-test.txt pyproject.toml | 
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 DATA := outputs/data/synthetic
 
-.PHONY: setup lint test test-fast data demo benchmarks kaggle clean-venv
+.PHONY: setup lint test test-fast data demo explore lab benchmarks kaggle clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,14 @@ data: setup
 # The whole pipeline (notebooks 01 -> 02 -> 03 with papermill) on the synthetic small dataset, on the CPU.
 demo: setup
 	$(PY) -m lib.runs.pipeline --config configs/demo.toml
+
+# Notebook 01 as a page (Voilà, the slice browser live) or JupyterLab on the notebooks, on 127.0.0.1.
+# Data: DATA_DIR=..., else SENNET_DATA_DIR, else the synthetic data (generated on first use). PORT=... to move.
+explore: setup
+	$(PY) -m lib.runs.explore --port $(or $(PORT),8866) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
+
+lab: setup
+	$(PY) -m lib.runs.explore --lab --port $(or $(PORT),8888) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
 
 benchmarks: setup
 	$(PY) benchmarks/metric.py

@@ -1,4 +1,4 @@
-"""Notebook 01 and lib/figures.py: batch views, reading cost, widget callbacks, and a papermill run."""
+"""Notebook 01 and lib/explore: batch views, the slice browser (reading cost, widget callbacks), a papermill run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +13,7 @@ from helpers import write_group
 from lib import data, notebook
 from lib.explore import figures
 from lib.explore.browser import SliceBrowser, prediction_source
+from lib.explore.widgets import BrowserWidgets
 
 PROJECT = Path(__file__).resolve().parent.parent
 NOTEBOOK = PROJECT / "notebooks" / "01_explore.ipynb"
@@ -160,9 +161,10 @@ def test_browser_callbacks_update_artists(synthetic_tiny) -> None:
     groups = data.discover(synthetic_tiny)
     g = groups["kidney_1_dense"]
     browser = SliceBrowser(groups, group="kidney_1_dense", alpha=0.5)
-    assert browser.index_w.max == g.shape[0] - 1 and browser.axis == "xy"
+    controls = BrowserWidgets(browser)
+    assert controls.index_w.max == g.shape[0] - 1 and browser.axis == "xy"
 
-    browser.index_w.value = 7
+    controls.index_w.value = 7
     np.testing.assert_array_equal(browser.image_artist.get_array(), tifffile.imread(g.image_files[7]))
     label = tifffile.imread(g.label_files[7]) > 0
     rgba = np.asarray(browser.label_artist.get_array())
@@ -171,31 +173,35 @@ def test_browser_callbacks_update_artists(synthetic_tiny) -> None:
     np.testing.assert_allclose(rgba[label][:, :3] - figures.LABEL_COLOR, 0, atol=1e-6)
     assert browser.label_artist.get_visible() and np.isclose(rgba[..., 3].max(), 0.5)
 
-    browser.alpha_w.value = 0.8
+    controls.alpha_w.value = 0.8
     assert np.isclose(np.asarray(browser.label_artist.get_array())[..., 3].max(), 0.8)
-    browser.labels_w.value = False
+    controls.labels_w.value = False
     assert not browser.label_artist.get_visible()
-    browser.labels_w.value = True
+    controls.labels_w.value = True
 
-    browser.window_w.value = (20000.0, 30000.0)
+    controls.window_w.value = (20000.0, 30000.0)
     assert browser.image_artist.get_clim() == (20000.0, 30000.0)
 
-    browser.axis_w.value = "xz"  # slider now moves y; the plane holds a row of every slice (tiny: no subsampling)
-    assert browser.index_w.max == g.height - 1
-    browser.index_w.value = 10
+    shown = controls.image_w.value
+    controls.axis_w.value = "xz"  # slider now moves y; the plane holds a row of every slice (tiny: no subsampling)
+    assert controls.index_w.max == g.height - 1 and controls.index_w.description == "y"
+    assert controls.image_w.value != shown  # the panel's PNG follows the model
+    controls.index_w.value = 10
     volume = g.read_images()
     np.testing.assert_array_equal(browser.image_artist.get_array(), volume[:, 10, :])
-    browser.axis_w.value = "yz"
-    browser.index_w.value = 5
+    controls.axis_w.value = "yz"
+    controls.index_w.value = 5
     np.testing.assert_array_equal(browser.image_artist.get_array(), volume[:, :, 5])
 
-    browser.group_w.value = "kidney_5"  # a test kidney: no labels, new shape
+    controls.group_w.value = "kidney_5"  # a test kidney: no labels, new shape
     k5 = groups["kidney_5"]
-    assert browser.index_w.max == k5.width - 1 and not browser.label_artist.get_visible()
+    assert controls.index_w.max == k5.width - 1 and not browser.label_artist.get_visible()
     assert browser.image_artist.get_array().shape == (k5.shape[0], k5.height)
-    browser.axis_w.value = "xy"
+    assert controls.window_w.value == browser.window and browser.window != (20000.0, 30000.0)
+    controls.axis_w.value = "xy"
     assert browser.image_artist.get_array().shape == (k5.height, k5.width)
-    assert browser.static_figure() is not None and browser.widget() is not None
+    assert str(browser.cursor[0]) in controls.info_w.value
+    assert browser.static_figure() is not None
 
 
 def test_browser_prediction_layer_in_another_colour(synthetic_tiny) -> None:
@@ -217,12 +223,12 @@ def test_browser_prediction_layer_in_another_colour(synthetic_tiny) -> None:
     np.testing.assert_allclose(p_rgba[pred & ~label][:, :3] - figures.PREDICTION_COLOR, 0, atol=1e-6)  # cyan: no label
     np.testing.assert_allclose(p_rgba[pred & label][:, :3] - figures.BOTH_COLOR, 0, atol=1e-6)  # yellow: agreement
     np.testing.assert_array_equal(l_rgba[..., 3] > 0, label & ~pred)  # red: labels the prediction missed
-    browser.prediction_w.value = False
+    browser.set_prediction(False)
     assert not browser.prediction_artist.get_visible()
     np.testing.assert_array_equal(np.asarray(browser.label_artist.get_array())[..., 3] > 0, label)
 
-    browser.prediction_w.value = True
-    browser.axis_w.value = "xz"  # callable returns None for planes: built from xy calls, one per cached slice
+    browser.set_prediction(True)
+    browser.set_axis("xz")  # callable returns None for planes: built from xy calls, one per cached slice
     xz_pred = np.stack([predict("kidney_1_dense", "xy", z)[30] for z in range(g.shape[0])])
     np.testing.assert_array_equal(np.asarray(browser.prediction_artist.get_array())[..., 3] > 0, xz_pred)
 
@@ -234,16 +240,16 @@ def test_browser_reads_one_slice_per_layer_per_xy_step(volume_root, monkeypatch)
     browser = SliceBrowser(groups, group="kidney_1_dense", max_plane_slices=8)
     for z in (3, 17, 39, 0, 25):
         before = reads.n
-        browser.index_w.value = z
+        browser.set_index(z)
         assert reads.n - before == 2  # one image + one label slice, whatever the kidney size
         assert int(browser.image_artist.get_array()[0, 0]) == z
     before = reads.n
-    browser.alpha_w.value = 0.3
-    browser.labels_w.value = False
-    browser.window_w.value = (1000.0, 2000.0)
+    browser.set_alpha(0.3)
+    browser.set_labels(False)
+    browser.set_window(1000.0, 2000.0)
     assert reads.n == before  # overlay and contrast changes read nothing
 
-    browser.axis_w.value = "xz"
+    browser.set_axis("xz")
     first = reads.n - before
     assert 0 < first <= 2 * 8  # at most the cap per layer (images + labels), never the whole volume
     pos, step = figures.plane_positions(40, 8)
@@ -251,10 +257,10 @@ def test_browser_reads_one_slice_per_layer_per_xy_step(volume_root, monkeypatch)
     assert f"every {step}th slice" in browser.ax.get_title()
     before = reads.n
     for y in (0, 5, 11):
-        browser.index_w.value = y
+        browser.set_index(y)
         np.testing.assert_array_equal(browser.image_artist.get_array(), images[pos, y, :])
-    browser.axis_w.value = "yz"
-    browser.index_w.value = 4
+    browser.set_axis("yz")
+    browser.set_index(4)
     assert reads.n == before  # the cached z-subsampled stack serves every xz/yz plane of the group
     assert browser.reader.reads == reads.n
 
@@ -263,10 +269,10 @@ def test_browser_plane_cache_fits_the_memory_budget(volume_root) -> None:
     root, images, _ = volume_root
     groups = data.discover(root)
     browser = SliceBrowser(groups, group="kidney_1_dense", max_plane_slices=40, plane_budget_mb=0.005)
-    browser.axis_w.value = "xz"
+    browser.set_axis("xz")
     stride = browser._cache.stride
     assert stride > 1 and browser._cache.layers["image"].nbytes <= 5000
-    browser.index_w.value = 6
+    browser.set_index(6)
     np.testing.assert_array_equal(browser.image_artist.get_array(), images[:, (6 // stride) * stride, ::stride])
 
 

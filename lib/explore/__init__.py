@@ -1,1 +1,1 @@
-"""Exploration of slices and masks: static figures and the interactive slice browser."""
+"""Exploration of slices and masks: static figures, the slice browser's view model and its widget panel."""

@@ -1,15 +1,23 @@
-"""The slice browser behind notebook 01's interactive section: group, axis (xy/xz/yz), slice, label and
-prediction overlays, opacity and contrast, reading O(1) slices per xy step (ipywidgets in a live frontend,
-a static figure under papermill)."""
+"""The slice browser's view model: which group, axis (xy/xz/yz), slice, overlays, opacity and contrast window
+are shown, and the figure that shows them, reading O(1) slices per xy step.
+
+No widgets here: `lib.explore.widgets` binds ipywidgets to this model for a live frontend (Jupyter, Voilà);
+tests and benchmarks drive the model directly, and papermill runs render `static_figure()` once.
+"""
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from lib import data
 from lib.data import Group
@@ -17,23 +25,24 @@ from lib.explore.figures import (
     AXES,
     PREDICTION_COLOR,
     IntensityStats,
-    _interpolation,
-    _legend_handles,
-    _ordinal,
-    _stretch_note,
-    _style,
-    _z_note,
-    _z_stretch,
+    block_any,
+    display_interpolation,
+    figure_style,
     image_slice,
     label_slice,
+    legend_handles,
     mask_layers,
+    ordinal,
     overlay_rgba,
     plane_positions,
+    stretch_note,
+    z_note,
+    z_stretch,
 )
 from lib.paths import resolve_path
 
 # ----------------------------------------------------------------------------------------------------------
-# Interactive browser
+# Reading slices and predictions
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -43,22 +52,27 @@ class SliceReader:
     def __init__(self) -> None:
         self.reads = 0
         self.log: list[tuple[str, str, int]] = []  # (group, "image"/"label", position)
+        self._lock = threading.Lock()  # plane caches are read on threads
+
+    def _count(self, group: Group, kind: str, index: int) -> None:
+        with self._lock:
+            self.reads += 1
+            self.log.append((group.name, kind, index))
 
     def image(self, group: Group, index: int) -> np.ndarray:
-        self.reads += 1
-        self.log.append((group.name, "image", index))
+        self._count(group, "image", index)
         return image_slice(group, index)
 
     def label(self, group: Group, index: int) -> np.ndarray:
-        self.reads += 1
-        self.log.append((group.name, "label", index))
+        self._count(group, "label", index)
         return label_slice(group, index)
 
 
 Prediction = Callable[[str, str, int], "np.ndarray | None"]
 """`(group_name, axis, index) -> 2D mask or None`. For "xy", index is the slice position and the mask is (H, W).
 For "xz"/"yz", index is y/x; return None to let the browser build the plane from xy calls (cached, z-subsampled
-like the image), or a full-z plane (Z, W)/(Z, H) or one already matching the displayed rows."""
+like the image), or a full-z plane (Z, W)/(Z, H) or one already matching the displayed rows. An xy call that
+returns None means "no prediction for this slice": the browser shows it as missing."""
 
 
 def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndarray] | None,
@@ -126,6 +140,20 @@ class ThresholdPrediction:
         return img > self.thresholds[name] if self.bright else img < self.thresholds[name]
 
 
+
+def block_mean(image: np.ndarray, d: int) -> np.ndarray:
+    """Mean of d x d blocks (edges padded by repetition): an image brought to display resolution."""
+    if d == 1:
+        return image
+    h, w = image.shape
+    padded = np.pad(image, ((0, -h % d), (0, -w % d)), mode="edge")
+    out = np.zeros((padded.shape[0] // d, padded.shape[1] // d), np.float32)
+    for i in range(d):  # d * d strided views: much faster than reducing a (h/d, d, w/d, d) reshape
+        for j in range(d):
+            out += padded[i::d, j::d]
+    return out / (d * d)
+
+
 @dataclass
 class _PlaneCache:
     """The current group's z-subsampled, in-plane strided stack from which xz/yz planes are cut."""
@@ -134,20 +162,33 @@ class _PlaneCache:
     step: int
     stride: int
     layers: dict[str, np.ndarray] = field(default_factory=dict)  # "image", "label", "prediction"
+    missing_predictions: int = 0  # cached slices the prediction had nothing for (shown as empty rows)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The view model
+# ----------------------------------------------------------------------------------------------------------
 
 
 class SliceBrowser:
     """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid.
+
+    State: `group_name`, `axis`, `cursor` (z, y, x; the slider moves `index`, the cursor coordinate of the axis),
+    `show_labels`, `show_prediction`, `alpha`, `window`. Change it with the `set_*` methods: each reads what
+    the new state shows and updates the figure's artists; `png()` renders the figure, `displayed` holds the
+    arrays shown (image, label, prediction) and `reader.reads` counts the slices read.
+
+    Drawing cost: planes larger than the axes are drawn at display resolution (block means of the image,
+    max-pooled masks so one-pixel vessels stay visible), the layout is fixed (no layout pass per step) and the
+    PNG is encoded with light compression: an xy step of a 1303 x 912 slice stays under 300 ms on 2 cores
+    (benchmarks/browser.py).
 
     Reading cost per update: xy reads one image slice, one label slice and asks the prediction for one slice,
     whatever the kidney size. xz/yz need one row/column of every slice: the first xz/yz view of a group reads
     every k-th slice (at most `max_plane_slices`, strided in-plane to fit `plane_budget_mb`) into a cache, after
     which moving through xz/yz planes reads nothing. On a 2279 x 1303 x 912 kidney with the defaults that is
     127 reads per layer once (every 18th slice, every 2nd pixel in-plane, about 75 MB of images). Switching
-    group drops the cache.
-
-    Widgets (ipywidgets) drive callbacks that update matplotlib artists with `set_data`; `widget()` returns the
-    control panel with the figure, `static_figure()` renders xy, xz and yz once (for papermill runs).
+    group drops the cache. Overlay, opacity and window changes read nothing.
     """
 
     def __init__(self, groups: Mapping[str, Group] | Sequence[Group], prediction: Any = None, *,
@@ -155,8 +196,6 @@ class SliceBrowser:
                  point: tuple[int, int, int] | None = None, max_plane_slices: int = 128,
                  plane_budget_mb: float = 256, alpha: float = 0.5, reader: SliceReader | None = None,
                  figsize: tuple[float, float] = (7.5, 7.0), dpi: int = 90) -> None:
-        import ipywidgets as W  # imported here: the batch functions do not need it
-
         self.groups = dict(groups) if isinstance(groups, Mapping) else {g.name: g for g in groups}
         if not self.groups:
             raise ValueError("SliceBrowser needs at least one group")
@@ -164,122 +203,109 @@ class SliceBrowser:
         self.stats = dict(stats or {})
         self.reader = reader or SliceReader()
         self.max_plane_slices = max_plane_slices
-        self.dpi = dpi
         self.plane_budget_mb = plane_budget_mb
-        self.cursor: list[int] = [0, 0, 0]  # (z, y, x) of the current group
+        self.dpi = dpi
+        self.axis = "xy"
+        self.show_labels = True
+        self.show_prediction = self.prediction is not None
+        self.alpha = float(alpha)
+        self.window = (0.0, 1.0)  # display window (intensity at black, at white)
+        self.window_range = (0.0, 1.0)  # the range a window control offers: the group's intensities
+        self.group_name = group or next(iter(self.groups))
+        self.cursor: list[int] = [0, 0, 0]
+        self.displayed: dict[str, Any] = {}
         self._cache: _PlaneCache | None = None
-        self._hold = False  # set while widgets are adjusted programmatically
-        self._output: Any = None  # the ipywidgets.Output showing the figure once widget() was called
 
-        first = group or next(iter(self.groups))
-        self.group_w = W.Dropdown(options=list(self.groups), value=first, description="group")
-        self.axis_w = W.ToggleButtons(options=list(AXES), value="xy", description="axis",
-                                      style={"button_width": "48px"})
-        self.index_w = W.IntSlider(0, 0, 1, description="slice", continuous_update=False,
-                                   layout=W.Layout(width="95%"))
-        self.labels_w = W.Checkbox(True, description="labels (red)", indent=False)
-        self.prediction_w = W.Checkbox(self.prediction is not None, description="prediction (cyan)", indent=False,
-                                       disabled=self.prediction is None)
-        self.alpha_w = W.FloatSlider(alpha, min=0.0, max=1.0, step=0.05, description="opacity")
-        self.window_w = W.FloatRangeSlider(value=(0, 1), min=0, max=1, step=1, description="window",
-                                           continuous_update=False, layout=W.Layout(width="95%"))
-        self.info_w = W.HTML()
-
-        with _style():
-            self.fig = Figure(figsize=figsize, layout="constrained")
-            self.ax = self.fig.add_subplot()
+        with figure_style():
+            self.fig = Figure(figsize=figsize, dpi=dpi)
+            self.canvas = FigureCanvasAgg(self.fig)
+            self.ax = self.fig.add_axes((0.12, 0.08, 0.70, 0.79))  # fixed: room for a 4-line title above
             blank = np.zeros((2, 2))
             self.image_artist = self.ax.imshow(blank, cmap="gray", vmin=0, vmax=1, aspect="equal")
             self.label_artist = self.ax.imshow(overlay_rgba(blank > 0), aspect="equal")
             self.prediction_artist = self.ax.imshow(overlay_rgba(blank > 0, PREDICTION_COLOR), aspect="equal")
-            self.colorbar = self.fig.colorbar(self.image_artist, ax=self.ax, fraction=0.046, pad=0.02,
+            self.colorbar = self.fig.colorbar(self.image_artist, cax=self.fig.add_axes((0.86, 0.08, 0.03, 0.79)),
                                               label="intensity")
-
-        self.group_w.observe(self._on_group, "value")
-        self.axis_w.observe(self._on_axis, "value")
-        self.index_w.observe(self._on_index, "value")
-        for w in (self.labels_w, self.prediction_w, self.alpha_w):
-            w.observe(self._on_overlay, "value")
-        self.window_w.observe(self._on_window, "value")
-        self._enter_group(first, point)
-        self.update()
+        for artist in (self.image_artist, self.label_artist, self.prediction_artist, self.ax.title):
+            artist.set_animated(True)  # drawn over a cached background (ticks, labels, colorbar): see render()
+        self._background: Any = None
+        self._background_key: tuple | None = None
+        self._legend: tuple | None = None  # (alpha, labels shown, prediction shown) the legend was built for
+        self.set_group(self.group_name, point)
 
     # --- state ------------------------------------------------------------------------------------------
     @property
     def group(self) -> Group:
-        return self.groups[self.group_w.value]
+        return self.groups[self.group_name]
 
     @property
-    def axis(self) -> str:
-        return self.axis_w.value
+    def dim(self) -> int:
+        """Which cursor coordinate the slider moves: 0 (z) for xy, 1 (y) for xz, 2 (x) for yz."""
+        return AXES.index(self.axis)
 
-    def _axis_dim(self, axis: str) -> int:
-        """Which cursor coordinate the slider moves: z for xy, y for xz, x for yz."""
-        return AXES.index(axis)
+    @property
+    def index(self) -> int:
+        return self.cursor[self.dim]
 
-    def _enter_group(self, name: str, point: tuple[int, int, int] | None = None) -> None:
-        g = self.groups[name]
+    @property
+    def index_max(self) -> int:
+        return self.group.shape[self.dim] - 1
+
+    @property
+    def index_name(self) -> str:
+        return ("z", "y", "x")[self.dim]
+
+    @property
+    def has_prediction(self) -> bool:
+        return self.prediction is not None
+
+    def set_group(self, name: str, point: tuple[int, int, int] | None = None) -> None:
+        """Show group `name` at `point` (z, y, x; default the centre), keeping the axis; drops the plane cache."""
+        if name not in self.groups:
+            raise KeyError(f"{name}: no such group (have {', '.join(self.groups)})")
+        self.group_name = name
+        g = self.group
         self._cache = None
-        self.cursor = list(point) if point is not None else [n // 2 for n in g.shape]
-        self.cursor = [int(np.clip(c, 0, n - 1)) for c, n in zip(self.cursor, g.shape)]
-        self._sync_slider()
+        cursor = point if point is not None else tuple(n // 2 for n in g.shape)
+        self.cursor = [int(np.clip(c, 0, n - 1)) for c, n in zip(cursor, g.shape)]
         s = self.stats.get(name)
         if s is not None:
             lo, hi = s.percentile(0), s.percentile(100)
-            self._set_window(lo, max(hi, lo + 1), s.window())
+            self.window_range = (float(lo), float(max(hi, lo + 1)))
+            self.window = s.window()
+            self._update(window_from_image=False)
         else:  # no statistics: the window comes from the first slice shown (no extra read)
-            self._window_pending = True
+            self._update(window_from_image=True)
 
-    def _set_window(self, lo: float, hi: float, value: tuple[float, float]) -> None:
-        self._hold = True
-        try:
-            self.window_w.min, self.window_w.max = -1e12, 1e12  # widen first: min must stay below max
-            self.window_w.value = (float(value[0]), float(value[1]))
-            self.window_w.min, self.window_w.max = float(lo), float(hi)
-            self.window_w.step = max(1.0, (hi - lo) / 1000)
-        finally:
-            self._hold = False
-        self._window_pending = False
-        self.image_artist.set_clim(*self.window_w.value)
+    def set_axis(self, axis: str) -> None:
+        """Cut along "xy", "xz" or "yz" through the cursor."""
+        if axis not in AXES:
+            raise ValueError(f"axis must be one of {AXES}, not {axis!r}")
+        self.axis = axis
+        self._update()
 
-    def _sync_slider(self) -> None:
-        dim = self._axis_dim(self.axis)
-        self._hold = True
-        try:
-            self.index_w.max = self.group.shape[dim] - 1
-            self.index_w.value = self.cursor[dim]
-            self.index_w.description = ("z", "y", "x")[dim]
-        finally:
-            self._hold = False
+    def set_index(self, index: int) -> None:
+        """Move the cursor along the current axis (z for xy, y for xz, x for yz), clipped to the volume."""
+        self.cursor[self.dim] = int(np.clip(index, 0, self.index_max))
+        self._update()
 
-    # --- callbacks ----------------------------------------------------------------------------------------
-    def _on_group(self, change: dict) -> None:
-        if self._hold:
-            return
-        self._enter_group(change["new"])
-        self.update()
-
-    def _on_axis(self, change: dict) -> None:
-        if self._hold:
-            return
-        self._sync_slider()
-        self.update()
-
-    def _on_index(self, change: dict) -> None:
-        if self._hold:
-            return
-        self.cursor[self._axis_dim(self.axis)] = int(change["new"])
-        self.update()
-
-    def _on_overlay(self, change: dict) -> None:
+    def set_labels(self, show: bool) -> None:
+        self.show_labels = bool(show)
         self._apply_overlays()
-        self._refresh()
 
-    def _on_window(self, change: dict) -> None:
-        if self._hold:
-            return
-        self.image_artist.set_clim(*change["new"])
-        self._refresh()
+    def set_prediction(self, show: bool) -> None:
+        """Show or hide the prediction (asks the prediction for the current view when first shown)."""
+        self.show_prediction = bool(show) and self.has_prediction
+        self._apply_overlays()
+
+    def set_alpha(self, alpha: float) -> None:
+        self.alpha = float(np.clip(alpha, 0.0, 1.0))
+        self._apply_overlays()
+
+    def set_window(self, low: float, high: float) -> None:
+        """The display window: `low` shows black, `high` white."""
+        self.window = (float(low), float(max(high, low + 1e-6)))
+        self.image_artist.set_clim(*self.window)
 
     # --- data -----------------------------------------------------------------------------------------------
     def _plane_cache(self) -> _PlaneCache:
@@ -298,27 +324,30 @@ class SliceBrowser:
         cache = self._plane_cache()
         if layer not in cache.layers:
             g, s = self.group, cache.stride
-            if layer == "image":
-                cache.layers[layer] = np.stack([self.reader.image(g, int(z))[::s, ::s] for z in cache.positions])
-            elif layer == "label":
-                if not g.has_labels:
+            if layer == "label" and not g.has_labels:
+                return None
+            positions = [int(z) for z in cache.positions]
+            if layer != "prediction":
+                read = self.reader.image if layer == "image" else self.reader.label
+                with ThreadPoolExecutor(data.READ_THREADS) as pool:  # TIFF reads overlap (I/O, decoding)
+                    cache.layers[layer] = np.stack(list(pool.map(lambda z: read(g, z)[::s, ::s], positions)))
+            else:  # a prediction callable need not be thread-safe: asked in order
+                planes = [self.prediction(g.name, "xy", z) for z in positions]
+                empty = np.zeros((-(-g.height // s), -(-g.width // s)), bool)
+                cache.missing_predictions = sum(p is None for p in planes)
+                if cache.missing_predictions == len(planes):
                     return None
-                cache.layers[layer] = np.stack([self.reader.label(g, int(z))[::s, ::s] for z in cache.positions])
-            else:
-                planes = [self.prediction(g.name, "xy", int(z)) for z in cache.positions]
-                if any(p is None for p in planes):
-                    return None
-                cache.layers[layer] = np.stack([np.asarray(p, bool)[::s, ::s] for p in planes])
+                cache.layers[layer] = np.stack([empty if p is None else np.asarray(p, bool)[::s, ::s] for p in planes])
         return cache.layers[layer]
 
-    def _prediction_plane(self, axis: str, index: int, rows: int, cols: int) -> np.ndarray | None:
-        """A prediction plane matching the displayed (rows, cols) plane, or None."""
-        if self.prediction is None or not self.prediction_w.value:
-            return None
+    def _prediction_plane(self, axis: str, index: int, rows: int, cols: int) -> tuple[np.ndarray | None, str]:
+        """A prediction plane matching the displayed (rows, cols) plane, or None; and a note when one is missing."""
         g = self.group
         if axis == "xy":
             p = self.prediction(g.name, "xy", index)
-            return None if p is None else np.asarray(p, bool)
+            if p is None:
+                return None, f"prediction missing for slice {g.slices[index]:04d}"
+            return np.asarray(p, bool), ""
         p = self.prediction(g.name, axis, index)
         cache = self._plane_cache()
         if p is not None:
@@ -327,27 +356,32 @@ class SliceBrowser:
                 p = p[cache.positions]
             if p.shape[1] != cols:
                 p = p[:, ::cache.stride]
-            return p if p.shape == (rows, cols) else None
+            return (p, "") if p.shape == (rows, cols) else (None, f"prediction plane of shape {p.shape} ignored")
         stack = self._stack("prediction")
         if stack is None:
-            return None
+            return None, f"prediction missing for {g.name}"
         k = index // cache.stride
-        return stack[:, k, :] if axis == "xz" else stack[:, :, k]
+        note = "" if not cache.missing_predictions else \
+            f"prediction missing for {cache.missing_predictions} of {len(cache.positions)} slices (empty rows)"
+        return (stack[:, k, :] if axis == "xz" else stack[:, :, k]), note
 
-    def view(self, axis: str | None = None) -> dict[str, Any]:
-        """Arrays for `axis` (default: current) at the cursor: image, label, prediction, extent, title, labels."""
+    def view(self, axis: str | None = None, with_prediction: bool | None = None) -> dict[str, Any]:
+        """Arrays for `axis` (default: current) at the cursor: image, label, prediction (None when hidden or
+        missing), extent, title, axis labels, aspect and `notes` (what is missing)."""
         axis = axis or self.axis
+        with_prediction = self.show_prediction if with_prediction is None else with_prediction
         g = self.group
         z_n, h, w = g.shape
         z, y, x = self.cursor
+        notes: list[str] = []
         if axis == "xy":
             image = self.reader.image(g, z)
             label = self.reader.label(g, z) if g.has_labels else None
-            pred = self._prediction_plane("xy", z, h, w)
             extent = (-0.5, w - 0.5, h - 0.5, -0.5)
             stretch = 1.0
             title = f"{g.name}  xy  z={z} of {z_n} (slice {g.slices[z]:04d})"
             xlabel, ylabel = "x", "y"
+            index = z
         else:
             cache = self._plane_cache()
             s, step, zs = cache.stride, cache.step, cache.positions
@@ -357,122 +391,133 @@ class SliceBrowser:
             image = cut(self._stack("image"))
             labels = self._stack("label") if g.has_labels else None
             label = None if labels is None else cut(labels)
-            pred = self._prediction_plane(axis, index, *image.shape)
             span = h if axis == "xz" else w
             extent = (-s / 2, image.shape[1] * s - s / 2, zs[-1] + step / 2, zs[0] - step / 2)
             name = "y" if axis == "xz" else "x"
-            sub = _z_note(step, len(zs), z_n) + ("" if s == 1 else f", in-plane every {_ordinal(s)} pixel")
-            stretch = _z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
-            title = f"{g.name}  {axis}  {name}={k * s} of {span}{_stretch_note(stretch)}\n{sub}"
+            sub = z_note(step, len(zs), z_n) + ("" if s == 1 else f", in-plane every {ordinal(s)} pixel")
+            stretch = z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
+            title = f"{g.name}  {axis}  {name}={k * s} of {span}{stretch_note(stretch)}\n{sub}"
             xlabel, ylabel = ("x" if axis == "xz" else "y"), "z (slice position)"
-        return {"image": image, "label": label, "prediction": pred, "extent": extent, "title": title,
-                "xlabel": xlabel, "ylabel": ylabel, "aspect": 1.0 if axis == "xy" else stretch}
+        prediction = None
+        if with_prediction and self.prediction is not None:
+            prediction, note = self._prediction_plane(axis, index, *image.shape)
+            notes += [note] if note else []
+        if label is None:
+            notes.append(f"{g.name} has no labels")
+        return {"axis": axis, "image": image, "label": label, "prediction": prediction, "extent": extent,
+                "title": title, "xlabel": xlabel, "ylabel": ylabel, "aspect": 1.0 if axis == "xy" else stretch,
+                "notes": notes, "prediction_read": bool(with_prediction and self.prediction is not None)}
 
-    def update(self) -> None:
-        """Read what the current state shows and push it into the artists (the body of every callback)."""
+    # --- the figure -----------------------------------------------------------------------------------------
+    def _display_step(self, shape: tuple[int, int]) -> int:
+        """Block size bringing a (rows, cols) plane down to about the axes' size in pixels (1: drawn as is)."""
+        box = self.ax.get_position()
+        width, height = box.width * self.fig.get_figwidth() * self.dpi, box.height * self.fig.get_figheight() * self.dpi
+        return max(1, int(min(shape[0] / height, shape[1] / width)))
+
+    def _update(self, window_from_image: bool = False) -> None:
+        """Read what the current state shows and push it into the artists."""
         v = self.view()
-        self._view = v
-        self.image_artist.set_data(v["image"])
+        self.displayed = v
+        v["step"] = self._display_step(v["image"].shape)
+        self.image_artist.set_data(block_mean(v["image"], v["step"]))
         for artist in (self.image_artist, self.label_artist, self.prediction_artist):
             artist.set_extent(v["extent"])
-        if self._window_pending:
+            artist.set_interpolation(display_interpolation(v["aspect"]))
+        if window_from_image:
             lo, hi = (float(a) for a in np.percentile(v["image"], [0.5, 99.5]))
-            self._set_window(float(v["image"].min()), float(max(v["image"].max(), lo + 1)), (lo, max(hi, lo + 1)))
+            self.window_range = (float(v["image"].min()), float(max(v["image"].max(), lo + 1)))
+            self.window = (lo, max(hi, lo + 1))
+        self.image_artist.set_clim(*self.window)
         self.ax.set_xlim(v["extent"][0], v["extent"][1])
         self.ax.set_ylim(v["extent"][2], v["extent"][3])
-        self.ax.set_title(v["title"], fontsize=10)
         self.ax.set_xlabel(v["xlabel"])
         self.ax.set_ylabel(v["ylabel"])
         self.ax.set_aspect(v["aspect"])
-        for artist in (self.image_artist, self.label_artist, self.prediction_artist):
-            artist.set_interpolation(_interpolation(v["aspect"]))
         self._apply_overlays()
-        self.info_w.value = (f"<code>{self.group.name}</code> {self.group.shape[0]} x {self.group.shape[1]} x "
-                             f"{self.group.shape[2]}, cursor (z, y, x) = {tuple(self.cursor)}, "
-                             f"slices read so far: {self.reader.reads}")
-        self._refresh()
 
     def _apply_overlays(self) -> None:
-        """Overlay visibility, colours and opacity from the checkboxes and the slider (no reads, except one
-        prediction call when the prediction is switched on after the view was read)."""
-        v, alpha = self._view, float(self.alpha_w.value)
-        shape = v["image"].shape
-        if v["prediction"] is None and self.prediction is not None and self.prediction_w.value:
-            v["prediction"] = self._prediction_plane(self.axis, self.cursor[self._axis_dim(self.axis)], *shape)
-        show_label = bool(self.labels_w.value) and v["label"] is not None
-        show_pred = bool(self.prediction_w.value) and v["prediction"] is not None
-        label_rgba, pred_rgba = mask_layers(v["label"] if show_label else None,
-                                            v["prediction"] if show_pred else None, alpha)
-        empty = np.zeros((*shape, 4), np.float32)
+        """Overlay visibility, colours and opacity from the state (no reads, except one prediction call when the
+        prediction is switched on after the view was read)."""
+        v = self.displayed
+        if self.show_prediction and not v["prediction_read"]:
+            v["prediction"], note = self._prediction_plane(self.axis, self.index, *v["image"].shape)
+            v["notes"] += [note] if note else []
+            v["prediction_read"] = True
+        show_label = self.show_labels and v["label"] is not None
+        show_pred = self.show_prediction and v["prediction"] is not None
+        label_rgba, pred_rgba = mask_layers(block_any(v["label"], v["step"]) if show_label else None,
+                                            block_any(v["prediction"], v["step"]) if show_pred else None, self.alpha)
+        empty = np.zeros((2, 2, 4), np.float32)
         self.label_artist.set_data(empty if label_rgba is None else label_rgba)
         self.label_artist.set_visible(show_label)
         self.prediction_artist.set_data(empty if pred_rgba is None else pred_rgba)
         self.prediction_artist.set_visible(show_pred)
-        if self.ax.get_legend() is not None:
-            self.ax.get_legend().remove()
-        handles = _legend_handles(alpha, show_label, show_pred)
-        if handles:
-            self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7)
+        legend = (self.alpha, show_label, show_pred)
+        if legend != self._legend:  # rebuilt only when what it says changes
+            if self.ax.get_legend() is not None:
+                self.ax.get_legend().remove()
+            handles = legend_handles(*legend)
+            if handles:
+                self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7).set_animated(True)
+            self._legend = legend
+        notes = [n for n in v["notes"] if "prediction" not in n or self.show_prediction]
+        self.ax.set_title(v["title"] + "".join(f"\n{n}" for n in notes), fontsize=10)
 
-    def _refresh(self) -> None:
-        """Redraw: in a live frontend the Output widget shows the figure again (inline backend, no ipympl)."""
-        if self._output is None:
-            return
-        from io import BytesIO
+    def render(self) -> np.ndarray:
+        """The figure as it is shown: an (H, W, 3) uint8 RGB array.
 
-        from IPython.display import Image, clear_output, display
+        Ticks, axis labels and the colorbar (most of the drawing time) are drawn once per plane geometry and
+        window and kept as a background; each step draws only the images, the title and the legend over it.
+        """
+        key = (self.group_name, self.axis, tuple(self.displayed["extent"]), self.window)
+        if key != self._background_key:
+            self.canvas.draw()  # everything but the animated artists
+            self._background, self._background_key = self.canvas.copy_from_bbox(self.fig.bbox), key
+        else:
+            self.canvas.restore_region(self._background)
+        legend = self.ax.get_legend()
+        for artist in (self.image_artist, self.label_artist, self.prediction_artist, *self.ax.spines.values(),
+                       self.ax.title, *([legend] if legend is not None else [])):
+            if artist.get_visible():
+                self.ax.draw_artist(artist)
+        return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
 
+    def png(self) -> bytes:
+        """The figure as PNG bytes (what a frontend shows; light compression: encoding is on every step)."""
         buffer = BytesIO()
-        self.fig.savefig(buffer, format="png", dpi=self.dpi)  # PNG bytes: independent of the matplotlib backend
-        with self._output:
-            clear_output(wait=True)
-            display(Image(data=buffer.getvalue()))
+        Image.fromarray(self.render()).save(buffer, format="png", compress_level=1)
+        return buffer.getvalue()
 
-    # --- presentation -----------------------------------------------------------------------------------------
-    def widget(self) -> Any:
-        """The control panel and the figure, for a live Jupyter frontend."""
-        import ipywidgets as W
-
-        if self._output is None:
-            self._output = W.Output()
-        controls = W.VBox([
-            W.HBox([self.group_w, self.axis_w]), self.index_w,
-            W.HBox([self.labels_w, self.prediction_w, self.alpha_w]), self.window_w, self.info_w,
-        ])
-        self._refresh()
-        return W.VBox([controls, self._output])
+    def info(self) -> str:
+        """One line on the group, the cursor and the reading cost so far."""
+        g = self.group
+        return (f"{g.name} {g.shape[0]} x {g.shape[1]} x {g.shape[2]}, cursor (z, y, x) = {tuple(self.cursor)}, "
+                f"slices read so far: {self.reader.reads}")
 
     def static_figure(self) -> Figure:
         """xy, xz and yz at the cursor, as the browser shows them, in one figure (for runs without a frontend)."""
         views = [self.view(a) for a in AXES]
-        lo, hi = self.window_w.value
-        alpha = float(self.alpha_w.value)
-        with _style():
+        lo, hi = self.window
+        with figure_style():
             fig = Figure(figsize=(16, 5.6), layout="constrained")
             axes = fig.subplots(1, 3)
             shown = (False, False)
             for ax, v in zip(axes, views):
-                kw = dict(extent=v["extent"], aspect=v["aspect"], interpolation=_interpolation(v["aspect"]))
+                kw = dict(extent=v["extent"], aspect=v["aspect"], interpolation=display_interpolation(v["aspect"]))
                 im = ax.imshow(v["image"], cmap="gray", vmin=lo, vmax=hi, **kw)
-                label = v["label"] if self.labels_w.value else None
-                pred = v["prediction"] if self.prediction_w.value else None
-                for layer in mask_layers(label, pred, alpha):
+                label = v["label"] if self.show_labels else None
+                pred = v["prediction"] if self.show_prediction else None
+                for layer in mask_layers(label, pred, self.alpha):
                     if layer is not None:
                         ax.imshow(layer, **kw)
                 shown = (shown[0] or label is not None, shown[1] or pred is not None)
-                ax.set_title(v["title"], fontsize=10)
+                ax.set_title(v["title"] + "".join(f"\n{n}" for n in v["notes"]), fontsize=10)
                 ax.set(xlabel=v["xlabel"], ylabel=v["ylabel"])
             fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="intensity")
-            handles = _legend_handles(alpha, *shown)
+            handles = legend_handles(self.alpha, *shown)
             if handles:
                 fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
             fig.suptitle("Slice browser, rendered once (no live frontend): xy, xz, yz at cursor "
                          f"(z, y, x) = {tuple(self.cursor)}")
         return fig
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Notebook plumbing
-# ----------------------------------------------------------------------------------------------------------
-
-
