@@ -665,7 +665,7 @@ def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, Intensity
 
 def plot_threshold_curve(curve: pd.DataFrame, chosen: float | None, group: str) -> Figure:
     """Surface Dice (the leaderboard metric) and Dice against the probability threshold, the chosen cut marked."""
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(7, 4), layout="constrained")
         ax = fig.add_subplot()
         ax.plot(curve["threshold"], curve["surface_dice"], "o-", label="surface Dice (tolerance 0)")
@@ -680,7 +680,7 @@ def plot_threshold_curve(curve: pd.DataFrame, chosen: float | None, group: str) 
 
 def plot_predicted_fraction(per_kidney: pd.DataFrame) -> Figure:
     """Share of voxels predicted as vessel per kidney (`vessel_fraction` column): a blank or flooded kidney shows."""
-    with _style():
+    with figure_style():
         fig = Figure(figsize=(6, 3.5), layout="constrained")
         ax = fig.add_subplot()
         ax.bar(per_kidney.index.astype(str), per_kidney["vessel_fraction"] * 100, color="tab:cyan")
