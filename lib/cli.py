@@ -1,7 +1,8 @@
 """What every command line of the package shares: an expected failure is one line on stderr and exit code 2.
 
-Expected failures are bad input (a missing or malformed file, a wrong value); their message already names the
-file, row or id and the problem. Anything else is a bug and keeps its traceback.
+Expected failures are bad input (a missing or malformed file, a wrong value) or the file system refusing (no
+permission, no space: OSError); their message names the file, row or id and the problem. Anything else is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ EXIT_BAD_INPUT = 2
 
 
 def one_line(error: BaseException | str) -> str:
-    """The message of an error on one line (pandas and tomllib messages can span several)."""
+    """The message of an error on one line (pandas and tomllib messages can span several); an OSError as
+    `<file>: <reason>`."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
     text = str(error) if not isinstance(error, KeyError) else str(error.args[0] if error.args else error)
     return " ".join(text.split()) or type(error).__name__
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -318,7 +319,7 @@ def read_table(path: Path | str, columns: Sequence[str], unique: str | None = "i
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}")
     with path.open("rb") as f:
         head = f.read(8192)
     if not head.strip():
@@ -326,7 +327,12 @@ def read_table(path: Path | str, columns: Sequence[str], unique: str | None = "i
     if b"\0" in head:
         raise DataError(f"{path}: binary file, not a CSV")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        with warnings.catch_warnings():
+            # index_col=False: a first row with one field too many must not silently become the index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}: broken CSV (line 2 has more fields than the header)") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text CSV (byte {e.start}: {e.reason})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:

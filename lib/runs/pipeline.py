@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="replace an earlier run of the same name (only once the new run has finished)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel (default: this environment's python3)")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a stopped run puts back the run it was replacing
+    earlier_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a stopped run puts back the one it replaced
     try:
         scores = run(args.config, args.data_dir, args.pretrained, parse_overrides(args.overrides), args.name,
                      args.force, args.kernel)
@@ -627,6 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("error: stopped before the run finished", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, earlier_handler)
     print(f"\nDone. Outputs: {scores['run_dir']}")
     print(json.dumps({k: v for k, v in scores.items() if k != "run_dir"}, indent=2))
 
