@@ -105,10 +105,11 @@ def check_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_final.p
     found = {k: tuple(v.shape) for k, v in weights.items() if hasattr(v, "shape")}
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     wrong = [f"{k} {found[k]} (plans: {expected[k]})" for k in expected if k in found and found[k] != expected[k]]
-    if missing or extra or wrong:
+    problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+                ((missing, "missing"), (extra, "unexpected"), (wrong, "of another shape")) if keys]
+    if problems:
         raise ModelFolderError(f"{weights_file}: weights do not fit the network of {plans_file}: "
-                               f"{len(missing)} missing (e.g. {missing[:2]}), {len(extra)} unexpected "
-                               f"(e.g. {extra[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})")
+                               f"{', '.join(problems)} tensors")
     net.load_state_dict(weights)
     return plans, saved, net
 
