@@ -533,12 +533,6 @@ def abandon_run(folder: Path, previous: Path | None) -> Path:
     return kept
 
 
-def run_folder(root: Path, name: str, force: bool) -> Path:
-    """`root/name`, or the next free `name-2`, ... when it holds an earlier run; `force` claims `root/name`
-    (the earlier run waits in `name.previous`, see `claim_run_folder`)."""
-    return claim_run_folder(root, name, force)[0]
-
-
 def _stop_on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt(f"stopped by signal {signum}")
 
