@@ -243,6 +243,16 @@ def _decode(text, shape: tuple[int, int], file: str, slice_id: str) -> np.ndarra
         raise SubmissionError(f"{file}: id {slice_id!r} (slice {shape[0]}x{shape[1]}): {e}") from None
 
 
+def _check_device(device: str) -> None:
+    """--device must name a torch device this machine has (a one-line error, not torch's traceback)."""
+    import torch
+
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as e:  # unknown device string, or CUDA not available
+        cli.fail(f"--device {device}: not usable here ({cli.one_line(e)})")
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: `python -m lib.metric SOLUTION.csv SUBMISSION.csv` prints {"score", "per_image"} as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -250,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("submission", type=Path, help="CSV with id, rle")
     parser.add_argument("--device", default=None, help="torch device for the metric, e.g. cuda")
     args = parser.parse_args(argv)
+    if args.device is not None:
+        _check_device(args.device)
     with cli.expected_errors(DataError, SubmissionError):
         frames = [read_table(args.solution, SOLUTION_COLUMNS), read_table(args.submission, ("id", "rle"))]
         result = score_submission(*frames, device=args.device, names=(str(args.solution), str(args.submission)))

@@ -195,9 +195,11 @@ def test_metric_cli_names_the_file_and_the_id(case: str, synthetic_tiny: Path, t
     assert re.search(METRIC_CASES[case][1], err), err
 
 
-def test_metric_cli_missing_file_and_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_metric_cli_missing_file_a_folder_and_a_bad_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "nope.csv: file not found" in one_line_exit_2(metric.main, [str(tmp_path / "nope.csv"), "x.csv"], capsys)
     assert f"{tmp_path}: not a file" in one_line_exit_2(metric.main, [str(tmp_path), "x.csv"], capsys)
+    assert "--device gpu: not usable here (Expected one of cpu, cuda" in one_line_exit_2(
+        metric.main, ["x.csv", "y.csv", "--device", "gpu"], capsys)
 
 
 # --- train_rles.csv and the data layer ----------------------------------------------------------------------
