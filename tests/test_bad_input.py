@@ -119,6 +119,9 @@ def test_pipeline_never_fills_a_mistyped_data_dir_with_synthetic_data(tmp_path: 
     err = one_line_exit_2(pipeline.main, ["--config", str(CONFIG), "--data-dir", str(typo)], capsys)
     assert f"{typo}: competition root not found" in err
     assert not typo.exists() and not (tmp_path / "outputs").exists()
+    (tmp_path / "afile").write_text("x")
+    err = one_line_exit_2(pipeline.main, ["--config", str(CONFIG), "--data-dir", str(tmp_path / "afile")], capsys)
+    assert f"{tmp_path / 'afile'}: not a folder" in err and not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -387,12 +387,17 @@ def _data_root(config: dict, data_dir: str | None) -> Path:
         return data
     synthetic_ok = config.get("synthetic_preset") and (
         data_dir is None or data.resolve() == paths.synthetic_data_dir().resolve())
-    if data.exists() or not synthetic_ok:
+    if data.exists():
+        raise PipelineError(f"{data}: not a folder; the competition root is a folder (--data-dir)")
+    if not synthetic_ok:
         raise PipelineError(f"{data}: competition root not found (--data-dir, or data_dir in the config)")
     from lib.dev import synthetic
 
     print(f"generating the SYNTHETIC {config['synthetic_preset']} dataset into {data}")
-    synthetic.generate(data, preset=config["synthetic_preset"], seed=0)
+    try:
+        synthetic.generate(data, preset=config["synthetic_preset"], seed=0)
+    except OSError as e:
+        raise PipelineError(f"cannot generate the synthetic dataset: {cli.one_line(e)}") from None
     return data
 
 
