@@ -330,7 +330,7 @@ def read_table(path: Path | str, columns: Sequence[str], unique: str | None = "i
         with warnings.catch_warnings():
             # index_col=False: a first row with one field too many must not silently become the index
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", index_col=False)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
     except pd.errors.ParserWarning:
         raise DataError(f"{path}: broken CSV (line 2 has more fields than the header)") from None
     except UnicodeDecodeError as e:

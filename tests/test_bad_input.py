@@ -245,6 +245,13 @@ def test_train_rles_malformed_rle_names_id_and_file(mini_root: Path) -> None:
         group.read_labels(2, 6)
 
 
+def test_csv_saved_with_a_byte_order_mark_reads_as_any_other(tmp_path: Path) -> None:
+    """Spreadsheet programs write a UTF-8 byte order mark; it must not turn the header into '\\ufeffid'."""
+    path = tmp_path / "sample_submission.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,rle\nkidney_5_0000,1 0\n")
+    assert data.read_table(path, ("id", "rle"))["id"].tolist() == ["kidney_5_0000"]
+
+
 def test_test_group_must_start_at_slice_0000(mini_root: Path) -> None:
     (mini_root / "test" / "kidney_5" / "images" / "0000.tif").unlink()
     with pytest.raises(DataError, match=r"kidney_5/images: first slice is 0001.tif, but test slices are numbered from 0000"):
