@@ -1,6 +1,6 @@
 """SenNet + HOA kidney vessel segmentation: the shared code behind the notebooks.
 
 One room per pipeline stage, imports only going down (tests/test_layout.py):
-paths -> data (data, rle, volume) -> metric -> model -> training | inference -> postprocess -> submission
+paths, cli -> data (data, rle, volume) -> metric -> model -> training | inference -> postprocess -> submission
 -> explore -> dev (stand-ins) -> notebook -> runs (pipeline, Kaggle bundle).
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class Group:
     image_files: tuple[Path, ...]
     label_files: tuple[Path, ...] | None  # label TIFFs, when the group has them
     label_rles: tuple[str, ...] | None = field(default=None, repr=False)  # else labels from train_rles.csv
+    rle_file: Path | None = field(default=None, repr=False)  # the train_rles.csv the label_rles come from
     height: int = 0
     width: int = 0
     dtype: np.dtype = np.dtype(np.uint16)
@@ -103,8 +105,12 @@ class Group:
             raise DataError(f"{self.name}: this group has no labels")
         chosen = self.label_rles[start:stop]
         out = np.empty((len(chosen), self.height, self.width), np.uint8)
+        positions = range(len(self.slices))[start:stop]
         for i, text in enumerate(chosen):
-            out[i] = rle.decode(text, (self.height, self.width)) * np.uint8(255)
+            try:
+                out[i] = rle.decode(text, (self.height, self.width)) * np.uint8(255)
+            except rle.RLEError as e:
+                raise DataError(f"{self.rle_file}: id {self.slice_id(positions[i])}: {e}") from None
         return out
 
 
@@ -215,6 +221,9 @@ def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, valid
             raise DataError(f"{image_dir}: group folder has no image slices")
     _check_contiguous(image_dir, images)
     numbers = tuple(images)
+    if split == "test" and numbers[0] != 0:
+        raise DataError(f"{image_dir}: first slice is {numbers[0]:04d}.tif, but test slices are numbered from "
+                        f"0000 (the submission needs every slice; is 0000.tif missing?)")
 
     label_rles = None
     if labels is not None:
@@ -231,6 +240,13 @@ def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, valid
             label_rles = tuple(rles.loc[ids].tolist())
 
     first = slice_header(images[numbers[0]])
+    rle_file = root / "train_rles.csv" if label_rles is not None else None
+    if label_rles is not None and validate:
+        for slice_id, text in zip(ids, label_rles):
+            try:
+                rle.runs(text, first.shape[0] * first.shape[1])
+            except rle.RLEError as e:
+                raise DataError(f"{rle_file}: id {slice_id} (slice {first.shape[0]}x{first.shape[1]}): {e}") from None
     if validate:
         files = list(images.values()) + (list(labels.values()) if labels else [])
         with ThreadPoolExecutor(READ_THREADS) as pool:
@@ -248,7 +264,7 @@ def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, valid
                 raise DataError(f"{path}: label dtype {h.dtype}, expected uint8 with values 0 and 255")
     return Group(
         name=name, split=split, slices=numbers, image_files=tuple(images.values()),
-        label_files=tuple(labels.values()) if labels is not None else None, label_rles=label_rles,
+        label_files=tuple(labels.values()) if labels is not None else None, label_rles=label_rles, rle_file=rle_file,
         height=first.shape[0], width=first.shape[1], dtype=first.dtype,
     )
 
@@ -298,8 +314,55 @@ def _train_rles(root: Path) -> pd.Series | None:
         return None
     key = (path.resolve(), path.stat().st_mtime)
     if key not in _RLE_CACHE:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        if list(frame.columns[:2]) != ["id", "rle"]:
-            raise DataError(f"{path}: expected columns id,rle, found {list(frame.columns)}")
-        _RLE_CACHE[key] = frame.set_index("id")["rle"]
+        _RLE_CACHE[key] = read_table(path, ("id", "rle"), allow_empty=True).set_index("id")["rle"]
     return _RLE_CACHE[key]
+
+
+def read_table(path: Path | str, columns: Sequence[str], unique: str | None = "id",
+               allow_empty: bool = False) -> pd.DataFrame:
+    """A competition CSV (train_rles, sample_submission, solution, submission) as strings, checked first.
+
+    Refused with a DataError naming the file and the line: a missing, empty, binary or unparsable file, a header
+    without `columns`, no rows (unless `allow_empty`), an empty or repeated `unique` value (a repeated id would
+    shift every later slice). Line numbers count the header as line 1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}")
+    with path.open("rb") as f:
+        head = f.read(8192)
+    if not head.strip():
+        raise DataError(f"{path}: empty file (expected the header {','.join(columns)})")
+    if b"\0" in head:
+        raise DataError(f"{path}: binary file, not a CSV")
+    try:
+        with warnings.catch_warnings():
+            # index_col=False: a first row with one field too many must not silently become the index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", index_col=False)
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}: broken CSV (line 2 has more fields than the header)") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text CSV (byte {e.start}: {e.reason})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{path}: broken CSV ({' '.join(str(e).split())})") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        found = ",".join(map(str, frame.columns))
+        raise DataError(f"{path}: line 1 should be a header with columns {','.join(columns)}; found {found!r} "
+                        f"(missing {','.join(missing)})")
+    if frame.empty and not allow_empty:
+        raise DataError(f"{path}: no rows after the header")
+    if unique is not None:
+        values = frame[unique].str.strip()
+        empty = np.flatnonzero((values == "").to_numpy())
+        if empty.size:
+            raise DataError(f"{path}: line {empty[0] + 2} has an empty {unique}")
+        repeated = values[values.duplicated(keep=False)]
+        if len(repeated):
+            first = repeated.iloc[0]
+            lines = [str(i + 2) for i in np.flatnonzero((values == first).to_numpy())]
+            raise DataError(f"{path}: {unique} {first!r} appears {len(lines)} times (lines {', '.join(lines)}); "
+                            f"every slice needs exactly one row")
+        frame[unique] = values
+    return frame

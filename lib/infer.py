@@ -116,6 +116,7 @@ def predict_submission(model_dir: str | Path | None, data_dir: str | Path, out_d
     rule = ThresholdRule.parse(threshold)
     groups = data.discover(root)
     tests = data.select_groups({n: g for n, g in groups.items() if g.split == "test"}, test_groups)
+    submission.expected_ids(root, tests)  # no test slice or a bad sample_submission.csv: fail before the model loads
     model = inference.load_model(locate_model(model_dir), device)
     tuning = None
     if val_group and rule.kind in ("tune", "fixed"):

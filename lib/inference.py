@@ -52,22 +52,82 @@ class Model:
     checkpoint: dict = field(default_factory=dict)  # file, epoch, mtime: identifies the weights
 
 
-def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "checkpoint_final.pth",
-               fold: int = 0) -> Model:
-    """Load the model folder notebook 02 writes (plans.json, dataset.json, fold_k/checkpoint_*.pth)."""
+class ModelFolderError(RuntimeError):
+    """A model folder that cannot be predicted with; the message names the file and the problem."""
+
+
+class MissingModelFileError(ModelFolderError, FileNotFoundError):
+    """A file of the model folder is missing."""
+
+
+def check_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_final.pth",
+                    fold: int = 0) -> tuple[dict, dict, torch.nn.Module]:
+    """Check a model folder before any prediction; returns (plans, checkpoint dict, network with its weights).
+
+    plans.json and dataset.json must be readable JSON with what inference needs, fold_k/<checkpoint> a readable
+    nnU-Net checkpoint whose weights fit, key by key and shape by shape, the network the plans describe.
+    A corrupt or truncated file is a ModelFolderError naming it.
+    """
     model_dir = Path(model_dir)
-    plans_file, weights_file = model_dir / "plans.json", model_dir / f"fold_{fold}" / checkpoint
-    for path in (plans_file, weights_file):
+    if not model_dir.is_dir():
+        raise MissingModelFileError(f"{model_dir}: model folder not found")
+    plans_file, dataset_file = model_dir / "plans.json", model_dir / "dataset.json"
+    weights_file = model_dir / f"fold_{fold}" / checkpoint
+    for path in (plans_file, dataset_file, weights_file):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; is {model_dir} a model folder written by training?")
-    plans = json.loads(plans_file.read_text())
+            raise MissingModelFileError(f"{path}: missing; is {model_dir} a model folder written by training?")
+    plans, dataset = _read_json(plans_file), _read_json(dataset_file)
+    try:
+        config = plans["configurations"][CONFIGURATION]
+        needed = (config["patch_size"], config["spacing"], plans["foreground_intensity_properties_per_channel"]["0"])
+        intensity = needed[2]
+        for key in ("mean", "std", "percentile_00_5", "percentile_99_5"):
+            float(intensity[key])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFolderError(f"{plans_file}: not nnU-Net v2 plans for {CONFIGURATION} "
+                               f"({type(e).__name__}: {e})") from None
+    labels = dataset.get("labels") if isinstance(dataset, dict) else None
+    if not isinstance(labels, dict) or len(labels) != 2:
+        raise ModelFolderError(f"{dataset_file}: expected 'labels' with two classes (background, vessel), "
+                               f"found {labels!r}")
     try:
         saved = torch.load(weights_file, map_location="cpu", weights_only=False)
         weights = saved["network_weights"]
-    except Exception as e:
-        raise RuntimeError(f"{weights_file}: not a readable nnU-Net checkpoint ({type(e).__name__}: {e})") from None
-    net = build_network(plans, CONFIGURATION, deep_supervision=False)
+    except Exception as e:  # torch raises many types for damaged archives
+        raise ModelFolderError(f"{weights_file}: not a readable nnU-Net checkpoint, corrupt or truncated? "
+                               f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    try:
+        net = build_network(plans, CONFIGURATION, deep_supervision=False)
+    except Exception as e:  # nnU-Net's builder raises KeyError/TypeError/ValueError on bad plans
+        raise ModelFolderError(f"{plans_file}: cannot build the {CONFIGURATION} network "
+                               f"({type(e).__name__}: {e})") from None
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items() if hasattr(v, "shape")}
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [f"{k} {found[k]} (plans: {expected[k]})" for k in expected if k in found and found[k] != expected[k]]
+    problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+                ((missing, "missing"), (extra, "unexpected"), (wrong, "of another shape")) if keys]
+    if problems:
+        raise ModelFolderError(f"{weights_file}: weights do not fit the network of {plans_file}: "
+                               f"{', '.join(problems)} tensors")
     net.load_state_dict(weights)
+    return plans, saved, net
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "checkpoint_final.pth",
+               fold: int = 0) -> Model:
+    """Load the model folder notebook 02 writes (plans.json, dataset.json, fold_k/checkpoint_*.pth), checked
+    first by `check_model_dir`."""
+    model_dir = Path(model_dir)
+    plans, saved, net = check_model_dir(model_dir, checkpoint, fold)
+    weights_file = model_dir / f"fold_{fold}" / checkpoint
     mirror = saved.get("inference_allowed_mirroring_axes") or (0, 1, 2)
     info = {"file": str(weights_file), "epoch": saved.get("current_epoch"), "mtime": weights_file.stat().st_mtime}
     return from_network(net, plans, device, tuple(mirror), model_dir, info)

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import rle
+from lib import cli, rle
+from lib.data import DataError, read_table
 
 # Area of the marching-cubes surface inside a 2x2x2 cube at spacing (1, 1, 1), by 8-bit neighbour code:
 # the 13 distinct values of surface-distance's table and, for each code, which one it takes.
@@ -164,7 +165,8 @@ SOLUTION_COLUMNS = ("id", "rle", "width", "height", "image", "slice")
 
 
 class SubmissionError(ValueError):
-    """A submission or solution file that cannot be scored."""
+    """A submission (or its solution / sample_submission) that cannot be written or scored as it is; the message
+    names the file and the id. Nothing was written."""
 
 
 def score_submission(solution: pd.DataFrame, submission: pd.DataFrame, device: str | None = None,
@@ -190,6 +192,7 @@ def score_submission(solution: pd.DataFrame, submission: pd.DataFrame, device: s
     extra = set(pred_rle) - set(solution["id"])
     if extra:
         raise SubmissionError(f"{sub_name}: {len(extra)} ids are not in the solution, e.g. {sorted(extra)[0]!r}")
+    solution = _checked_solution(solution, sol_name)
 
     per_image = {}
     for image, rows in solution.sort_values(["image", "slice"]).groupby("image", sort=True):
@@ -201,11 +204,54 @@ def score_submission(solution: pd.DataFrame, submission: pd.DataFrame, device: s
     return {"score": float(np.mean(list(per_image.values()))), "per_image": per_image}
 
 
+def _checked_solution(solution: pd.DataFrame, name: str) -> pd.DataFrame:
+    """width, height and slice as positive integers (slice >= 0), one slice size and no repeated slice per
+    image; every error names the id."""
+    if solution.empty:
+        raise SubmissionError(f"{name}: no rows to score")
+    solution = solution.copy()
+    for column, low in (("width", 1), ("height", 1), ("slice", 0)):
+        numbers = pd.to_numeric(solution[column], errors="coerce")
+        bad = numbers.isna() | (numbers < low) | (numbers != numbers.round())
+        if bad.any():
+            row = solution[bad.to_numpy()].iloc[0]
+            raise SubmissionError(f"{name}: id {row['id']!r}: {column} {row[column]!r} is not an integer >= {low}")
+        solution[column] = numbers.astype(np.int64)
+    no_image = solution["image"].astype(str).str.strip() == ""
+    if no_image.any():
+        raise SubmissionError(f"{name}: id {solution['id'][no_image].iloc[0]!r} has an empty image")
+    for image, rows in solution.groupby("image", sort=False):
+        first = rows.iloc[0]
+        other = rows[(rows["height"] != first["height"]) | (rows["width"] != first["width"])]
+        if len(other):
+            row = other.iloc[0]
+            swapped = (row["height"], row["width"]) == (first["width"], first["height"])
+            raise SubmissionError(
+                f"{name}: id {row['id']!r} is width {row['width']} x height {row['height']}, but {first['id']!r} of "
+                f"the same image {image} is {first['width']} x {first['height']}"
+                + (" (width and height swapped?)" if swapped else ""))
+        repeated = rows[rows["slice"].duplicated()]
+        if len(repeated):
+            raise SubmissionError(f"{name}: id {repeated['id'].iloc[0]!r}: slice {repeated['slice'].iloc[0]} of image "
+                                  f"{image} appears twice")
+    return solution
+
+
 def _decode(text, shape: tuple[int, int], file: str, slice_id: str) -> np.ndarray:
     try:
         return rle.decode(text, shape)
     except rle.RLEError as e:
         raise SubmissionError(f"{file}: id {slice_id!r} (slice {shape[0]}x{shape[1]}): {e}") from None
+
+
+def _check_device(device: str) -> None:
+    """--device must name a torch device this machine has (a one-line error, not torch's traceback)."""
+    import torch
+
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as e:  # unknown device string, or CUDA not available
+        cli.fail(f"--device {device}: not usable here ({cli.one_line(e)})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,18 +261,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("submission", type=Path, help="CSV with id, rle")
     parser.add_argument("--device", default=None, help="torch device for the metric, e.g. cuda")
     args = parser.parse_args(argv)
-    frames = []
-    for path in (args.solution, args.submission):
-        if not path.is_file():
-            parser.exit(2, f"error: {path}: no such file\n")
-        frames.append(pd.read_csv(path, dtype={"id": str, "rle": str}, keep_default_na=False))
-    try:
+    if args.device is not None:
+        _check_device(args.device)
+    with cli.expected_errors(DataError, SubmissionError):
+        frames = [read_table(args.solution, SOLUTION_COLUMNS), read_table(args.submission, ("id", "rle"))]
         result = score_submission(*frames, device=args.device, names=(str(args.solution), str(args.submission)))
-    except SubmissionError as e:
-        parser.exit(2, f"error: {e}\n")
     json.dump(result, sys.stdout, indent=2)
     print()
-
 
 if __name__ == "__main__":
     main()

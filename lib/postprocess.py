@@ -33,22 +33,22 @@ class ThresholdRule:
     @classmethod
     def parse(cls, spec: float | str) -> ThresholdRule:
         """0.4 -> fixed; "tune" -> tuned; "top:0.002" -> keep the top 0.2% of voxels per volume."""
-        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-            if not 0 < spec < 1:
-                raise ValueError(f"a fixed threshold must lie in (0, 1), got {spec}")
-            return cls("fixed", float(spec))
+        if isinstance(spec, bool) or not isinstance(spec, (int, float, str)):
+            raise ValueError(f"threshold must be a number, 'tune' or 'top:<fraction>', got {spec!r}")
         text = str(spec).strip().lower()
         if text == "tune":
             return cls("tune")
-        if text.startswith("top:"):
-            fraction = float(text[4:])
-            if not 0 < fraction < 1:
-                raise ValueError(f"top fraction must lie in (0, 1), got {fraction}")
-            return cls("top", fraction)
+        kind, number = ("top", text[4:].strip()) if text.startswith("top:") else ("fixed", text)
         try:
-            return cls.parse(float(text))
+            value = float(number)
         except ValueError:
-            raise ValueError(f"threshold must be a number, 'tune' or 'top:<fraction>', got {spec!r}") from None
+            expected = "top:<fraction> needs a number, e.g. top:0.002" if kind == "top" else \
+                "threshold must be a number, 'tune' or 'top:<fraction>'"
+            raise ValueError(f"{expected}, got {spec!r}") from None
+        if not 0 < value < 1:  # also refuses nan and inf
+            what = "top fraction" if kind == "top" else "a fixed threshold"
+            raise ValueError(f"{what} must lie in (0, 1), got {spec!r}")
+        return cls(kind, value)
 
 
 def threshold_curve(probs: np.ndarray, labels, thresholds: Sequence[float] = DEFAULT_GRID,

@@ -7,23 +7,51 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lib import data, rle
+from lib.metric import SubmissionError
 
 
-class SubmissionCheckError(ValueError):
-    """A submission that would be rejected or scored wrongly; nothing was written."""
+def expected_ids(root: Path | str, tests: Mapping[str, data.Group]) -> list[str]:
+    """The submission's ids, checked before a model is loaded: notebook 03 calls this first.
+
+    Refuses (SubmissionError naming the file) a run with no test slice, a missing sample_submission.csv,
+    a malformed one (header, empty, empty or repeated ids: `data.read_table`'s checks) and one whose ids are
+    not exactly the test groups' slices. Returns the ids in sample_submission.csv's order.
+    """
+    sample = Path(root) / "sample_submission.csv"
+    slices = [g.slice_id(z) for g in tests.values() for z in range(g.shape[0])]
+    if not slices:
+        raise SubmissionError(f"{Path(root) / 'test'}: no test slices (no group under test/, or none selected); "
+                                   "a submission needs at least one row")
+    if not sample.is_file():
+        raise SubmissionError(f"{sample}: missing; it lists the ids the submission must have")
+    try:
+        expected = data.read_table(sample, ("id", "rle"))["id"]
+    except data.DataError as e:
+        raise SubmissionError(str(e)) from None
+    _check_same_ids(slices, expected, f"the test slices ({', '.join(tests)})", sample)
+    return list(expected)
+
+
+def _check_same_ids(ids: Iterable[str], expected: Iterable[str], what: str, sample: Path | str) -> None:
+    ids, expected = set(ids), set(expected)
+    missing, extra = sorted(expected - ids), sorted(ids - expected)
+    if missing or extra:
+        raise SubmissionError(
+            f"{sample}: ids differ from {what}: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(extra)} not expected (e.g. {extra[:3]})")
 
 
 def group_rows(group: data.Group, masks: np.ndarray) -> list[tuple[str, str]]:
     """(id, rle) for every slice of a group from its (Z, H, W) mask (array or memmap, nonzero = vessel)."""
     if tuple(masks.shape) != group.shape:
-        raise SubmissionCheckError(f"{group.name}: mask shape {tuple(masks.shape)} != volume shape {group.shape}")
+        raise SubmissionError(f"{group.name}: mask shape {tuple(masks.shape)} != volume shape {group.shape}")
     return [(group.slice_id(z), rle.encode(np.asarray(masks[z]))) for z in range(group.shape[0])]
 
 
@@ -31,25 +59,25 @@ def write_submission(rows: Iterable[tuple[str, str]], path: Path | str,
                      sample_submission: Path | str | None = None) -> pd.DataFrame:
     """Check and write `rows` as submission.csv; returns the frame written.
 
-    Checks: every id once, every rle a non-empty string ("1 0" for an empty slice), and, when a
-    sample_submission is given, exactly its ids (written in its order).
+    Checks: at least one row, every id once, every rle a non-empty string ("1 0" for an empty slice), and, when a
+    sample_submission is given (it must exist), exactly its ids (written in its order).
     """
     path = Path(path)
     frame = pd.DataFrame(list(rows), columns=["id", "rle"])
+    if frame.empty:
+        raise SubmissionError(f"{path}: no rows to write (no test slice); nothing written")
     dup = frame["id"][frame["id"].duplicated()]
     if len(dup):
-        raise SubmissionCheckError(f"{len(dup)} duplicate ids, e.g. {dup.iloc[0]!r}")
+        raise SubmissionError(f"{len(dup)} duplicate ids, e.g. {dup.iloc[0]!r}")
     bad = frame[~frame["rle"].map(lambda r: isinstance(r, str) and r.strip() != "")]
     if len(bad):
-        raise SubmissionCheckError(f"{len(bad)} rows without an RLE string (NaN or empty), e.g. {bad['id'].iloc[0]!r}")
-    if sample_submission is not None and Path(sample_submission).is_file():
-        expected = pd.read_csv(sample_submission, dtype=str, keep_default_na=False)["id"]
-        missing = sorted(set(expected) - set(frame["id"]))
-        extra = sorted(set(frame["id"]) - set(expected))
-        if missing or extra:
-            raise SubmissionCheckError(
-                f"ids differ from {sample_submission}: {len(missing)} missing (e.g. {missing[:3]}), "
-                f"{len(extra)} not expected (e.g. {extra[:3]})")
+        raise SubmissionError(f"{len(bad)} rows without an RLE string (NaN or empty), e.g. {bad['id'].iloc[0]!r}")
+    if sample_submission is not None:
+        try:
+            expected = data.read_table(sample_submission, ("id", "rle"))["id"]
+        except data.DataError as e:
+            raise SubmissionError(str(e)) from None
+        _check_same_ids(frame["id"], expected, "the rows to write", sample_submission)
         frame = frame.set_index("id").loc[expected].reset_index()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

@@ -16,7 +16,7 @@ import lib
 
 LIB = Path(lib.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
-    ("paths",),
+    ("paths", "cli"),  # paths.py, cli.py: where things live, how a command line reports bad input
     ("data",),  # data.py, rle.py, volume.py: the competition layout and volumes on disk
     ("metric",),
     ("model",),

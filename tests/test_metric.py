@@ -175,4 +175,4 @@ def test_cli_prints_json(tmp_path: Path, scored_pair) -> None:
     bad = subprocess.run([sys.executable, "-m", "lib.metric", str(tmp_path / "solution.csv"),
                           str(tmp_path / "nope.csv")], capture_output=True, text=True,
                          cwd=Path(__file__).parent.parent)
-    assert bad.returncode == 2 and "nope.csv: no such file" in bad.stderr
+    assert bad.returncode == 2 and "nope.csv: file not found" in bad.stderr

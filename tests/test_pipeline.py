@@ -3,7 +3,12 @@ the three notebooks end to end on the tiny synthetic dataset."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -30,12 +35,86 @@ def test_overrides_parse_as_json_else_string() -> None:
 
 
 def test_an_earlier_run_is_never_replaced_unless_forced(tmp_path: Path) -> None:
-    first = pipeline.run_folder(tmp_path, "demo", force=False)
+    first, previous = pipeline.claim_run_folder(tmp_path, "demo", force=False)
+    assert previous is None and (first / pipeline.RUNNING).is_file()
     (first / "submission.csv").write_text("id,rle\n")
-    second = pipeline.run_folder(tmp_path, "demo", force=False)
+    pipeline.finish_run(first, previous)
+    assert not (first / pipeline.RUNNING).exists()
+    second, _ = pipeline.claim_run_folder(tmp_path, "demo", force=False)
     assert second.name == "demo-2" and (first / "submission.csv").is_file()
-    again = pipeline.run_folder(tmp_path, "demo", force=True)
-    assert again == first and not (first / "submission.csv").exists()
+    # --force: the earlier run waits aside until the new one has finished, and comes back when it fails
+    again, previous = pipeline.claim_run_folder(tmp_path, "demo", force=True)
+    assert again == first and previous == tmp_path / "demo.previous" and (previous / "submission.csv").is_file()
+    (again / "scores.json").write_text("{}")
+    kept = pipeline.abandon_run(again, previous)
+    assert (first / "submission.csv").is_file() and not previous.exists()
+    assert kept.name == "demo-3" and (kept / "scores.json").is_file() and not (kept / pipeline.RUNNING).exists()
+    again, previous = pipeline.claim_run_folder(tmp_path, "demo", force=True)
+    pipeline.finish_run(again, previous)
+    assert not previous.exists() and list(again.iterdir()) == []
+
+
+def _interrupted_force_run(root: Path, pid: int) -> None:
+    """What a --force run killed outright leaves: the earlier run aside, the new one marked as running."""
+    (root / "demo.previous").mkdir(parents=True)
+    (root / "demo.previous" / "submission.csv").write_text("id,rle\nearlier\n")
+    (root / "demo").mkdir()
+    (root / "demo" / "01_explore.ipynb").write_text("{}")
+    (root / "demo" / pipeline.RUNNING).write_text(json.dumps({"pid": pid, "host": os.uname().nodename}))
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_next_call_recovers_a_killed_force_run(tmp_path: Path) -> None:
+    _interrupted_force_run(tmp_path, _dead_pid())
+    message = pipeline.recover(tmp_path, "demo")
+    assert "restored the earlier run" in message and "demo-2" in message
+    assert (tmp_path / "demo" / "submission.csv").read_text() == "id,rle\nearlier\n"
+    assert (tmp_path / "demo-2" / "01_explore.ipynb").is_file() and not (tmp_path / "demo-2" / pipeline.RUNNING).exists()
+    assert not (tmp_path / "demo.previous").exists()
+    assert pipeline.recover(tmp_path, "demo") is None  # nothing left to do
+
+
+def test_a_finished_run_whose_cleanup_was_cut_short_loses_the_replaced_run(tmp_path: Path) -> None:
+    _interrupted_force_run(tmp_path, _dead_pid())
+    (tmp_path / "demo" / pipeline.RUNNING).unlink()  # the new run had finished
+    assert "removed" in pipeline.recover(tmp_path, "demo")
+    assert (tmp_path / "demo" / "01_explore.ipynb").is_file() and not (tmp_path / "demo.previous").exists()
+
+
+def test_a_live_run_is_neither_recovered_nor_replaced(tmp_path: Path) -> None:
+    _interrupted_force_run(tmp_path, os.getpid())  # this process: alive
+    assert pipeline.recover(tmp_path, "demo") is None
+    with pytest.raises(PipelineError, match=r"demo: a run is in progress there \(pid \d+\)"):
+        pipeline.claim_run_folder(tmp_path, "demo", force=True)
+    other, _ = pipeline.claim_run_folder(tmp_path, "demo", force=False)  # a run of its own is fine
+    assert other.name == "demo-2" and (tmp_path / "demo.previous" / "submission.csv").is_file()
+
+
+def test_run_recovers_before_it_claims_a_folder(synthetic_tiny: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path))
+    _interrupted_force_run(tmp_path, _dead_pid())
+    scores = pipeline.run(CONFIG, str(synthetic_tiny), name="demo", notebooks=())  # no notebook: checks and folders
+    assert (tmp_path / "demo" / "submission.csv").read_text() == "id,rle\nearlier\n"
+    assert scores["run_dir"] == str(tmp_path / "demo-3") and (tmp_path / "demo-2" / "01_explore.ipynb").is_file()
+
+
+def test_parameters_come_from_the_notebooks_parameters_cells() -> None:
+    declared = pipeline.declared_parameters("02_train")
+    assert declared["epochs"] == 15 and declared["pretrained"] is None and declared["device"] == "auto"
+    assert declared["data_dir"] is pipeline._EXPRESSION  # code, not a literal: any value
+    assert pipeline.check_parameter("epochs", 3, 15) is None
+    assert "takes an integer" in pipeline.check_parameter("epochs", 2.5, 15)
+    assert "takes an integer" in pipeline.check_parameter("epochs", True, 15)
+    assert pipeline.check_parameter("initial_lr", 1, 0.01) is None  # an int is a number
+    assert pipeline.check_parameter("prediction_dir", "x", None) is None
+    assert "not a table" in pipeline.check_parameter("prediction_dir", {"a": 1}, None)
+    assert pipeline.parse_overrides(["tta=False", "val_group=None"]) == {"tta": False, "val_group": None}
 
 
 def test_parameters_are_wired_and_overridden(tmp_path: Path) -> None:
@@ -56,12 +135,64 @@ def test_missing_required_inputs_are_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_failing_notebook_is_named_and_kept(synthetic_tiny: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_notebook_is_named_and_kept_and_a_forced_run_puts_the_earlier_one_back(
+        synthetic_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path))
-    with pytest.raises(PipelineError, match=r"notebook 02_train failed in cell \d+ \(DataError: no group 'kidney_9'"):
-        pipeline.run(CONFIG, str(synthetic_tiny), overrides={"val_group": "kidney_9"}, notebooks=("02_train",))
-    assert (tmp_path / "demo" / "02_train.ipynb").is_file()
+    earlier = tmp_path / "demo"
+    earlier.mkdir()
+    (earlier / "scores.json").write_text('{"earlier": true}')
+    junk = tmp_path / "junk.zip"
+    junk.write_text("exists, so the checks pass, but is no archive")
+    with pytest.raises(pipeline.NotebookFailed, match=r"notebook 02_train failed in cell \d+ \(TransferError: "
+                       r".*junk.zip: not a readable zip archive.*kept at .*demo-2/02_train.ipynb; the earlier run is "
+                       r"back in .*demo, this run's files are in .*demo-2"):
+        pipeline.run(CONFIG, str(synthetic_tiny), pretrained=str(junk), notebooks=("02_train",), force=True)
+    assert (earlier / "scores.json").read_text() == '{"earlier": true}'
+    assert (tmp_path / "demo-2" / "02_train.ipynb").is_file() and not (tmp_path / "demo.previous").exists()
+
+
+def _start_forced_run(data: Path, outputs: Path) -> subprocess.Popen:
+    fast = ["-p", "epochs=1", "-p", "iterations_per_epoch=2", "-p", "val_iterations_per_epoch=1", "-p", "device=cpu",
+            "-p", "max_slices_sampled=4"]
+    env = {**os.environ, "SENNET_OUTPUTS": str(outputs)}
+    return subprocess.Popen([sys.executable, "-m", "lib.runs.pipeline", "--config", str(CONFIG), "--data-dir", str(data),
+                             "--name", "demo", "--force", *fast], env=env, cwd=CONFIG.parent.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_forced_run_killed_half_way_loses_nothing(sig: signal.Signals, synthetic_tiny: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = tmp_path / "outputs"
+    earlier = outputs / "demo"
+    earlier.mkdir(parents=True)
+    (earlier / "scores.json").write_text('{"earlier": true}')
+    (earlier / "submission.csv").write_text("id,rle\nkidney_5_0000,1 0\n")
+    proc = _start_forced_run(synthetic_tiny, outputs)
+    try:
+        deadline = time.monotonic() + 300
+        while not (outputs / "demo" / "02_train.ipynb").is_file():  # notebook 02 has started
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+        assert (outputs / "demo.previous" / "scores.json").is_file()  # moved aside, not deleted
+        time.sleep(2)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if sig == signal.SIGTERM:  # put back at once
+        assert proc.returncode == 130 and "the earlier run is back in" in err
+    else:  # killed outright: put back by the next call
+        assert proc.returncode == -signal.SIGKILL and (outputs / "demo.previous").is_dir()
+        monkeypatch.setenv("SENNET_OUTPUTS", str(outputs))
+        pipeline.run(CONFIG, str(synthetic_tiny), name="demo", notebooks=())
+    assert json.loads((earlier / "scores.json").read_text()) == {"earlier": True}
+    assert (earlier / "submission.csv").read_text() == "id,rle\nkidney_5_0000,1 0\n"
+    assert sorted(p.name for p in earlier.iterdir()) == ["scores.json", "submission.csv"]
+    assert not (outputs / "demo.previous").exists()
+    assert (outputs / "demo-2" / "02_train.ipynb").is_file()  # the stopped run's files are kept aside
 
 
 @pytest.mark.slow

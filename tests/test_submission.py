@@ -9,7 +9,7 @@ import pytest
 
 from lib import data, rle
 from lib.metric import score_submission
-from lib.submission import SubmissionCheckError, group_rows, write_submission
+from lib.submission import SubmissionError, group_rows, write_submission
 
 
 def test_synthetic_tiny_loads_and_scores_one_against_its_own_solution(synthetic_tiny: Path, tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_rows_and_empty_slices(mini_root: Path) -> None:
     masks[1, 2, 3] = 1
     rows = group_rows(group, masks)
     assert rows == [("kidney_5_0000", "1 0"), ("kidney_5_0001", f"{2 * 6 + 3 + 1} 1"), ("kidney_5_0002", "1 0")]
-    with pytest.raises(SubmissionCheckError, match="mask shape"):
+    with pytest.raises(SubmissionError, match="mask shape"):
         group_rows(group, masks[:2])
 
 
@@ -44,13 +44,13 @@ def test_checks_before_writing(tmp_path: Path) -> None:
     sample = tmp_path / "sample.csv"
     pd.DataFrame({"id": ["k_0000", "k_0001"], "rle": ["1 0", "1 0"]}).to_csv(sample, index=False)
     out = tmp_path / "submission.csv"
-    with pytest.raises(SubmissionCheckError, match="duplicate ids"):
+    with pytest.raises(SubmissionError, match="duplicate ids"):
         write_submission([("k_0000", "1 0"), ("k_0000", "1 0")], out)
-    with pytest.raises(SubmissionCheckError, match="without an RLE string"):
+    with pytest.raises(SubmissionError, match="without an RLE string"):
         write_submission([("k_0000", float("nan")), ("k_0001", "1 0")], out)
-    with pytest.raises(SubmissionCheckError, match=r"1 missing \(e.g. \['k_0001'\]\)"):
+    with pytest.raises(SubmissionError, match=r"1 missing \(e.g. \['k_0001'\]\)"):
         write_submission([("k_0000", "1 0")], out, sample)
-    with pytest.raises(SubmissionCheckError, match="1 not expected"):
+    with pytest.raises(SubmissionError, match="1 not expected"):
         write_submission([("k_0000", "1 0"), ("k_0001", "1 0"), ("k_0002", "1 0")], out, sample)
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
 

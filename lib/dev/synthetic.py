@@ -38,7 +38,7 @@ import tifffile
 from scipy import ndimage
 from tqdm import tqdm
 
-from lib import data, rle
+from lib import cli, data, rle
 
 __all__ = [
     "GROUPS", "TRAIN_GROUPS", "TEST_GROUPS", "VOXEL_UM", "PRESETS", "Preset", "SyntheticSlice",
@@ -784,21 +784,29 @@ def _provenance(p: Preset, seed: int, groups: Sequence[str], counts: Mapping[str
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return seed
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m lib.dev.synthetic --out DIR --preset tiny|small|full --seed N [--groups ...] [--force]`."""
     ap = argparse.ArgumentParser(prog="python -m lib.dev.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="competition root to write (must not exist or be empty)")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    ap.add_argument("--seed", default=0, type=int)
+    ap.add_argument("--seed", default=0, type=_seed, help="a non-negative integer (default 0)")
     ap.add_argument("--groups", nargs="+", choices=GROUPS, default=None, metavar="GROUP",
                     help=f"write only these groups, of: {', '.join(GROUPS)}")
     ap.add_argument("--force", action="store_true", help="replace an existing synthetic dataset at --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    try:
+    with cli.expected_errors(OSError):  # an existing --out, or a folder that cannot be written
         root = generate(args.out, args.preset, args.seed, args.groups, args.force, progress=not args.quiet)
-    except FileExistsError as e:
-        ap.exit(2, f"error: {e}\n")
     info = json.loads((root / "synthetic.json").read_text())
     print(f"wrote SYNTHETIC preset {args.preset!r} seed {args.seed} to {root}")
     for g, e in info["groups"].items():

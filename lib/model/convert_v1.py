@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib import cli
 from lib.model.network import build_network
 
 CONFIG_NAMES = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
@@ -734,9 +735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         out = convert(args.source, args.out_dir, fold=args.fold, force=args.force, pad_kernels=args.pad_kernels)
-    except TransferError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (TransferError, OSError) as exc:  # bad input, or the output folder cannot be written
+        print(f"error: {cli.one_line(exc)}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     report = json.loads((out / "conversion.json").read_text())
     print(f"converted {report['checkpoint']} ({report['fold']}, epoch {report['epoch']}) -> {out}: "
           f"{report['keys']['v2_with_aliases']} v2 keys from {report['keys']['v1_state_dict']} v1 keys")
