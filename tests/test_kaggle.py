@@ -7,6 +7,7 @@ from the bundle with pip --no-index and no network, and runs the bundled inferen
 The session builds the bundle once for this interpreter's Python; wheels and pip's resolutions are cached in
 outputs/kaggle-wheel-cache (PyPI on a clean clone: about 230 MiB and a minute of resolving) and reused by later
 sessions. Three Pythons are tested on a small requirement set (pydantic: one binary and four pure wheels).
+Every test that needs the bundle (or the network) is marked slow: `make test-fast` runs the others.
 """
 from __future__ import annotations
 
@@ -206,6 +207,7 @@ def _setup_cell_output(nb) -> str:
 # 1. Layout, kernel metadata, notebooks
 # ----------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bundle_layout_and_metadata(bundle: kaggle.Bundle) -> None:
     out = bundle.out
     assert {p.name for p in (out / "datasets").iterdir()} == {"wheels", "model"}  # no lib dataset: the wheel has lib
@@ -233,6 +235,7 @@ def test_bundle_layout_and_metadata(bundle: kaggle.Bundle) -> None:
     assert fine_tune.find_model_dir(model) == model / "model"
 
 
+@pytest.mark.slow
 def test_project_wheel_ships_lib_without_stand_ins_and_tooling(bundle: kaggle.Bundle) -> None:
     (wheel,) = bundle.folders["wheels"].glob("sennet_vessels-*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -322,6 +325,7 @@ def test_official_kaggle_cli_accepts_the_kernel_metadata(tmp_path: Path, monkeyp
     assert ("retired" in printed.err) == (shape == "NvidiaTeslaP100")  # the CLI warns, and still pushes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["02_train", "03_infer"])
 def test_bundled_notebooks_are_kaggle_ready(bundle: kaggle.Bundle, name: str) -> None:
     key = {"02_train": "train", "03_infer": "infer"}[name]
@@ -353,6 +357,7 @@ def test_bundled_notebooks_are_kaggle_ready(bundle: kaggle.Bundle, name: str) ->
     assert names(params) == names(original_params.source)
 
 
+@pytest.mark.slow
 def test_parameter_defaults_follow_the_relocated_kaggle_folders(bundle: kaggle.Bundle, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The setup cell + parameters cell, evaluated with KAGGLE_INPUT_DIR/KAGGLE_WORKING_DIR relocated: inputs come
@@ -424,6 +429,7 @@ def _check_offline(no_network: list[str], folder: Path, requirements: list[str],
                           env={**_offline_env(), "PYTHONPATH": str(paths.PROJECT_ROOT)})
 
 
+@pytest.mark.slow
 def test_wheel_set_is_complete_without_network(bundle: kaggle.Bundle, no_network: list[str], tmp_path: Path) -> None:
     """The project's wheel and its whole closure resolve from the wheels dataset alone (torch & co. as empty stand-in
     wheels); without one dependency's wheel the check fails and names it. No wheel of torch & co. is bundled."""
@@ -479,6 +485,7 @@ def test_three_pythons_get_their_own_binary_wheels_and_share_the_pure_ones(no_ne
     assert proc.returncode != 0 and "CPython 3.13 set is incomplete" in proc.stderr and "pydantic" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cached_rebuild_resolves_and_downloads_nothing(bundle: kaggle.Bundle, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # no package index: everything must come from the cache
@@ -613,3 +620,13 @@ def test_offline_install_into_fresh_venv(bundle: kaggle.Bundle, offline_venv: Pa
     for module in ("lib", "nnunetv2", "numpy", "torch"):
         assert Path(where[module]).is_relative_to(offline_venv), where
     assert where["absent"] == ["lib.dev", "lib.runs"]
+
+
+def test_bundle_settings_come_from_the_config(tmp_path: Path) -> None:
+    assert kaggle.bundle_settings() == {"pythons": ["3.10", "3.11", "3.12"], "machine_shape": "NvidiaTeslaT4"}
+    config = tmp_path / "kaggle.toml"
+    config.write_text('[bundle]\npythons = ["3.12"]\nmachine_shape = "NvidiaTeslaP100"\n')
+    assert kaggle.bundle_settings(config) == {"pythons": ["3.12"], "machine_shape": "NvidiaTeslaP100"}
+    config.write_text('[bundle]\nmachine = "NvidiaTeslaP100"\n')
+    with pytest.raises(kaggle.BundleError, match=r"kaggle\.toml: unknown \[bundle\] settings \['machine'\]"):
+        kaggle.bundle_settings(config)

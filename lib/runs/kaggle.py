@@ -104,7 +104,11 @@ def bundle_settings(config: Path = KAGGLE_CONFIG) -> dict:
     settings = {"pythons": list(PYTHONS), "machine_shape": MACHINE_SHAPE}
     if config.is_file():
         with config.open("rb") as f:
-            settings.update(tomllib.load(f).get("bundle", {}))
+            table = tomllib.load(f).get("bundle", {})
+        unknown = sorted(set(table) - set(settings))
+        if unknown:
+            raise BundleError(f"{config}: unknown [bundle] settings {unknown}; known: {sorted(settings)}")
+        settings.update(table)
     return settings
 
 
@@ -184,8 +188,8 @@ else:
     print(f"kept {len(kept)} packages of the image: " + ", ".join(f"{n} {v}" for n, v in sorted(kept.items())))
     conflicts = [line for line in pip.stderr.splitlines() if "requires" in line and "but you have" in line]
     if conflicts:
-        print("pip reports that packages of the image want other versions than installed (not used here):",
-              *conflicts, sep="\\n  ")
+        print("pip warns that packages of the image ask for other versions than now installed:", *conflicts,
+              sep="\\n  ")
 '''
 
 
@@ -427,12 +431,17 @@ def wheel_sets(requirements: Sequence[str], pythons: Sequence[str], cache: Path,
         if lock.is_file() and not refresh:
             sets[python] = [Wheel(**w) for w in json.loads(lock.read_text())]
         else:
-            if not sdists_built:
-                log(f"resolving {len(requirements)} requirements with pip (sdist-only packages built into {cache})")
+            start = time.perf_counter()
+            try:
+                sets[python] = resolve(requirements, python, [cache])
+            except BundleError:
+                if sdists_built:
+                    raise
+                # Most likely a package PyPI has only as an sdist: build those into the cache and try again.
+                log(f"  CPython {python}: no resolution from wheels alone; building sdist-only packages into {cache}")
                 build_sdists(requirements, cache, log)
                 sdists_built = True
-            start = time.perf_counter()
-            sets[python] = resolve(requirements, python, [cache])
+                sets[python] = resolve(requirements, python, [cache])
             log(f"  CPython {python}: {len(sets[python])} packages resolved in {time.perf_counter() - start:.0f} s")
         wanted = [w for w in sets[python] if not IMAGE_ONLY.match(w.name) and not (cache / w.file).is_file()]
         if wanted:
