@@ -630,3 +630,26 @@ def test_bundle_settings_come_from_the_config(tmp_path: Path) -> None:
     config.write_text('[bundle]\nmachine = "NvidiaTeslaP100"\n')
     with pytest.raises(kaggle.BundleError, match=r"kaggle\.toml: unknown \[bundle\] settings \['machine'\]"):
         kaggle.bundle_settings(config)
+
+
+@pytest.mark.slow
+def test_setup_cell_never_replaces_the_images_torch(bundle: kaggle.Bundle, no_network: list[str],
+                                                    tmp_path: Path) -> None:
+    """An image whose torch is below the project's range (a planted torch 2.0.0): the setup cell fails, saying the
+    image's torch is kept, and torch is still 2.0.0 afterwards (pip had the constraint, and no torch wheel)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_offline_env(), timeout=300)
+    python = venv / "bin" / "python"
+    _plant_distribution(venv / "lib" / f"python{HERE}" / "site-packages", "torch", "2.0.0")
+    kaggle_input = tmp_path / "input"
+    shutil.copytree(bundle.folders["wheels"], kaggle_input / kaggle.WHEELS_SLUG, copy_function=os.link)
+    cell = tmp_path / "setup.py"
+    cell.write_text(kaggle.setup_cell_source())
+    proc = subprocess.run([*no_network, str(python), str(cell)], capture_output=True, text=True, timeout=600,
+                          env=_offline_env({"KAGGLE_INPUT_DIR": str(kaggle_input),
+                                            "KAGGLE_WORKING_DIR": str(tmp_path / "working")}))
+    assert proc.returncode != 0
+    assert re.search(r"RuntimeError: offline install of sennet-vessels==0\.2\.0 from .* failed .*the image's torch "
+                     r"2\.0\.0 is kept, never replaced", proc.stderr), proc.stderr[-3000:]
+    assert "The user requested (constraint) torch==2.0.0" in proc.stdout  # pip's own account, printed by the cell
+    assert _versions(python)["torch"] == "2.0.0"
