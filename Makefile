@@ -52,8 +52,9 @@ benchmarks: setup
 	$(PY) benchmarks/metric.py
 	$(PY) benchmarks/inference.py
 
-# The Kaggle bundle in outputs/kaggle: notebooks 02/03 ready to push, the lib and offline-wheels datasets
-# (wheels cached in outputs/kaggle-wheel-cache). KAGGLE_USER=<your Kaggle user name>; KAGGLE_ARGS for more.
+# The Kaggle bundle in outputs/kaggle: notebooks 02/03 ready to push (2 x T4, internet off) and the offline wheels
+# dataset (the project's wheel + CPython 3.10/3.11/3.12 sets; cached in outputs/kaggle-wheel-cache).
+# KAGGLE_USER=<your Kaggle user name>; KAGGLE_ARGS for more (e.g. "--python 3.13", "--refresh").
 KAGGLE_USER ?= your-kaggle-username
 kaggle: setup
 	$(PY) -m lib.runs.kaggle --out outputs/kaggle --user $(KAGGLE_USER) $(KAGGLE_ARGS)

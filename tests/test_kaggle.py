@@ -1,34 +1,46 @@
-"""The Kaggle bundle (lib.runs.kaggle): layout and metadata, the bundled notebooks, the wheels, and the offline path:
-a fresh venv holding only torch (+ torchvision, as on Kaggle) installs everything else from the bundle's wheels
-with pip --no-index and no network, and runs the bundled inference notebook against a fake /kaggle/input.
+"""The Kaggle bundle (lib.runs.kaggle): layout and kernel metadata (checked by the official kaggle CLI), the bundled
+notebooks, the wheel sets (pip's resolution per Python, complete without a network), and the offline path: a fresh
+venv holding what the Kaggle image has (torch, torchvision, ipykernel) installs the project's wheel and the rest
+from the bundle with pip --no-index and no network, and runs the bundled inference notebook against a fake
+/kaggle/input.
 
-The session builds the bundle once; wheels are downloaded once into outputs/kaggle-wheel-cache (PyPI on a clean
-clone, about 230 MiB) and reused by later sessions.
+The session builds the bundle once for this interpreter's Python; wheels and pip's resolutions are cached in
+outputs/kaggle-wheel-cache (PyPI on a clean clone: about 230 MiB and a minute of resolving) and reused by later
+sessions. Three Pythons are tested on a small requirement set (pydantic: one binary and four pure wheels).
+Every test that needs the bundle (or the network) is marked slow: `make test-fast` runs the others.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import time
 import warnings
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pandas as pd
 import pytest
+from packaging.requirements import Requirement
 
 from lib import paths
 from lib.runs import kaggle
 
 WHEEL_CACHE = paths.outputs_dir() / "kaggle-wheel-cache"
+HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
 USER = "test-user"
 KERNEL_NAME = "sennet-offline"
 SYNTHETIC_INTENSITY = {"mean": 20000.0, "std": 5000.0, "percentile_00_5": 5000.0, "percentile_99_5": 40000.0,
                        "median": 20000.0, "min": 0.0, "max": 65535.0}  # the synthetic scans' range
+# What the Kaggle image has that this test's fresh venv gets from the project's environment.
+IMAGE_ROOTS = ("torch", "torchvision", "ipykernel")
+STALE_TQDM = "4.0.0"  # planted in the fresh venv: an image package below the project's range (tqdm>=4.60)
 # Brings the loopback interface up inside a fresh network namespace (ZMQ between papermill and the kernel needs
 # it), then runs the command: there is no other network in there. SIOCGIFFLAGS/SIOCSIFFLAGS, IFF_UP.
 LOOPBACK_UP = """
@@ -56,18 +68,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> kaggle.Bundle:
-    """The bundle with wheels (downloads only what the cache lacks) and the tiny model as its model dataset."""
+    """The bundle with wheels for this Python (downloads only what the cache lacks) and the tiny model."""
     return kaggle.build(tmp_path_factory.mktemp("bundle") / "kaggle", user=USER, wheel_cache=WHEEL_CACHE,
-                        model_dir=tiny_model)
+                        model_dir=tiny_model, pythons=[HERE])
 
 
 def _offline_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment without pip's configuration (no index, no find-links of the machine) or proxies."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.upper().startswith("PIP_") and k.lower() not in
-           ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
+    env = {k: v for k, v in kaggle.offline_pip_env().items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
            and k not in ("PYTHONPATH", "SENNET_DATA_DIR", "SENNET_OUTPUTS", "VIRTUAL_ENV")}
-    env.update({"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONNOUSERSITE": "1"})
+    env["PYTHONNOUSERSITE"] = "1"
     env.update(extra or {})
     return env
 
@@ -99,9 +110,25 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path | None = None, timeout: 
     return proc.stdout
 
 
+def _installed_closure(roots: list[str]) -> list[str]:
+    """`roots` and what they require here, recursively, extras followed (markers of this interpreter)."""
+    found, seen, todo = set(), set(), [(r, "") for r in roots]
+    while todo:
+        name, extra = todo.pop()
+        name = kaggle.canonical(name)
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        found.add(name)
+        for line in importlib.metadata.distribution(name).requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": extra}):
+                todo += [(req.name, ""), *[(req.name, kaggle.canonical(e)) for e in req.extras]]
+    return sorted(found)
+
+
 def _link_distribution(dist, dst_site: Path, dst_root: Path) -> int:
     """Hard-link (copy where linking fails) every file of `dist`'s RECORD into the venv at `dst_root`."""
-    src_site = Path(dist.locate_file(""))
     count = 0
     for file in dist.files or []:
         src = Path(dist.locate_file(file))
@@ -114,38 +141,38 @@ def _link_distribution(dist, dst_site: Path, dst_root: Path) -> int:
         except OSError:
             shutil.copy2(src, dst)
         count += 1
-    assert src_site.is_dir()
     return count
 
 
-def _site_packages(venv: Path) -> Path:
-    return venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+def _plant_distribution(site: Path, name: str, version: str) -> None:
+    """An installed-looking distribution `name==version` with no files but its metadata (pip can uninstall it)."""
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "INSTALLER").write_text("pip\n")
+    (info / "RECORD").write_text("".join(f"{info.name}/{f},,\n" for f in ("METADATA", "INSTALLER", "RECORD")))
 
 
 @pytest.fixture(scope="session")
-def offline_venv(tmp_path_factory: pytest.TempPathFactory, bundle: kaggle.Bundle, no_network: list[str]) -> Path:
-    """A fresh venv with torch's installed closure (torch and what it requires, recursively) and torchvision
-    hard-linked in from the project's environment, as the Kaggle image has them, plus ipykernel installed offline
-    from the bundle's wheels (requirements-kernel.txt), registered as the Jupyter kernel `sennet-offline` in its
-    own JUPYTER_PATH. The notebook requirements (requirements.txt) are NOT installed yet."""
-    import importlib.metadata
-
+def offline_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv standing in for the Kaggle image: torch, torchvision and ipykernel with everything they require
+    hard-linked in from the project's environment, plus a `tqdm` too old for the project. Registered as the Jupyter
+    kernel `sennet-offline` in its own JUPYTER_PATH. Nothing of the project is installed yet."""
     root = tmp_path_factory.mktemp("offline")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_offline_env(), timeout=300)
     python = venv / "bin" / "python"
-    site = _site_packages(venv)
+    site = venv / "lib" / f"python{HERE}" / "site-packages"
     assert site.is_dir()
-    names = [*kaggle.dependency_closure(["torch"], exclude=re.compile(r"(?!)")), "torchvision"]
+    names = _installed_closure(list(IMAGE_ROOTS))
+    assert "tqdm" not in names and "nnunetv2" not in names
     present = json.loads(_run([str(python), "-m", "pip", "list", "--format", "json"], _offline_env()))
     clash = [d["name"] for d in present if kaggle.canonical(d["name"]) in names]  # the venv's own setuptools
     if clash:
         _run([str(python), "-m", "pip", "uninstall", "-y", *clash], _offline_env())
     linked = sum(_link_distribution(importlib.metadata.distribution(n), site, venv) for n in names)
     assert linked > 100
-    wheels = bundle.folders["wheels"]
-    _run([*no_network, str(python), "-m", "pip", "install", "--no-index", "--no-compile", "--find-links", str(wheels),
-          "-r", str(wheels / "requirements-kernel.txt")], _offline_env())
+    _plant_distribution(site, "tqdm", STALE_TQDM)
     spec = root / "jupyter" / "kernels" / KERNEL_NAME
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -160,57 +187,145 @@ def _fake_kaggle_input(root: Path, bundle: kaggle.Bundle, competition: Path) -> 
         shutil.copytree(src, dst, copy_function=os.link)
 
     copy(competition, root / kaggle.COMPETITION)
-    for key, slug in (("lib", kaggle.LIB_SLUG), ("wheels", kaggle.WHEELS_SLUG), ("model", kaggle.MODEL_SLUG)):
+    for key, slug in (("wheels", kaggle.WHEELS_SLUG), ("model", kaggle.MODEL_SLUG)):
         copy(bundle.folders[key], root / slug)
     return root
 
 
-def _unmet(python: Path, requirements: Path) -> list[str]:
-    code = ("import importlib.metadata as m, sys\n"
-            "for line in open(sys.argv[1]).read().splitlines():\n"
-            "    name, _, v = line.split('#')[0].strip().partition('==')\n"
-            "    if not name: continue\n"
-            "    try: have = m.version(name)\n"
-            "    except m.PackageNotFoundError: have = None\n"
-            "    if have != v: print(name)\n")
-    return _run([str(python), "-c", code, str(requirements)], _offline_env()).split()
+def _versions(python: Path) -> dict[str, str]:
+    code = ("import importlib.metadata as m, json\n"
+            "print(json.dumps({d.metadata['Name'].lower().replace('_', '-'): d.version for d in m.distributions()}))")
+    return json.loads(_run([str(python), "-c", code], _offline_env()))
+
+
+def _setup_cell_output(nb) -> str:
+    setup = next(c for c in nb.cells if kaggle.SETUP_TAG in c.metadata.get("tags", []))
+    return "".join(o.get("text", "") for o in setup.outputs)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 1. Layout, metadata, notebooks, wheels
+# 1. Layout, kernel metadata, notebooks
 # ----------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bundle_layout_and_metadata(bundle: kaggle.Bundle) -> None:
     out = bundle.out
-    assert {p.name for p in (out / "datasets").iterdir()} == {"lib", "wheels", "model"}
+    assert {p.name for p in (out / "datasets").iterdir()} == {"wheels", "model"}  # no lib dataset: the wheel has lib
     assert {p.name for p in (out / "kernels").iterdir()} == {"train", "infer"}
     kernels = {k: json.loads((out / "kernels" / k / "kernel-metadata.json").read_text()) for k in ("train", "infer")}
     for key, meta in kernels.items():
         assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
         assert meta["is_private"] is True and meta["enable_gpu"] is True and meta["enable_internet"] is False
+        assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["docker_image_pinning_type"] == "original"
         assert meta["competition_sources"] == ["blood-vessel-segmentation"] and meta["kernel_sources"] == []
         user, slug = meta["id"].split("/")
         assert user == USER and slug == kaggle.slugify(meta["title"])  # Kaggle derives the slug from the title
         assert (out / "kernels" / key / meta["code_file"]).is_file()
-        assert f"{USER}/{kaggle.LIB_SLUG}" in meta["dataset_sources"]
         assert f"{USER}/{kaggle.WHEELS_SLUG}" in meta["dataset_sources"]
     assert kernels["infer"]["code_file"] == "03_infer.ipynb" and kernels["train"]["code_file"] == "02_train.ipynb"
     assert f"{USER}/{kaggle.MODEL_SLUG}" in kernels["infer"]["dataset_sources"]
     assert not any(kaggle.PRETRAINED_SLUG in s for s in kernels["train"]["dataset_sources"])  # none given
-    for key, slug in (("lib", kaggle.LIB_SLUG), ("wheels", kaggle.WHEELS_SLUG), ("model", kaggle.MODEL_SLUG)):
+    for key, slug in (("wheels", kaggle.WHEELS_SLUG), ("model", kaggle.MODEL_SLUG)):
         meta = json.loads((out / "datasets" / key / "dataset-metadata.json").read_text())
         assert meta["id"] == f"{USER}/{slug}" and kaggle.slugify(meta["title"]) == slug
         assert meta["licenses"] == [{"name": "other"}]
-    lib = out / "datasets" / "lib" / "lib"
-    project_modules = sorted(p.name for p in (paths.PROJECT_ROOT / "lib").glob("*.py"))
-    assert sorted(p.name for p in lib.glob("*.py")) == project_modules and "kaggle.py" in project_modules
-    assert not list(lib.rglob("__pycache__")) and not list(lib.rglob("*.pyc"))
     model = out / "datasets" / "model"
     from lib.training import fine_tune
 
     assert fine_tune.find_model_dir(model) == model / "model"
 
 
+@pytest.mark.slow
+def test_project_wheel_ships_lib_without_stand_ins_and_tooling(bundle: kaggle.Bundle) -> None:
+    (wheel,) = bundle.folders["wheels"].glob("sennet_vessels-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        shipped = {n for n in zf.namelist() if n.startswith("lib/")}
+        metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    lib = paths.PROJECT_ROOT / "lib"
+    expected = {str(p.relative_to(lib.parent)) for p in lib.rglob("*.py")
+                if p.relative_to(lib).parts[0] not in kaggle.NOT_SHIPPED}
+    assert shipped == expected
+    assert "lib/dev/synthetic.py" not in shipped and "lib/runs/kaggle.py" not in shipped
+    assert "lib/inference.py" in shipped and "lib/training/fine_tune.py" in shipped
+    _, _, requirements = kaggle.project_dependencies()
+    requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)
+    assert [str(Requirement(r)) for r in requires if "extra ==" not in r] == [str(Requirement(r)) for r in requirements]
+
+
+def test_kaggle_notebooks_never_import_the_stand_ins_or_tooling() -> None:
+    """What notebooks 02/03 import from lib, and what those modules import in turn (lazily too), stays out of
+    lib.dev and lib.runs, except notebook.ensure_data's synthetic generator, reached only when the data root is
+    the missing synthetic default (never on Kaggle, where data_dir is the competition input)."""
+    import ast
+
+    modules = set()
+    for name in ("02_train", "03_infer"):
+        for cell in nbformat.read(paths.PROJECT_ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells:
+            if cell.cell_type == "code":
+                for m in re.finditer(r"^from (lib(?:\.\w+)*) import (.+)$", cell.source, re.M):
+                    modules |= {f"{m.group(1)}.{s.strip()}" for s in m.group(2).split(",")}
+    assert {"lib.inference", "lib.notebook", "lib.training.fine_tune"} <= modules
+    seen, todo, reached = set(), sorted(modules), []
+    while todo:
+        module = todo.pop()
+        path = paths.PROJECT_ROOT / Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if module in seen or not path.is_file():
+            continue
+        seen.add(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib"):
+                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("lib")]
+            else:
+                continue
+            for target in targets:
+                if target.split(".")[1:2] and target.split(".")[1] in kaggle.NOT_SHIPPED:
+                    reached.append(f"{module} -> {target}")
+                todo.append(target)
+    assert reached == ["lib.notebook -> lib.dev.synthetic", "lib.notebook -> lib.dev"]
+    source = (paths.PROJECT_ROOT / "lib" / "notebook.py").read_text()
+    assert re.search(r"if root\.resolve\(\) == paths\.synthetic_data_dir\(\)\.resolve\(\):\n.*from lib\.dev import "
+                     r"synthetic", source), "ensure_data must import lib.dev only for the missing synthetic default"
+
+
+@pytest.mark.parametrize("shape", [None, "NvidiaTeslaP100"])
+def test_official_kaggle_cli_accepts_the_kernel_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture, shape: str | None) -> None:
+    """`kaggle kernels push` (the official CLI, kaggle on PyPI) runs its local checks on both kernel folders and
+    builds its request; a stub stands in for the upload call. The default asks for the 2 x T4 machine."""
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-config"))
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    sent = []
+
+    @contextlib.contextmanager
+    def stub_client():
+        save = lambda request: sent.append(request) or SimpleNamespace(error=None)  # noqa: E731
+        yield SimpleNamespace(kernels=SimpleNamespace(kernels_api_client=SimpleNamespace(save_kernel=save)))
+
+    api = KaggleApi()
+    monkeypatch.setattr(api, "build_kaggle_client", stub_client)
+    assert kaggle.main(["--out", str(tmp_path / "k"), "--no-wheels", "--user", USER]
+                       + (["--machine-shape", shape] if shape else [])) == 0
+    capsys.readouterr()
+    for key in ("train", "infer"):
+        api.kernels_push(str(tmp_path / "k" / "kernels" / key))
+    printed = capsys.readouterr()
+    assert [r.slug for r in sent] == [f"{USER}/{kaggle.TRAIN_SLUG}", f"{USER}/{kaggle.INFER_SLUG}"]
+    for request in sent:
+        assert request.machine_shape == (shape or "NvidiaTeslaT4") and request.enable_internet is False
+        assert request.docker_image_pinning_type == "original" and request.enable_gpu is True
+        assert request.competition_data_sources == ["blood-vessel-segmentation"]
+        assert f"{USER}/{kaggle.WHEELS_SLUG}" in request.dataset_data_sources
+        code = [c for c in json.loads(request.text)["cells"] if c["cell_type"] == "code"]
+        assert code[0]["source"].startswith("# Kaggle setup")
+    assert "does not resolve to the specified id" not in printed.out
+    assert ("retired" in printed.err) == (shape == "NvidiaTeslaP100")  # the CLI warns, and still pushes
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["02_train", "03_infer"])
 def test_bundled_notebooks_are_kaggle_ready(bundle: kaggle.Bundle, name: str) -> None:
     key = {"02_train": "train", "03_infer": "infer"}[name]
@@ -242,6 +357,7 @@ def test_bundled_notebooks_are_kaggle_ready(bundle: kaggle.Bundle, name: str) ->
     assert names(params) == names(original_params.source)
 
 
+@pytest.mark.slow
 def test_parameter_defaults_follow_the_relocated_kaggle_folders(bundle: kaggle.Bundle, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The setup cell + parameters cell, evaluated with KAGGLE_INPUT_DIR/KAGGLE_WORKING_DIR relocated: inputs come
@@ -276,108 +392,173 @@ def test_parameter_defaults_follow_the_relocated_kaggle_folders(bundle: kaggle.B
     assert defaults("train", "02_train")["pretrained"] == str(archive.parent / "Task008_HepaticVessel")
 
 
-def test_wheels_cover_the_closure_for_the_kaggle_runtime(bundle: kaggle.Bundle) -> None:
-    from packaging.utils import parse_wheel_filename
-
-    folder = bundle.folders["wheels"]
-    wheels = sorted(folder.glob("*.whl"))
-    manifest = json.loads((folder / kaggle.WHEELS_MANIFEST).read_text())
-    assert sorted(w.name for w in wheels) == manifest["wheels"]
-    accepted = kaggle.target_tags()
-    by_name = {}
-    for wheel in wheels:
-        name, version, _, tags = parse_wheel_filename(wheel.name)
-        assert tags & accepted, f"{wheel.name} does not install on CPython 3.11 manylinux x86_64"
-        assert not kaggle.EXCLUDED.match(name), f"{wheel.name} must not be bundled"
-        by_name[kaggle.canonical(name)] = str(version)
-    locks = {}
-    for file in ("requirements.txt", "requirements-kernel.txt"):
-        for line in (folder / file).read_text().splitlines():
-            if line and not line.startswith("#"):
-                n, v = line.split("==")
-                assert by_name.get(n) == v, f"{file}: {line} has no wheel"
-                locks[n] = v
-    assert set(locks) == set(by_name)  # no wheel that nothing asks for
-    pins = kaggle.requirement_pins()
-    notebook = (folder / "requirements.txt").read_text()
-    for name in ("nnunetv2", "dynamic-network-architectures", "connected-components-3d", "tifffile", "numpy",
-                 "scipy", "pandas", "matplotlib", "tqdm", "acvl-utils", "batchgenerators", "batchgeneratorsv2",
-                 "simpleitk", "scikit-image"):
-        assert re.search(rf"^{name}==", notebook, re.M), name
-    for name, version in pins.items():  # the project's pins, where it pins
-        if name in locks:
-            assert locks[name] == version
-    for name in ("papermill", "pytest", "nbformat", "ipykernel"):
-        assert not re.search(rf"^{name}==", notebook, re.M), f"{name} is not for Kaggle"
-    assert re.search(r"^ipykernel==", (folder / "requirements-kernel.txt").read_text(), re.M)
-
-
-def test_cached_rebuild_downloads_nothing(bundle: kaggle.Bundle, tmp_path: Path) -> None:
-    start = time.perf_counter()
-    again = kaggle.build(tmp_path / "kaggle", user=USER, wheel_cache=WHEEL_CACHE)
-    assert again.wheels["downloaded"] == [] and again.wheels["wheels"] == bundle.wheels["wheels"]
-    assert time.perf_counter() - start < 60
-
-
-def test_cli_without_wheels_prints_next_steps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert kaggle.main(["--out", str(tmp_path / "kaggle"), "--no-wheels"]) == 0
-    printed = capsys.readouterr().out
-    assert "kaggle datasets create -p" in printed and "kaggle kernels push -p" in printed
-    assert "placeholder" in printed
-    meta = json.loads((tmp_path / "kaggle" / "kernels" / "infer" / "kernel-metadata.json").read_text())
-    assert meta["id"] == f"{kaggle.DEFAULT_USER}/{kaggle.INFER_SLUG}"
-    assert not (tmp_path / "kaggle" / "datasets" / "wheels").exists()
-    archive = tmp_path / "Task008_HepaticVessel.zip"
-    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: only packaged here, never opened
-    assert kaggle.main(["--out", str(tmp_path / "k2"), "--no-wheels", "--user", "someone",
-                        "--pretrained", str(archive)]) == 0
-    train = json.loads((tmp_path / "k2" / "kernels" / "train" / "kernel-metadata.json").read_text())
-    assert train["id"] == f"someone/{kaggle.TRAIN_SLUG}"
-    assert f"someone/{kaggle.PRETRAINED_SLUG}" in train["dataset_sources"]
-    assert (tmp_path / "k2" / "datasets" / "pretrained" / "Task008_HepaticVessel.zip").is_file()
-    meta = json.loads((tmp_path / "k2" / "datasets" / "pretrained" / "dataset-metadata.json").read_text())
-    assert meta["id"] == f"someone/{kaggle.PRETRAINED_SLUG}" and kaggle.slugify(meta["title"]) == kaggle.PRETRAINED_SLUG
-    assert kaggle.main(["--out", str(tmp_path / "k3"), "--no-wheels", "--user", "a/b"]) == 1
-
-
-def test_setup_cell_skips_installed_and_fails_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture) -> None:
-    import numpy
-
+def test_setup_cell_stops_on_an_interpreter_without_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """No wheels dataset: it says so and installs nothing. A wheels dataset for other Pythons only: one line naming
+    this interpreter, the bundled versions and how to rebuild."""
     source = kaggle.setup_cell_source()
     monkeypatch.setenv("KAGGLE_INPUT_DIR", str(tmp_path / "input"))
     monkeypatch.setenv("KAGGLE_WORKING_DIR", str(tmp_path / "working"))
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     (tmp_path / "input").mkdir()
     exec(compile(source, "setup", "exec"), {})
     assert "no wheels dataset" in capsys.readouterr().out and (tmp_path / "working").is_dir()
     wheels = tmp_path / "input" / "wheels"
     wheels.mkdir()
-    (wheels / kaggle.WHEELS_MANIFEST).write_text("{}")
-    (wheels / "requirements.txt").write_text(f"# comment\nnumpy=={numpy.__version__}\n")
-    exec(compile(source, "setup", "exec"), {})
-    assert "nothing to install" in capsys.readouterr().out
-    (wheels / "requirements.txt").write_text("sennet-no-such-package==1.0\n")
-    with pytest.raises(RuntimeError, match="offline install from .* failed"):
+    other = ["3.9", "3.13"]
+    (wheels / kaggle.WHEELS_MANIFEST).write_text(json.dumps({"pythons": other, "image_only": "^torch$"}))
+    with pytest.raises(RuntimeError) as info:
         exec(compile(source, "setup", "exec"), {})
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"CPython {sys.version.split()[0]}" in message and "CPython 3.9, 3.13 on Linux x86_64" in message
+    assert f"--python {HERE}" in message
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 2-3. The offline path: the bundled inference notebook on the fresh venv, then the install checked in full
+# 2. Wheel sets: pip's resolution per Python, complete without a network
 # ----------------------------------------------------------------------------------------------------------
 
+def _check_offline(no_network: list[str], folder: Path, requirements: list[str], python: str,
+                   image: dict[str, str]) -> subprocess.CompletedProcess:
+    """kaggle.check_complete in a process without network."""
+    code = ("import json, sys; from pathlib import Path; from lib.runs import kaggle\n"
+            "print(json.dumps(kaggle.check_complete(Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3],"
+            " json.loads(sys.argv[4]))))")
+    return subprocess.run([*no_network, sys.executable, "-c", code, str(folder), json.dumps(requirements), python,
+                           json.dumps(image)], capture_output=True, text=True, timeout=300,
+                          env={**_offline_env(), "PYTHONPATH": str(paths.PROJECT_ROOT)})
+
+
+@pytest.mark.slow
+def test_wheel_set_is_complete_without_network(bundle: kaggle.Bundle, no_network: list[str], tmp_path: Path) -> None:
+    """The project's wheel and its whole closure resolve from the wheels dataset alone (torch & co. as empty stand-in
+    wheels); without one dependency's wheel the check fails and names it. No wheel of torch & co. is bundled."""
+    folder = bundle.folders["wheels"]
+    manifest = json.loads((folder / kaggle.WHEELS_MANIFEST).read_text())
+    assert manifest["pythons"] == [HERE] and manifest["project"] == "sennet-vessels==0.2.0"
+    assert sorted(p.name for p in folder.glob("*.whl")) == sorted(manifest["wheels"])
+    image = manifest["image_versions_resolved"][HERE]
+    assert {"torch", "torchvision"} <= set(image)
+    assert not [w for w in manifest["wheels"] if kaggle.IMAGE_ONLY.match(kaggle.canonical(w.split("-")[0]))]
+    proc = _check_offline(no_network, folder, [manifest["project"]], HERE, image)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resolved = json.loads(proc.stdout)
+    assert resolved == manifest["sets"][HERE]
+    for name in ("sennet-vessels", "nnunetv2", "dynamic-network-architectures", "connected-components-3d", "numpy",
+                 "scipy", "pandas", "tifffile", "matplotlib", "tqdm", "acvl-utils", "batchgenerators", "simpleitk"):
+        assert name in resolved, name
+    assert not {"papermill", "pytest", "nbformat", "ipykernel", "ipywidgets"} & set(resolved)  # not for Kaggle
+    pinned = dict(line.split("==") for line in (paths.PROJECT_ROOT / "requirements.txt").read_text().splitlines()
+                  if "==" in line and not line.startswith("#"))
+    same = [n for n in ("nnunetv2", "numpy", "scipy", "pandas") if resolved[n] == pinned[n]]
+    assert same, "pip's resolution for this Python should meet the project's tested pins somewhere"
+    crippled = tmp_path / "wheels"
+    shutil.copytree(folder, crippled, copy_function=os.link)
+    (missing,) = crippled.glob("scipy-*.whl")
+    missing.unlink()
+    proc = _check_offline(no_network, crippled, [manifest["project"]], HERE, image)
+    assert proc.returncode != 0 and "set is incomplete" in proc.stderr and "scipy" in proc.stderr
+
+
+@pytest.mark.slow
+def test_three_pythons_get_their_own_binary_wheels_and_share_the_pure_ones(no_network: list[str],
+                                                                           tmp_path: Path) -> None:
+    """The wheel-set machinery on a small requirement set (pydantic: a binary pydantic-core and pure wheels) for
+    CPython 3.10, 3.11, 3.12: pip resolves each (cached after the first run), binary wheels are per Python, pure
+    ones are shared, and each set resolves offline, while a Python that was not bundled does not."""
+    requirements = ["pydantic>=2.5"]
+    sets, _ = kaggle.wheel_sets(requirements, kaggle.PYTHONS, WHEEL_CACHE, log=lambda msg: None)
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    files = {w.file for ws in sets.values() for w in ws}
+    for file in files:
+        os.link(WHEEL_CACHE / file, folder / file)
+    core = sorted(f for f in files if f.startswith("pydantic_core-"))
+    assert [re.search(r"-(cp3\d+)-", f).group(1) for f in core] == ["cp310", "cp311", "cp312"]
+    pure = [f for f in files if f.endswith("-none-any.whl")]
+    assert len(pure) == len({f.split("-")[0] for f in pure}) >= 3  # one file per pure package for all Pythons
+    for python in kaggle.PYTHONS:
+        proc = _check_offline(no_network, folder, requirements, python, {})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert set(json.loads(proc.stdout)) == {w.name for w in sets[python]}
+    proc = _check_offline(no_network, folder, requirements, "3.13", {})
+    assert proc.returncode != 0 and "CPython 3.13 set is incomplete" in proc.stderr and "pydantic" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cached_rebuild_resolves_and_downloads_nothing(bundle: kaggle.Bundle, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no package index: everything must come from the cache
+    again = kaggle.build(tmp_path / "kaggle", user=USER, wheel_cache=WHEEL_CACHE, pythons=[HERE], log=lambda m: None)
+    assert again.wheels["downloaded"] == [] and again.wheels["wheels"] == bundle.wheels["wheels"]
+    assert again.wheels["sets"] == bundle.wheels["sets"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. The command line
+# ----------------------------------------------------------------------------------------------------------
+
+def test_cli_without_wheels_prints_next_steps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert kaggle.main(["--out", str(tmp_path / "kaggle"), "--no-wheels"]) == 0
+    printed = capsys.readouterr().out
+    assert "kaggle datasets create -p" in printed and "kaggle kernels push -p" in printed
+    assert "placeholder" in printed and "NvidiaTeslaT4" in printed
+    meta = json.loads((tmp_path / "kaggle" / "kernels" / "infer" / "kernel-metadata.json").read_text())
+    assert meta["id"] == f"{kaggle.DEFAULT_USER}/{kaggle.INFER_SLUG}"
+    assert not (tmp_path / "kaggle" / "datasets").exists()
+    archive = tmp_path / "Task008_HepaticVessel.zip"
+    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: only packaged here, never opened
+    assert kaggle.main(["--out", str(tmp_path / "k2"), "--no-wheels", "--user", "someone",
+                        "--pretrained", str(archive), "--machine-shape", "NvidiaTeslaP100"]) == 0
+    train = json.loads((tmp_path / "k2" / "kernels" / "train" / "kernel-metadata.json").read_text())
+    assert train["id"] == f"someone/{kaggle.TRAIN_SLUG}" and train["machine_shape"] == "NvidiaTeslaP100"
+    assert f"someone/{kaggle.PRETRAINED_SLUG}" in train["dataset_sources"]
+    assert (tmp_path / "k2" / "datasets" / "pretrained" / "Task008_HepaticVessel.zip").is_file()
+    meta = json.loads((tmp_path / "k2" / "datasets" / "pretrained" / "dataset-metadata.json").read_text())
+    assert meta["id"] == f"someone/{kaggle.PRETRAINED_SLUG}" and kaggle.slugify(meta["title"]) == kaggle.PRETRAINED_SLUG
+
+
+def test_cli_expected_failures_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails(args: list[str]) -> str:
+        assert kaggle.main(["--out", str(tmp_path / "k"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and err[-1].startswith("error: ")
+        return err[-1]
+
+    assert "'a/b'" in fails(["--no-wheels", "--user", "a/b"])
+    assert f"{tmp_path / 'nope'}: model folder not found" in fails(["--no-wheels", "--model-dir", str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()
+    assert "not a model folder" in fails(["--no-wheels", "--model-dir", str(tmp_path / "empty")])
+    assert "pretrained archive not found" in fails(["--no-wheels", "--pretrained", str(tmp_path / "x.zip")])
+    assert "'3'" in fails(["--python", "3"])
+    monkeypatch.setattr(kaggle, "NOTEBOOKS_DIR", tmp_path / "notebooks")
+    assert f"{tmp_path / 'notebooks' / '02_train.ipynb'}: notebook not found" in fails(["--no-wheels"])
+    monkeypatch.undo()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip cannot reach an index: resolving into an empty cache fails
+    line = fails(["--wheel-cache", str(tmp_path / "cache"), "--python", HERE])
+    assert "pip failed" in line and "Could not find a version that satisfies the requirement" in line
+    assert not (tmp_path / "k" / "kernels").exists()  # nothing written before the failure
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. The offline path: the bundled inference notebook on the fresh venv, then the install checked in full
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
 def test_inference_notebook_runs_offline_on_the_bundle(bundle: kaggle.Bundle, offline_venv: Path,
                                                        no_network: list[str], synthetic_tiny: Path,
                                                        tmp_path: Path) -> None:
     """Notebook 03 from the bundle under papermill, its kernel the fresh venv, no network: the setup cell installs
-    the notebook requirements from the wheels dataset, lib comes from the lib dataset, the model from the model
-    dataset (found by the notebook), and submission.csv lands in the relocated working folder."""
+    the project's wheel and what the venv lacks from the wheels dataset, replaces the too-old tqdm, keeps torch and
+    the rest of the stand-in image, and the model comes from the model dataset; submission.csv lands in the
+    relocated working folder."""
     kaggle_input = _fake_kaggle_input(tmp_path / "input", bundle, synthetic_tiny)
     working = tmp_path / "working"
     working.mkdir()
     python = offline_venv / "bin" / "python"
     wheels = kaggle_input / kaggle.WHEELS_SLUG
-    unmet_before = _unmet(python, wheels / "requirements.txt")
+    before = _versions(python)
     executed = tmp_path / "03_infer.executed.ipynb"
     env = _offline_env({"KAGGLE_INPUT_DIR": str(kaggle_input), "KAGGLE_WORKING_DIR": str(working),
                         "JUPYTER_PATH": str(offline_venv.parent / "jupyter"), "MPLBACKEND": "agg"})
@@ -389,15 +570,17 @@ def test_inference_notebook_runs_offline_on_the_bundle(bundle: kaggle.Bundle, of
     nb = nbformat.read(executed, as_version=4) if executed.is_file() else None
     errors = [o for c in (nb.cells if nb else []) if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
-    assert proc.returncode == 0 and not errors, f"{proc.stderr[-6000:]}\n{errors}"
-    setup = next(c for c in nb.cells if kaggle.SETUP_TAG in c.metadata.get("tags", []))
-    setup_out = "".join(o.get("text", "") for o in setup.outputs)
+    setup_out = _setup_cell_output(nb) if nb else ""
+    assert proc.returncode == 0 and not errors, f"{proc.stderr[-3000:]}\n{setup_out[-6000:]}\n{errors}"
     assert f"at {python}" in setup_out  # the kernel ran on the fresh venv
-    if unmet_before:
-        assert f"installing {len(unmet_before)} packages offline from {wheels}" in setup_out
-    else:
-        assert "nothing to install" in setup_out
-    assert not _unmet(python, wheels / "requirements.txt")
+    after = _versions(python)
+    installed = sorted(n for n in after if before.get(n) != after[n])
+    assert {"sennet-vessels", "nnunetv2", "scipy", "tqdm"} <= set(installed)
+    assert re.search(rf"installed {len(installed)} packages offline from {re.escape(str(wheels))} in \d+ s: ", setup_out)
+    assert f"tqdm {after['tqdm']} (was {STALE_TQDM})" in setup_out  # below the project's range: replaced
+    kept = re.search(r"^kept (\d+) packages of the image: (.+)$", setup_out, re.M)
+    for name in ("torch", "torchvision", "numpy", "packaging"):  # in the image, within the project's ranges
+        assert f"{name} {before[name]}" in kept.group(2) and after[name] == before[name]
     submission = pd.read_csv(working / "submission.csv", dtype=str, keep_default_na=False)
     sample = pd.read_csv(synthetic_tiny / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert submission["id"].tolist() == sample["id"].tolist()
@@ -408,33 +591,65 @@ def test_inference_notebook_runs_offline_on_the_bundle(bundle: kaggle.Bundle, of
     assert not list(kaggle_input.rglob("submission.csv"))  # nothing written into the (read-only) input
 
 
+@pytest.mark.slow
 def test_offline_install_into_fresh_venv(bundle: kaggle.Bundle, offline_venv: Path, no_network: list[str]) -> None:
-    """The fresh venv (torch linked in, nothing else of the project's environment) installs the notebook
-    requirements from the bundle's wheels with no index and no network (a no-op when the notebook test already
-    did), pip check finds every requirement met, and the bundle's lib (every module notebooks 02/03 import)
-    and nnunetv2 import from it."""
+    """The fresh venv installs the project from the bundle's wheels with no index and no network (a no-op when the
+    notebook test already did), pip check finds every requirement met, every module notebooks 02/03 import comes
+    from the installed wheel, and the stand-ins and tooling (lib.dev, lib.runs) are not there."""
     python = offline_venv / "bin" / "python"
     wheels = bundle.folders["wheels"]
     env = _offline_env()
     _run([*no_network, str(python), "-m", "pip", "install", "--no-index", "--no-compile", "--find-links", str(wheels),
-          "-r", str(wheels / "requirements.txt")], env)
-    assert not _unmet(python, wheels / "requirements.txt")
+          bundle.wheels["project"]], env)
     _run([str(python), "-m", "pip", "check"], env)
     modules = set()
     for name in ("02_train", "03_infer"):
         nb = nbformat.read(paths.PROJECT_ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
         for cell in nb.cells:
-            for m in re.finditer(r"^from lib import (.+)$", cell.source, re.M):
-                modules |= {s.strip() for s in m.group(1).split(",")}
-    assert {"inference", "training", "submission"} <= modules
-    lib_dataset = bundle.folders["lib"]
-    code = ("import json, sys, nnunetv2, numpy, torch\n"
-            f"import {', '.join(f'lib.{m}' for m in sorted(modules))}\n"
+            for m in re.finditer(r"^from (lib(?:\.\w+)*) import (.+)$", cell.source, re.M):
+                modules |= {f"{m.group(1)}.{s.strip()}" for s in m.group(2).split(",")}
+    assert {"lib.inference", "lib.training.fine_tune", "lib.submission"} <= modules
+    code = ("import importlib.util, json, sys, nnunetv2, numpy, torch\n"
+            f"import {', '.join(sorted(modules))}\n"
             "import lib\n"
             "print(json.dumps({'lib': lib.__file__, 'nnunetv2': nnunetv2.__file__, 'numpy': numpy.__file__,\n"
-            "                  'torch': torch.__file__, 'prefix': sys.prefix}))\n")
-    where = json.loads(_run([*no_network, str(python), "-c", code], env, cwd=lib_dataset).strip().splitlines()[-1])
-    assert Path(where["lib"]).is_relative_to(lib_dataset)
+            "                  'torch': torch.__file__, 'prefix': sys.prefix,\n"
+            "                  'absent': [m for m in ('lib.dev', 'lib.runs') if importlib.util.find_spec(m) is None]}))\n")
+    where = json.loads(_run([*no_network, str(python), "-c", code], env, cwd=offline_venv).strip().splitlines()[-1])
     assert Path(where["prefix"]).resolve() == offline_venv.resolve()
-    for module in ("nnunetv2", "numpy", "torch"):
+    for module in ("lib", "nnunetv2", "numpy", "torch"):
         assert Path(where[module]).is_relative_to(offline_venv), where
+    assert where["absent"] == ["lib.dev", "lib.runs"]
+
+
+def test_bundle_settings_come_from_the_config(tmp_path: Path) -> None:
+    assert kaggle.bundle_settings() == {"pythons": ["3.10", "3.11", "3.12"], "machine_shape": "NvidiaTeslaT4"}
+    config = tmp_path / "kaggle.toml"
+    config.write_text('[bundle]\npythons = ["3.12"]\nmachine_shape = "NvidiaTeslaP100"\n')
+    assert kaggle.bundle_settings(config) == {"pythons": ["3.12"], "machine_shape": "NvidiaTeslaP100"}
+    config.write_text('[bundle]\nmachine = "NvidiaTeslaP100"\n')
+    with pytest.raises(kaggle.BundleError, match=r"kaggle\.toml: unknown \[bundle\] settings \['machine'\]"):
+        kaggle.bundle_settings(config)
+
+
+@pytest.mark.slow
+def test_setup_cell_never_replaces_the_images_torch(bundle: kaggle.Bundle, no_network: list[str],
+                                                    tmp_path: Path) -> None:
+    """An image whose torch is below the project's range (a planted torch 2.0.0): the setup cell fails, saying the
+    image's torch is kept, and torch is still 2.0.0 afterwards (pip had the constraint, and no torch wheel)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_offline_env(), timeout=300)
+    python = venv / "bin" / "python"
+    _plant_distribution(venv / "lib" / f"python{HERE}" / "site-packages", "torch", "2.0.0")
+    kaggle_input = tmp_path / "input"
+    shutil.copytree(bundle.folders["wheels"], kaggle_input / kaggle.WHEELS_SLUG, copy_function=os.link)
+    cell = tmp_path / "setup.py"
+    cell.write_text(kaggle.setup_cell_source())
+    proc = subprocess.run([*no_network, str(python), str(cell)], capture_output=True, text=True, timeout=600,
+                          env=_offline_env({"KAGGLE_INPUT_DIR": str(kaggle_input),
+                                            "KAGGLE_WORKING_DIR": str(tmp_path / "working")}))
+    assert proc.returncode != 0
+    assert re.search(r"RuntimeError: offline install of sennet-vessels==0\.2\.0 from .* failed .*the image's torch "
+                     r"2\.0\.0 is kept, never replaced", proc.stderr), proc.stderr[-3000:]
+    assert "The user requested (constraint) torch==2.0.0" in proc.stdout  # pip's own account, printed by the cell
+    assert _versions(python)["torch"] == "2.0.0"

@@ -1,34 +1,38 @@
 """Build the Kaggle bundle: two notebooks ready to push and the datasets they read, all installable offline.
 
-`python -m lib.runs.kaggle --out outputs/kaggle [--user U] [--no-wheels] [--model-dir M] [--pretrained ZIP]`
-(`make kaggle`) writes:
+`python -m lib.runs.kaggle --out outputs/kaggle [--user U] [--python 3.11 ...] [--machine-shape S] [--no-wheels]
+[--model-dir M] [--pretrained ZIP]` (`make kaggle`) writes:
 
-    <out>/datasets/lib/        dataset-metadata.json + lib/ (this package, no __pycache__)
-    <out>/datasets/wheels/     dataset-metadata.json + *.whl + requirements.txt (every wheel the notebooks need,
-                               pinned) + requirements-kernel.txt (ipykernel, for running the notebooks on a bare
-                               Python elsewhere) + sennet-wheels.json (manifest)
+    <out>/datasets/wheels/     dataset-metadata.json + sennet-wheels.json (manifest) + *.whl: this project as a
+                               wheel (without the stand-ins lib/dev and the tooling lib/runs) and, for each
+                               supported CPython (3.10, 3.11, 3.12; manylinux x86_64), everything it needs beyond
+                               the Kaggle image's torch (pure-Python wheels once)
     <out>/datasets/model/      only with --model-dir: a trained model folder (plans.json, fold_0/checkpoint_final.pth)
     <out>/datasets/pretrained/ only with --pretrained: the nnU-Net v1 Task008_HepaticVessel archive
     <out>/kernels/train/       kernel-metadata.json + 02_train.ipynb
-    <out>/kernels/infer/       kernel-metadata.json + 03_infer.ipynb (GPU on, internet off: a code competition)
+    <out>/kernels/infer/       kernel-metadata.json + 03_infer.ipynb (internet off: a code competition)
 
-The notebooks are the project's notebooks 02 and 03 transformed with nbformat (never copied into lib): outputs
-stripped, a "Kaggle setup" code cell inserted before the first code cell (it installs the wheels dataset with
-`pip install --no-index`, skipped when every pinned package is already installed), and the `parameters` cell's
-defaults pointed at `/kaggle/input/...` and `/kaggle/working/...`. `KAGGLE_INPUT_DIR` and `KAGGLE_WORKING_DIR`
-relocate both folders (tests run the bundled notebooks away from Kaggle).
+Both kernels ask for the 2 x T4 machine (`machine_shape`, configs/kaggle.toml [bundle]), keep the image they first
+ran on (`docker_image_pinning_type` "original") and run with internet off.
 
-Wheels: the dependency closure of the project's requirements (requirements.txt minus torch/torchvision, which the
-Kaggle image has, and minus the development tools) at the versions installed in the project's environment (its
-pins), walked through the installed packages' metadata with the markers of the Kaggle runtime (Linux x86_64,
-CPython 3.11). torch, torchvision, triton, nvidia-* and cuda-* are never bundled. Wheels are downloaded once into
-a cache (`outputs/kaggle-wheel-cache`) for that platform (`pip download --platform ... --python-version 3.11`);
-packages published only as sdists (pure Python) are built into wheels there with `pip wheel --no-deps`.
+The notebooks are the project's notebooks 02 and 03 transformed with nbformat: outputs stripped, a "Kaggle setup"
+code cell inserted before the first code cell, and the `parameters` cell's defaults pointed at `/kaggle/input/...`
+and `/kaggle/working/...` (`KAGGLE_INPUT_DIR` and `KAGGLE_WORKING_DIR` relocate both: the tests run the bundled
+notebooks away from Kaggle). The setup cell installs the project's wheel with `pip install --no-index` from the
+wheels dataset; pip keeps every package the image already has at a version within the project's ranges, installs
+the rest, and never replaces the image's torch (a constraint pins it to the installed version).
+
+Wheels: pip's own resolver picks the set for each Python (`pip install --dry-run --report` with `--python-version`,
+`--platform`, `--only-binary=:all:`) from the ranges in pyproject.toml; torch, torchvision, triton, nvidia-* and
+cuda-* are never bundled. The resolved sets are kept in the download cache (`outputs/kaggle-wheel-cache/locks`), so a
+rebuild is offline until `--refresh`. Pure-Python packages published only as sdists are built into wheels there
+(`pip wheel --no-deps`). After assembly each Python's set is resolved again from the dataset alone (`--no-index`):
+a set that misses anything fails the build.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import hashlib
 import json
 import os
 import re
@@ -37,45 +41,47 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from lib import paths
 
 DEFAULT_USER = "your-kaggle-username"  # a placeholder: pass --user with your Kaggle user name
 COMPETITION = paths.COMPETITION
 NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
-REQUIREMENTS = paths.PROJECT_ROOT / "requirements.txt"
+PYPROJECT = paths.PROJECT_ROOT / "pyproject.toml"
+KAGGLE_CONFIG = paths.PROJECT_ROOT / "configs" / "kaggle.toml"
 
 # Kaggle slugs (the dataset or kernel name after "<user>/"); each title below turns into exactly this slug.
-LIB_SLUG, WHEELS_SLUG, MODEL_SLUG = "sennet-vessels-lib", "sennet-vessels-wheels", "sennet-vessels-model"
+WHEELS_SLUG, MODEL_SLUG = "sennet-vessels-wheels", "sennet-vessels-model"
 PRETRAINED_SLUG = "task008-hepaticvessel"  # as configs/kaggle.toml expects
 TRAIN_SLUG, INFER_SLUG = "sennet-vessels-train", "sennet-vessels-infer"
 WHEELS_MANIFEST = "sennet-wheels.json"  # marks the wheels dataset under the Kaggle input
 PRETRAINED_NAME = "Task008_HepaticVessel"
 
-# requirements.txt entries that are not bundled: on the Kaggle image already, or development tools only.
-KAGGLE_IMAGE = ("torch", "torchvision")
-DEV_ONLY = ("papermill", "nbformat", "pytest", "pytest-timeout", "ipykernel", "ipywidgets")
-KERNEL_ROOTS = ("ipykernel",)  # bundled too (requirements-kernel.txt), not installed by the notebooks
 # Never bundled, also as dependencies: huge, CUDA-specific, and part of the Kaggle image.
-EXCLUDED = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
+IMAGE_ONLY = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
+# Development parts of lib left out of the Kaggle wheel: the stand-ins (synthetic data, v1-format archives) and the
+# tooling (papermill pipeline, this builder). Nothing notebooks 02/03 run on Kaggle imports them.
+NOT_SHIPPED = ("dev", "runs")
 
-# The Kaggle runtime the wheels are for.
-PYTHON_VERSION = (3, 11)
-GLIBC_MAX = 35  # Kaggle's image is Ubuntu 22.04 (glibc 2.35)
+# The Kaggle runtimes the wheels are for: CPython on manylinux x86_64, glibc up to Ubuntu 22.04's 2.35.
+PYTHONS = ("3.10", "3.11", "3.12")
+GLIBC_MAX = 35
 PLATFORMS = ([f"manylinux_2_{m}_x86_64" for m in range(GLIBC_MAX, 16, -1)]
              + ["manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64", "manylinux_2_5_x86_64",
                 "manylinux1_x86_64"])
-MARKER_ENV = {"implementation_name": "cpython", "implementation_version": "3.11.0", "os_name": "posix",
-              "platform_machine": "x86_64", "platform_python_implementation": "CPython", "platform_release": "",
-              "platform_system": "Linux", "platform_version": "", "python_full_version": "3.11.0",
-              "python_version": "3.11", "sys_platform": "linux"}
+# Kaggle's accelerators as kernel-metadata.json names them: NvidiaTeslaT4 is "GPU T4 x2".
+MACHINE_SHAPE = "NvidiaTeslaT4"
+DOCKER_PINNING = "original"  # a notebook that worked keeps the image it ran on
 
 
 class BundleError(RuntimeError):
-    """The bundle cannot be built (environment out of date, a wheel missing, a notebook changed shape)."""
+    """The bundle cannot be built (a file missing, a wheel set incomplete, pip failed); one line for the user."""
 
 
 def canonical(name: str) -> str:
@@ -93,19 +99,36 @@ def working_dir() -> Path:
     return Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
 
 
+def bundle_settings(config: Path = KAGGLE_CONFIG) -> dict:
+    """configs/kaggle.toml's [bundle] table (pythons, machine_shape), defaults filled in."""
+    settings = {"pythons": list(PYTHONS), "machine_shape": MACHINE_SHAPE}
+    if config.is_file():
+        with config.open("rb") as f:
+            table = tomllib.load(f).get("bundle", {})
+        unknown = sorted(set(table) - set(settings))
+        if unknown:
+            raise BundleError(f"{config}: unknown [bundle] settings {unknown}; known: {sorted(settings)}")
+        settings.update(table)
+    return settings
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The Kaggle setup cell and the parameter defaults of the bundled notebooks
 # ----------------------------------------------------------------------------------------------------------
 
 SETUP_TAG = "kaggle-setup"
 SETUP_CELL = '''\
-# Kaggle setup (added by `python -m lib.runs.kaggle`): install the project's dependencies offline from the wheels
-# dataset (pip --no-index), unless every pinned package is installed already. KAGGLE_INPUT_DIR and
-# KAGGLE_WORKING_DIR relocate /kaggle/input and /kaggle/working (the project's tests run this notebook elsewhere).
+# Kaggle setup (added by `python -m lib.runs.kaggle`): install this project offline from the wheels dataset
+# (pip --no-index). pip keeps what the image has at a version the project works with, installs the rest, and never
+# replaces the image's torch. KAGGLE_INPUT_DIR and KAGGLE_WORKING_DIR relocate /kaggle/input and /kaggle/working.
 import importlib.metadata
+import json
 import os
+import platform
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,56 +139,64 @@ KAGGLE_WORKING.mkdir(parents=True, exist_ok=True)
 KAGGLE_SCRATCH = Path(os.environ.get("KAGGLE_SCRATCH_DIR", "/tmp/sennet-vessels"))
 
 
-def unmet_requirements(requirements: Path) -> list[str]:
-    """The `name==version` lines of `requirements` whose package is missing or installed at another version."""
-    unmet = []
-    for line in requirements.read_text().splitlines():
-        name, _, version = line.split("#")[0].strip().partition("==")
-        if not name:
-            continue
-        try:
-            have = importlib.metadata.version(name.strip())
-        except importlib.metadata.PackageNotFoundError:
-            have = None
-        if have is None or (version and have != version.strip()):
-            unmet.append(f"{name.strip()} {have or '(missing)'} -> {version.strip() or 'any'}")
-    return unmet
+def installed_versions() -> dict:
+    """{normalised name: version} of every installed distribution."""
+    return {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
+            for d in importlib.metadata.distributions() if d.metadata["Name"]}
 
 
 WHEELS = next((p.parent for pattern in ("*/%(manifest)s", "*/*/%(manifest)s")
                for p in sorted(KAGGLE_INPUT.glob(pattern))), None)
+PYTHON = "%%d.%%d" %% sys.version_info[:2]
 print(f"python {sys.version.split()[0]} at {sys.executable}")
 if WHEELS is None:
     print(f"no wheels dataset (a folder with %(manifest)s) under {KAGGLE_INPUT}: installing nothing "
           "(attach the '%(wheels_slug)s' dataset if the imports below fail)")
 else:
-    unmet = unmet_requirements(WHEELS / "requirements.txt")
-    if not unmet:
-        print(f"every package pinned in {WHEELS / 'requirements.txt'} is installed: nothing to install")
-    else:
-        print(f"installing {len(unmet)} packages offline from {WHEELS}: " + ", ".join(unmet))
-        start = time.perf_counter()
+    MANIFEST = json.loads((WHEELS / "%(manifest)s").read_text())
+    if (sys.implementation.name != "cpython" or PYTHON not in MANIFEST["pythons"] or sys.platform != "linux"
+            or platform.machine() != "x86_64"):
+        raise RuntimeError(
+            f"this kernel runs {platform.python_implementation()} {sys.version.split()[0]} on {sys.platform} "
+            f"{platform.machine()}; the wheels in {WHEELS} are for CPython {', '.join(MANIFEST['pythons'])} on "
+            f"Linux x86_64: rebuild them with `python -m lib.runs.kaggle --python {PYTHON}` (README, Kaggle)")
+    before = installed_versions()
+    image = {n: v for n, v in before.items() if re.match(MANIFEST["image_only"], n)}
+    if "torch" not in image:
+        raise RuntimeError("torch is not installed: the bundle relies on the image's torch")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        # The image's torch & co. are constraints: pip fails rather than replace them.
+        (Path(tmp) / "image.txt").write_text("".join(f"{n}=={v}\\n" for n, v in image.items()))
         # --no-compile: byte-compiling every installed file takes 5x longer than the install; imports compile
         # what they use.
         pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(WHEELS),
-                              "--no-compile", "--disable-pip-version-check", "-r", str(WHEELS / "requirements.txt")],
-                             capture_output=True, text=True)
-        if pip.returncode != 0:
-            print(pip.stdout[-5000:], pip.stderr[-5000:], sep="\\n")
-            raise RuntimeError(f"offline install from {WHEELS} failed (the wheels are for CPython %(python)s on "
-                               f"manylinux x86_64; this is Python {sys.version.split()[0]} on {sys.platform})")
-        importlib.invalidate_caches()
-        still = unmet_requirements(WHEELS / "requirements.txt")
-        if still:
-            raise RuntimeError(f"still not installed after pip install: {still}")
-        print(pip.stdout.strip().splitlines()[-1] if pip.stdout.strip() else "installed")
-        print(f"offline install took {time.perf_counter() - start:.0f} s")
+                              "--no-compile", "--disable-pip-version-check", "--report", str(Path(tmp) / "report.json"),
+                              "-c", str(Path(tmp) / "image.txt"), MANIFEST["project"]], capture_output=True, text=True)
+        report = json.loads((Path(tmp) / "report.json").read_text()) if pip.returncode == 0 else {}
+    if pip.returncode != 0:
+        print(pip.stdout[-5000:], pip.stderr[-5000:], sep="\\n")
+        raise RuntimeError(f"offline install of {MANIFEST['project']} from {WHEELS} failed (pip's output above); "
+                           f"the image's torch {image['torch']} is kept, never replaced")
+    importlib.invalidate_caches()
+    installed = {re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"]
+                 for i in report["install"]}
+    kept = {n: before[n] for n in [*MANIFEST["sets"][PYTHON], *image] if n in before and n not in installed}
+    print(f"installed {len(installed)} packages offline from {WHEELS} in {time.perf_counter() - start:.0f} s: "
+          + (", ".join(f"{n} {v}" + (f" (was {before[n]})" if n in before else "") for n, v in sorted(installed.items()))
+             or "none"))
+    print(f"kept {len(kept)} packages of the image: " + ", ".join(f"{n} {v}" for n, v in sorted(kept.items())))
+    conflicts = [line for line in pip.stderr.splitlines() if "requires" in line and "but you have" in line]
+    if conflicts:
+        print("pip warns that packages of the image ask for other versions than now installed:", *conflicts,
+              sep="\\n  ")
 '''
 
 
 def setup_cell_source(wheels_slug: str = WHEELS_SLUG) -> str:
-    return SETUP_CELL % {"manifest": WHEELS_MANIFEST, "wheels_slug": wheels_slug,
-                         "python": ".".join(map(str, PYTHON_VERSION))}
+    """The Kaggle setup cell's code (the first code cell of each bundled notebook)."""
+    return SETUP_CELL % {"manifest": WHEELS_MANIFEST, "wheels_slug": wheels_slug}
+
 
 
 # name -> (new right-hand side, new comment); the names of the setup cell (KAGGLE_INPUT, KAGGLE_WORKING) are in scope.
@@ -187,7 +218,6 @@ INFER_PARAMETERS = {
     "submission_file": ('str(KAGGLE_WORKING / "submission.csv")', "what the competition scores"),
     "scratch_dir": ('str(KAGGLE_SCRATCH / "infer")', "probabilities and masks, outside the 20 GB /kaggle/working"),
 }
-KAGGLE_CONFIG = paths.PROJECT_ROOT / "configs" / "kaggle.toml"
 
 
 def config_parameters(notebook: str, paths_set_here: Mapping[str, object], config: Path = KAGGLE_CONFIG
@@ -239,137 +269,6 @@ def kaggle_notebook(source: Path | str, overrides: Mapping[str, tuple[str, str]]
     return nb
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Wheels: the dependency closure, its download cache and the wheels dataset
-# ----------------------------------------------------------------------------------------------------------
-
-def requirement_pins(path: Path = REQUIREMENTS) -> dict[str, str]:
-    """`name==version` lines of a requirements file as {canonical name: version}; other lines are ignored."""
-    pins = {}
-    for line in path.read_text().splitlines():
-        m = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
-        if m:
-            pins[canonical(m.group(1))] = m.group(2)
-    return pins
-
-
-def _installed(name: str) -> importlib.metadata.Distribution:
-    try:
-        return importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise BundleError(f"{name} is not installed in this environment ({sys.executable}); the wheel set is "
-                          "taken from the project's environment: run `make setup` and build with .venv/bin/python") from exc
-
-
-def dependency_closure(roots: Iterable[str], pins: Mapping[str, str] | None = None,
-                       exclude: re.Pattern = EXCLUDED) -> dict[str, str]:
-    """{canonical name: version} of `roots` and everything they require on the Kaggle runtime (markers evaluated
-    for Linux x86_64 CPython 3.11, extras followed), read from the installed packages' metadata. Names matching
-    `exclude` are left out and not walked. A pinned version must be the installed one."""
-    from packaging.requirements import Requirement
-
-    pins = dict(pins or {})
-    found: dict[str, str] = {}
-    seen: set[tuple[str, str]] = set()
-    todo: list[tuple[str, str]] = [(canonical(r), "") for r in roots]
-    while todo:
-        name, extra = todo.pop()
-        if exclude.match(name) or (name, extra) in seen:
-            continue
-        seen.add((name, extra))
-        dist = _installed(name)
-        version = dist.version
-        if name in pins and pins[name] != version:
-            raise BundleError(f"{name}: requirements.txt pins {pins[name]} but {version} is installed; "
-                              "run `make setup` first")
-        found[name] = version
-        for line in dist.requires or []:
-            req = Requirement(line)
-            if req.marker is not None and not req.marker.evaluate({**MARKER_ENV, "extra": extra}):
-                continue
-            todo.append((canonical(req.name), ""))
-            todo += [(canonical(req.name), canonical(e)) for e in req.extras]
-    return dict(sorted(found.items()))
-
-
-def bundled_roots(pins: Mapping[str, str]) -> list[str]:
-    """What the notebooks need from requirements.txt: everything but the Kaggle image's torch and the dev tools."""
-    return [n for n in pins if n not in KAGGLE_IMAGE and n not in DEV_ONLY]
-
-
-def target_tags() -> set:
-    """Wheel tags pip accepts on the Kaggle runtime (CPython 3.11, manylinux x86_64, also plain linux_x86_64)."""
-    from packaging import tags
-
-    interpreter = f"cp{PYTHON_VERSION[0]}{PYTHON_VERSION[1]}"
-    platforms = [*PLATFORMS, "linux_x86_64"]
-    return {*tags.cpython_tags(PYTHON_VERSION, [interpreter], platforms),
-            *tags.compatible_tags(PYTHON_VERSION, interpreter, platforms)}
-
-
-def _wheel_files(folder: Path) -> dict[tuple[str, str], Path]:
-    """{(canonical name, version): wheel} of the wheels in `folder` that install on the Kaggle runtime."""
-    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-
-    accepted, out = target_tags(), {}
-    for path in sorted(folder.glob("*.whl")):
-        try:
-            name, version, _, wheel_tags = parse_wheel_filename(path.name)
-        except InvalidWheelFilename:
-            continue
-        if wheel_tags & accepted:
-            out.setdefault((canonical(name), str(version)), path)
-    return out
-
-
-def _lookup(wheels: Mapping[tuple[str, str], Path], name: str, version: str) -> Path | None:
-    from packaging.version import Version
-
-    for (n, v), path in wheels.items():
-        if n == name and Version(v) == Version(version):
-            return path
-    return None
-
-
-def _pip(*args: str, env: Mapping[str, str] | None = None) -> None:
-    cmd = [sys.executable, "-m", "pip", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise BundleError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-
-
-def fetch_wheels(lock: Mapping[str, str], cache: Path, log=print) -> tuple[dict[str, Path], list[str]]:
-    """A wheel for every `lock` entry, from `cache` or downloaded into it: ({name: wheel}, [downloaded names])."""
-    cache.mkdir(parents=True, exist_ok=True)
-    cached = _wheel_files(cache)
-    wanted = {n: v for n, v in lock.items() if _lookup(cached, n, v) is None}
-    if wanted:
-        log(f"downloading {len(wanted)} packages for CPython {'.'.join(map(str, PYTHON_VERSION))} manylinux x86_64 "
-            f"into {cache} ...")
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-            tmp = Path(tmp)
-            platform_args = [a for p in PLATFORMS for a in ("--platform", p)]
-            # --no-deps: the closure is already complete; it also lets pip fall back to sdists for pure-Python
-            # packages that publish no wheel (built below).
-            _pip("download", "--no-deps", "--prefer-binary", "--dest", str(tmp / "dl"), "--implementation", "cp",
-                 "--python-version", ".".join(map(str, PYTHON_VERSION)), "--abi",
-                 f"cp{PYTHON_VERSION[0]}{PYTHON_VERSION[1]}", *platform_args,
-                 *[f"{n}=={v}" for n, v in wanted.items()])
-            sdists = [p for p in (tmp / "dl").iterdir() if not p.name.endswith(".whl")]
-            for sdist in sdists:
-                log(f"  building a wheel from {sdist.name}")
-                _pip("wheel", "--no-deps", "--wheel-dir", str(tmp / "dl"), str(sdist))
-            for path in (tmp / "dl").glob("*.whl"):
-                os.replace(path, cache / path.name)
-        log(f"downloaded in {time.perf_counter() - start:.0f} s")
-    files = _wheel_files(cache)
-    missing = [f"{n}=={v}" for n, v in lock.items() if _lookup(files, n, v) is None]
-    if missing:
-        raise BundleError(f"no wheel for the Kaggle runtime (CPython 3.11 manylinux x86_64) for: {missing}")
-    return {n: _lookup(files, n, v) for n, v in lock.items()}, sorted(wanted)
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -395,71 +294,238 @@ def dataset_metadata(user: str, slug: str, title: str, description: str) -> dict
 
 
 def kernel_metadata(user: str, slug: str, title: str, code_file: str, datasets: Sequence[str],
-                    internet: bool = False) -> dict:
-    """Kaggle's kernel-metadata.json: a private GPU notebook on the competition."""
+                    machine_shape: str = MACHINE_SHAPE) -> dict:
+    """Kaggle's kernel-metadata.json: a private notebook on the competition, on the accelerator `machine_shape`,
+    internet off (the CLI's default is on), keeping the image of its first run."""
     return {"id": f"{user}/{slug}", "title": title, "code_file": code_file, "language": "python",
             "kernel_type": "notebook", "is_private": True, "enable_gpu": True, "enable_tpu": False,
-            "enable_internet": internet, "dataset_sources": list(datasets), "competition_sources": [COMPETITION],
-            "kernel_sources": [], "model_sources": []}
+            "enable_internet": False, "machine_shape": machine_shape, "docker_image_pinning_type": DOCKER_PINNING,
+            "dataset_sources": list(datasets), "competition_sources": [COMPETITION], "kernel_sources": [],
+            "model_sources": []}
 
 
-def build_wheels(folder: Path, user: str, cache: Path, log=print) -> dict:
-    """The wheels dataset in `folder` (replaced); returns its manifest."""
-    pins = requirement_pins()
-    notebook_lock = dependency_closure(bundled_roots(pins), pins)
-    kernel_lock = {n: v for n, v in dependency_closure(KERNEL_ROOTS, pins).items() if n not in notebook_lock}
-    wheels, downloaded = fetch_wheels({**notebook_lock, **kernel_lock}, cache, log)
+
+# ----------------------------------------------------------------------------------------------------------
+# Wheels: the project's wheel, pip's resolution per Python, the download cache, the offline completeness check
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Wheel:
+    """One resolved distribution: what pip's report names, and the file it would install."""
+
+    name: str  # canonical
+    version: str
+    file: str
+    url: str
+
+
+def project_dependencies(pyproject: Path = PYPROJECT) -> tuple[str, str, list[str]]:
+    """(name, version, dependency ranges) of the project, from pyproject.toml's [project] table."""
+    with pyproject.open("rb") as f:
+        project = tomllib.load(f)["project"]
+    return project["name"], project["version"], list(project["dependencies"])
+
+
+def target_args(python: str) -> list[str]:
+    """pip options selecting wheels for CPython `python` ("3.11") on manylinux x86_64."""
+    abi = "cp" + python.replace(".", "")
+    return ["--python-version", python, "--implementation", "cp", "--abi", abi,
+            *[a for p in PLATFORMS for a in ("--platform", p)], "--only-binary=:all:"]
+
+
+def _pip(*args: str, what: str, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Run pip; on failure a BundleError with pip's last error line (`what` says what was being done)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, env=env, cwd=cwd)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines or ["(no output)"]
+        raise BundleError(f"{what}: pip failed: {errors[0]}")
+    return proc.stdout
+
+
+def offline_pip_env() -> dict[str, str]:
+    """This environment with no pip configuration (no index, no find-links of this machine)."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PIP_")}
+    env.update({"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    return env
+
+
+def build_project_wheel(dest: Path, root: Path = paths.PROJECT_ROOT) -> Path:
+    """This project as a wheel in `dest`, built from a staged copy without lib/dev and lib/runs (NOT_SHIPPED)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    with tempfile.TemporaryDirectory(prefix="sennet-wheel-") as tmp:
+        stage = Path(tmp) / "project"
+        stage.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, stage / name)
+        shutil.copytree(root / "lib", stage / "lib", ignore=ignore)
+        for part in NOT_SHIPPED:
+            shutil.rmtree(stage / "lib" / part)
+        _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(Path(tmp) / "dist"), str(stage),
+             what=f"building the project's wheel from {root / 'pyproject.toml'}")
+        (built,) = (Path(tmp) / "dist").glob("*.whl")
+        with zipfile.ZipFile(built) as zf:
+            leaked = [n for n in zf.namelist() if n.startswith(tuple(f"lib/{p}/" for p in NOT_SHIPPED))]
+        if leaked:
+            raise BundleError(f"{built.name}: holds {leaked[0]} (stale build/ folder?)")
+        shutil.move(built, dest / built.name)
+    return dest / built.name
+
+
+def resolve(requirements: Sequence[str], python: str | None, find_links: Sequence[Path] = (),
+            offline: bool = False) -> list[Wheel]:
+    """pip's resolution of `requirements` for CPython `python` on manylinux x86_64 (None: this interpreter, sdists
+    allowed), as pip's installation report lists it. `offline`: --no-index, only `find_links` (no pip config)."""
+    with tempfile.TemporaryDirectory(prefix="sennet-resolve-") as tmp:
+        report = Path(tmp) / "report.json"
+        args = ["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
+                *[a for d in find_links for a in ("--find-links", str(d))]]
+        if python is not None:
+            args += [*target_args(python), "--target", str(Path(tmp) / "target")]
+        if offline:
+            args.append("--no-index")
+        where = "from the wheels only (--no-index)" if offline else "against the package index"
+        target = f"CPython {python}" if python else "this interpreter"
+        _pip(*args, *requirements, what=f"resolving {', '.join(requirements)} for {target} {where}",
+             env=offline_pip_env() if offline else None)
+        items = json.loads(report.read_text())["install"]
+    return [Wheel(canonical(i["metadata"]["name"]), i["metadata"]["version"],
+                  i["download_info"]["url"].rsplit("/", 1)[-1], i["download_info"]["url"]) for i in items]
+
+
+def build_sdists(requirements: Sequence[str], cache: Path, log=print) -> list[str]:
+    """Wheels in `cache` for the packages of `requirements`' closure that PyPI has only as sdists (pip's
+    resolution for this interpreter says which); each must build to a pure-Python wheel. Returns the built files."""
+    built = []
+    for wheel in resolve(requirements, None, [cache]):
+        if wheel.file.endswith(".whl") or IMAGE_ONLY.match(wheel.name):
+            continue
+        log(f"  building a wheel from the sdist {wheel.file}")
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
+            _pip("wheel", "--no-deps", "--wheel-dir", tmp, f"{wheel.name}=={wheel.version}",
+                 what=f"building a wheel from {wheel.file}")
+            (path,) = Path(tmp).glob("*.whl")
+            if not path.name.endswith("-none-any.whl"):
+                raise BundleError(f"{wheel.file}: published only as an sdist and not pure Python ({path.name}): "
+                                  "no wheel for the other Pythons can be built here")
+            os.replace(path, cache / path.name)
+            built.append(path.name)
+    return built
+
+
+def _lock_path(cache: Path, requirements: Sequence[str], python: str) -> Path:
+    key = hashlib.sha1(json.dumps([sorted(requirements), python, PLATFORMS]).encode()).hexdigest()[:12]
+    return cache / "locks" / f"cp{python.replace('.', '')}-{key}.json"
+
+
+def wheel_sets(requirements: Sequence[str], pythons: Sequence[str], cache: Path, refresh: bool = False,
+               log=print) -> tuple[dict[str, list[Wheel]], list[str]]:
+    """{python: the wheels pip resolves `requirements` to, image-only packages included} with every wheel but the
+    image-only ones in `cache`, and the files downloaded now. A resolution is kept in `cache/locks` and reused
+    (offline) until `refresh`."""
+    cache.mkdir(parents=True, exist_ok=True)
+    sets, downloaded, sdists_built = {}, [], False
+    for python in pythons:
+        lock = _lock_path(cache, requirements, python)
+        if lock.is_file() and not refresh:
+            sets[python] = [Wheel(**w) for w in json.loads(lock.read_text())]
+        else:
+            start = time.perf_counter()
+            try:
+                sets[python] = resolve(requirements, python, [cache])
+            except BundleError:
+                if sdists_built:
+                    raise
+                # Most likely a package PyPI has only as an sdist: build those into the cache and try again.
+                log(f"  CPython {python}: no resolution from wheels alone; building sdist-only packages into {cache}")
+                build_sdists(requirements, cache, log)
+                sdists_built = True
+                sets[python] = resolve(requirements, python, [cache])
+            log(f"  CPython {python}: {len(sets[python])} packages resolved in {time.perf_counter() - start:.0f} s")
+        wanted = [w for w in sets[python] if not IMAGE_ONLY.match(w.name) and not (cache / w.file).is_file()]
+        if wanted:
+            log(f"  CPython {python}: downloading {len(wanted)} wheels into {cache} ...")
+            with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+                _pip("download", "--no-deps", "--dest", tmp, *target_args(python),
+                     *[f"{w.name}=={w.version}" for w in wanted], what=f"downloading wheels for CPython {python}")
+                for w in wanted:
+                    if not (Path(tmp) / w.file).is_file():
+                        raise BundleError(f"pip download for CPython {python} gave no {w.file}")
+                    os.replace(Path(tmp) / w.file, cache / w.file)
+            downloaded += [w.file for w in wanted]
+        lock.parent.mkdir(exist_ok=True)
+        _write_json(lock, [w.__dict__ for w in sets[python]])
+    return sets, downloaded
+
+
+def stand_in_wheel(folder: Path, name: str, version: str) -> Path:
+    """An empty wheel `name==version` without dependencies: the image's torch & co. in an offline resolution."""
+    stem = f"{re.sub(r'[-.]+', '_', name)}-{version}"
+    path = folder / f"{stem}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{stem}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        zf.writestr(f"{stem}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: sennet\nRoot-Is-Purelib: true\n"
+                                               "Tag: py3-none-any\n")
+        zf.writestr(f"{stem}.dist-info/RECORD", "")
+    return path
+
+
+def check_complete(folder: Path, requirements: Sequence[str], python: str, image: Mapping[str, str]) -> dict[str, str]:
+    """pip resolves `requirements` for CPython `python` from the wheels in `folder` alone (no index, no network),
+    the image-only packages (`image`: {name: version}) standing in as empty wheels. Returns {name: version} of
+    what it would install from `folder`; BundleError naming the first missing requirement otherwise."""
+    with tempfile.TemporaryDirectory(prefix="sennet-image-") as tmp:
+        for name, version in image.items():
+            stand_in_wheel(Path(tmp), name, version)
+        try:
+            resolved = resolve(requirements, python, [folder, Path(tmp)], offline=True)
+        except BundleError as exc:
+            raise BundleError(f"{folder}: the CPython {python} set is incomplete: {exc}") from None
+    return {w.name: w.version for w in resolved if w.name not in image}
+
+
+def build_wheels(folder: Path, user: str, cache: Path, pythons: Sequence[str] = PYTHONS, refresh: bool = False,
+                 log=print) -> dict:
+    """The wheels dataset in `folder` (replaced): the project's wheel and each Python's set; returns its manifest."""
+    name, version, requirements = project_dependencies()
+    sets, downloaded = wheel_sets(requirements, pythons, cache, refresh, log)
     _fresh(folder)
-    for wheel in wheels.values():
-        _link_or_copy(wheel, folder / wheel.name)
-    note = "# Generated by `python -m lib.runs.kaggle`: {}\n"
-    (folder / "requirements.txt").write_text(
-        note.format("every package notebooks 02/03 import beyond torch/torchvision, pinned (the project's versions)")
-        + "".join(f"{n}=={v}\n" for n, v in notebook_lock.items()))
-    (folder / "requirements-kernel.txt").write_text(
-        note.format("ipykernel and what it needs beyond requirements.txt (not installed on Kaggle)")
-        + "".join(f"{n}=={v}\n" for n, v in kernel_lock.items()))
-    manifest = {"python": ".".join(map(str, PYTHON_VERSION)), "platforms": PLATFORMS,
-                "excluded": EXCLUDED.pattern, "roots": bundled_roots(pins), "kernel_roots": list(KERNEL_ROOTS),
-                "wheels": sorted(w.name for w in wheels.values()),
-                "bytes": sum(w.stat().st_size for w in wheels.values()), "downloaded": downloaded,
-                "install": "pip install --no-index --find-links <this folder> -r <this folder>/requirements.txt"}
+    project = build_project_wheel(folder)
+    files = sorted({w.file for ws in sets.values() for w in ws if not IMAGE_ONLY.match(w.name)})
+    for file in files:
+        _link_or_copy(cache / file, folder / file)
+    image = {p: {w.name: w.version for w in ws if IMAGE_ONLY.match(w.name)} for p, ws in sets.items()}
+    resolved = {p: check_complete(folder, [f"{name}=={version}"], p, image[p]) for p in pythons}
+    manifest = {"project": f"{name}=={version}", "pythons": list(pythons), "platforms": PLATFORMS,
+                "image_only": IMAGE_ONLY.pattern, "requirements": requirements,
+                "sets": {p: dict(sorted(r.items())) for p, r in resolved.items()},
+                "image_versions_resolved": image, "wheels": [project.name, *files],
+                "bytes": sum((folder / f).stat().st_size for f in [project.name, *files]), "downloaded": downloaded,
+                "install": f"pip install --no-index --find-links <this folder> {name}=={version}"}
     _write_json(folder / WHEELS_MANIFEST, manifest)
     _write_json(folder / "dataset-metadata.json", dataset_metadata(
         user, WHEELS_SLUG, "SenNet Vessels Wheels",
-        "Offline wheels (CPython 3.11, manylinux x86_64) for the SenNet vessel notebooks: nnunetv2 and everything "
-        "they import beyond torch/torchvision. `pip install --no-index --find-links . -r requirements.txt`."))
+        f"Offline wheels (CPython {', '.join(pythons)}; manylinux x86_64) for the SenNet vessel notebooks: the "
+        f"project ({name} {version}) and everything it needs beyond the Kaggle image's torch. "
+        f"`pip install --no-index --find-links . {name}`."))
     return manifest
 
 
-def _git_revision() -> str | None:
-    try:
-        rev = subprocess.run(["git", "-C", str(paths.PROJECT_ROOT), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return rev.stdout.strip() or None
-
-
-def build_lib(folder: Path, user: str) -> int:
-    """The lib dataset in `folder` (replaced): a copy of this package without caches; returns the file count."""
-    _fresh(folder)
-    shutil.copytree(paths.PROJECT_ROOT / "lib", folder / "lib",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints"))
-    revision = _git_revision()
-    _write_json(folder / "dataset-metadata.json", dataset_metadata(
-        user, LIB_SLUG, "SenNet Vessels Lib",
-        "The `lib` package of the SenNet + HOA vessel segmentation project (shared code of its notebooks)"
-        + (f", revision {revision}." if revision else ".")))
-    return sum(1 for p in (folder / "lib").rglob("*") if p.is_file())
+def check_model_dir(model_dir: Path) -> list[Path]:
+    """The checkpoints of a trained model folder; BundleError when it is missing or not one."""
+    if not model_dir.is_dir():
+        raise BundleError(f"{model_dir}: model folder not found")
+    checkpoints = sorted(model_dir.glob("fold_*/checkpoint_final.pth"))
+    if not (model_dir / "plans.json").is_file() or not checkpoints:
+        raise BundleError(f"{model_dir}: not a model folder (needs plans.json and fold_*/checkpoint_final.pth)")
+    return checkpoints
 
 
 def build_model(folder: Path, user: str, model_dir: Path) -> None:
     """A model dataset from a trained model folder (plans.json, dataset.json, fold_*/checkpoint_final.pth)."""
     model_dir = Path(model_dir)
-    checkpoints = sorted(model_dir.glob("fold_*/checkpoint_final.pth"))
-    if not (model_dir / "plans.json").is_file() or not checkpoints:
-        raise BundleError(f"{model_dir}: not a model folder (needs plans.json and fold_*/checkpoint_final.pth)")
+    checkpoints = check_model_dir(model_dir)
     _fresh(folder)
     for path in [model_dir / "plans.json", model_dir / "dataset.json", *checkpoints]:
         if path.is_file():
@@ -487,17 +553,17 @@ class Bundle:
 
     out: Path
     user: str
-    folders: dict[str, Path] = field(default_factory=dict)  # lib, wheels, model, pretrained, train, infer
-    lib_files: int = 0
+    folders: dict[str, Path] = field(default_factory=dict)  # wheels, model, pretrained, train, infer
     wheels: dict | None = None  # the wheels manifest (None with --no-wheels)
+    machine_shape: str = MACHINE_SHAPE
     seconds: float = 0.0
 
     def report(self) -> str:
         rel = {k: _display(v) for k, v in self.folders.items()}
-        lines = [f"Kaggle bundle in {_display(self.out)} ({self.seconds:.0f} s):",
-                 f"  {rel['lib']}: dataset {self.user}/{LIB_SLUG}, lib/ ({self.lib_files} files)"]
+        lines = [f"Kaggle bundle in {_display(self.out)} ({self.seconds:.0f} s):"]
         if self.wheels is not None:
-            lines.append(f"  {rel['wheels']}: dataset {self.user}/{WHEELS_SLUG}, {len(self.wheels['wheels'])} wheels, "
+            lines.append(f"  {rel['wheels']}: dataset {self.user}/{WHEELS_SLUG}, {self.wheels['project']} and "
+                         f"{len(self.wheels['wheels']) - 1} wheels for CPython {', '.join(self.wheels['pythons'])}, "
                          f"{self.wheels['bytes'] / 2**20:.0f} MiB ({len(self.wheels['downloaded'])} downloaded now)")
         else:
             lines.append(f"  {rel['wheels']}: not rebuilt (--no-wheels)")
@@ -505,26 +571,26 @@ class Bundle:
             lines.append(f"  {rel['model']}: dataset {self.user}/{MODEL_SLUG}")
         if "pretrained" in rel:
             lines.append(f"  {rel['pretrained']}: dataset {self.user}/{PRETRAINED_SLUG}")
-        lines += [f"  {rel['train']}: notebook {self.user}/{TRAIN_SLUG} (02_train.ipynb)",
-                  f"  {rel['infer']}: notebook {self.user}/{INFER_SLUG} (03_infer.ipynb, internet off)", "",
+        lines += [f"  {rel['train']}: notebook {self.user}/{TRAIN_SLUG} (02_train.ipynb, {self.machine_shape})",
+                  f"  {rel['infer']}: notebook {self.user}/{INFER_SLUG} (03_infer.ipynb, {self.machine_shape}, "
+                  "internet off)", "",
                   "Next steps (the kaggle CLI, `pip install kaggle`, with ~/.kaggle/kaggle.json):"]
         if self.user == DEFAULT_USER:
             lines.append(f"  0. rebuild with --user <your Kaggle user name> ('{DEFAULT_USER}' is a placeholder)")
-        lines += [f"  1. kaggle datasets create -p {rel['lib']} --dir-mode zip      (later: kaggle datasets version "
-                  f"-p {rel['lib']} --dir-mode zip -m 'update')",
-                  f"  2. kaggle datasets create -p {rel['wheels']}"]
+        lines.append(f"  1. kaggle datasets create -p {rel['wheels']}      (later: kaggle datasets version "
+                     f"-p {rel['wheels']} -m 'update')")
         if "pretrained" in rel:
             lines.append(f"     kaggle datasets create -p {rel['pretrained']}")
-        lines.append(f"  3. kaggle kernels push -p {rel['train']}      (train on Kaggle's GPU; or train elsewhere)")
+        lines.append(f"  2. kaggle kernels push -p {rel['train']}      (train on Kaggle's GPU; or train elsewhere)")
         if "model" in rel:
-            lines.append(f"  4. kaggle datasets create -p {rel['model']} --dir-mode zip")
+            lines.append(f"  3. kaggle datasets create -p {rel['model']} --dir-mode zip")
         else:
-            lines += [f"  4. make the trained model a dataset {self.user}/{MODEL_SLUG}: rebuild with --model-dir "
+            lines += [f"  3. make the trained model a dataset {self.user}/{MODEL_SLUG}: rebuild with --model-dir "
                       "<train output>/nnunet/results/<dataset>/FineTuneTrainer__nnUNetPlans__3d_fullres, then",
                       f"     kaggle datasets create -p {_display(self.out / 'datasets' / 'model')} --dir-mode zip",
                       "     (or make a dataset of the training notebook's output on Kaggle, and name that dataset in "
                       f"{rel['infer']}/kernel-metadata.json; notebook 03 finds the model folder at any depth)"]
-        lines.append(f"  5. kaggle kernels push -p {rel['infer']}; then submit that notebook to the competition "
+        lines.append(f"  4. kaggle kernels push -p {rel['infer']}; then submit that notebook to the competition "
                      "(Kaggle UI: Submit, or kaggle competitions submit -k <kernel> -v <version>)")
         return "\n".join(lines)
 
@@ -538,19 +604,34 @@ def _display(path: Path) -> str:
 
 def build(out: Path | str, user: str = DEFAULT_USER, wheels: bool = True, wheel_cache: Path | str | None = None,
           model_dir: Path | str | None = None, pretrained: Path | str | None = None,
-          pretrained_dataset: str | None = None, log=print) -> Bundle:
-    """Write the Kaggle bundle into `out` (see the module docstring); folders it owns are replaced."""
+          pretrained_dataset: str | None = None, pythons: Sequence[str] | None = None,
+          machine_shape: str | None = None, refresh: bool = False, log=print) -> Bundle:
+    """Write the Kaggle bundle into `out` (see the module docstring); folders it owns are replaced.
+    `pythons` and `machine_shape` default to configs/kaggle.toml's [bundle] table."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", user):
-        raise BundleError(f"--user {user!r}: expected a Kaggle user name")
+        raise BundleError(f"--user {user!r}: expected a Kaggle user name (letters, digits, '-', '_')")
+    settings = bundle_settings()
+    pythons = list(pythons or settings["pythons"])
+    bad = [p for p in pythons if not re.fullmatch(r"3\.\d{1,2}", p)]
+    if bad:
+        raise BundleError(f"--python {bad[0]!r}: expected a CPython version such as 3.11")
+    machine_shape = machine_shape or settings["machine_shape"]
+    notebooks = {name: NOTEBOOKS_DIR / f"{name}.ipynb" for name in ("02_train", "03_infer")}
+    missing = [p for p in notebooks.values() if not p.is_file()]
+    if missing:
+        raise BundleError(f"{missing[0]}: notebook not found")
+    if model_dir is not None:
+        check_model_dir(Path(model_dir))
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise BundleError(f"{pretrained}: pretrained archive not found")
     start = time.perf_counter()
     out = Path(out)
     datasets, kernels = out / "datasets", out / "kernels"
-    bundle = Bundle(out=out, user=user, folders={"lib": datasets / "lib", "wheels": datasets / "wheels",
-                                                  "train": kernels / "train", "infer": kernels / "infer"})
-    bundle.lib_files = build_lib(datasets / "lib", user)
+    bundle = Bundle(out=out, user=user, machine_shape=machine_shape,
+                    folders={"wheels": datasets / "wheels", "train": kernels / "train", "infer": kernels / "infer"})
     if wheels:
         cache = Path(wheel_cache) if wheel_cache else paths.outputs_dir() / "kaggle-wheel-cache"
-        bundle.wheels = build_wheels(datasets / "wheels", user, cache, log)
+        bundle.wheels = build_wheels(datasets / "wheels", user, cache, pythons, refresh, log)
     if model_dir is not None:
         build_model(datasets / "model", user, Path(model_dir))
         bundle.folders["model"] = datasets / "model"
@@ -558,18 +639,18 @@ def build(out: Path | str, user: str = DEFAULT_USER, wheels: bool = True, wheel_
         build_pretrained(datasets / "pretrained", user, Path(pretrained))
         bundle.folders["pretrained"] = datasets / "pretrained"
         pretrained_dataset = pretrained_dataset or f"{user}/{PRETRAINED_SLUG}"
-    common = [f"{user}/{LIB_SLUG}", f"{user}/{WHEELS_SLUG}"]
     specs = [("train", "02_train", TRAIN_SLUG, "SenNet Vessels Train", TRAIN_PARAMETERS,
-              common + ([pretrained_dataset] if pretrained_dataset else [])),
+              [f"{user}/{WHEELS_SLUG}"] + ([pretrained_dataset] if pretrained_dataset else [])),
              ("infer", "03_infer", INFER_SLUG, "SenNet Vessels Infer", INFER_PARAMETERS,
-              common + [f"{user}/{MODEL_SLUG}"])]
+              [f"{user}/{WHEELS_SLUG}", f"{user}/{MODEL_SLUG}"])]
     import nbformat
 
     for key, name, slug, title, overrides, sources in specs:
         folder = _fresh(kernels / key)
         overrides = {**config_parameters(name, overrides), **overrides}
-        nbformat.write(kaggle_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", overrides), str(folder / f"{name}.ipynb"))
-        _write_json(folder / "kernel-metadata.json", kernel_metadata(user, slug, title, f"{name}.ipynb", sources))
+        nbformat.write(kaggle_notebook(notebooks[name], overrides), str(folder / f"{name}.ipynb"))
+        _write_json(folder / "kernel-metadata.json",
+                    kernel_metadata(user, slug, title, f"{name}.ipynb", sources, machine_shape))
     bundle.seconds = time.perf_counter() - start
     return bundle
 
@@ -579,7 +660,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=paths.outputs_dir() / "kaggle", help="bundle folder")
     parser.add_argument("--user", default=DEFAULT_USER, help=f"your Kaggle user name (default: the placeholder "
                                                              f"{DEFAULT_USER!r})")
+    parser.add_argument("--python", action="append", default=None, metavar="X.Y",
+                        help="a CPython version to bundle wheels for (repeatable; default: configs/kaggle.toml "
+                             f"[bundle] pythons, else {', '.join(PYTHONS)})")
+    parser.add_argument("--machine-shape", default=None,
+                        help=f"the Kaggle accelerator of both notebooks (default: configs/kaggle.toml, else "
+                             f"{MACHINE_SHAPE} = GPU T4 x2; e.g. NvidiaTeslaP100)")
     parser.add_argument("--no-wheels", action="store_true", help="do not (re)build the wheels dataset")
+    parser.add_argument("--refresh", action="store_true",
+                        help="resolve the wheel sets again against the index (default: reuse the cached resolution)")
     parser.add_argument("--wheel-cache", type=Path, default=None,
                         help="download cache (default: outputs/kaggle-wheel-cache)")
     parser.add_argument("--model-dir", type=Path, default=None,
@@ -592,10 +681,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         bundle = build(args.out, args.user, wheels=not args.no_wheels, wheel_cache=args.wheel_cache,
                        model_dir=args.model_dir, pretrained=args.pretrained,
-                       pretrained_dataset=args.pretrained_dataset)
+                       pretrained_dataset=args.pretrained_dataset, pythons=args.python,
+                       machine_shape=args.machine_shape, refresh=args.refresh,
+                       log=lambda msg: print(msg, file=sys.stderr))
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(bundle.report())
     return 0
 
