@@ -35,7 +35,8 @@ import tomllib
 from lib import cli, paths
 
 NOTEBOOKS = ("01_explore", "02_train", "03_infer")
-CONFIG_KEYS = ("name", "data_dir", "synthetic_preset", "output_root", "required", "notebooks")
+CONFIG_KEYS = ("name", "data_dir", "synthetic_preset", "output_root", "required", "notebooks",
+               "bundle")  # [bundle]: the Kaggle upload bundle's settings (lib.runs.kaggle), not the pipeline's
 REQUIRABLE = ("data_dir", "pretrained")  # what a config may require on the command line
 WIRED = {"data_dir": "--data-dir", "output_dir": "--name"}  # parameters the pipeline sets itself
 RUNNING = ".running"  # inside a run folder while its notebooks execute: {"pid", "host", "replaces"}
