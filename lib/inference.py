@@ -90,6 +90,26 @@ def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "c
     return from_network(net, plans, device, tuple(mirror), model_dir, info)
 
 
+def checkpoint_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_best.pth", fold: int = 0) -> Path | None:
+    """A second model folder `<model_dir>-<name>` holding another checkpoint of the same training (e.g. the best
+    on validation patches) as its checkpoint_final.pth, so that an ensemble of the two exists. None when that
+    checkpoint is missing or holds the same weights as the final one (nothing to ensemble)."""
+    model_dir = Path(model_dir)
+    source, final = model_dir / f"fold_{fold}" / checkpoint, model_dir / f"fold_{fold}" / "checkpoint_final.pth"
+    if not source.is_file() or not final.is_file():
+        return None
+    a, b = (torch.load(f, map_location="cpu", weights_only=False)["network_weights"] for f in (source, final))
+    if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a):
+        return None
+    target = model_dir.with_name(f"{model_dir.name}-{checkpoint.removeprefix('checkpoint_').removesuffix('.pth')}")
+    (target / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+    for name in ("plans.json", "dataset.json"):
+        if (model_dir / name).is_file():
+            (target / name).write_bytes((model_dir / name).read_bytes())
+    (target / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(source.read_bytes())
+    return target
+
+
 def from_network(network: torch.nn.Module, plans: dict, device: str | torch.device = "auto",
                  mirror_axes: tuple[int, ...] = (0, 1, 2), model_dir: Path | None = None,
                  checkpoint: dict | None = None) -> Model:
