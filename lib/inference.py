@@ -599,10 +599,11 @@ def predict_block(models: list[Model], group: data.Group, work_shape: tuple[int,
 
 
 def _on_device(model: Model, device: torch.device) -> Model:
+    """The model on `device` (itself when already there)."""
     if model.device == device:
         return model
-    network = copy.deepcopy(model.network) if model.device.type != "cpu" else model.network
-    return from_network(network.to("cpu"), model.plans, device, model.mirror_axes, model.model_dir, model.checkpoint)
+    network = copy.deepcopy(model.network).to("cpu")  # a copy: the caller's model stays where it is
+    return from_network(network, model.plans, device, model.mirror_axes, model.model_dir, model.checkpoint)
 
 
 def _run_workers(models: list[Model], jobs: list[dict], tmp: Path) -> None:
