@@ -284,7 +284,7 @@ def worker(spec: dict) -> dict:
     if spec["method"] == "ours":
         inference.predict_group(model, group, spec["out"], tile_step=0.5, tta=spec["tta"], resample=True,
                                 dtype=spec["dtype"], batch_size=spec["batch_size"], overwrite=True,
-                                progress=spec["progress"])
+                                progress=spec["progress"], devices=spec.get("devices"))
         probs = None
     else:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -332,6 +332,20 @@ def worker(spec: dict) -> dict:
         result["cuda_device"] = torch.cuda.get_device_name()
     if probs is not None:
         np.save(spec["out"], probs[1].astype(np.dtype(spec["dtype"])))  # outside the measurement
+    if spec.get("forward_only"):  # the network's own time on the same tiles: the limit of any sliding window
+        from lib import plan
+
+        work = inference.model_space_shape(shape, group.voxel_um, model, True)
+        n_tiles = sum(plan.tiles([work[a] for a in view], model.patch_size)
+                      for view in inference.tta_views(spec["tta"]))
+        x = torch.randn((1, 1, *model.patch_size), device=device)
+        start = time.perf_counter()
+        for _ in range(n_tiles):
+            inference._predict_logit_difference(model, x, spec["tta"])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result["forward_seconds"], result["tiles"] = time.perf_counter() - start, n_tiles
+        result["overhead_ratio"] = seconds / result["forward_seconds"]
     return result
 
 
@@ -487,6 +501,52 @@ def run_comparison(args, device: str, shape: tuple[int, int, int], tta: bool, wa
     return out
 
 
+def run_views(args, device: str, wait_s: float, progress: bool) -> dict:
+    """Section 3: the predictor's time over the network's own forward time on the same tiles (z-view and axes),
+    and the speed-up of two worker processes (devices) over one."""
+    shape = tuple(args.views_shape)
+    n_dev = 2 if device == "cpu" else max(1, _cuda_count())
+    devices = ["cpu"] * 2 if device == "cpu" else [f"cuda:{i}" for i in range(n_dev)]
+    print(f"\n[3] views and devices on a SYNTHETIC volume {'x'.join(map(str, shape))}, configuration "
+          f"{args.configuration!r}, float16 output: predictor time / the network's own forward time on the same "
+          f"tiles; {len(devices)} workers ({', '.join(devices)}) vs one", flush=True)
+    vol_file = comparison_volume(shape, OUT_DIR / "cache")
+    vol = np.load(vol_file, mmap_mode="r")
+    intensity = intensity_stats(vol[:: max(1, shape[0] // 16)])
+    del vol
+    runs = [("none", None, True), ("axes", None, True), ("none", devices, False)]
+    rows = []
+    with tempfile.TemporaryDirectory(dir=OUT_DIR) as tmp:
+        for tta, devs, forward in runs:
+            label = f"tta={tta}, " + (f"{len(devs)} workers" if devs else "in-process")
+            print(f"  running {label} in a fresh process ...", flush=True)
+            spec = {"method": "ours", "configuration": args.configuration, "device": device, "threads": args.threads,
+                    "tta": tta, "batch_size": args.batch_size, "spacing_mm": 0.05, "intensity": intensity,
+                    "volume": str(vol_file), "out": str(Path(tmp) / f"{tta}_{len(devs or [1])}.npy"),
+                    "dtype": "float16", "progress": progress, "devices": devs, "forward_only": forward}
+            r = run_worker(spec, wait_s)
+            r["label"] = label
+            rows.append(r)
+            print(f"    {r['seconds']:.1f} s" + (f", network alone {r['forward_seconds']:.1f} s on {r['tiles']} tiles "
+                                               f"-> {r['overhead_ratio']:.3f}x" if forward else "")
+                  + f", other processes busy {r['other_processes_cpu_cores']:.2f} cores", flush=True)
+    columns = [("run", "label", "s"), ("wall s", "seconds", ".1f"), ("network alone s", "forward_seconds", ".1f"),
+               ("predictor / network", "overhead_ratio", ".3f"), ("anon extra MiB", "peak_anon_extra_MiB", ".0f"),
+               ("other procs (cores)", "other_processes_cpu_cores", ".2f")]
+    print(table(rows, columns))
+    warn_contention(rows)
+    speedup = rows[0]["seconds"] / rows[2]["seconds"]
+    print(f"  {len(devices)} workers vs one ({args.threads} torch threads in one process, split between the "
+          f"workers on the CPU): {speedup:.2f}x")
+    return {"shape": list(shape), "runs": rows, "workers_speedup": speedup, "devices": devices}
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, save_report) -> dict:
     """Section 2: predict_group's peak memory on a full-size synthetic kidney at two depths."""
     from lib import data
@@ -501,7 +561,8 @@ def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, sa
     what = ("a 1x1x1 conv STUB network with the tiny plans (patch 32x64x64): the predictor's own buffers, "
             "tiling and I/O" if full_config == "stub" else f"configuration {full_config!r}")
     print(f"\n[2] predict_group peak memory vs depth on a SYNTHETIC {args.full_group} (preset {preset!r}), {what}, "
-          f"TTA off, float16 output; nnUNetPredictor with the same network at the smallest depth", flush=True)
+          f"TTA {args.full_tta} (ours), float16 output; nnUNetPredictor with the same network at the smallest depth",
+          flush=True)
     workers = args.render_workers if args.render_workers is not None else ((os.cpu_count() or 1) - 1
                                                                              if (os.cpu_count() or 1) >= 8 else 0)
     root = full_size_root(args.full_group, preset, max(depths), workers)
@@ -516,7 +577,7 @@ def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, sa
         runs.insert(1, ("nnunet", min(nn_depth, n_slices)))
     rows = []
     report["depth"] = {"group": args.full_group, "preset": preset, "full_shape": list(full_shape), "root": str(root),
-                       "configuration": full_config, "tta": False, "dtype": "float16", "runs": rows,
+                       "configuration": full_config, "tta": args.full_tta, "dtype": "float16", "runs": rows,
                        "intensity": full_intensity}
     with tempfile.TemporaryDirectory(dir=OUT_DIR) as tmp:
         for method, depth in runs:
@@ -524,7 +585,8 @@ def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, sa
             print(f"  running {label} on the first {depth} of {full_shape[0]} slices "
                   f"({depth}x{full_shape[1]}x{full_shape[2]}) in a fresh process ...", flush=True)
             spec = {"method": method, "configuration": full_config, "device": device, "threads": args.threads,
-                    "tta": False, "batch_size": args.batch_size if method == "ours" else 1,
+                    "tta": args.full_tta if method == "ours" else False,
+                    "batch_size": args.batch_size if method == "ours" else 1,
                     "spacing_mm": group.voxel_um / 1000,
                     "intensity": full_intensity, "root": str(root), "group": args.full_group, "depth": depth,
                     "out": str(Path(tmp) / f"{method}_{depth}.npy"), "dtype": "float16", "progress": progress}
@@ -603,6 +665,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-comparison", action="store_true", help="skip section 1")
     ap.add_argument("--skip-full", action="store_true", help="skip section 2 (full-size depth)")
     ap.add_argument("--full-group", default="kidney_6", help="synthetic full-size group for section 2")
+    ap.add_argument("--full-tta", default="none", choices=["none", "flips", "axes", "axes+flips"],
+                    help="TTA of ours in section 2 ('axes': the y/x-views through disk memmaps)")
+    ap.add_argument("--skip-views", action="store_true", help="skip section 3 (views, overhead, workers)")
+    ap.add_argument("--views-shape", type=int, nargs=3, metavar=("Z", "H", "W"), default=(64, 128, 128),
+                    help="volume of section 3")
     ap.add_argument("--full-depths", type=int, nargs="+", default=None,
                     help="numbers of leading slices of the full-size group to run (default: 128 and all)")
     ap.add_argument("--full-nnunet-depth", type=int, default=None,
@@ -665,6 +732,12 @@ def main(argv: list[str] | None = None) -> dict:
                           f"{c['nnunet']['cuda_max_allocated_MiB']:.0f} MiB" if gpu else "")
                        + f"; max |diff| {c['max_abs_diff']:.1e}"
                        + (f" ({c['fp32_max_abs_diff']:.1e} vs fp32 buffers)" if args.fp32_reference else ""))
+    if not args.skip_views:
+        v = report["views"] = run_views(args, device, wait_s, progress)
+        save_report()
+        summary.append("predictor / network alone: " + ", ".join(
+            f"{r['label']} {r['overhead_ratio']:.3f}x" for r in v["runs"] if "overhead_ratio" in r)
+            + f"; {len(v['devices'])} workers vs one: {v['workers_speedup']:.2f}x")
     if not args.skip_full:
         d = report["depth"] = run_depth(args, device, wait_s, progress, report, save_report)
         report.setdefault("cuda_device", d["runs"][0].get("cuda_device") if d["runs"] else None)

@@ -2,5 +2,5 @@
 
 One room per pipeline stage, imports only going down (tests/test_layout.py):
 paths, cli -> data (data, rle, volume) -> metric -> model -> training | inference -> postprocess -> submission
--> explore -> dev (stand-ins) -> notebook -> runs (pipeline, Kaggle bundle).
+-> plan -> infer -> explore -> dev (stand-ins) -> notebook -> runs (pipeline, Kaggle bundle).
 """

@@ -1,9 +1,11 @@
-"""What notebook 03 does, as functions a plain script can call too: tune the threshold on a labelled group,
-predict every test kidney into submission rows, write and score `submission.csv`.
+"""What notebook 03 does, as functions a plain script can call too: decide the threshold (stored with the
+model, or tuned on a labelled group), predict every test kidney into submission rows, write and score
+`submission.csv`.
 
-    model = inference.load_model(infer.locate_model(None))
-    tuning = infer.tune_threshold(model, groups["kidney_3_dense"], rule, scratch)
-    kidneys = list(infer.predict_kidneys(model, tests, rule, tuning.threshold, scratch))
+    dirs = infer.locate_models(None)  # or a list of model folders: an ensemble
+    models = inference.load_models(dirs)
+    threshold = postprocess.decide_threshold(rule, None, dirs)  # threshold="model": notebook 02's stored cut
+    kidneys = list(infer.predict_kidneys(models, tests, rule, threshold, scratch))
     submission.write_submission(infer.rows(kidneys), "submission.csv", root / "sample_submission.csv")
 
 or all of it in one call: `infer.predict_submission(model_dir, data_dir, out_dir)`. Every kidney is streamed
@@ -11,6 +13,7 @@ or all of it in one call: `infer.predict_submission(model_dir, data_dir, out_dir
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import data, inference, metric, paths, postprocess, submission
+from lib import data, inference, metric, paths, plan, postprocess, submission
 from lib.postprocess import ThresholdRule
 from lib.training import fine_tune
 
@@ -31,6 +34,7 @@ class Tuning:
     curve: pd.DataFrame
     threshold: float | None
     seconds: float
+    probabilities: np.ndarray | None = None  # the group's predicted probabilities (a memmap)
 
 
 @dataclass
@@ -53,28 +57,81 @@ def locate_model(model_dir: str | Path | None) -> Path:
     return found or fine_tune.default_model_dir(paths.outputs_dir() / "train")
 
 
-def tune_threshold(model: inference.Model, group: data.Group, rule: ThresholdRule, scratch: Path,
-                   tile_step: float = 0.5, tta: bool = True, resample: bool = True,
-                   progress: bool = True) -> Tuning:
+def locate_models(model_dir: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """`model_dir` as one folder (or None, see `locate_model`) or a list of folders (an ensemble)."""
+    if model_dir is None or isinstance(model_dir, (str, Path)):
+        return [locate_model(model_dir)]
+    return [locate_model(d) for d in model_dir]
+
+
+def prediction_devices(device: str = "auto", devices: Sequence[str] | None = None) -> list:
+    """Where to predict: `devices` when given; else `device` ("auto": every visible GPU, else the CPU)."""
+    if devices is not None:
+        return inference.resolve_devices(devices)
+    return inference.resolve_devices(None if device == "auto" else [device])
+
+
+@dataclass
+class Settings:
+    """What notebook 03 predicts with, decided and checked before any prediction: the models (an ensemble when
+    several), the TTA mode, the devices, the global threshold (None for a top-fraction rule) and the runtime plan
+    (when tta="auto")."""
+
+    models: list
+    model_dirs: list[Path]
+    tta: str
+    devices: list
+    rule: ThresholdRule
+    threshold: float | None
+    runtime_plan: pd.DataFrame | None = None
+
+    @property
+    def worker_devices(self) -> list[str] | None:
+        """`devices` for the predictor: None (in this process) for one device, else one worker per device."""
+        return [str(d) for d in self.devices] if len(self.devices) > 1 else None
+
+
+def prepare(model_dir: str | Path | Sequence[str | Path] | None, threshold: float | str = "model",
+            tta: bool | str = True, device: str = "auto", devices: Sequence[str] | None = None,
+            budget_hours: float = 9.0, tile_step: float = 0.5, resample: bool = True) -> Settings:
+    """Check every setting, load the model(s) and, for tta="auto", plan the runtime (calibration, projection,
+    the strongest setting that fits `budget_hours` with a 25% margin): one-line errors before any prediction."""
+    rule = ThresholdRule.parse(threshold)
+    mode = "auto" if str(tta).strip().lower() == "auto" else inference.parse_tta(tta)
+    targets = prediction_devices(device, devices)
+    dirs = locate_models(model_dir)
+    models = inference.load_models(dirs, str(targets[0]))
+    table = None
+    if mode == "auto":
+        table, chosen, _ = plan.plan(models, budget_hours, len(targets), tile_step, resample)
+        mode, models, dirs = str(chosen.tta), models[:int(chosen.models)], dirs[:int(chosen.models)]
+    stored = postprocess.decide_threshold(rule, None, dirs) if rule.kind == "model" else None
+    return Settings(models, dirs, mode, targets, rule, stored, table)
+
+
+def tune_threshold(model: inference.Model | Sequence[inference.Model], group: data.Group, rule: ThresholdRule,
+                   scratch: Path, tile_step: float = 0.5, tta: bool | str = True, resample: bool = True,
+                   progress: bool = True, devices: Sequence[str] | None = None) -> Tuning:
     """Predict a labelled group like a test kidney and score every threshold of the rule's grid with the
     leaderboard metric (one streaming pass); returns the curve and the threshold the rule picks from it."""
     start = time.perf_counter()
     probs = inference.predict_group(model, group, Path(scratch) / "probabilities" / f"{group.name}.npy", tile_step,
-                                    tta, resample, overwrite=True, progress=progress)
+                                    tta, resample, overwrite=True, progress=progress, devices=devices)
     curve = postprocess.threshold_curve(probs, group, postprocess.threshold_grid(rule), progress=progress)
-    return Tuning(curve, postprocess.decide_threshold(rule, curve), time.perf_counter() - start)
+    return Tuning(curve, postprocess.decide_threshold(rule, curve), time.perf_counter() - start, probs)
 
 
-def predict_kidneys(model: inference.Model, groups: Mapping[str, data.Group], rule: ThresholdRule,
-                    threshold: float | None, scratch: Path, min_component_size: int = 0, tile_step: float = 0.5,
-                    tta: bool = True, resample: bool = True, progress: bool = True) -> Iterator[KidneyPrediction]:
+def predict_kidneys(model: inference.Model | Sequence[inference.Model], groups: Mapping[str, data.Group],
+                    rule: ThresholdRule, threshold: float | None, scratch: Path, min_component_size: int = 0,
+                    tile_step: float = 0.5, tta: bool | str = True, resample: bool = True, progress: bool = True,
+                    devices: Sequence[str] | None = None) -> Iterator[KidneyPrediction]:
     """Predict, binarise (at `threshold`, or per kidney for a top-fraction rule), drop small components and
     encode every kidney, one at a time (the caller can plot each before the next starts)."""
     scratch = Path(scratch)
     for name, group in groups.items():
         start = time.perf_counter()
         probs = inference.predict_group(model, group, scratch / "probabilities" / f"{name}.npy", tile_step, tta,
-                                        resample, overwrite=True, progress=progress)
+                                        resample, overwrite=True, progress=progress, devices=devices)
         cut = threshold if threshold is not None else postprocess.top_fraction_threshold(probs, rule.value)
         mask, stats = postprocess.segment(probs, cut, scratch / "masks" / f"{name}.npy", min_component_size,
                                           progress=progress)
@@ -105,29 +162,43 @@ def score(root: Path, submission_file: Path, kidneys: Sequence[str]) -> dict | N
     return metric.score_submission(solution, predicted, names=(str(solution_file), str(submission_file)))
 
 
-def predict_submission(model_dir: str | Path | None, data_dir: str | Path, out_dir: str | Path,
-                       threshold: float | str = "tune", val_group: str | None = "kidney_3_dense",
-                       test_groups: Sequence[str] | None = None, min_component_size: int = 0, tta: bool = True,
-                       resample: bool = True, tile_step: float = 0.5, device: str = "auto",
-                       submission_file: str | Path | None = None) -> dict:
+def stored_curve(model_dirs: Sequence[Path]) -> pd.DataFrame | None:
+    """The validation curve notebook 02 stored beside the first model's threshold, if any."""
+    path = Path(model_dirs[0]) / postprocess.THRESHOLD_FILE
+    return pd.DataFrame(json.loads(path.read_text())["curve"]) if path.is_file() else None
+
+
+def predict_submission(model_dir: str | Path | Sequence[str | Path] | None, data_dir: str | Path,
+                       out_dir: str | Path, threshold: float | str = "model", val_group: str | None = "kidney_3_dense",
+                       test_groups: Sequence[str] | None = None, min_component_size: int = 0,
+                       tta: bool | str = True, resample: bool = True, tile_step: float = 0.5, device: str = "auto",
+                       submission_file: str | Path | None = None, devices: Sequence[str] | None = None,
+                       budget_hours: float = 9.0) -> dict:
     """Notebook 03 without the figures: threshold, every test kidney, `submission.csv`, and its score when the
     data root has a solution. Returns what notebook 03 writes to scores.json."""
     root, out = paths.resolve_path(data_dir), paths.resolve_path(out_dir)
-    rule = ThresholdRule.parse(threshold)
     groups = data.discover(root)
     tests = data.select_groups({n: g for n, g in groups.items() if g.split == "test"}, test_groups)
     submission.expected_ids(root, tests)  # no test slice or a bad sample_submission.csv: fail before the model loads
-    model = inference.load_model(locate_model(model_dir), device)
+    settings = prepare(model_dir, threshold, tta, device, devices, budget_hours, tile_step, resample)
+    out.mkdir(parents=True, exist_ok=True)
+    if settings.runtime_plan is not None:
+        settings.runtime_plan.to_csv(out / "runtime_plan.csv", index=False)
     tuning = None
-    if val_group and rule.kind in ("tune", "fixed"):
-        tuning = tune_threshold(model, groups[val_group], rule, out, tile_step, tta, resample)
-    chosen = postprocess.decide_threshold(rule, tuning.curve if tuning else None)
-    kidneys = list(predict_kidneys(model, tests, rule, chosen, out, min_component_size, tile_step, tta, resample))
+    if val_group and settings.rule.kind in ("tune", "fixed"):
+        tuning = tune_threshold(settings.models, groups[val_group], settings.rule, out, tile_step, settings.tta,
+                                resample, devices=settings.worker_devices)
+    chosen = settings.threshold if settings.rule.kind == "model" else \
+        postprocess.decide_threshold(settings.rule, tuning.curve if tuning else None)
+    kidneys = list(predict_kidneys(settings.models, tests, settings.rule, chosen, out, min_component_size, tile_step,
+                                   settings.tta, resample, devices=settings.worker_devices))
     target = paths.resolve_path(submission_file) if submission_file else out / "submission.csv"
     submission.write_submission(rows(kidneys), target, root / "sample_submission.csv")
-    result = {"threshold_rule": str(threshold), "threshold": chosen, "submission": str(target),
+    result = {"threshold_rule": str(threshold), "threshold": chosen, "tta": settings.tta,
+              "models": [str(d) for d in settings.model_dirs], "submission": str(target),
               "per_kidney": kidney_table(kidneys).reset_index().to_dict("records"),
               "test_score": score(root, target, list(tests))}
-    if tuning is not None:
-        result["validation_curve"] = tuning.curve.to_dict("records")
+    curve = tuning.curve if tuning is not None else stored_curve(settings.model_dirs)
+    if curve is not None:
+        result["validation_curve"] = curve.to_dict("records")
     return result

@@ -12,16 +12,33 @@ one channel (the logit difference) is accumulated instead of two.
 
 Pipeline per kidney (each stage a generator of 2D slices): read -> CT-normalise -> resample to the training
 spacing (optional) -> sliding window -> resample back -> float16/uint8 memmap on disk.
+
+Test-time augmentation (`tta`): "none", "flips" (nnU-Net's mirroring; True/False are aliases of flips/none),
+"axes" (the network also sees the kidney with y and with x as the slicing axis, i.e. the volume transposed
+z<->y and z<->x; the three views' logits are averaged) and "axes+flips". The y- and x-views need the whole z
+extent under every tile, so they are not streamed in RAM but through disk: the normalised model-space volume is
+written once to a float16 memmap (2 B per model-space voxel), each view reads its tiles from it and adds its
+Gaussian-normalised logits (each tile divided by the overlapping tiles' Gaussian sum) into a float32 logit-sum
+memmap (4 B per voxel); a last pass along z averages, applies the sigmoid and resamples back. Host RAM stays
+O(patch + z-view buffers) = the z-view bound above plus one batch of tiles (a few patch volumes), whatever the
+number of slices; disk 6 B per model-space voxel (kidney_5 at 50 um: ~13 GB, under `scratch`).
+
+Ensembles: a list of models with the same plans (patch, classes, spacing, normalisation); every tile is read
+once and the models' logit differences are averaged. Several devices: one spawned worker process per device
+owns a contiguous z-block of the model-space volume, computes every tile that touches it (the halo the grid
+needs, computed twice at block boundaries) and writes its block of the shared logit memmap, so the result
+equals one device's; each worker's memory is the single-device bound.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import itertools
 import json
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +150,26 @@ def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "c
     return from_network(net, plans, device, tuple(mirror), model_dir, info)
 
 
+def checkpoint_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_best.pth", fold: int = 0) -> Path | None:
+    """A second model folder `<model_dir>-<name>` holding another checkpoint of the same training (e.g. the best
+    on validation patches) as its checkpoint_final.pth, so that an ensemble of the two exists. None when that
+    checkpoint is missing or holds the same weights as the final one (nothing to ensemble)."""
+    model_dir = Path(model_dir)
+    source, final = model_dir / f"fold_{fold}" / checkpoint, model_dir / f"fold_{fold}" / "checkpoint_final.pth"
+    if not source.is_file() or not final.is_file():
+        return None
+    a, b = (torch.load(f, map_location="cpu", weights_only=False)["network_weights"] for f in (source, final))
+    if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a):
+        return None
+    target = model_dir.with_name(f"{model_dir.name}-{checkpoint.removeprefix('checkpoint_').removesuffix('.pth')}")
+    (target / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+    for name in ("plans.json", "dataset.json"):
+        if (model_dir / name).is_file():
+            (target / name).write_bytes((model_dir / name).read_bytes())
+    (target / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(source.read_bytes())
+    return target
+
+
 def from_network(network: torch.nn.Module, plans: dict, device: str | torch.device = "auto",
                  mirror_axes: tuple[int, ...] = (0, 1, 2), model_dir: Path | None = None,
                  checkpoint: dict | None = None) -> Model:
@@ -161,13 +198,24 @@ def normalize(image: np.ndarray, intensity: dict) -> np.ndarray:
     return out
 
 
-def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int],
-                    shape_out: tuple[int, int, int]) -> Iterator[np.ndarray]:
+def resample_input_range(z_in: int, z_out: int, start: int, stop: int) -> tuple[int, int]:
+    """The input slices [first, last + 1) that output slices [start, stop) of `resample_slices` interpolate."""
+    def centre(j: int) -> float:
+        return min(max((j + 0.5) * z_in / z_out - 0.5, 0.0), z_in - 1)
+    if start >= stop:
+        return 0, 0
+    return int(math.floor(centre(start))), min(int(math.floor(centre(stop - 1))) + 1, z_in - 1) + 1
+
+
+def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int], shape_out: tuple[int, int, int],
+                    start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
     """Resample a stream of slices from `shape_in` to `shape_out`: linear along z, bilinear in-plane.
 
-    Holds two input slices at a time. Coordinates follow `align_corners=False` (pixel centres).
+    Yields output slices [start, stop) (default all) from input slices that begin at
+    `resample_input_range(...)[0]`. Holds two input slices at a time. Coordinates follow `align_corners=False`.
     """
     (z_in, _, _), (z_out, h_out, w_out) = shape_in, shape_out
+    stop = z_out if stop is None else stop
 
     def plane(s: np.ndarray) -> np.ndarray:
         if s.shape == (h_out, w_out):
@@ -177,12 +225,14 @@ def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int]
 
     source = iter(slices)
     held: dict[int, np.ndarray] = {}  # at most the two input slices around the current output slice
-    for j in range(z_out):
+    next_in = resample_input_range(z_in, z_out, start, stop)[0]
+    for j in range(start, stop):
         c = min(max((j + 0.5) * z_in / z_out - 0.5, 0.0), z_in - 1)
         k = int(math.floor(c))
         k1 = min(k + 1, z_in - 1)
-        while len(held) == 0 or max(held) < k1:
-            held[max(held, default=-1) + 1] = plane(next(source))
+        while next_in <= k1:
+            held[next_in] = plane(next(source))
+            next_in += 1
         for old in [i for i in held if i < k]:
             del held[old]
         w = c - k
@@ -191,32 +241,224 @@ def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int]
         pass
 
 
-def sliding_window(model: Model, slices: Iterable[np.ndarray], shape: tuple[int, int, int], tile_step: float = 0.5,
-                   tta: bool = True, batch_size: int = 1, progress: tqdm | None = None) -> Iterator[np.ndarray]:
+# ------------------------------------------------------------------------------------------ settings checked early
+
+TTA_MODES = ("none", "flips", "axes", "axes+flips")
+# Each view is the volume with one axis first (the slicing axis); the swaps are their own inverses.
+VIEWS = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (2, 1, 0)}
+
+
+def parse_tta(tta: bool | str) -> str:
+    """One of TTA_MODES; True/False are aliases of "flips"/"none"."""
+    if isinstance(tta, bool):
+        return "flips" if tta else "none"
+    text = str(tta).strip().lower()
+    if text not in TTA_MODES:
+        raise ValueError(f"unknown tta {tta!r}; expected one of {', '.join(TTA_MODES)} (or True/False)")
+    return text
+
+
+def tta_views(tta: bool | str) -> list[tuple[int, int, int]]:
+    """The views a TTA mode predicts: z only, or z, y and x."""
+    return [VIEWS[v] for v in ("zyx" if parse_tta(tta).startswith("axes") else "z")]
+
+
+def tta_flips(tta: bool | str) -> bool:
+    return parse_tta(tta).endswith("flips")
+
+
+def resolve_devices(devices: str | Sequence[str] | None = None) -> list[torch.device]:
+    """None or "auto": every visible GPU, else the CPU; otherwise each of "cpu", "cuda", "cuda:N" checked."""
+    if devices is None or devices == "auto":
+        n = torch.cuda.device_count()
+        return [torch.device(f"cuda:{i}") for i in range(n)] if n else [torch.device("cpu")]
+    out = []
+    for name in [devices] if isinstance(devices, str) else devices:
+        try:
+            device = torch.device(str(name))
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {name!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"unknown device {name!r}: {torch.cuda.device_count()} CUDA device(s) visible")
+        out.append(device)
+    if not out:
+        raise ValueError("devices: empty list; give at least one device or None")
+    return out
+
+
+def load_models(model_dirs: str | Path | Sequence[str | Path], device: str = "auto",
+                checkpoint: str = "checkpoint_final.pth", fold: int = 0) -> list[Model]:
+    """One model folder or a list of them (an ensemble), checked to agree on their plans before any prediction."""
+    dirs = [model_dirs] if isinstance(model_dirs, (str, Path)) else list(model_dirs)
+    if not dirs:
+        raise ValueError("model_dir: empty list; give at least one model folder")
+    models = [load_model(d, device, checkpoint, fold) for d in dirs]
+    check_compatible(models)
+    return models
+
+
+def _plan_signature(model: Model) -> dict:
+    labels = None
+    if model.model_dir is not None and (Path(model.model_dir) / "dataset.json").is_file():
+        labels = json.loads((Path(model.model_dir) / "dataset.json").read_text()).get("labels")
+    return {"patch": list(model.patch_size), "spacing": [round(s, 9) for s in model.spacing_mm],
+            "normalisation": {k: model.intensity.get(k) for k in ("mean", "std", "percentile_00_5",
+                                                                  "percentile_99_5")},
+            "classes": labels}
+
+
+def check_compatible(models: Sequence[Model]) -> None:
+    """An ensemble's models must share patch, classes, spacing and normalisation: one line naming the first
+    difference otherwise."""
+    first = _plan_signature(models[0])
+    for model in models[1:]:
+        other = _plan_signature(model)
+        for key in first:
+            if first[key] != other[key]:
+                raise ValueError(f"{model.model_dir or 'model'}: {key} {other[key]} disagrees with "
+                                 f"{models[0].model_dir or 'the first model'}'s {first[key]}; an ensemble needs "
+                                 "the same patch, classes, spacing and normalisation")
+
+
+def _as_models(model: Model | Sequence[Model]) -> list[Model]:
+    models = [model] if isinstance(model, Model) else list(model)
+    check_compatible(models)
+    return models
+
+
+# ------------------------------------------------------------------------------------------------- the tile grid
+
+
+@dataclass(frozen=True)
+class Grid:
+    """nnU-Net's tile grid over a volume: padded to at least the patch, tile starts per axis (padded coordinates)."""
+
+    shape: tuple[int, int, int]
+    patch: tuple[int, int, int]
+    padded: tuple[int, int, int]
+    below: tuple[int, int, int]  # zero padding before the volume on each axis
+    steps: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, shape: Sequence[int], patch: Sequence[int], tile_step: float) -> Grid:
+        from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+        shape, patch = tuple(int(s) for s in shape), tuple(int(p) for p in patch)
+        padded = tuple(max(s, p) for s, p in zip(shape, patch))
+        below = tuple((p - s) // 2 for s, p in zip(shape, padded))
+        steps = compute_steps_for_sliding_window(padded, patch, tile_step)
+        return cls(shape, patch, padded, below, tuple(tuple(int(v) for v in a) for a in steps))
+
+    def rows_touching(self, start: int, stop: int) -> range:
+        """The z-rows of tiles that touch volume slices [start, stop)."""
+        s, p, b = self.steps[0], self.patch[0], self.below[0]
+        rows = [i for i, z0 in enumerate(s) if z0 < stop + b and z0 + p > start + b]
+        return range(rows[0], rows[-1] + 1) if rows else range(0)
+
+    def input_range(self, start: int, stop: int) -> tuple[int, int]:
+        """The volume slices the z-rows touching [start, stop) read."""
+        rows = self.rows_touching(start, stop)
+        if not rows:
+            return 0, 0
+        b = self.below[0]
+        return max(0, self.steps[0][rows[0]] - b), min(self.shape[0], self.steps[0][rows[-1]] + self.patch[0] - b)
+
+
+def _gaussian(patch: Sequence[int], device: torch.device) -> torch.Tensor:
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    return compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device).float()
+
+
+def _tile_weight_sum(grid: Grid, tile: tuple[int, int, int], gaussian: torch.Tensor) -> torch.Tensor:
+    """The sum of every tile's Gaussian over one tile's box (what nnU-Net divides by there), so that each tile
+    can be normalised on its own: only the tiles overlapping it contribute."""
+    overlaps = []  # per axis: (slice of the other tile's Gaussian, slice of this tile's box)
+    for a, (starts, p) in enumerate(zip(grid.steps, grid.patch)):
+        s = starts[tile[a]]
+        overlaps.append([(slice(max(s - o, 0), min(s - o + p, p)), slice(max(o - s, 0), min(o - s + p, p)))
+                         for o in starts if abs(o - s) < p])
+    total = torch.zeros_like(gaussian)
+    for (g0, t0), (g1, t1), (g2, t2) in itertools.product(*overlaps):
+        total[t0, t1, t2] += gaussian[g0, g1, g2]
+    return total
+
+
+# ----------------------------------------------------------------------------------------- the network on tiles
+
+
+@torch.inference_mode()
+def _predict_logit_difference(model: Model | Sequence[Model], x: torch.Tensor, tta: bool | str,
+                              batch_size: int = 1) -> torch.Tensor:
+    """Vessel minus background logit of a batch of patches, averaged over mirrorings as nnU-Net does
+    (the plain prediction plus every combination of flipped axes) and over the models of an ensemble,
+    `batch_size` patches per network call."""
+    models = [model] if isinstance(model, Model) else list(model)
+    flips = tta_flips(tta)
+    total = None
+    for m in models:
+        axes = [a + 2 for a in m.mirror_axes] if flips else []
+        variants = [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
+        inputs = torch.cat([torch.flip(x, c) if c else x for c in variants])
+        autocast = torch.autocast("cuda") if m.device.type == "cuda" else contextlib.nullcontext()
+        with autocast:
+            outputs = torch.cat([m.network(inputs[i:i + batch_size]).float()
+                                 for i in range(0, len(inputs), batch_size)])
+        n = x.shape[0]
+        logits = outputs[:n].clone()
+        for k, c in enumerate(variants[1:], start=1):
+            logits += torch.flip(outputs[k * n:(k + 1) * n], c)
+        logits /= len(variants)
+        d = logits[:, 1] - logits[:, 0]
+        total = d if total is None else total + d
+    return total / len(models) if len(models) > 1 else total
+
+
+# ------------------------------------------------------------------------------------------ the z-view, streamed
+
+
+def sliding_window(model: Model | Sequence[Model], slices: Iterable[np.ndarray], shape: tuple[int, int, int],
+                   tile_step: float = 0.5, tta: bool | str = True, batch_size: int = 1,
+                   progress: tqdm | None = None) -> Iterator[np.ndarray]:
     """Vessel probabilities of a (Z, H, W) volume given as normalised slices, yielded slice by slice.
 
     Tiles and weights are nnUNetPredictor's; volumes smaller than the patch are zero-padded as nnU-Net pads them.
-    `batch_size` patches (tiles and their mirrorings) go through the network at once.
+    `batch_size` patches (tiles and their mirrorings) go through the network at once. One view (z): `tta` is
+    "none" or "flips" here; `predict_slices` adds the y- and x-views.
     """
-    from nnunetv2.inference.sliding_window_prediction import (
-        compute_gaussian,
-        compute_steps_for_sliding_window,
-    )
+    if len(tta_views(tta)) > 1:
+        raise ValueError(f"sliding_window predicts the z-view only; tta={tta!r} needs predict_slices")
+    for logit in z_view_logits(model, slices, shape, tile_step, tta, batch_size, progress):
+        yield torch.sigmoid(torch.from_numpy(logit)).numpy()
 
-    device, patch = model.device, model.patch_size
-    padded = tuple(max(s, p) for s, p in zip(shape, patch))
-    below = tuple((p - s) // 2 for s, p in zip(shape, padded))
+
+def z_view_logits(model: Model | Sequence[Model], slices: Iterable[np.ndarray], shape: tuple[int, int, int],
+                  tile_step: float = 0.5, tta: bool | str = True, batch_size: int = 1, progress: tqdm | None = None,
+                  block: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """Vessel-minus-background logits (float32) of slices [block) (default all), yielded in z order.
+
+    `slices` are the normalised volume slices from `Grid.input_range(*block)[0]` on: only the z-rows of tiles that
+    touch the block are computed, so a block's logits equal the whole volume's there.
+    """
+    models = _as_models(model)
+    device, patch = models[0].device, models[0].patch_size
+    grid = Grid.of(shape, patch, tile_step)
+    padded, below, steps = grid.padded, grid.below, grid.steps
+    start, stop = block or (0, shape[0])
+    rows = grid.rows_touching(start, stop)
     inside = (slice(below[1], below[1] + shape[1]), slice(below[2], below[2] + shape[2]))
-    steps = compute_steps_for_sliding_window(padded, patch, tile_step)
-    gaussian = compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device).float()
+    gaussian = _gaussian(patch, device)
     pz = patch[0]
     depth = pz + max(int(np.diff(steps[0]).max(initial=0)), 1)
     # Three rolling buffers over padded slices [base, base + depth): input, weighted logit sum, weight sum.
     image, value, weight = (torch.zeros((depth, *padded[1:]), device=device) for _ in range(3))
-    base = loaded = 0
+    base = loaded = steps[0][rows[0]] if rows else 0
     source = iter(slices)
     tiles = [(y, x) for y in steps[1] for x in steps[2]]
-    for i, z0 in enumerate(steps[0]):  # z0 == base: each z-row of tiles starts where the last flush ended
+    for i in rows:  # steps[0][i] == base: each z-row of tiles starts where the last flush ended
+        z0 = steps[0][i]
         while loaded < z0 + pz:
             row = image[loaded - base]
             row.zero_()
@@ -226,13 +468,13 @@ def sliding_window(model: Model, slices: Iterable[np.ndarray], shape: tuple[int,
         for b in range(0, len(tiles), batch_size):
             chunk = tiles[b:b + batch_size]
             x = torch.stack([image[:pz, y:y + patch[1], x:x + patch[2]] for y, x in chunk])[:, None]
-            for (y, x_), d in zip(chunk, _predict_logit_difference(model, x, tta, batch_size)):
+            for (y, x_), d in zip(chunk, _predict_logit_difference(models, x, tta, batch_size)):
                 value[:pz, y:y + patch[1], x_:x_ + patch[2]].addcmul_(d, gaussian)
                 weight[:pz, y:y + patch[1], x_:x_ + patch[2]] += gaussian
         done_until = steps[0][i + 1] if i + 1 < len(steps[0]) else padded[0]
         for z in range(base, done_until):  # no later tile reaches these slices
-            if 0 <= z - below[0] < shape[0]:
-                yield torch.sigmoid(value[z - base][inside] / weight[z - base][inside]).cpu().numpy()
+            if start <= z - below[0] < stop:
+                yield (value[z - base][inside] / weight[z - base][inside]).cpu().numpy()
                 if progress is not None:
                     progress.update(1)
         for buffer in (image, value, weight):
@@ -247,23 +489,57 @@ def _shift_down(buffer: torch.Tensor, rows: int) -> None:
     buffer[buffer.shape[0] - rows:].zero_()
 
 
-@torch.inference_mode()
-def _predict_logit_difference(model: Model, x: torch.Tensor, tta: bool, batch_size: int = 1) -> torch.Tensor:
-    """Vessel minus background logit of a batch of patches, averaged over mirrorings as nnU-Net does
-    (the plain prediction plus every combination of flipped axes), `batch_size` patches per network call."""
-    axes = [a + 2 for a in model.mirror_axes] if tta else []
-    variants = [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
-    inputs = torch.cat([torch.flip(x, c) if c else x for c in variants])
-    autocast = torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext()
-    with autocast:
-        outputs = torch.cat([model.network(inputs[i:i + batch_size]).float()
-                             for i in range(0, len(inputs), batch_size)])
-    n = x.shape[0]
-    logits = outputs[:n].clone()
-    for k, c in enumerate(variants[1:], start=1):
-        logits += torch.flip(outputs[k * n:(k + 1) * n], c)
-    logits /= len(variants)
-    return logits[:, 1] - logits[:, 0]
+# ------------------------------------------------------------------------------- the y- and x-views, through disk
+
+
+def off_axis_view(model: Model | Sequence[Model], volume: np.ndarray, total: np.ndarray, view: Sequence[int],
+                  tile_step: float = 0.5, tta: bool | str = False, batch_size: int = 1,
+                  block: tuple[int, int] | None = None, progress: tqdm | None = None) -> None:
+    """Add the logits of one transposed view of `volume` (normalised, (Z, H, W), e.g. a float16 memmap) to
+    `total` (float32, same shape, e.g. a memmap), for z in [block) only (default all).
+
+    The view is the volume transposed by `view` (a swap of axes), tiled with nnU-Net's grid over the transposed
+    shape and Gaussian-weighted; each tile is read from `volume` and normalised on its own (divided by the
+    overlapping tiles' Gaussian sum over its box), so memory holds one batch of tiles whatever the volume's size.
+    """
+    models = _as_models(model)
+    device, patch = models[0].device, models[0].patch_size
+    view = tuple(view)
+    back = tuple(int(a) for a in np.argsort(view))
+    grid = Grid.of([volume.shape[a] for a in view], patch, tile_step)
+    gaussian = _gaussian(patch, device)
+    z_axis = back[0]  # the view axis that holds the volume's z
+    start, stop = block or (0, volume.shape[0])
+    b_z, p_z = grid.below[z_axis], grid.patch[z_axis]
+    tiles = [t for t in itertools.product(*(range(len(s)) for s in grid.steps))
+             if grid.steps[z_axis][t[z_axis]] - b_z < stop and grid.steps[z_axis][t[z_axis]] + p_z - b_z > start]
+    tiles.sort(key=lambda t: t[z_axis])  # move along the volume's z: the memmaps' pages are used in order
+    for b in range(0, len(tiles), batch_size):
+        chunk = tiles[b:b + batch_size]
+        boxes, x = [], torch.zeros((len(chunk), 1, *patch), device=device)
+        for n, t in enumerate(chunk):
+            lo = [grid.steps[a][t[a]] - grid.below[a] for a in range(3)]  # view coordinates, may be < 0 (padding)
+            src = [slice(max(lo[a], 0), min(lo[a] + patch[a], grid.shape[a])) for a in range(3)]
+            dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
+            region = volume[tuple(src[back[a]] for a in range(3))]  # volume axis a <- view axis back[a]
+            x[n, 0][dst] = torch.from_numpy(np.ascontiguousarray(region.transpose(view), dtype=np.float32)).to(device)
+            boxes.append((t, src, dst))
+        d = _predict_logit_difference(models, x, tta, batch_size)
+        for (t, src, dst), logit in zip(boxes, d):
+            weighted = (logit * gaussian / _tile_weight_sum(grid, t, gaussian))[dst]
+            z_src = src[z_axis]
+            keep = slice(max(start, z_src.start), min(stop, z_src.stop))
+            cut = [slice(None)] * 3
+            cut[z_axis] = slice(keep.start - z_src.start, keep.stop - z_src.start)
+            part = weighted[tuple(cut)].permute(*back).cpu().numpy()  # back to volume axes
+            target = [src[back[a]] for a in range(3)]
+            target[0] = keep
+            total[tuple(target)] += part
+        if progress is not None:
+            progress.update(len(chunk))
+
+
+# ---------------------------------------------------------------------------------------------- whole kidneys
 
 
 def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model: Model,
@@ -277,35 +553,176 @@ def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model
     return tuple(max(1, int(round(n * f))) for n, f in zip(shape, scale))
 
 
-def predict_slices(model: Model, group: data.Group, tile_step: float = 0.5, tta: bool = True,
-                   resample: bool = True, batch_size: int = 1, progress: bool = True) -> Iterator[np.ndarray]:
-    """Vessel probability slices (float32, the group's H x W) of a whole group, in z order."""
+def model_space_slices(model: Model, group: data.Group, work_shape: tuple[int, int, int], start: int = 0,
+                       stop: int | None = None) -> Iterator[np.ndarray]:
+    """Normalised slices [start, stop) of a group at the model's spacing (`work_shape`), read as needed."""
     shape = group.shape
-    work_shape = model_space_shape(shape, group.voxel_um, model, resample)
-    slices: Iterable[np.ndarray] = (normalize(s, model.intensity) for s in _read_slices(group))
-    if work_shape != shape:
-        slices = resample_slices(slices, shape, work_shape)
-    bar = tqdm(total=work_shape[0], desc=f"predict {group.name}", unit="slice", disable=not progress)
-    probs = sliding_window(model, slices, work_shape, tile_step, tta, batch_size, bar)
-    if work_shape != shape:
-        probs = resample_slices(probs, work_shape, shape)
-    yield from probs
-    bar.close()
+    stop = work_shape[0] if stop is None else stop
+    if work_shape == shape:
+        yield from (normalize(s, model.intensity) for s in _read_slices(group, start, stop))
+        return
+    first, last = resample_input_range(shape[0], work_shape[0], start, stop)
+    slices = (normalize(s, model.intensity) for s in _read_slices(group, first, last))
+    yield from resample_slices(slices, shape, work_shape, start, stop)
 
 
-def predict_group(model: Model, group: data.Group, out_file: Path | str, tile_step: float = 0.5, tta: bool = True,
-                  resample: bool = True, dtype: str = "float16", batch_size: int = 1, overwrite: bool = False,
-                  progress: bool = True) -> np.memmap:
+def predict_slices(model: Model | Sequence[Model], group: data.Group, tile_step: float = 0.5,
+                   tta: bool | str = True, resample: bool = True, batch_size: int = 1, progress: bool = True,
+                   devices: Sequence[str] | None = None, scratch: Path | str | None = None) -> Iterator[np.ndarray]:
+    """Vessel probability slices (float32, the group's H x W) of a whole group, in z order.
+
+    `model` may be a list (an ensemble, logits averaged). `devices` None: the models' own device, streamed as
+    below; one device or several (one worker process each) and `tta` with "axes" go through memmaps under
+    `scratch` (default: the system's temporary folder), removed at the end.
+    """
+    models = _as_models(model)
+    parse_tta(tta)
+    targets = resolve_devices(devices) if devices is not None else [models[0].device]
+    shape = group.shape
+    work_shape = model_space_shape(shape, group.voxel_um, models[0], resample)
+    views = tta_views(tta)
+    if len(targets) == 1 and len(views) == 1:
+        if targets[0] != models[0].device:
+            models = [_on_device(m, targets[0]) for m in models]
+        bar = tqdm(total=work_shape[0], desc=f"predict {group.name}", unit="slice", disable=not progress)
+        logits = z_view_logits(models, model_space_slices(models[0], group, work_shape), work_shape, tile_step, tta,
+                               batch_size, bar)
+        probs = (torch.sigmoid(torch.from_numpy(logit)).numpy() for logit in logits)
+        yield from (resample_slices(probs, work_shape, shape) if work_shape != shape else probs)
+        bar.close()
+        return
+    yield from _predict_through_disk(models, group, work_shape, tile_step, tta, batch_size, progress, targets,
+                                     scratch)
+
+
+def _predict_through_disk(models: list[Model], group: data.Group, work_shape: tuple[int, int, int],
+                          tile_step: float, tta: bool | str, batch_size: int, progress: bool,
+                          targets: list[torch.device], scratch: Path | str | None) -> Iterator[np.ndarray]:
+    """Views and devices through memmaps: the normalised volume (float16, for the y/x-views) and the logit sum
+    (float32); each device's worker writes its z-block; then averaged, sigmoid, resampled back slice by slice."""
+    import tempfile
+
+    if scratch is not None:
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+    views = tta_views(tta)
+    with tempfile.TemporaryDirectory(prefix="sennet-predict-", dir=scratch) as tmp:
+        tmp = Path(tmp)
+        volume_file = None
+        if len(views) > 1:
+            volume_file = tmp / "volume.npy"
+            save_slices(volume_file, work_shape, np.float16, tqdm(
+                model_space_slices(models[0], group, work_shape), total=work_shape[0], unit="slice",
+                desc=f"normalise {group.name}", disable=not progress))
+        total_file = tmp / "logits.npy"
+        np.lib.format.open_memmap(total_file, mode="w+", dtype=np.float32, shape=work_shape).flush()
+        edges = np.linspace(0, work_shape[0], len(targets) + 1).round().astype(int)
+        jobs = [dict(group=group, work_shape=work_shape, block=(int(a), int(b)), device=str(d),
+                     volume_file=volume_file, total_file=total_file, tile_step=tile_step, tta=tta,
+                     batch_size=batch_size, progress=progress, worker=k, workers=len(targets))
+                for k, (a, b, d) in enumerate(zip(edges[:-1], edges[1:], targets)) if b > a]
+        if len(jobs) == 1:
+            predict_block([_on_device(m, targets[0]) for m in models], **jobs[0])
+        else:
+            _run_workers(models, jobs, tmp)
+        total = np.load(total_file, mmap_mode="r")
+        probs = (torch.sigmoid(torch.from_numpy(np.asarray(total[z], np.float32) / len(views))).numpy()
+                 for z in range(work_shape[0]))
+        yield from (resample_slices(probs, work_shape, group.shape) if work_shape != group.shape else probs)
+        del total
+
+
+def predict_block(models: list[Model], group: data.Group, work_shape: tuple[int, int, int], block: tuple[int, int],
+                  volume_file: Path | None, total_file: Path, tile_step: float, tta: bool | str, batch_size: int,
+                  progress: bool = False, worker: int = 0, workers: int = 1, **_) -> None:
+    """One device's share: the logit sum of every view over model-space slices [block) into `total_file`."""
+    views = tta_views(tta)
+    start, stop = block
+    total = np.load(total_file, mmap_mode="r+")
+    volume = np.load(volume_file, mmap_mode="r") if volume_file is not None else None
+    grid = Grid.of(work_shape, models[0].patch_size, tile_step)
+    first, last = grid.input_range(start, stop)
+    if volume is not None:  # every view reads the same float16 volume
+        slices: Iterable[np.ndarray] = (np.asarray(volume[z], np.float32) for z in range(first, last))
+    else:
+        slices = model_space_slices(models[0], group, work_shape, first, last)
+    label = f"predict {group.name}" + (f" [{worker + 1}/{workers} {models[0].device}]" if workers > 1 else "")
+    with tqdm(total=stop - start, desc=label + " z-view", unit="slice", disable=not progress,
+              position=worker) as bar:
+        for z, logit in enumerate(z_view_logits(models, slices, work_shape, tile_step, tta, batch_size, bar, block),
+                                  start=start):
+            total[z] = logit
+    for view in views[1:]:
+        name = "yx"[views.index(view) - 1]
+        with tqdm(desc=f"{label} {name}-view", unit="tile", disable=not progress, position=worker) as bar:
+            off_axis_view(models, volume, total, view, tile_step, tta, batch_size, block, bar)
+    total.flush()
+
+
+def _on_device(model: Model, device: torch.device) -> Model:
+    """The model on `device` (itself when already there)."""
+    if model.device == device:
+        return model
+    network = copy.deepcopy(model.network).to("cpu")  # a copy: the caller's model stays where it is
+    return from_network(network, model.plans, device, model.mirror_axes, model.model_dir, model.checkpoint)
+
+
+def _run_workers(models: list[Model], jobs: list[dict], tmp: Path) -> None:
+    """One spawned process per job (device), each with its own copy of the models; fails naming the device."""
+    import multiprocessing
+
+    cpu_models = [_on_device(m, torch.device("cpu")) for m in models]
+    ctx = multiprocessing.get_context("spawn")
+    cpu_workers = sum(job["device"] == "cpu" for job in jobs)
+    threads = max(1, torch.get_num_threads() // max(cpu_workers, 1))
+    processes = []
+    for job in jobs:
+        error_file = tmp / f"worker{job['worker']}.error"
+        p = ctx.Process(target=_worker_main, args=(cpu_models, job, threads, error_file), daemon=True)
+        p.start()
+        processes.append((p, job, error_file))
+    failures = []
+    for p, job, error_file in processes:
+        p.join()
+        if p.exitcode != 0:
+            reason = error_file.read_text().strip().splitlines()[-1] if error_file.is_file() else f"exit {p.exitcode}"
+            failures.append(f"worker on {job['device']} (slices {job['block'][0]}-{job['block'][1]}): {reason}")
+    if failures:
+        raise RuntimeError("; ".join(failures))
+
+
+def _worker_main(models: list[Model], job: dict, threads: int, error_file: Path) -> None:
+    import traceback
+
+    try:
+        if job["device"] == "cpu":
+            torch.set_num_threads(threads)
+        device = torch.device(job["device"])
+        predict_block([_on_device(m, device) for m in models], **job)
+    except BaseException:
+        error_file.write_text(traceback.format_exc())
+        raise
+
+
+def predict_group(model: Model | Sequence[Model], group: data.Group, out_file: Path | str, tile_step: float = 0.5,
+                  tta: bool | str = True, resample: bool = True, dtype: str = "float16", batch_size: int = 1,
+                  overwrite: bool = False, progress: bool = True, devices: Sequence[str] | None = None,
+                  scratch: Path | str | None = None) -> np.memmap:
     """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255).
 
-    A finished file made by the same model and settings is reused; another existing file is an error
-    unless `overwrite`.
+    A finished file made by the same model(s) and settings is reused; another existing file is an error
+    unless `overwrite`. Temporary memmaps (axes TTA, several devices) go under `scratch` (default: beside
+    `out_file`).
     """
+    models = _as_models(model)
+    tta = parse_tta(tta)
+    if devices is not None:
+        resolve_devices(devices)
     out_file = Path(out_file)
     record = out_file.with_suffix(".json")
-    settings = {"group": group.name, "shape": list(group.shape), "model": model.checkpoint, "tile_step": tile_step,
-                "tta": tta, "resample": resample, "dtype": dtype,
-                "model_space_shape": list(model_space_shape(group.shape, group.voxel_um, model, resample))}
+    settings = {"group": group.name, "shape": list(group.shape),
+                "model": models[0].checkpoint if len(models) == 1 else [m.checkpoint for m in models],
+                "tile_step": tile_step, "tta": tta, "resample": resample, "dtype": dtype,
+                "model_space_shape": list(model_space_shape(group.shape, group.voxel_um, models[0], resample))}
     if out_file.exists():
         if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
             return np.load(out_file, mmap_mode="r")
@@ -315,12 +732,14 @@ def predict_group(model: Model, group: data.Group, out_file: Path | str, tile_st
     out_file.parent.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)
     start = time.perf_counter()
-    probs = predict_slices(model, group, tile_step, tta, resample, batch_size, progress)
+    probs = predict_slices(models, group, tile_step, tta, resample, batch_size, progress, devices,
+                           scratch if scratch is not None else out_file.parent)
     save_slices(out_file, group.shape, dtype, (np.round(p * 255) if dtype == "uint8" else p for p in probs))
     record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
     return np.load(out_file, mmap_mode="r")
 
 
-def _read_slices(group: data.Group) -> Iterator[np.ndarray]:
-    for start, stop in chunks(group.shape[0]):
-        yield from group.read_images(start, stop)
+def _read_slices(group: data.Group, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    stop = group.shape[0] if stop is None else stop
+    for a, b in chunks(stop - start):
+        yield from group.read_images(start + a, start + b)

@@ -6,6 +6,7 @@ accumulator, so it holds a few slices per threshold whatever the depth.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,29 +22,31 @@ from lib.metric import SurfaceDice
 from lib.volume import chunks, probability, save_slices
 
 DEFAULT_GRID = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))  # 19 thresholds
+THRESHOLD_FILE = "threshold.json"  # in a model folder: the cut notebook 02 tuned on validation, and its curve
 
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """How to binarise: "fixed" (value = probability), "tune" (on the validation group), "top" (value = fraction)."""
+    """How to binarise: "fixed" (value = probability), "tune" (on the validation group), "top" (value = fraction),
+    "model" (the threshold stored in the model folder by notebook 02)."""
 
     kind: str
     value: float | None = None
 
     @classmethod
     def parse(cls, spec: float | str) -> ThresholdRule:
-        """0.4 -> fixed; "tune" -> tuned; "top:0.002" -> keep the top 0.2% of voxels per volume."""
+        """0.4 -> fixed; "tune" -> tuned; "top:0.002" -> keep the top 0.2% of voxels per volume; "model" -> stored."""
         if isinstance(spec, bool) or not isinstance(spec, (int, float, str)):
-            raise ValueError(f"threshold must be a number, 'tune' or 'top:<fraction>', got {spec!r}")
+            raise ValueError(f"threshold must be a number, 'tune', 'model' or 'top:<fraction>', got {spec!r}")
         text = str(spec).strip().lower()
-        if text == "tune":
-            return cls("tune")
+        if text in ("tune", "model"):
+            return cls(text)
         kind, number = ("top", text[4:].strip()) if text.startswith("top:") else ("fixed", text)
         try:
             value = float(number)
         except ValueError:
             expected = "top:<fraction> needs a number, e.g. top:0.002" if kind == "top" else \
-                "threshold must be a number, 'tune' or 'top:<fraction>'"
+                "threshold must be a number, 'tune', 'model' or 'top:<fraction>'"
             raise ValueError(f"{expected}, got {spec!r}") from None
         if not 0 < value < 1:  # also refuses nan and inf
             what = "top fraction" if kind == "top" else "a fixed threshold"
@@ -78,14 +81,46 @@ def threshold_grid(rule: ThresholdRule) -> list[float]:
     return sorted(set(DEFAULT_GRID) | {0.5} | ({rule.value} if rule.kind == "fixed" else set()))
 
 
-def decide_threshold(rule: ThresholdRule, curve: pd.DataFrame | None) -> float | None:
-    """The global cut a rule asks for: the fixed value, the curve's best for "tune" (which needs a curve), or
-    None for "top" (cut per kidney by `top_fraction_threshold`)."""
+def decide_threshold(rule: ThresholdRule, curve: pd.DataFrame | None,
+                     model_dirs: Sequence[Path | str] | None = None) -> float | None:
+    """The global cut a rule asks for: the fixed value, the curve's best for "tune" (which needs a curve), the
+    model folders' stored threshold for "model", or None for "top" (cut per kidney by `top_fraction_threshold`)."""
     if rule.kind == "tune":
         if curve is None:
             raise ValueError("threshold='tune' needs a validation group with labels (val_group)")
         return best_threshold(curve)
+    if rule.kind == "model":
+        return stored_threshold(model_dirs or [])
     return rule.value if rule.kind == "fixed" else None
+
+
+def save_threshold(model_dir: Path | str, curve: pd.DataFrame, threshold: float, val_group: str,
+                   settings: dict | None = None) -> Path:
+    """Store the validation curve and the chosen cut in the model folder (as nnU-Net stores its post-processing),
+    so inference needs no validation group."""
+    path = Path(model_dir) / THRESHOLD_FILE
+    record = {"threshold": float(threshold), "metric": "surface Dice at tolerance 0 (the leaderboard metric)",
+              "val_group": val_group, "settings": settings or {},
+              "curve": [{k: float(v) for k, v in row.items()} for row in curve.to_dict("records")]}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def stored_threshold(model_dirs: Sequence[Path | str]) -> float:
+    """The threshold stored in a model folder; for an ensemble the mean of its members' (each must have one)."""
+    if not model_dirs:
+        raise ValueError("threshold='model' needs the model folder(s) that hold " + THRESHOLD_FILE)
+    values = []
+    for folder in model_dirs:
+        path = Path(folder) / THRESHOLD_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; threshold='model' needs the threshold notebook 02 stores "
+                                    "after validation (or use 'tune', a number or 'top:<fraction>')")
+        try:
+            values.append(float(json.loads(path.read_text())["threshold"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a stored threshold ({type(e).__name__}: {e})") from None
+    return float(np.mean(values))
 
 
 def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:

@@ -62,3 +62,35 @@ def test_predict_submission_from_a_script(synthetic_tiny: Path, model_dir: Path,
     assert "validation_curve" not in result and result["threshold"] is None
     masks = {n: np.load(tmp_path / "infer" / "masks" / f"{n}.npy", mmap_mode="r") for n in tests}
     assert all(m.shape == tests[n].shape for n, m in masks.items())
+
+
+def test_stored_threshold_is_used_without_a_validation_group(synthetic_tiny: Path, model_dir: Path,
+                                                              tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"threshold.json: missing; threshold='model' needs"):
+        infer.prepare(model_dir, "model", device="cpu")  # before any prediction
+    curve = pd.DataFrame({"threshold": [0.3, 0.55], "surface_dice": [0.4, 0.6], "dice": [0.3, 0.5]})
+    stored = tmp_path / "model"
+    stored.mkdir()
+    for item in model_dir.rglob("*"):
+        if item.is_file():
+            (stored / item.relative_to(model_dir)).parent.mkdir(parents=True, exist_ok=True)
+            (stored / item.relative_to(model_dir)).write_bytes(item.read_bytes())
+    postprocess.save_threshold(stored, curve, 0.55, "kidney_3_dense")
+    result = infer.predict_submission(stored, synthetic_tiny, tmp_path / "infer", val_group="kidney_3_dense",
+                                      tta="none", device="cpu")
+    assert result["threshold"] == 0.55 and result["tta"] == "none"
+    assert not (tmp_path / "infer" / "probabilities" / "kidney_3_dense.npy").exists()  # no validation predicted
+    assert [row["threshold"] for row in result["validation_curve"]] == [0.3, 0.55]  # the stored curve
+    assert all(row["threshold"] == 0.55 for row in result["per_kidney"])
+    # An ensemble's stored threshold is the mean of its members'.
+    assert postprocess.stored_threshold([stored, stored]) == pytest.approx(0.55)
+
+
+def test_bad_settings_fail_before_prediction(model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unknown tta 'sideways'"):
+        infer.prepare(model_dir, 0.5, tta="sideways", device="cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        infer.prepare(model_dir, 0.5, devices=["gpu0"])
+    with pytest.raises(ValueError, match="threshold must be a number, 'model', 'tune'"):
+        infer.prepare(model_dir, "best", device="cpu")
+    assert ThresholdRule.parse("model") == ThresholdRule("model")

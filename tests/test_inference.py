@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,9 @@ def volume(shape, seed=0) -> np.ndarray:
     return rng.normal(100, 30, shape).clip(1, None).astype(np.float32)
 
 
-def ours(model: inference.Model, vol: np.ndarray, tta: bool = False, **kw) -> np.ndarray:
-    slices = (inference.normalize(s, model.intensity) for s in vol)
+def ours(model: inference.Model | list[inference.Model], vol: np.ndarray, tta: bool = False, **kw) -> np.ndarray:
+    intensity = (model if isinstance(model, inference.Model) else model[0]).intensity
+    slices = (inference.normalize(s, intensity) for s in vol)
     return np.stack(list(inference.sliding_window(model, slices, vol.shape, tta=tta, **kw)))
 
 
@@ -146,3 +148,96 @@ def test_load_model_errors(tmp_path: Path) -> None:
     (tmp_path / "fold_0" / "checkpoint_final.pth").write_bytes(b"garbage")
     with pytest.raises(RuntimeError, match="checkpoint_final.pth: not a readable nnU-Net checkpoint"):
         inference.load_model(tmp_path)
+
+
+# ------------------------------------------------------------------ orientation TTA, ensembles, several devices
+
+
+@dataclass(frozen=True)
+class ArrayGroup:
+    """A `data.Group` look-alike over an in-memory volume (what predict_slices reads)."""
+
+    name: str
+    volume: np.ndarray
+    voxel_um: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.volume.shape)
+
+    def read_images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.volume[start:stop]
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = p.astype(np.float64)
+    return np.log(p) - np.log1p(-p)
+
+
+@pytest.mark.slow
+def test_axes_equal_the_mean_logit_of_the_transposed_volumes(model: inference.Model, tmp_path: Path) -> None:
+    vol = volume((40, 70, 72), seed=5)  # thinner than the patch along y/x views' second axis: padded there
+    # The y- and x-views read the normalised volume from a float16 memmap; the z-view of "axes" too.
+    normalised = inference.normalize(vol, model.intensity).astype(np.float16).astype(np.float32)
+    views = []
+    for view in inference.VIEWS.values():
+        turned = normalised.transpose(view)
+        logits = np.stack(list(inference.z_view_logits(model, iter(turned), turned.shape, tta=False)))
+        views.append(logits.transpose(view))  # each view is a swap of axes: its own inverse
+    expected = 1 / (1 + np.exp(-np.mean(views, axis=0)))
+    got = np.stack(list(inference.predict_slices(model, ArrayGroup("k", vol), tta="axes", progress=False,
+                                                 scratch=tmp_path)))
+    assert got.shape == vol.shape
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.abs(got - ours(model, vol)).max() > 1e-3  # the extra views change the prediction
+    assert list(tmp_path.iterdir()) == []  # temporary memmaps removed
+
+
+def test_ensemble_averages_logits(model: inference.Model) -> None:
+    vol = volume((36, 64, 70), seed=6)
+    plans = small_plans(PATCH, spacing=(1.0, 1.0, 1.0))
+    other = inference.from_network(random_network(plans, seed=1), plans, "cpu")
+    one, two = ours(model, vol), ours(other, vol)
+    np.testing.assert_allclose(ours([model, model], vol), one, atol=1e-6)
+    mean = 1 / (1 + np.exp(-(logit(one) + logit(two)) / 2))
+    assert np.abs(ours([model, other], vol) - mean).max() < 1e-5
+    assert np.abs(one - two).max() > 1e-2
+
+
+def test_ensemble_of_disagreeing_plans_fails_before_predicting(tmp_path: Path) -> None:
+    plans = small_plans(PATCH)
+    a = write_model_dir(tmp_path / "a", plans, random_network(plans))
+    b = write_model_dir(tmp_path / "b", small_plans((32, 64, 96)), random_network(small_plans((32, 64, 96))))
+    assert len(inference.load_models([a, a], "cpu")) == 2
+    with pytest.raises(ValueError, match=r"b: patch \[32, 64, 96\] disagrees with .*a's \[32, 64, 64\]"):
+        inference.load_models([a, b], "cpu")
+    c = write_model_dir(tmp_path / "c", small_plans(PATCH, spacing=(0.06, 0.05, 0.05)), random_network(plans))
+    with pytest.raises(ValueError, match="c: spacing"):
+        inference.load_models([a, c], "cpu")
+
+
+def test_bad_tta_and_devices_are_one_line_errors(model: inference.Model) -> None:
+    assert [inference.parse_tta(t) for t in (True, False, "AXES+flips")] == ["flips", "none", "axes+flips"]
+    group = ArrayGroup("k", volume((8, 16, 16)))
+    with pytest.raises(ValueError, match="unknown tta 'rot90'"):
+        next(inference.predict_slices(model, group, tta="rot90"))
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        next(inference.predict_slices(model, group, devices=["cpu", "tpu"]))
+    with pytest.raises(ValueError, match="unknown device 'cuda:7'"):
+        inference.resolve_devices(["cuda:7"])
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_equal_one_device(model: inference.Model, tmp_path: Path) -> None:
+    vol = volume((50, 40, 44), seed=7)
+    plans = small_plans(PATCH, spacing=(0.05, 0.05, 0.05))
+    coarse = inference.from_network(model.network, plans, "cpu")
+    group = ArrayGroup("k6", vol, voxel_um=63.08)  # resampled to (63, 50, 56) and back: blocks read input ranges
+    one = np.stack(list(inference.predict_slices(coarse, group, tta=False, progress=False)))
+    two = np.stack(list(inference.predict_slices(coarse, group, tta=False, progress=False, devices=["cpu", "cpu"],
+                                                 scratch=tmp_path)))
+    assert np.abs(one - two).max() < 1e-5
+    axes_one = np.stack(list(inference.predict_slices(coarse, group, tta="axes", progress=False, devices=["cpu"])))
+    axes_two = np.stack(list(inference.predict_slices(coarse, group, tta="axes", progress=False,
+                                                      devices=["cpu", "cpu"])))
+    assert np.abs(axes_one - axes_two).max() < 1e-5
