@@ -61,9 +61,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small random nnU-Net model folder with the synthetic data's intensity statistics (as training writes)."""
     from helpers import random_network, small_plans, write_model_dir
 
+    from lib import postprocess
+
     plans = small_plans(spacing=(0.05, 0.05, 0.05), intensity=SYNTHETIC_INTENSITY)
-    return write_model_dir(tmp_path_factory.mktemp("model") / "FineTuneTrainer__nnUNetPlans__3d_fullres", plans,
-                           random_network(plans))
+    folder = write_model_dir(tmp_path_factory.mktemp("model") / "FineTuneTrainer__nnUNetPlans__3d_fullres", plans,
+                             random_network(plans))
+    curve = pd.DataFrame({"threshold": [0.4, 0.5], "surface_dice": [0.2, 0.3], "dice": [0.2, 0.3]})
+    postprocess.save_threshold(folder, curve, 0.5, "kidney_3_dense")  # as notebook 02 stores it
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -211,6 +216,7 @@ def _setup_cell_output(nb) -> str:
 def test_bundle_layout_and_metadata(bundle: kaggle.Bundle) -> None:
     out = bundle.out
     assert {p.name for p in (out / "datasets").iterdir()} == {"wheels", "model"}  # no lib dataset: the wheel has lib
+    assert (out / "datasets" / "model" / "model" / "threshold.json").is_file()  # threshold="model" needs it
     assert {p.name for p in (out / "kernels").iterdir()} == {"train", "infer"}
     kernels = {k: json.loads((out / "kernels" / k / "kernel-metadata.json").read_text()) for k in ("train", "infer")}
     for key, meta in kernels.items():
@@ -562,7 +568,7 @@ def test_inference_notebook_runs_offline_on_the_bundle(bundle: kaggle.Bundle, of
     executed = tmp_path / "03_infer.executed.ipynb"
     env = _offline_env({"KAGGLE_INPUT_DIR": str(kaggle_input), "KAGGLE_WORKING_DIR": str(working),
                         "JUPYTER_PATH": str(offline_venv.parent / "jupyter"), "MPLBACKEND": "agg"})
-    params = {"tta": False, "threshold": 0.5, "val_group": None, "device": "cpu"}
+    params = {"tta": False, "val_group": None, "device": "cpu"}  # threshold: the bundle's default, "model"
     notebook = bundle.folders["infer"] / "03_infer.ipynb"
     proc = subprocess.run([*no_network, sys.executable, "-m", "papermill", str(notebook), str(executed),
                            "-k", KERNEL_NAME, "--cwd", str(working), "-y", json.dumps(params), "--no-progress-bar"],

@@ -49,6 +49,7 @@ from pathlib import Path
 import tomllib
 
 from lib import paths
+from lib.postprocess import THRESHOLD_FILE
 
 DEFAULT_USER = "your-kaggle-username"  # a placeholder: pass --user with your Kaggle user name
 COMPETITION = paths.COMPETITION
@@ -523,11 +524,12 @@ def check_model_dir(model_dir: Path) -> list[Path]:
 
 
 def build_model(folder: Path, user: str, model_dir: Path) -> None:
-    """A model dataset from a trained model folder (plans.json, dataset.json, fold_*/checkpoint_final.pth)."""
+    """A model dataset from a trained model folder (plans.json, dataset.json, fold_*/checkpoint_final.pth, and the
+    threshold notebook 02 tuned, threshold.json, which notebook 03's default threshold="model" reads)."""
     model_dir = Path(model_dir)
     checkpoints = check_model_dir(model_dir)
     _fresh(folder)
-    for path in [model_dir / "plans.json", model_dir / "dataset.json", *checkpoints]:
+    for path in [model_dir / "plans.json", model_dir / "dataset.json", model_dir / THRESHOLD_FILE, *checkpoints]:
         if path.is_file():
             _link_or_copy(path, folder / "model" / path.relative_to(model_dir))
     _write_json(folder / "dataset-metadata.json", dataset_metadata(
