@@ -107,7 +107,7 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
     (even after its slabs were deleted once preprocessed); a different one is an error unless `force`.
     """
     label_dirs = {g: Path(d).resolve() for g, d in (label_dirs or {}).items()}
-    folders = nnunet_env(work_dir)
+    folders = nnunet_env(work_dir, results=os.environ.get("nnUNet_results"))  # a run's results folder stays put
     groups = data.discover(data_dir)
     cases = plan_cases(groups, train_groups, val_group, slab_depth)
     root = folders["nnUNet_raw"] / DATASET_NAME
@@ -203,9 +203,8 @@ def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir:
             yield binary
 
     for path, pages, dtype in ((image_path, images(), group.dtype), (label_path, labels(), np.uint8)):
-        tifffile.imwrite(path, pages, shape=shape, dtype=dtype, compression=SLAB_COMPRESSION,
-                         compressionargs={"level": SLAB_COMPRESSION_LEVEL}, predictor=False,
-                         metadata=None)
+        tifffile.imwrite(path, pages, shape=shape, dtype=dtype, compression=SLAB_COMPRESSION, metadata=None,
+                         compressionargs={"level": SLAB_COMPRESSION_LEVEL} if SLAB_COMPRESSION else None)
     (root / "imagesTr" / f"{case.name}.json").write_text(sidecar)
     (root / "labelsTr" / f"{case.name}.json").write_text(sidecar)
     return vessel

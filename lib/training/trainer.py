@@ -10,22 +10,25 @@ checkpoint and training.json beside it record the real trainer.
 Reproducibility: nnU-Net's own loaders use `NonDetMultiThreadedAugmenter` with unseeded workers (batches arrive in
 whatever order the workers finish). Here the workers get seeds derived from `seed` and batchgenerators'
 `MultiThreadedAugmenter`, which collects them round-robin, so the same seed gives the same batches in the same
-order (with no worker, the single-threaded augmenter draws from the seeded main process).
+order (with nnUNet_n_proc_DA=0 the single-threaded augmenter draws from the seeded main process). Each worker runs
+torch single-threaded, as nnU-Net's own workers do: a worker forked after the parent's OpenMP pool has run would
+otherwise deadlock in its first matrix product (e.g. the second round of a pseudo-label run).
 """
 from __future__ import annotations
 
-import os
+import itertools
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from tqdm.auto import tqdm
 
 NNUNET_SCALE_RANGE = (0.7, 1.4)  # nnUNetTrainer's SpatialTransform scaling (larger = smaller objects)
@@ -77,25 +80,18 @@ class FineTuneTrainer(nnUNetTrainer):
         return transforms
 
     def get_dataloaders(self):
-        """nnU-Net's loaders, then (with augmentation workers) seeded workers collected in a fixed order."""
-        workers = get_allowed_n_proc_DA()
-        saved = os.environ.get("nnUNet_n_proc_DA")
-        os.environ["nnUNet_n_proc_DA"] = "0"  # nnU-Net builds single-threaded augmenters; no unseeded worker starts
-        try:
-            train, val = super().get_dataloaders()
-        finally:
-            if saved is None:
-                del os.environ["nnUNet_n_proc_DA"]
-            else:
-                os.environ["nnUNet_n_proc_DA"] = saved
-        if workers == 0:
-            return train, val
-        pin = self.device.type == "cuda"
-        val_workers = max(1, workers // 2)
-        return (MultiThreadedAugmenter(train.data_loader, None, workers, max(6, workers // 2),
-                                       seeds=[self.seed * 1000 + i for i in range(workers)], pin_memory=pin),
-                MultiThreadedAugmenter(val.data_loader, None, val_workers, max(3, workers // 4),
-                                       seeds=[self.seed * 1000 + 500 + i for i in range(val_workers)], pin_memory=pin))
+        """nnU-Net's loaders, its unseeded `NonDetMultiThreadedAugmenter` replaced (while nnU-Net builds them) by
+        batchgenerators' `MultiThreadedAugmenter` with seeded workers and a fixed batch order."""
+        built = itertools.count()
+
+        def seeded(data_loader, transform, num_processes, num_cached, seeds, pin_memory, wait_time):
+            base = self.seed * 1000 + 500 * next(built)  # training loader, then validation loader
+            return MultiThreadedAugmenter(WorkerLoader(data_loader, base), transform, num_processes, num_cached,
+                                          seeds=[base + i for i in range(num_processes)], pin_memory=pin_memory,
+                                          wait_time=wait_time)
+
+        with mock.patch.object(nnunet_trainer_module, "NonDetMultiThreadedAugmenter", seeded):
+            return super().get_dataloaders()
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
@@ -118,6 +114,25 @@ class FineTuneTrainer(nnUNetTrainer):
                 self.on_validation_epoch_end(val)
             self.on_epoch_end()
         self.on_train_end()
+
+
+class WorkerLoader:
+    """A data loader as one augmentation worker process sees it: torch single-threaded and seeded from the worker's
+    thread id (batchgenerators' MultiThreadedAugmenter seeds only numpy), the batches those of `loader`."""
+
+    def __init__(self, loader, seed: int) -> None:
+        self.loader, self.seed = loader, seed
+
+    def set_thread_id(self, thread_id: int) -> None:
+        torch.set_num_threads(1)
+        torch.manual_seed(self.seed + thread_id)
+        self.loader.set_thread_id(thread_id)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.loader)
 
 
 def set_scaling(transforms, scale_range: Sequence[float]) -> int:
