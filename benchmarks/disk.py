@@ -1,11 +1,12 @@
 """Disk use of every training stage, in bytes per training voxel, and the peak of a full real-size run.
 
-Stages, measured on a SYNTHETIC dataset (preset `small` by default, seed 0): nnU-Net raw z-slabs (baseline:
-uncompressed, as the seed code wrote them; now: zlib-compressed), nnU-Net's preprocessed copy, the float16
-probabilities of a sparse group during refinement, refined labels (compressed masks; here the synthetic whole tree
-stands for them, i.e. labels shaped like vessels), and one checkpoint of the hepatic network (a fixed size,
-independent of the data). The figures are then scaled to the real training set (the `full` preset shapes: the
-three training kidneys and kidney_3_dense for validation) for the seed recipe and for two pseudo-label rounds.
+Stages, measured on a SYNTHETIC dataset (preset `small` by default, seed 0): nnU-Net raw z-slabs (baseline: the
+seed code's uncompressed pages, 3 B per voxel by construction plus headers; now: zlib-compressed), nnU-Net's
+preprocessed copy, the float16 probabilities of a sparse group during refinement, refined labels (compressed masks;
+here the synthetic whole tree stands for them, i.e. labels shaped like vessels), and one checkpoint of the hepatic
+network (a fixed size, independent of the data). The figures are then scaled to the real training set (the `full`
+preset shapes: the three training kidneys and kidney_3_dense for validation) for the seed recipe and for one
+pseudo-label round (two training rounds).
 
 Synthetic images compress differently from real HiP-CT scans (noise level, empty background): the image slab's
 ratio is an estimate; the worst case (uncompressed, 2 B per voxel) is printed beside it and does not change the peak,
@@ -34,14 +35,9 @@ def folder_bytes(folder: Path, pattern: str = "*") -> int:
     return sum(p.stat().st_size for p in folder.rglob(pattern) if p.is_file())
 
 
-def raw_and_preprocessed(root: Path, work: Path, compressed: bool) -> tuple[int, int, int, int]:
+def raw_and_preprocessed(root: Path, work: Path) -> tuple[int, int, int, int]:
     """Raw slab bytes, preprocessed bytes, training voxels and the largest slab's raw + preprocessed bytes."""
-    saved = nnunet_dataset.SLAB_COMPRESSION
-    nnunet_dataset.SLAB_COMPRESSION = saved if compressed else None
-    try:
-        table = nnunet_dataset.write_raw_dataset(root, work, progress=False)
-    finally:
-        nnunet_dataset.SLAB_COMPRESSION = saved
+    table = nnunet_dataset.write_raw_dataset(root, work, progress=False)
     raw_dir = work / "raw" / nnunet_dataset.DATASET_NAME
     raw = folder_bytes(raw_dir, "*.tif")
     voxels = int((table["slices"] * table["height"] * table["width"]).sum())
@@ -95,11 +91,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=outputs) as tmp:
         tmp = Path(tmp)
         root = synthetic.generate(tmp / "data", args.preset, args.seed, progress=False)
-        raw0, pre0, voxels, _ = raw_and_preprocessed(root, tmp / "plain", compressed=False)
-        raw1, pre1, _, slab = raw_and_preprocessed(root, tmp / "compressed", compressed=True)
+        raw1, pre1, voxels, slab = raw_and_preprocessed(root, tmp / "work")
         refined, sparse_voxels = refined_label_bytes(root, tmp / "refined")
         checkpoint = checkpoint_bytes(tmp / "checkpoint.pth")
-    per = {"raw slabs, uncompressed (seed code)": raw0 / voxels, "raw slabs, zlib (now)": raw1 / voxels,
+    per = {"raw slabs, uncompressed (seed code; uint16 image + uint8 label)": 3.0, "raw slabs, zlib (now)": raw1 / voxels,
            "nnU-Net preprocessed": pre1 / voxels, "refined labels (zlib masks, per sparse-group voxel)":
            refined / sparse_voxels, "sparse-group probabilities during refinement (float16)": 2.0}
     print(f"SYNTHETIC preset {args.preset!r} seed {args.seed}: {voxels / 1e6:.1f} M training voxels "
@@ -107,7 +102,6 @@ def main() -> None:
     for name, value in per.items():
         print(f"  {name:58s} {value:6.3f} B/voxel")
     print(f"  one hepatic-network checkpoint (latest, best and final are kept per round) {checkpoint / 1e6:8.1f} MB")
-    assert pre0 == pre1  # preprocessing reads the same voxels whichever way the slabs were stored
 
     real = real_training_voxels()
     n = real["train"] + real["val"]
@@ -118,7 +112,7 @@ def main() -> None:
     refined_real = per["refined labels (zlib masks, per sparse-group voxel)"] * sum(
         int(np.prod(synthetic.PRESETS["full"].shapes[g])) for g in fine_tune.SPARSE_GROUPS)
     slab_real = 128 * 1706 * 1510 * (2.0 + pre_b)  # the largest real slab, raw uncompressed + preprocessed
-    before = (per["raw slabs, uncompressed (seed code)"] + pre_b) * n + ckpts + validation
+    before = (3.0 + pre_b) * n + ckpts + validation
     one_round = max(raw_b, pre_b) * n + slab_real  # raw deleted case by case while preprocessing
     worst_images = max(2.0 + raw1 / voxels - raw_b, pre_b) * n + slab_real  # if real images did not compress
     between = pre_b * n + ckpts + probs + refined_real  # round 0's data still there while refining
@@ -128,6 +122,8 @@ def main() -> None:
     print(f"  baseline (seed code: uncompressed raw slabs kept beside the preprocessed copy): {before / GB:5.1f} GB")
     print(f"  now, seed recipe (0 pseudo-label rounds): {(one_round + ckpts + validation) / GB:5.1f} GB "
           f"(if real images did not compress at all: {(worst_images + ckpts + validation) / GB:5.1f} GB)")
+    worst_pre = (4.0 * n + slab_real + ckpts + validation) / GB
+    print(f"  now, if real preprocessed images did not compress at all (float32, 4 B/voxel): {worst_pre:5.1f} GB")
     print(f"  now, 1 pseudo-label round (both rounds): {(rounds + validation) / GB:5.1f} GB; while refining: "
           f"{(between + validation) / GB:5.1f} GB")
     print(f"  ratio baseline / now (seed recipe): {before / (one_round + ckpts + validation):.2f}x")

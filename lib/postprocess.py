@@ -100,8 +100,9 @@ def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
 def share_threshold(probs: np.ndarray, labels, share: float) -> float:
     """The cut t at which the given labels make up `share` of `labels OR probs >= t` (pseudo-label refinement:
     a sparse group whose labels hold `share` of its vessels gets the most probable unlabelled voxels added until
-    they hold that share of the refined labels). `labels`: a `data.Group` or a (Z, H, W) array-like; exact for
-    float16/uint8 `probs`, streamed along z. Returns 2.0 (nothing added) for share 1."""
+    they hold that share of the refined labels). Never more: voxels tied at the cut are left out, so the given
+    labels are at least `share` of the refined ones. `labels`: a `data.Group` or a (Z, H, W) array-like; exact on
+    the stored float16/uint8 values of `probs`, streamed along z. Share 1: a cut above every unlabelled voxel."""
     if not 0 < share <= 1:
         raise ValueError(f"share must lie in (0, 1], got {share}")
     given = 0
@@ -111,9 +112,11 @@ def share_threshold(probs: np.ndarray, labels, share: float) -> float:
         given += int(mask.sum())
         unlabelled.append(_code_histogram(probs[start:stop], ~mask))
     wanted = round(given * (1 / share - 1))
-    if wanted == 0:
+    above = np.cumsum(np.sum(unlabelled, axis=0)[::-1])[::-1]  # unlabelled voxels >= each stored code
+    code = int(np.flatnonzero(above <= wanted)[0]) if (above <= wanted).any() else len(above)
+    if code == len(above):  # not even the most probable code fits: add nothing
         return 2.0
-    return _threshold_for_count(np.sum(unlabelled, axis=0), wanted)
+    return code / 255 if len(above) == 256 else float(np.array(code, np.uint16).view(np.float16))
 
 
 def write_refined_labels(probs: np.ndarray, labels, threshold: float, out_dir: Path | str,

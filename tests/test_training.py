@@ -49,6 +49,14 @@ def test_raw_dataset_slabs_equal_the_source(synthetic_tiny: Path, tmp_path: Path
     assert json.loads((raw / "dataset.json").read_text())["overwrite_image_reader_writer"] == "Tiff3DIO"
     with pytest.raises(FileExistsError, match="converted with other settings"):
         nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, ["kidney_1_dense"], "kidney_3_dense", slab_depth=5)
+    with tifffile.TiffFile(raw / "imagesTr" / "kidney_1_dense_z0007_0000.tif") as tif:  # compressed pages
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE and len(tif.pages) == 6
+    # Slabs of 3 or 4 slices are grey pages too (tifffile would take a (4, H, W) stack for planar RGBA).
+    table = nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path / "thin", ["kidney_1_dense"], None, slab_depth=4,
+                                             progress=False)
+    thin = tmp_path / "thin" / "raw" / nnunet_dataset.DATASET_NAME / "imagesTr"
+    np.testing.assert_array_equal(np.concatenate([tifffile.imread(thin / f"{n}_0000.tif") for n in table.index]),
+                                  group.read_images())
 
 
 def test_training_groups_without_vessels_are_refused(tmp_path: Path) -> None:

@@ -203,7 +203,8 @@ def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir:
             yield binary
 
     for path, pages, dtype in ((image_path, images(), group.dtype), (label_path, labels(), np.uint8)):
-        tifffile.imwrite(path, pages, shape=shape, dtype=dtype, compression=SLAB_COMPRESSION, metadata=None,
+        tifffile.imwrite(path, pages, shape=shape, dtype=dtype, photometric="minisblack", metadata=None,
+                         compression=SLAB_COMPRESSION,
                          compressionargs={"level": SLAB_COMPRESSION_LEVEL} if SLAB_COMPRESSION else None)
     (root / "imagesTr" / f"{case.name}.json").write_text(sidecar)
     (root / "labelsTr" / f"{case.name}.json").write_text(sidecar)
