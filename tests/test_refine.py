@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from lib import data, postprocess, refine
+from lib import data, paths, postprocess, refine
 from lib.training import fine_tune, nnunet_dataset
 from lib.training.fine_tune import TrainSettings
 
@@ -116,3 +116,25 @@ def test_one_pseudo_label_round_refines_the_sparse_groups(synthetic_tiny: Path, 
     assert json.loads((tmp_path / "refinement.json").read_text()) == json.loads(rounds.to_json(orient="records"))
     assert not (refine.round_dir(tmp_path, 0) / "nnunet" / "preprocessed").exists()  # round 0's data deleted
     assert (synthetic_tiny / "train" / "kidney_2" / "labels").is_dir()  # the competition root untouched
+
+
+@pytest.mark.slow
+def test_notebook_02_runs_a_pseudo_label_round_and_refuses_bad_settings_first(
+        synthetic_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lib.runs import pipeline
+
+    config = paths.PROJECT_ROOT / "configs" / "demo.toml"
+    monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path))
+    with pytest.raises(pipeline.PipelineError, match=r"cell \d+ \(ValueError: pseudo_label_rounds must be"):
+        pipeline.run(config, str(synthetic_tiny), overrides={"pseudo_label_rounds": -1}, notebooks=("02_train",),
+                     name="bad")
+    assert not (tmp_path / "bad" / "02_train" / "nnunet").exists()  # stopped before any data was written
+    fast = {**{k: v for k, v in FAST.items() if k != "train_groups"}, "pseudo_label_rounds": 1,
+            "scale_range": [0.9, 1.5], "seed": 3}
+    pipeline.run(config, str(synthetic_tiny), overrides=fast, notebooks=("02_train",), name="rounds")
+    out = tmp_path / "rounds" / "02_train"
+    rounds = json.loads((out / "refinement.json").read_text())
+    assert {r["group"] for r in rounds} == {"kidney_2", "kidney_3_sparse"}
+    record = json.loads((fine_tune.default_model_dir(out) / "training.json").read_text())
+    assert record["scale_range"] == [0.9, 1.5] and record["seed"] == 3 and record["settings"]["pseudo_label_rounds"] == 1
+    assert json.loads((out / "train_summary.json").read_text())["val_surface_dice"] >= 0
