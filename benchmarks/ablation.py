@@ -62,16 +62,24 @@ def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict) -> dict:
 
 
 def summary_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± standard deviation [min, max] over seeds, one row per arm and resampling."""
+    """Mean ± standard deviation [min, max] over seeds, one row per arm and resampling (a lone seed: its value)."""
     metrics = [c for c in results.columns if c not in ("arm", "seed", "resample")]
     rows = []
     for (arm, resample), group in results.groupby(["arm", "resample"], sort=False):
         row = {"arm": arm, "resample": "on" if resample else "off", "seeds": len(group)}
         for m in metrics:
             v = group[m]
-            row[m] = f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f} [{v.min():.3f}, {v.max():.3f}]"
+            row[m] = (f"{v.mean():.3f} ± {v.std(ddof=1):.3f} [{v.min():.3f}, {v.max():.3f}]" if len(v) > 1
+                      else f"{v.iloc[0]:.3f} (one seed: no spread)")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A Markdown table of a frame (the README's format), without pandas' optional tabulate dependency."""
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -107,7 +115,7 @@ def main() -> None:
     results = pd.DataFrame([json.loads(line) for line in results_file.read_text().splitlines()])
     print(f"\nSYNTHETIC data (preset {args.preset}, data seed {args.data_seed}), {tag}: mean ± sd [min, max] over "
           "seeds; says nothing about the leaderboard\n")
-    print(summary_table(results).to_markdown(index=False))
+    print(markdown(summary_table(results)))
 
 
 if __name__ == "__main__":
