@@ -6,7 +6,7 @@ REQ_HASH := $(shell cat requirements.txt requirements-test.txt pyproject.toml | 
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 DATA := outputs/data/synthetic
 
-.PHONY: setup lint test test-fast data demo explore lab benchmarks kaggle clean-venv
+.PHONY: setup lint test test-fast data demo explore lab benchmarks ablation kaggle clean-venv
 
 setup: $(STAMP)
 
@@ -51,6 +51,12 @@ lab: setup
 benchmarks: setup
 	$(PY) benchmarks/metric.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/disk.py
+
+# Seed recipe vs pseudo-labels, resolution augmentation, both; resampling on/off; 3 seeds on the synthetic small
+# preset (CPU: hours; README "Ablation"). ABLATION_ARGS to reduce it, e.g. "--epochs 2 --iterations 10".
+ablation: setup
+	$(PY) benchmarks/ablation.py $(ABLATION_ARGS)
 
 # The Kaggle bundle in outputs/kaggle: notebooks 02/03 ready to push (2 x T4, internet off) and the offline wheels
 # dataset (the project's wheel + CPython 3.10/3.11/3.12 sets; cached in outputs/kaggle-wheel-cache).

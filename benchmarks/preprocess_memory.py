@@ -53,8 +53,9 @@ def measure(data: Path, work: Path, slab_depth: int) -> dict:
     convert = vm_hwm_mib()
     cases = nnunet_dataset.read_cases(work)
     arch, _ = fine_tune.architecture_plans("tiny", None, work)
-    fine_tune.prepare(work, arch, [32, 64, 64], 2, cases)
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    fine_tune.prepare(work, arch, [32, 64, 64], 2, cases, progress=False)
+    # Fingerprinting may run in worker processes; preprocessing runs here, case by case (VmHWM covers it).
+    workers = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, vm_hwm_mib())
     return {"convert_MiB": convert, "workers_MiB": workers, "seconds": time.perf_counter() - start,
             "slab_voxels": max(c.stop - c.start for c in cases)}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import cc3d
 import numpy as np
 import pandas as pd
+import tifffile
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
@@ -128,17 +129,76 @@ def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
 
     Exact for float16 and uint8 storage: a histogram over every representable value, built slice by slice.
     """
+    return _threshold_for_count(_code_histogram(probs), fraction * probs.size)
+
+
+def share_threshold(probs: np.ndarray, labels, share: float) -> float:
+    """The cut t at which the given labels make up `share` of `labels OR probs >= t` (pseudo-label refinement:
+    a sparse group whose labels hold `share` of its vessels gets the most probable unlabelled voxels added until
+    they hold that share of the refined labels). Never more: voxels tied at the cut are left out, so the given
+    labels are at least `share` of the refined ones. `labels`: a `data.Group` or a (Z, H, W) array-like; exact on
+    the stored float16/uint8 values of `probs`, streamed along z. Share 1: a cut above every unlabelled voxel."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must lie in (0, 1], got {share}")
+    given = 0
+    unlabelled = []
+    for start, stop in chunks(probs.shape[0]):
+        mask = _read_labels(labels, start, stop) > 0
+        given += int(mask.sum())
+        unlabelled.append(_code_histogram(probs[start:stop], ~mask))
+    wanted = round(given * (1 / share - 1))
+    above = np.cumsum(np.sum(unlabelled, axis=0)[::-1])[::-1]  # unlabelled voxels >= each stored code
+    code = int(np.flatnonzero(above <= wanted)[0]) if (above <= wanted).any() else len(above)
+    if code == len(above):  # not even the most probable code fits: add nothing
+        return 2.0
+    return code / 255 if len(above) == 256 else float(np.array(code, np.uint16).view(np.float16))
+
+
+def write_refined_labels(probs: np.ndarray, labels, threshold: float, out_dir: Path | str,
+                         slice_numbers: Sequence[int], progress: bool = True) -> dict:
+    """Write `labels OR probs >= threshold` as one compressed 0/255 mask NNNN.tif per slice into `out_dir`
+    (which must not exist: written into `<out_dir>.partial` and renamed when complete). Given vessel voxels are
+    never removed. Returns voxel counts: given, refined, added."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir}: refined labels already there; earlier results are never overwritten")
+    stage = out_dir.with_name(out_dir.name + ".partial")
+    stage.mkdir(parents=True, exist_ok=True)
+    counts = {"given": 0, "refined": 0}
+    for start, stop in tqdm(chunks(probs.shape[0]), desc=f"refined labels {out_dir.name}", unit="chunk",
+                            disable=not progress):
+        given = _read_labels(labels, start, stop) > 0
+        refined = given | (probability(np.asarray(probs[start:stop])) >= threshold)
+        counts["given"] += int(given.sum())
+        counts["refined"] += int(refined.sum())
+        for z, mask in zip(slice_numbers[start:stop], refined):
+            tifffile.imwrite(stage / f"{z:04d}.tif", mask.astype(np.uint8) * np.uint8(255), compression="zlib",
+                             metadata=None)
+    stage.rename(out_dir)
+    return {**counts, "added": counts["refined"] - counts["given"]}
+
+
+def _read_labels(labels, start: int, stop: int) -> np.ndarray:
+    return labels.read_labels(start, stop) if hasattr(labels, "read_labels") else np.asarray(labels[start:stop])
+
+
+def _code_histogram(probs: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """How many voxels (where `where`) hold each stored code: 256 uint8 or 65536 float16 bit patterns."""
     bins = 256 if probs.dtype == np.uint8 else 65536
     counts = np.zeros(bins, np.int64)
     for start, stop in chunks(probs.shape[0]):
         chunk = np.asarray(probs[start:stop])
         codes = chunk if chunk.dtype == np.uint8 else chunk.astype(np.float16).view(np.uint16)
-        counts += np.bincount(codes.ravel(), minlength=bins)
+        counts += np.bincount((codes if where is None else codes[where[start:stop]]).ravel(), minlength=bins)
+    return counts
+
+
+def _threshold_for_count(counts: np.ndarray, wanted: float) -> float:
+    """The highest stored value with at least `wanted` voxels at or above it (0 when there are fewer)."""
     # Non-negative float16 values sort like their bit patterns, so the top of the histogram is the top of the data.
-    wanted = fraction * probs.size
     above = np.cumsum(counts[::-1])[::-1]  # voxels >= each code
     code = int(np.flatnonzero(above >= wanted)[-1]) if (above >= wanted).any() else 0
-    return code / 255 if bins == 256 else float(np.array(code, np.uint16).view(np.float16))
+    return code / 255 if len(counts) == 256 else float(np.array(code, np.uint16).view(np.float16))
 
 
 def binarize(probs: np.ndarray, threshold: float, out_file: Path | str) -> np.memmap:

@@ -76,7 +76,8 @@ def test_full_preset_renders_competition_sized_slices() -> None:
 
 def test_writes_the_exact_layout(tiny: Path) -> None:
     top = {p.name for p in tiny.iterdir()}
-    assert top == {"train", "test", "train_rles.csv", "sample_submission.csv", "solution.csv", "synthetic.json"}
+    assert top == {"train", "test", "train_rles.csv", "sample_submission.csv", "solution.csv", "synthetic.json",
+                   synthetic.TRUTH_FOLDER}
     assert {p.name for p in (tiny / "train").iterdir()} == set(TRAIN_GROUPS)
     assert {p.name for p in (tiny / "test").iterdir()} == set(TEST_GROUPS)
     for group in GROUPS:
@@ -177,6 +178,21 @@ def test_sparse_labels_keep_about_the_target_share_as_whole_branches(tiny: Path,
     # Missing vessels come in pieces (whole branches), not as scattered voxels.
     missing, n = ndimage.label(truth & ~label, structure=np.ones((3, 3, 3)))
     assert n > 0 and (truth & ~label).sum() / n >= 20
+
+
+def test_sparse_groups_truth_is_written_outside_the_competition_layout(tiny: Path) -> None:
+    from lib import data
+
+    record = json.loads((tiny / "synthetic.json").read_text())
+    assert {p.name for p in (tiny / synthetic.TRUTH_FOLDER).iterdir()} == {"kidney_2", "kidney_3_sparse"}
+    for group in ("kidney_2", "kidney_3_sparse"):
+        folder = tiny / record["groups"][group]["truth"]
+        assert sorted(p.name for p in folder.iterdir()) == [f"{z:04d}.tif" for z in _slices(group)]
+        truth = _read_stack(folder)
+        np.testing.assert_array_equal(truth > 0, np.stack([s.truth for s in render_slices("tiny", 0, group)]))
+        labels = _read_stack(_group_dir(tiny, group) / "labels") > 0
+        assert not (labels & (truth == 0)).any() and (truth > 0).sum() > labels.sum()  # labels: part of the tree
+    assert set(data.discover(tiny)) == set(GROUPS)  # the truth folder is no group
 
 
 def test_vessel_fraction_in_range(tiny: Path) -> None:

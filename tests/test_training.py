@@ -49,6 +49,14 @@ def test_raw_dataset_slabs_equal_the_source(synthetic_tiny: Path, tmp_path: Path
     assert json.loads((raw / "dataset.json").read_text())["overwrite_image_reader_writer"] == "Tiff3DIO"
     with pytest.raises(FileExistsError, match="converted with other settings"):
         nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, ["kidney_1_dense"], "kidney_3_dense", slab_depth=5)
+    with tifffile.TiffFile(raw / "imagesTr" / "kidney_1_dense_z0007_0000.tif") as tif:  # compressed pages
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE and len(tif.pages) == 6
+    # Slabs of 3 or 4 slices are grey pages too (tifffile would take a (4, H, W) stack for planar RGBA).
+    table = nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path / "thin", ["kidney_1_dense"], None, slab_depth=4,
+                                             progress=False)
+    thin = tmp_path / "thin" / "raw" / nnunet_dataset.DATASET_NAME / "imagesTr"
+    np.testing.assert_array_equal(np.concatenate([tifffile.imread(thin / f"{n}_0000.tif") for n in table.index]),
+                                  group.read_images())
 
 
 def test_training_groups_without_vessels_are_refused(tmp_path: Path) -> None:
@@ -162,3 +170,54 @@ def test_from_scratch_resumes_after_an_interruption(synthetic_tiny: Path, tmp_pa
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and len(fig.axes) == 3
     with pytest.raises(FileExistsError, match="a finished model is already there"):
         fine_tune.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
+
+
+def test_scale_range_reaches_the_spatial_transform() -> None:
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+    fine = object.__new__(FineTuneTrainer)  # only the transform-building methods are exercised
+    fine.scale_range = (0.95, 1.8)
+    transforms = fine.get_training_transforms([32, 64, 64], (-0.5, 0.5), None, (0, 1, 2), False)
+    spatial = [t for t in transforms.transforms if isinstance(t, SpatialTransform)]
+    assert len(spatial) == 1 and spatial[0].scaling == (0.95, 1.8) and spatial[0].p_scaling > 0
+    plain = FineTuneTrainer.__mro__[1].get_training_transforms([32, 64, 64], (-0.5, 0.5), None, (0, 1, 2), False)
+    assert [t.scaling for t in plain.transforms if isinstance(t, SpatialTransform)] == [trainer.NNUNET_SCALE_RANGE]
+
+
+def trained_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(model_dir / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                      weights_only=False)["network_weights"]
+
+
+@pytest.mark.slow
+def test_same_seed_same_model_other_seed_other_model(synthetic_tiny: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")  # one seeded augmentation worker process, as on the CPU
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+
+    reached = []  # the scaling of the SpatialTransform each training run really builds
+    original = FineTuneTrainer.get_training_transforms
+
+    def spy(self, *args, **kwargs):
+        transforms = original(self, *args, **kwargs)
+        reached.extend(t.scaling for t in transforms.transforms if isinstance(t, SpatialTransform))
+        return transforms
+
+    monkeypatch.setattr(FineTuneTrainer, "get_training_transforms", spy)
+    scratch = str(tmp_path / "scratch")  # converted and preprocessed once, shared by the three runs
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        settings = TrainSettings(**{**FAST, "seed": seed, "scale_range": (0.8, 1.6), "scratch_dir": scratch})
+        runs[name] = fine_tune.train(synthetic_tiny, tmp_path / name, settings, progress=False)
+    a, b, c = (trained_weights(runs[n].model_dir) for n in "abc")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert runs["a"].history["train_losses"] == runs["b"].history["train_losses"]
+    assert runs["a"].history["val_losses"] == runs["b"].history["val_losses"]
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert runs["a"].history["train_losses"] != runs["c"].history["train_losses"]
+    assert reached == [(0.8, 1.6)] * 3  # it reached the SpatialTransform of every run
+    record = json.loads((runs["a"].model_dir / "training.json").read_text())
+    assert record["scale_range"] == [0.8, 1.6] and record["seed"] == 7
+    raw = Path(scratch) / "raw" / nnunet_dataset.DATASET_NAME
+    assert not list((raw / "imagesTr").glob("*.tif"))  # raw slabs deleted once preprocessed

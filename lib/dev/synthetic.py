@@ -14,6 +14,10 @@ What is mimicked, because the pipeline must cope with it:
 - the test-domain shift: kidney_6 is rendered at 63.08 µm (vessels thinner in voxels) with another intensity
   offset, contrast and noise level. Trees are defined in µm and rendered at each kidney's voxel size.
 
+The whole tree of each sparse group is written too, outside the competition layout, so refined labels can be
+scored: `<root>/synthetic_truth/<group>/NNNN.tif` (uint8 0/255, zlib-compressed, the group's slice numbers).
+`lib.data.discover` reads only `train/` and `test/`, so training never sees it (`lib.refine` reads it for reports).
+
 Everything is rendered slice by slice (memory O(H*W + number of segments)), so the `full` preset writes the
 real competition shapes without ever holding a volume. Same seed -> byte-identical files.
 
@@ -592,6 +596,9 @@ def render_slices(preset: str | Preset, seed: int, group: str,
 # ----------------------------------------------------------------------------------------------------------
 
 
+TRUTH_FOLDER = "synthetic_truth"  # <root>/synthetic_truth/<sparse group>/NNNN.tif: the whole vessel tree
+
+
 def _write_tif(path: Path, arr: np.ndarray) -> None:
     # metadata=None: no JSON description; no datetime tag is written unless asked -> byte-identical files.
     tifffile.imwrite(path, arr, metadata=None)
@@ -633,6 +640,8 @@ def _render_volume(root: Path, preset: Preset, seed: int, volume: str, groups: S
             (base / "images").mkdir(parents=True)
         if info.labels:
             (base / "labels").mkdir(parents=True)
+        if info.labels == "sparse":
+            (root / TRUTH_FOLDER / g).mkdir(parents=True)
     counts = {g: _Counts() for g in wanted}
     files = {g: open(rows / f"{g}.csv", "w", newline="") for g in wanted}
     try:
@@ -652,6 +661,9 @@ def _render_volume(root: Path, preset: Preset, seed: int, volume: str, groups: S
                 if info.labels:
                     lab = truth if info.labels == "dense" else label
                     _write_tif(base / "labels" / name, lab.astype(np.uint8) * 255)
+                    if info.labels == "sparse":
+                        tifffile.imwrite(root / TRUTH_FOLDER / g / name, truth.astype(np.uint8) * 255, metadata=None,
+                                         compression="zlib")
                     writers[g].writerow([f"{g}_{z:04d}", rle.encode(lab)])
                     counts[g].add(image if info.images else None, truth, lab)
                 else:  # test kidney: the hosts' solution rows hold the true mask
@@ -769,6 +781,8 @@ def _provenance(p: Preset, seed: int, groups: Sequence[str], counts: Mapping[str
             entry["vessel_fraction"] = round(c.label / c.voxels, 6)  # of labelled voxels, as in the labels
             entry["labelled_share_of_true_vessels"] = round(c.label / max(c.truth, 1), 4)
             entry["labelled_share_target"] = look.labelled_share if info.labels == "sparse" else 1.0
+        if info.labels == "sparse":
+            entry["truth"] = f"{TRUTH_FOLDER}/{g}"  # the whole tree, for scoring refined labels only
         if info.images:
             mean = c.intensity_sum / c.voxels
             entry["intensity"] = {"offset": look.offset, "gain": look.gain, "noise": look.noise,

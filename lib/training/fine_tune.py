@@ -16,24 +16,28 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from lib import paths
+from lib import data, paths
 from lib.model import architectures, convert_v1
 from lib.model.network import CONFIGURATION, resolve_device
 from lib.training import nnunet_dataset
 from lib.training.nnunet_dataset import DATASET_ID, DATASET_NAME
-from lib.training.trainer import FineTuneTrainer
+from lib.training.trainer import NNUNET_SCALE_RANGE, FineTuneTrainer, seed_everything
 
 PLANS_NAME = "nnUNetPlans"
 TRAINER_FOLDER = f"FineTuneTrainer__{PLANS_NAME}__{CONFIGURATION}"
 CPU_PATCH = (32, 64, 64)  # the smallest useful patch; rounded up to what the strides need
 ARCHITECTURES = {"hepatic": "task008", "tiny": "tiny"}  # configuration -> lib.model.architectures variant
+# Share of the true vessels the sparse groups' labels hold (the 3rd-place team's figures, competition.md).
+SPARSE_LABEL_SHARE = {"kidney_2": 0.65, "kidney_3_sparse": 0.85}
+SPARSE_GROUPS = tuple(g for g, kind in data.LABEL_KIND.items() if kind == "sparse")
 
 
 @dataclass
@@ -54,15 +58,37 @@ class TrainSettings:
     val_group: str | None = nnunet_dataset.DEFAULT_VAL_GROUP
     slab_depth: int = 128
     scratch_dir: str | None = None  # nnU-Net raw + preprocessed data (large); None: <output_dir>/nnunet
-    seed: int = 0
+    seed: int = 0  # python, numpy, torch and the augmentation workers: same seed, same run (on the same machine)
+    scale_range: tuple[float, float] = NNUNET_SCALE_RANGE  # SpatialTransform scaling; larger = smaller objects
+    pseudo_label_rounds: int = 0  # fine-tuning rounds on refined sparse labels after the first (0: the seed recipe)
+    sparse_label_share: dict[str, float] = field(default_factory=lambda: dict(SPARSE_LABEL_SHARE))
+    keep_raw_slabs: bool = False  # False: each raw slab is deleted once nnU-Net has preprocessed it (disk)
+
+    def __post_init__(self) -> None:
+        """One-line errors for settings that cannot work, before anything is written or trained."""
+        if isinstance(self.pseudo_label_rounds, bool) or not isinstance(self.pseudo_label_rounds, int) \
+                or self.pseudo_label_rounds < 0:
+            raise ValueError(f"pseudo_label_rounds must be a whole number >= 0, got {self.pseudo_label_rounds!r}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {list(self.scale_range)}")
+        self.scale_range = (float(self.scale_range[0]), float(self.scale_range[1]))
+        for group, share in self.sparse_label_share.items():
+            if group not in SPARSE_GROUPS:
+                raise ValueError(f"sparse_label_share names {group!r}, which is not a sparse group "
+                                 f"(sparse: {', '.join(SPARSE_GROUPS)})")
+            if not isinstance(share, (int, float)) or not 0 < share <= 1:
+                raise ValueError(f"sparse_label_share[{group!r}] must lie in (0, 1], got {share!r}")
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, Any]) -> TrainSettings:
         """Settings from notebook 02's parameters (or any mapping), each field taken by its name: lists become
         tuples, `train_groups=None` means the default groups, `scratch_dir` is relative to the project root."""
         values = {f.name: params[f.name] for f in fields(cls) if f.name in params}
-        if values.get("patch_size") is not None:
-            values["patch_size"] = tuple(values["patch_size"])
+        for name in ("patch_size", "scale_range"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        if values.get("sparse_label_share") is not None:
+            values["sparse_label_share"] = dict(values["sparse_label_share"])
         if "train_groups" in values:
             values["train_groups"] = tuple(values["train_groups"] or nnunet_dataset.DEFAULT_TRAIN_GROUPS)
         if values.get("scratch_dir"):
@@ -78,7 +104,8 @@ def architecture_plans(configuration: str, pretrained: str | Path | None, work_d
     """v2 plans carrying the network architecture, and the converted weights file (None when from scratch).
 
     A v1 archive/folder is converted into `work_dir/pretrained`; a folder that already holds `lib.model.convert_v1`'s
-    output is used as it is.
+    output is used as it is; a trained model folder (plans.json, fold_0/checkpoint_final.pth: an earlier round) gives
+    its plans and final weights.
     """
     if configuration not in ARCHITECTURES:
         raise ValueError(f"configuration must be one of {sorted(ARCHITECTURES)}, got {configuration!r}")
@@ -88,7 +115,13 @@ def architecture_plans(configuration: str, pretrained: str | Path | None, work_d
     if not pretrained.exists():
         raise FileNotFoundError(f"{pretrained}: pretrained checkpoint not found")
     converted = pretrained
-    if not (pretrained / "pretrained_weights.pth").is_file():
+    if (pretrained / "fold_0" / "checkpoint_final.pth").is_file():
+        converted = work_dir / "pretrained"
+        converted.mkdir(parents=True, exist_ok=True)
+        checkpoint = torch.load(pretrained / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        torch.save({"network_weights": checkpoint["network_weights"]}, converted / "pretrained_weights.pth")
+        shutil.copyfile(pretrained / "plans.json", converted / "plans.json")
+    elif not (pretrained / "pretrained_weights.pth").is_file():
         converted = work_dir / "pretrained"
         if not (converted / "pretrained_weights.pth").is_file():
             convert_v1.convert(pretrained, converted)
@@ -133,8 +166,14 @@ def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int],
 
 
 def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_size: int,
-            cases: Sequence[nnunet_dataset.Case]) -> dict:
-    """Fingerprint and preprocess the raw dataset with nnU-Net's own code; write plans and the split."""
+            cases: Sequence[nnunet_dataset.Case], keep_raw: bool = True, fingerprint_file: Path | None = None,
+            progress: bool = True) -> dict:
+    """Fingerprint and preprocess the raw dataset with nnU-Net's own code; write plans and the split.
+
+    Cases are preprocessed one at a time (a rerun continues with the missing ones); unless `keep_raw`, each raw slab
+    is deleted as soon as its preprocessed copy is written, so raw and preprocessed data never both hold the whole
+    dataset. `fingerprint_file` reuses another run's fingerprint (the same normalisation as the model fine-tuned on).
+    """
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
         DatasetFingerprintExtractor,
     )
@@ -142,23 +181,37 @@ def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_s
 
     folder = Path(os.environ["nnUNet_preprocessed"]) / DATASET_NAME
     folder.mkdir(parents=True, exist_ok=True)
-    fingerprint_file = folder / "dataset_fingerprint.json"
-    if not fingerprint_file.is_file():
+    own_fingerprint = folder / "dataset_fingerprint.json"
+    if fingerprint_file is not None and not own_fingerprint.is_file():
+        shutil.copyfile(fingerprint_file, own_fingerprint)
+    if not own_fingerprint.is_file():
         DatasetFingerprintExtractor(DATASET_ID, num_processes=1).run(overwrite_existing=True)
-    fingerprint = json.loads(fingerprint_file.read_text())
+    fingerprint = json.loads(own_fingerprint.read_text())
     plans = kidney_plans(arch_plans, fingerprint, patch_size, batch_size)
     plans_file = folder / f"{PLANS_NAME}.json"
     done = folder / f"{PLANS_NAME}_{CONFIGURATION}"
     if plans_file.is_file() and json.loads(plans_file.read_text()) != plans and done.exists():
         shutil.rmtree(done)  # preprocessed with other plans: stale
     plans_file.write_text(json.dumps(plans, indent=2))
-    raw_dataset_json = Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json"
-    (folder / "dataset.json").write_text(raw_dataset_json.read_text())  # the preprocessor reads it from here
+    raw = Path(os.environ["nnUNet_raw"]) / DATASET_NAME
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))  # nnU-Net's trainer reads it here
     (folder / "splits_final.json").write_text(json.dumps(nnunet_dataset.splits(cases), indent=2))
-    if not done.is_dir() or len(list(done.glob("*.pkl"))) < len(cases):
-        manager = PlansManager(plans)
-        configuration = manager.get_configuration(CONFIGURATION)
-        configuration.preprocessor_class(verbose=False).run(DATASET_ID, CONFIGURATION, PLANS_NAME, num_processes=1)
+    manager = PlansManager(plans)
+    configuration = manager.get_configuration(CONFIGURATION)
+    preprocessor = configuration.preprocessor_class(verbose=False)
+    done.mkdir(exist_ok=True)
+    todo = [c for c in cases if not (done / f"{c.name}.pkl").is_file()]
+    for case in tqdm(todo, desc="nnU-Net preprocessing", unit="case", disable=not progress or not todo):
+        image, label = nnunet_dataset.raw_files(raw, case.name)
+        if not (image.is_file() and label.is_file()):
+            raise FileNotFoundError(f"{image}: raw slab missing (deleted after an earlier preprocessing with other "
+                                    f"plans?); delete {work_dir} to convert the data again")
+        (done / f"{case.name}.pkl").unlink(missing_ok=True)
+        preprocessor.run_case_save(str(done / case.name), [str(image)], str(label), manager, configuration,
+                                   dataset_json)
+        if not keep_raw:
+            nnunet_dataset.delete_raw_case(raw, case.name)
     return plans
 
 
@@ -186,8 +239,13 @@ class TrainResult:
 
 
 def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings | None = None,
-          progress: bool = True) -> TrainResult:
-    """Convert, plan, preprocess and fine-tune; resume if an unfinished run of the same settings exists."""
+          progress: bool = True, label_dirs: Mapping[str, Path] | None = None,
+          fingerprint_file: Path | None = None) -> TrainResult:
+    """Convert, plan, preprocess and fine-tune; resume if an unfinished run of the same settings exists.
+
+    One round: `label_dirs` (group -> folder of NNNN.tif masks) replaces those groups' labels, e.g. refined
+    pseudo-labels (`lib.refine` runs the rounds); `fingerprint_file` reuses an earlier round's normalisation.
+    """
     settings = settings or TrainSettings()
     output_dir = Path(output_dir)
     work_dir = settings.work_dir(output_dir)
@@ -197,15 +255,15 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
         torch.set_num_threads(os.cpu_count() or 1)
         os.environ.setdefault("nnUNet_n_proc_DA", "1")  # 2 cores: one augmentation worker beside training
     os.environ.setdefault("nnUNet_compile", "false")
-    torch.manual_seed(settings.seed)
-    np.random.seed(settings.seed)
+    seed_everything(settings.seed)
 
     table = nnunet_dataset.write_raw_dataset(data_dir, work_dir, settings.train_groups, settings.val_group,
-                                             settings.slab_depth, progress=progress)
+                                             settings.slab_depth, progress=progress, label_dirs=label_dirs)
     cases = nnunet_dataset.read_cases(work_dir)
     arch, weights = architecture_plans(settings.configuration, settings.pretrained, work_dir)
     patch = patch_size_for(arch, device, settings.patch_size)
-    plans = prepare(work_dir, arch, patch, settings.batch_size, cases)
+    plans = prepare(work_dir, arch, patch, settings.batch_size, cases, settings.keep_raw_slabs, fingerprint_file,
+                    progress)
     dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json").read_text())
 
     model_dir = default_model_dir(output_dir)
@@ -221,7 +279,10 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     trainer.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
     trainer.initial_lr = settings.initial_lr
     trainer.warmup_epochs = settings.warmup_epochs
+    trainer.scale_range = settings.scale_range
+    trainer.seed = settings.seed
     trainer.save_every = 1
+    seed_everything(settings.seed)  # the network's initial weights do not depend on what ran before
     trainer.initialize()
     loaded, resumed = None, 0
     if latest.is_file():
@@ -240,7 +301,9 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
                          time.perf_counter() - start, history)
     (model_dir / "training.json").write_text(json.dumps(
         {**asdict(result), "model_dir": str(model_dir), "device": str(device),
-         "from_scratch": settings.pretrained is None, "patch_size": patch}, indent=2, default=str))
+         "from_scratch": settings.pretrained is None, "patch_size": patch, "scale_range": list(settings.scale_range),
+         "seed": settings.seed, "label_dirs": {g: str(d) for g, d in (label_dirs or {}).items()}},
+        indent=2, default=str))
     return result
 
 

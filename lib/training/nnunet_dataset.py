@@ -6,13 +6,18 @@ time (uint16 read, float32 image and label copies, cropping and resampling scrat
 (measured by benchmarks/preprocess_memory.py). With the default 128 slices, kidney_1_dense (1303 x 912) needs
 about 3.5 GiB and kidney_3 (1706 x 1510) about 5.3 GiB, where kidney_1_dense as a single case would need about
 30 GiB: slabs are what make it fit a 29 GB Kaggle machine.
+
+Disk: slabs are written zlib-compressed (labels shrink to almost nothing, images by what their noise allows) and
+`lib.training.fine_tune.prepare` deletes each raw slab once nnU-Net has preprocessed it; bytes per voxel of every
+stage are measured by benchmarks/disk.py (README, "Disk"). Labels may come from other folders than the competition
+root (`label_dirs`: refined pseudo-labels, one NNNN.tif mask per slice).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +36,7 @@ DEFAULT_VAL_GROUP = "kidney_3_dense"
 # nnU-Net preprocessing's peak memory per slab, measured by benchmarks/preprocess_memory.py (the one place the
 # figure lives; the notebook and the README show what this gives).
 PREPROCESS_BASE_GIB, PREPROCESS_BYTES_PER_VOXEL = 1.9, 11.2
+SLAB_COMPRESSION, SLAB_COMPRESSION_LEVEL = "zlib", 1  # fast: most of the gain on masks, some on images
 MIN_SLAB = 4  # runs of fewer slices are left out (nnU-Net's 3D TIFF reader needs >1; such slivers teach little)
 
 
@@ -92,17 +98,23 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
 
 def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
                       train_groups: Sequence[str] = DEFAULT_TRAIN_GROUPS, val_group: str | None = DEFAULT_VAL_GROUP,
-                      slab_depth: int = 128, force: bool = False, progress: bool = True) -> pd.DataFrame:
+                      slab_depth: int = 128, force: bool = False, progress: bool = True,
+                      label_dirs: Mapping[str, Path | str] | None = None) -> pd.DataFrame:
     """Write the nnU-Net raw dataset for these groups under `work_dir/raw` and return one row per case.
 
-    An existing dataset written with the same request is reused; a different one is an error unless `force`.
+    `label_dirs` maps a group to a folder of its label masks (NNNN.tif by the group's slice numbers, nonzero =
+    vessel) used instead of the competition's labels. An existing dataset written with the same request is reused
+    (even after its slabs were deleted once preprocessed); a different one is an error unless `force`.
     """
-    folders = nnunet_env(work_dir)
+    label_dirs = {g: Path(d).resolve() for g, d in (label_dirs or {}).items()}
+    folders = nnunet_env(work_dir, results=os.environ.get("nnUNet_results"))  # a run's results folder stays put
     groups = data.discover(data_dir)
     cases = plan_cases(groups, train_groups, val_group, slab_depth)
     root = folders["nnUNet_raw"] / DATASET_NAME
     request = {"data_dir": str(Path(data_dir).resolve()), "train_groups": list(train_groups),
                "val_group": val_group, "slab_depth": slab_depth, "cases": [asdict(c) for c in cases]}
+    if label_dirs:
+        request["label_dirs"] = {g: str(d) for g, d in sorted(label_dirs.items())}
     manifest = root / "conversion.json"
     if manifest.is_file():
         if json.loads(manifest.read_text()) == request:
@@ -116,7 +128,8 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
         (root / sub).mkdir(parents=True, exist_ok=True)
     total = sum(c.stop - c.start for c in cases)
     with tqdm(total=total, desc="nnU-Net raw dataset", unit="slice", disable=not progress) as bar:
-        vessels = {case.name: _write_case(groups[case.group], case, root, bar) for case in cases}
+        vessels = {case.name: _write_case(groups[case.group], case, root, bar, label_dirs.get(case.group))
+                   for case in cases}
     if not any(vessels[c.name] for c in cases if c.role == "train"):
         raise data.DataError(f"{root}: no labelled vessel voxel in the training groups {list(train_groups)}; "
                              "nnU-Net cannot fingerprint or learn from that")
@@ -148,24 +161,58 @@ def read_cases(work_dir: Path | str) -> list[Case]:
     return [Case(**c) for c in json.loads(manifest.read_text())["cases"]]
 
 
-def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm) -> int:
-    """Write one slab's image and label 3D TIFFs and spacing sidecars; returns its vessel voxel count."""
+def raw_files(root: Path, name: str) -> tuple[Path, Path]:
+    """The image and label slab files of case `name` in the raw dataset folder `root`."""
+    return root / "imagesTr" / f"{name}_0000.tif", root / "labelsTr" / f"{name}.tif"
+
+
+def delete_raw_case(root: Path, name: str) -> None:
+    """Delete a case's raw slabs (kept: the spacing sidecars, a few bytes, and the manifest)."""
+    for path in raw_files(root, name):
+        path.unlink(missing_ok=True)
+
+
+def read_mask_slices(folder: Path, slices: Sequence[int]) -> Iterator[np.ndarray]:
+    """Masks NNNN.tif of the given slice numbers from a label folder, as 0/1 uint8, one slice at a time."""
+    for z in slices:
+        yield (data.read_slice(folder / f"{z:04d}.tif") > 0).astype(np.uint8)
+
+
+def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir: Path | None = None) -> int:
+    """Write one slab's image and label 3D TIFFs (compressed, page by page) and spacing sidecars; returns its
+    vessel voxel count."""
     vessel = 0
-    image_path = root / "imagesTr" / f"{case.name}_0000.tif"
-    label_path = root / "labelsTr" / f"{case.name}.tif"
+    image_path, label_path = raw_files(root, case.name)
     sidecar = json.dumps({"spacing": [case.spacing_mm] * 3})
-    with tifffile.TiffWriter(image_path) as images, tifffile.TiffWriter(label_path) as labels:
-        for s in range(case.start, case.stop, CHUNK):
-            e = min(s + CHUNK, case.stop)
-            for image, label in zip(group.read_images(s, e), group.read_labels(s, e)):
-                images.write(image, contiguous=True)
-                binary = (label > 0).astype(np.uint8)
-                vessel += int(binary.sum())
-                labels.write(binary, contiguous=True)
+    shape = (case.stop - case.start, group.height, group.width)
+
+    def images() -> Iterator[np.ndarray]:
+        for s, e in _chunks(case):
+            yield from group.read_images(s, e)
             bar.update(e - s)
+
+    def labels() -> Iterator[np.ndarray]:
+        nonlocal vessel
+        if label_dir is not None:
+            source: Iterator[np.ndarray] = read_mask_slices(label_dir, group.slices[case.start:case.stop])
+        else:
+            source = (label for s, e in _chunks(case) for label in group.read_labels(s, e))
+        for label in source:
+            binary = (label > 0).astype(np.uint8)
+            vessel += int(binary.sum())
+            yield binary
+
+    for path, pages, dtype in ((image_path, images(), group.dtype), (label_path, labels(), np.uint8)):
+        tifffile.imwrite(path, pages, shape=shape, dtype=dtype, photometric="minisblack", metadata=None,
+                         compression=SLAB_COMPRESSION,
+                         compressionargs={"level": SLAB_COMPRESSION_LEVEL} if SLAB_COMPRESSION else None)
     (root / "imagesTr" / f"{case.name}.json").write_text(sidecar)
     (root / "labelsTr" / f"{case.name}.json").write_text(sidecar)
     return vessel
+
+
+def _chunks(case: Case) -> list[tuple[int, int]]:
+    return [(s, min(s + CHUNK, case.stop)) for s in range(case.start, case.stop, CHUNK)]
 
 
 def preprocessing_peak_gib(slices: int, height: int, width: int) -> float:

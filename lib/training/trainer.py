@@ -1,26 +1,57 @@
-"""The nnU-Net trainer this project fine-tunes with: nnUNetTrainer with a warm-up, a checkpoint every epoch
-and progress bars.
+"""The nnU-Net trainer this project fine-tunes with: nnUNetTrainer with a warm-up, a checkpoint every epoch,
+progress bars, a settable scaling range for its spatial augmentation, and seeded augmentation workers.
 
 Its network is nnUNetTrainer's own (nothing here changes `build_network_architecture`), so the checkpoints that
 nnU-Net's tools load (final, best) name `nnUNetTrainer` as their trainer: `nnUNetPredictor`,
 `nnUNetv2_predict_from_modelfolder` and nnU-Net's ensembling then open a model folder written here without
 `nnUNet_extTrainer` (they look the trainer up by that name only to build the network). `fine_tuned_with` in the
 checkpoint and training.json beside it record the real trainer.
+
+Reproducibility: nnU-Net's own loaders use `NonDetMultiThreadedAugmenter` with unseeded workers (batches arrive in
+whatever order the workers finish). Here the workers get seeds derived from `seed` and batchgenerators'
+`MultiThreadedAugmenter`, which collects them round-robin, so the same seed gives the same batches in the same
+order (with nnUNet_n_proc_DA=0 the single-threaded augmenter draws from the seeded main process). Each worker runs
+torch single-threaded, as nnU-Net's own workers do: a worker forked after the parent's OpenMP pool has run would
+otherwise deadlock in its first matrix product (e.g. the second round of a pseudo-label run).
 """
 from __future__ import annotations
 
+import itertools
+import random
+from collections.abc import Sequence
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm.auto import tqdm
+
+NNUNET_SCALE_RANGE = (0.7, 1.4)  # nnUNetTrainer's SpatialTransform scaling (larger = smaller objects)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; with `deterministic`, cuDNN picks fixed (not the fastest) algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
 
 
 class FineTuneTrainer(nnUNetTrainer):
     """nnUNetTrainer with a settable schedule, linear warm-up then poly decay, a checkpoint every epoch (for
-    resuming), and progress bars over epochs and iterations."""
+    resuming), progress bars over epochs and iterations, `scale_range` for the scaling augmentation and
+    seeded augmentation workers (`seed`)."""
 
     warmup_epochs = 1
+    scale_range: tuple[float, float] = NNUNET_SCALE_RANGE
+    seed = 0
     NNUNET_TRAINER_NAME = "nnUNetTrainer"  # builds the same network; findable by nnU-Net's trainer lookup
     CHECKPOINTS_FOR_NNUNET = ("checkpoint_final.pth", "checkpoint_best.pth")
 
@@ -31,6 +62,36 @@ class FineTuneTrainer(nnUNetTrainer):
             checkpoint["trainer_name"] = self.NNUNET_TRAINER_NAME
             checkpoint["fine_tuned_with"] = f"{type(self).__module__}.{type(self).__qualname__}"
             torch.save(checkpoint, filename)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's choice, with the region read before augmentation widened when `scale_range` zooms out further
+        than nnU-Net plans for (so scaled patches see image, not padding)."""
+        rotation, dummy_2d, initial, mirror = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        patch = self.configuration_manager.patch_size
+        widest = max(self.scale_range[1], 1 / 0.85)  # nnU-Net's own margin divides by 0.85
+        if not dummy_2d and widest > 1 / 0.85:
+            initial = get_patch_size(patch, rotation, rotation, rotation, (1 / widest, 1.25))
+        return rotation, dummy_2d, initial, mirror
+
+    def get_training_transforms(self, *args, **kwargs):
+        """nnU-Net's training transforms with `scale_range` as the SpatialTransform's scaling."""
+        transforms = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        set_scaling(transforms, self.scale_range)
+        return transforms
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders, its unseeded `NonDetMultiThreadedAugmenter` replaced (while nnU-Net builds them) by
+        batchgenerators' `MultiThreadedAugmenter` with seeded workers and a fixed batch order."""
+        built = itertools.count()
+
+        def seeded(data_loader, transform, num_processes, num_cached, seeds, pin_memory, wait_time):
+            base = self.seed * 1000 + 500 * next(built)  # training loader, then validation loader
+            return MultiThreadedAugmenter(WorkerLoader(data_loader, base), transform, num_processes, num_cached,
+                                          seeds=[base + i for i in range(num_processes)], pin_memory=pin_memory,
+                                          wait_time=wait_time)
+
+        with mock.patch.object(nnunet_trainer_module, "NonDetMultiThreadedAugmenter", seeded):
+            return super().get_dataloaders()
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
@@ -53,6 +114,36 @@ class FineTuneTrainer(nnUNetTrainer):
                 self.on_validation_epoch_end(val)
             self.on_epoch_end()
         self.on_train_end()
+
+
+class WorkerLoader:
+    """A data loader as one augmentation worker process sees it: torch single-threaded and seeded from the worker's
+    thread id (batchgenerators' MultiThreadedAugmenter seeds only numpy), the batches those of `loader`."""
+
+    def __init__(self, loader, seed: int) -> None:
+        self.loader, self.seed = loader, seed
+
+    def set_thread_id(self, thread_id: int) -> None:
+        torch.set_num_threads(1)
+        torch.manual_seed(self.seed + thread_id)
+        self.loader.set_thread_id(thread_id)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.loader)
+
+
+def set_scaling(transforms, scale_range: Sequence[float]) -> int:
+    """Set the scaling range of every SpatialTransform in a (nested) transform pipeline; returns how many."""
+    found = 0
+    if isinstance(transforms, SpatialTransform):
+        transforms.scaling = (float(scale_range[0]), float(scale_range[1]))
+        return 1
+    for inner in getattr(transforms, "transforms", None) or ():
+        found += set_scaling(inner, scale_range)
+    return found
 
 
 class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):

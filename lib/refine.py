@@ -1,0 +1,171 @@
+"""Training in rounds with refined sparse labels (pseudo-labels), as the 3rd-place team did.
+
+kidney_2 and kidney_3_sparse label only part of their vessels (about 65% and 85%): the rest is 0, so the network
+is taught that those vessels are background. With `pseudo_label_rounds = R > 0`:
+
+round 0: fine-tune as usual (`lib.training.fine_tune.train`);
+round r = 1..R: predict each sparse training group with round r-1's model (the streaming predictor, bounded
+memory), refine its labels to `given OR probability >= t`, with t cut per group so that the given labels make up
+the group's `sparse_label_share` of the refined ones (`lib.postprocess.share_threshold`), write them beside the run
+one compressed mask per slice (never over the competition root; given vessel voxels are never removed), rebuild the
+nnU-Net dataset from them (round 0's fingerprint, so the same normalisation) and fine-tune again from round r-1's
+model.
+
+Layout under `output_dir`: `rounds/round_<r>/` holds round r's run (r < R: its model folder; its nnU-Net scratch
+data is deleted once the next round no longer needs it) and `rounds/round_<r>/labels/<group>/NNNN.tif` the labels
+round r trains on; the last round's model is where a plain run puts it (`fine_tune.default_model_dir(output_dir)`),
+so notebook 03 finds it as always. `refinement.json` records each round.
+
+The report of a run on the synthetic dataset also scores the refined labels against the whole vessel tree, which
+`lib.dev.synthetic` writes outside the competition layout (`<root>/synthetic_truth/<group>/NNNN.tif`); it is read
+here as files, for the report only, never for training.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lib import data, inference, postprocess
+from lib.training import fine_tune, nnunet_dataset
+from lib.training.fine_tune import TrainResult, TrainSettings
+from lib.volume import chunks
+
+TRUTH_FOLDER = "synthetic_truth"  # <root>/synthetic_truth/<group>/NNNN.tif, written by lib.dev.synthetic
+
+
+def round_dir(output_dir: Path | str, r: int) -> Path:
+    """The folder of round `r`'s run and labels (the last round's model goes to `output_dir` itself)."""
+    return Path(output_dir) / "rounds" / f"round_{r}"
+
+
+def round_settings(settings: TrainSettings, r: int, pretrained: Path | None = None) -> TrainSettings:
+    """Round `r`'s settings: from the previous round's model (when given), its own scratch folder."""
+    return replace(settings, pretrained=str(pretrained) if pretrained else settings.pretrained,
+                   scratch_dir=str(Path(settings.scratch_dir) / f"round_{r}")
+                   if settings.scratch_dir and settings.pseudo_label_rounds else settings.scratch_dir)
+
+
+def run_dir(output_dir: Path | str, settings: TrainSettings, r: int) -> Path:
+    """Where round `r` trains: `output_dir` for the last round (and a plain run), else its round folder."""
+    return Path(output_dir) if r == settings.pseudo_label_rounds else round_dir(output_dir, r)
+
+
+def first_work_dir(settings: TrainSettings, output_dir: Path | str) -> Path:
+    """The nnU-Net scratch folder of the first round (where notebook 02 converts the dataset)."""
+    return round_settings(settings, 0).work_dir(run_dir(output_dir, settings, 0))
+
+
+def refined_groups(settings: TrainSettings) -> list[str]:
+    """The sparse training groups whose labels are refined (those with a share in `sparse_label_share`)."""
+    return [g for g in settings.train_groups if g in settings.sparse_label_share]
+
+
+def refine_group(model: inference.Model, group: data.Group, share: float, out_dir: Path, scratch: Path,
+                 progress: bool = True) -> dict:
+    """Predict `group`, cut it at the share and write its refined labels to `out_dir`; the probabilities (float16,
+    2 bytes per voxel) live in `scratch` only until the labels are written. Returns the counts and the cut."""
+    probs_file = scratch / f"{group.name}_probabilities.npy"
+    probs = inference.predict_group(model, group, probs_file, tta=False, overwrite=True, progress=progress)
+    threshold = postprocess.share_threshold(probs, group, share)
+    counts = postprocess.write_refined_labels(probs, group, threshold, out_dir, group.slices, progress)
+    del probs
+    probs_file.unlink()
+    probs_file.with_suffix(".json").unlink(missing_ok=True)
+    return {"group": group.name, "target_share": share, "threshold": threshold, **counts,
+            "given_share_of_refined": counts["given"] / max(counts["refined"], 1)}
+
+
+def truth_report(root: Path | str, group: data.Group, refined_dir: Path) -> dict | None:
+    """Against the whole tree (synthetic data only; None when `root` has no truth for the group): the share of
+    true vessel voxels labelled before and after refinement, and the share of added voxels that are true vessel."""
+    truth_dir = Path(root) / TRUTH_FOLDER / group.name
+    if not truth_dir.is_dir():
+        return None
+    n = {"true": 0, "given_true": 0, "refined_true": 0, "added": 0, "added_true": 0}
+    for start, stop in chunks(group.shape[0]):
+        numbers = group.slices[start:stop]
+        truth = np.stack(list(nnunet_dataset.read_mask_slices(truth_dir, numbers))).astype(bool)
+        refined = np.stack(list(nnunet_dataset.read_mask_slices(refined_dir, numbers))).astype(bool)
+        given = group.read_labels(start, stop) > 0
+        added = refined & ~given
+        n["true"] += int(truth.sum())
+        n["given_true"] += int((given & truth).sum())
+        n["refined_true"] += int((refined & truth).sum())
+        n["added"] += int(added.sum())
+        n["added_true"] += int((added & truth).sum())
+    return {"true_labelled_before": n["given_true"] / max(n["true"], 1),
+            "true_labelled_after": n["refined_true"] / max(n["true"], 1),
+            "added_that_is_true": n["added_true"] / n["added"] if n["added"] else float("nan")}
+
+
+def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings | None = None,
+                             progress: bool = True) -> tuple[TrainResult, pd.DataFrame]:
+    """Train `1 + settings.pseudo_label_rounds` rounds (see the module docstring); returns the last round's
+    result and one row per refined group and round (empty for the seed recipe, which is one plain round).
+
+    Rerunning continues: finished rounds (their final checkpoint) and written labels are reused, never rewritten.
+    """
+    settings = settings or TrainSettings()
+    output_dir = Path(output_dir)
+    rounds = settings.pseudo_label_rounds
+    if rounds == 0:
+        return fine_tune.train(data_dir, output_dir, settings, progress), pd.DataFrame()
+    groups = refined_groups(settings)
+    if not groups:
+        raise ValueError(f"pseudo_label_rounds={rounds} but no training group is in sparse_label_share "
+                         f"({sorted(settings.sparse_label_share)}); train_groups: {list(settings.train_groups)}")
+    record_file = output_dir / "refinement.json"
+    rows: list[dict] = json.loads(record_file.read_text()) if record_file.is_file() else []
+    previous, fingerprint, result = None, None, None
+    for r in range(rounds + 1):
+        folder = run_dir(output_dir, settings, r)
+        labels = {g: round_dir(output_dir, r) / "labels" / g for g in groups} if r > 0 else None
+        if r > 0:
+            rows += _refine_round(data_dir, previous, labels, r, settings, output_dir, progress,
+                                  done={(row["round"], row["group"]) for row in rows})
+            record_file.write_text(json.dumps(rows, indent=2))
+        this = round_settings(settings, r, previous)
+        model_dir = fine_tune.default_model_dir(folder)
+        if r < rounds and (model_dir / "fold_0" / "checkpoint_final.pth").is_file():
+            previous = model_dir  # finished earlier
+        else:
+            result = fine_tune.train(data_dir, folder, this, progress, label_dirs=labels, fingerprint_file=fingerprint)
+            previous = result.model_dir
+        work = this.work_dir(folder)
+        if r == 0:
+            fingerprint = round_dir(output_dir, 0) / "dataset_fingerprint.json"
+            if not fingerprint.is_file():
+                shutil.copyfile(work / "preprocessed" / nnunet_dataset.DATASET_NAME / "dataset_fingerprint.json",
+                                fingerprint)
+        if r < rounds:  # the next round rebuilds its own dataset: this one's data is no longer needed
+            for sub in ("raw", "preprocessed"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+    assert result is not None
+    return result, pd.DataFrame(rows)
+
+
+def _refine_round(data_dir: Path | str, model_dir: Path, labels: dict[str, Path], r: int, settings: TrainSettings,
+                  output_dir: Path, progress: bool, done: set) -> list[dict]:
+    """Refine every sparse group's labels with the model of round r-1 (skipping groups refined earlier)."""
+    todo = [g for g in labels if (r, g) not in done]
+    if not todo:
+        return []
+    model = inference.load_model(model_dir, settings.device)
+    scratch = round_dir(output_dir, r) / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in todo:
+        group = data.open_group(name, data_dir)
+        if labels[name].exists():  # complete but unrecorded (interrupted in between): written again
+            shutil.rmtree(labels[name])
+        row = {"round": r, **refine_group(model, group, settings.sparse_label_share[name], labels[name], scratch,
+                                          progress)}
+        row.update(truth_report(data_dir, group, labels[name]) or {})
+        rows.append(row)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return rows
