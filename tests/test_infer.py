@@ -91,6 +91,6 @@ def test_bad_settings_fail_before_prediction(model_dir: Path) -> None:
         infer.prepare(model_dir, 0.5, tta="sideways", device="cpu")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         infer.prepare(model_dir, 0.5, devices=["gpu0"])
-    with pytest.raises(ValueError, match="threshold must be a number, 'model', 'tune'"):
+    with pytest.raises(ValueError, match="threshold must be a number, 'tune', 'model'"):
         infer.prepare(model_dir, "best", device="cpu")
     assert ThresholdRule.parse("model") == ThresholdRule("model")

@@ -54,7 +54,7 @@ def test_choice_is_the_strongest_that_fits_with_a_margin(table: pd.DataFrame) ->
 def test_cli_errors_are_one_line_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert plan.main([str(tmp_path / "nothing"), "--hours", "9"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "nothing/plans.json: missing" in err and len(err.splitlines()) == 1
+    assert "nothing: model folder not found" in err and len(err.splitlines()) == 1
     assert plan.main([str(tmp_path), "--devices", "tpu"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
 

@@ -35,7 +35,7 @@ def test_parse_rules(spec, rule) -> None:
     ("1.5", r"a fixed threshold must lie in \(0, 1\), got '1.5'"), ("nan", r"must lie in \(0, 1\)"),
     ("top:2", r"top fraction must lie in \(0, 1\), got 'top:2'"),
     ("top:abc", r"top:<fraction> needs a number, e.g. top:0.002, got 'top:abc'"),
-    ("best", r"threshold must be a number, 'tune' or 'top:<fraction>', got 'best'"),
+    ("best", r"threshold must be a number, 'tune', 'model' or 'top:<fraction>', got 'best'"),
     (True, "threshold must be a number"), (None, "threshold must be a number"), ([0.5], "threshold must be a number"),
 ])
 def test_parse_rejects_with_the_reason(spec, message) -> None:

@@ -124,6 +124,21 @@ def check_parameter(name: str, value: object, default: object) -> str | None:
                              and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)):
             return None
         return f"takes three positive integers [z, y, x] (or null), got {value!r}"
+    if name in ("tta", "validation_tta"):
+        from lib.inference import TTA_MODES, parse_tta
+
+        try:
+            return None if value == "auto" and name == "tta" else (parse_tta(value) and None)
+        except ValueError:
+            auto = ", auto" if name == "tta" else ""
+            return f"takes one of {', '.join(TTA_MODES)}{auto} (or true/false), got {value!r}"
+    if name == "devices":
+        ok = value is None or (isinstance(value, list) and value and all(isinstance(d, str) and DEVICE.match(d)
+                                                                          for d in value))
+        return None if ok else f"takes a list of devices, e.g. [\"cuda:0\", \"cuda:1\"] (or null), got {value!r}"
+    if name == "model_dir" and isinstance(value, list):
+        ok = value and all(isinstance(v, str) and v for v in value)
+        return None if ok else f"takes a model folder or a list of them (an ensemble), got {value!r}"
     if name == "interactive":
         return None if value is None or isinstance(value, bool) else f"takes true, false or null, got {value!r}"
     if name in PATHS_THAT_EXIST or name in OPTIONAL_PATHS:
@@ -336,11 +351,14 @@ def prepare(config_path: Path | str, data_dir: str | None = None, pretrained: st
     for nb in notebooks:
         for key in PATHS_THAT_EXIST:
             if params[nb].get(key) is not None:
-                path = paths.resolve_path(params[nb][key])  # the notebooks' convention: project-relative
-                if not path.exists():
-                    raise PipelineError(f"{path}: not found ({nb}'s {key})")
-                params[nb][key] = str(path)
-                overrides[f"{nb}.{key}"] = str(path)  # absolute: the notebooks run from notebooks/
+                given = params[nb][key]  # model_dir may list several folders (an ensemble)
+                found = [paths.resolve_path(v) for v in (given if isinstance(given, list) else [given])]
+                for path in found:  # the notebooks' convention: project-relative
+                    if not path.exists():
+                        raise PipelineError(f"{path}: not found ({nb}'s {key})")
+                absolute = [str(f) for f in found] if isinstance(given, list) else str(found[0])
+                params[nb][key] = absolute
+                overrides[f"{nb}.{key}"] = absolute  # absolute: the notebooks run from notebooks/
     if "03_infer" in notebooks and "model_dir" in params["03_infer"]:
         _check_model_dir(params["03_infer"]["model_dir"])
     root = Path(config.get("output_root") or paths.outputs_dir())
@@ -359,13 +377,14 @@ def _check_kernel(kernel: str) -> None:
                             f"(installed: {', '.join(sorted(known))})")
 
 
-def _check_model_dir(model_dir: str) -> None:
+def _check_model_dir(model_dir: str | list[str]) -> None:
     from lib import inference  # torch and nnU-Net: only when a model folder is given
 
-    try:
-        inference.check_model_dir(model_dir)
-    except inference.ModelFolderError as e:
-        raise PipelineError(f"03_infer's model_dir: {e}") from None
+    for folder in model_dir if isinstance(model_dir, list) else [model_dir]:
+        try:
+            inference.check_model_dir(folder)
+        except inference.ModelFolderError as e:
+            raise PipelineError(f"03_infer's model_dir: {e}") from None
 
 
 def _check_output_root(root: Path) -> None:
@@ -430,6 +449,11 @@ def _check_data(root: Path, params: dict[str, dict], notebooks: tuple[str, ...])
             "val_group", _default("03_infer", "val_group"))
         if str(threshold).strip().lower() == "tune" and val_group is None:
             raise PipelineError("03_infer: threshold 'tune' needs a val_group with labels (or a fixed threshold)")
+        trains_here = "02_train" in notebooks and p.get("model_dir") is None  # 03 then loads 02's model
+        if str(threshold).strip().lower() == "model" and trains_here and \
+                params["02_train"].get("val_group", _default("02_train", "val_group")) is None:
+            raise PipelineError("03_infer: threshold 'model' reads the threshold notebook 02 tunes on its val_group, "
+                                "but 02_train's val_group is null (give one, or a fixed threshold)")
         chosen = p.get("test_groups")
         selected = {n: tests[n] for n in ([chosen] if isinstance(chosen, str) else chosen)} if chosen else tests
         try:
