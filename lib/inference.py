@@ -54,6 +54,22 @@ from lib.volume import chunks, save_slices
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
 
 
+@dataclass(frozen=True)
+class ArrayGroup:
+    """An in-memory volume that reads like a `data.Group` to the predictor (calibration blocks, tests)."""
+
+    name: str
+    volume: np.ndarray
+    voxel_um: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.volume.shape)
+
+    def read_images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.volume[start:stop]
+
+
 @dataclass
 class Model:
     """A trained network and what inference needs from its plans."""

@@ -45,22 +45,6 @@ class Calibration:
     seconds: float
 
 
-@dataclass(frozen=True)
-class _Block:
-    """A synthetic volume that looks like a `data.Group` to the predictor."""
-
-    name: str
-    volume: np.ndarray
-    voxel_um: float | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.volume.shape)
-
-    def read_images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.volume[start:stop]
-
-
 def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> Calibration:
     """Time one model's network on a patch and the predictor on a one-patch synthetic block (seconds)."""
     import torch
@@ -85,7 +69,8 @@ def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> 
     tile = timed(lambda: inference._predict_logit_difference(model, x, False))
     rng = np.random.default_rng(0)
     intensity = model.intensity
-    block = _Block("calibration", rng.normal(intensity["mean"], intensity["std"], model.patch_size).astype(np.float32))
+    volume = rng.normal(intensity["mean"], intensity["std"], model.patch_size).astype(np.float32)
+    block = inference.ArrayGroup("calibration", volume)
     voxels = block.volume.size
     with tempfile.TemporaryDirectory(prefix="sennet-plan-") as tmp:
         def run(tta: str) -> float:

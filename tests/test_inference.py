@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -153,22 +152,6 @@ def test_load_model_errors(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ orientation TTA, ensembles, several devices
 
 
-@dataclass(frozen=True)
-class ArrayGroup:
-    """A `data.Group` look-alike over an in-memory volume (what predict_slices reads)."""
-
-    name: str
-    volume: np.ndarray
-    voxel_um: float | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.volume.shape)
-
-    def read_images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self.volume[start:stop]
-
-
 def logit(p: np.ndarray) -> np.ndarray:
     p = p.astype(np.float64)
     return np.log(p) - np.log1p(-p)
@@ -185,7 +168,7 @@ def test_axes_equal_the_mean_logit_of_the_transposed_volumes(model: inference.Mo
         logits = np.stack(list(inference.z_view_logits(model, iter(turned), turned.shape, tta=False)))
         views.append(logits.transpose(view))  # each view is a swap of axes: its own inverse
     expected = 1 / (1 + np.exp(-np.mean(views, axis=0)))
-    got = np.stack(list(inference.predict_slices(model, ArrayGroup("k", vol), tta="axes", progress=False,
+    got = np.stack(list(inference.predict_slices(model, inference.ArrayGroup("k", vol), tta="axes", progress=False,
                                                  scratch=tmp_path)))
     assert got.shape == vol.shape
     assert np.abs(got - expected).max() < 1e-4
@@ -218,7 +201,7 @@ def test_ensemble_of_disagreeing_plans_fails_before_predicting(tmp_path: Path) -
 
 def test_bad_tta_and_devices_are_one_line_errors(model: inference.Model) -> None:
     assert [inference.parse_tta(t) for t in (True, False, "AXES+flips")] == ["flips", "none", "axes+flips"]
-    group = ArrayGroup("k", volume((8, 16, 16)))
+    group = inference.ArrayGroup("k", volume((8, 16, 16)))
     with pytest.raises(ValueError, match="unknown tta 'rot90'"):
         next(inference.predict_slices(model, group, tta="rot90"))
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
@@ -232,7 +215,7 @@ def test_two_cpu_workers_equal_one_device(model: inference.Model, tmp_path: Path
     vol = volume((50, 40, 44), seed=7)
     plans = small_plans(PATCH, spacing=(0.05, 0.05, 0.05))
     coarse = inference.from_network(model.network, plans, "cpu")
-    group = ArrayGroup("k6", vol, voxel_um=63.08)  # resampled to (63, 50, 56) and back: blocks read input ranges
+    group = inference.ArrayGroup("k6", vol, voxel_um=63.08)  # resampled to (63, 50, 56) and back: blocks read input ranges
     one = np.stack(list(inference.predict_slices(coarse, group, tta=False, progress=False)))
     two = np.stack(list(inference.predict_slices(coarse, group, tta=False, progress=False, devices=["cpu", "cpu"],
                                                  scratch=tmp_path)))
