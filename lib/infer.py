@@ -66,9 +66,7 @@ def locate_models(model_dir: str | Path | Sequence[str | Path] | None) -> list[P
 
 def prediction_devices(device: str = "auto", devices: Sequence[str] | None = None) -> list:
     """Where to predict: `devices` when given; else `device` ("auto": every visible GPU, else the CPU)."""
-    if devices is not None:
-        return inference.resolve_devices(devices)
-    return inference.resolve_devices(None if device == "auto" else [device])
+    return inference.resolve_devices(devices if devices is not None else device)
 
 
 @dataclass

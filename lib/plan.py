@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import inference
+from lib import data, inference
 
-# Hidden-test kidneys: (slices, height, width) and voxel size in µm (../shared/competition.md).
-HIDDEN_TEST = {"kidney_5": ((1012, 1330, 1598), 50.28), "kidney_6": ((501, 1028, 1257), 63.08)}
+# Hidden-test kidneys: (slices, height, width) and voxel size in µm, from the data layer's competition facts.
+HIDDEN_TEST = {k: (data.COMPETITION_SHAPES[k], data.VOXEL_SIZE_UM[k]) for k in ("kidney_5", "kidney_6")}
 MARGIN = 0.25  # a setting fits when its projection x 1.25 is within the budget
 WORKER_START_SECONDS = 20.0  # spawning a worker per device and loading the models there, per kidney
 
