@@ -139,6 +139,14 @@ def intensity_stats(sample: np.ndarray) -> dict:
             "percentile_99_5": float(p995), "median": float(np.median(f)), "min": float(f.min()), "max": float(f.max())}
 
 
+def comparison_input(shape: tuple[int, int, int]) -> tuple[Path, dict]:
+    """The cached comparison volume of `shape` and CT statistics from every ~16th of its slices."""
+    vol_file = comparison_volume(shape, OUT_DIR / "cache")
+    vol = np.load(vol_file, mmap_mode="r")
+    assert int(vol.min()) > 0, "nnUNetPredictor crops to the nonzero region: the volume must have no zeros"
+    return vol_file, intensity_stats(vol[:: max(1, shape[0] // 16)])
+
+
 def comparison_volume(shape: tuple[int, int, int], cache: Path) -> Path:
     """A kidney-like SYNTHETIC uint16 volume of `shape` (lib.dev.synthetic's kidney_6 look), cached as .npy."""
     from lib.dev import synthetic
@@ -419,12 +427,8 @@ def run_comparison(args, device: str, shape: tuple[int, int, int], tta: bool, wa
     print(f"\n[1] comparison on a SYNTHETIC kidney-like volume {'x'.join(map(str, shape))} (uint16, no zero voxels), "
           f"configuration {args.configuration!r}, tile step 0.5, Gaussian, "
           f"TTA {'on (8 mirrorings)' if tta else 'off'}, 1 tile per forward pass", flush=True)
-    vol_file = comparison_volume(shape, OUT_DIR / "cache")
-    vol = np.load(vol_file, mmap_mode="r")
-    intensity = intensity_stats(vol[:: max(1, shape[0] // 16)])
+    vol_file, intensity = comparison_input(shape)
     spacing = 0.05  # plans spacing = the volume's: nothing is resampled by either method
-    assert int(vol.min()) > 0, "nnUNetPredictor crops to the nonzero region: the volume must have no zeros"
-    del vol
     methods = [("nnunet", "nnUNetPredictor"), ("ours", "ours (predict_group)")]
     if args.fp32_reference:
         methods.append(("nnunet_fp32", "nnUNetPredictor fp32 buffers"))
@@ -510,10 +514,7 @@ def run_views(args, device: str, wait_s: float, progress: bool) -> dict:
     print(f"\n[3] views and devices on a SYNTHETIC volume {'x'.join(map(str, shape))}, configuration "
           f"{args.configuration!r}, float16 output: predictor time / the network's own forward time on the same "
           f"tiles; {len(devices)} workers ({', '.join(devices)}) vs one", flush=True)
-    vol_file = comparison_volume(shape, OUT_DIR / "cache")
-    vol = np.load(vol_file, mmap_mode="r")
-    intensity = intensity_stats(vol[:: max(1, shape[0] // 16)])
-    del vol
+    vol_file, intensity = comparison_input(shape)
     runs = [("none", None, True), ("axes", None, True), ("none", devices, False)]
     rows = []
     with tempfile.TemporaryDirectory(dir=OUT_DIR) as tmp:
