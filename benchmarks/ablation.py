@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib import infer, paths, refine
+from lib import infer, paths, postprocess, refine
 from lib.dev import synthetic
 from lib.training.fine_tune import SPARSE_GROUPS, TrainSettings
 
@@ -53,6 +53,9 @@ def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict) -> dict:
         scores = infer.predict_submission(result.model_dir, root, out / f"infer_resample_{resample}", "tune",
                                           tta=False, resample=resample, device="cpu")
         chosen = next(c for c in scores["validation_curve"] if c["threshold"] == scores["threshold"])
+        if resample:  # the project's default inference: store its cut as notebook 02 does (benchmarks/tta_table.py)
+            postprocess.save_threshold(result.model_dir, pd.DataFrame(scores["validation_curve"]), scores["threshold"],
+                                       "kidney_3_dense", {"tta": "none", "ablation_arm": arm, "seed": seed})
         per = scores["test_score"]["per_image"]
         records.append({"arm": arm, "seed": seed, "resample": resample, "val_surface_dice": chosen["surface_dice"],
                         **{f"test_{k}": per[k] for k in TEST_KIDNEYS}, "test_mean": scores["test_score"]["score"],
