@@ -388,14 +388,19 @@ def _gaussian(patch: Sequence[int], device: torch.device) -> torch.Tensor:
     return compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device).float()
 
 
-def _tile_weight_sum(grid: Grid, tile: tuple[int, int, int], gaussian: torch.Tensor) -> torch.Tensor:
+def _neighbour_offsets(grid: Grid, tile: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]:
+    """Per axis, the start offsets of the tiles that overlap `tile` (itself included): all its weight sum depends
+    on, so tiles with the same offsets (every interior tile) share one."""
+    return tuple(tuple(o - starts[tile[a]] for o in starts if abs(o - starts[tile[a]]) < p)
+                 for a, (starts, p) in enumerate(zip(grid.steps, grid.patch)))
+
+
+def _tile_weight_sum(offsets: tuple[tuple[int, ...], ...], gaussian: torch.Tensor) -> torch.Tensor:
     """The sum of every tile's Gaussian over one tile's box (what nnU-Net divides by there), so that each tile
-    can be normalised on its own: only the tiles overlapping it contribute."""
+    can be normalised on its own: only the tiles overlapping it (`_neighbour_offsets`) contribute."""
     overlaps = []  # per axis: (slice of the other tile's Gaussian, slice of this tile's box)
-    for a, (starts, p) in enumerate(zip(grid.steps, grid.patch)):
-        s = starts[tile[a]]
-        overlaps.append([(slice(max(s - o, 0), min(s - o + p, p)), slice(max(o - s, 0), min(o - s + p, p)))
-                         for o in starts if abs(o - s) < p])
+    for d, p in zip(offsets, gaussian.shape):
+        overlaps.append([(slice(max(-o, 0), min(p - o, p)), slice(max(o, 0), min(o + p, p))) for o in d])
     total = torch.zeros_like(gaussian)
     for (g0, t0), (g1, t1), (g2, t2) in itertools.product(*overlaps):
         total[t0, t1, t2] += gaussian[g0, g1, g2]
@@ -530,6 +535,7 @@ def off_axis_view(model: Model | Sequence[Model], volume: np.ndarray, total: np.
     tiles = [t for t in itertools.product(*(range(len(s)) for s in grid.steps))
              if grid.steps[z_axis][t[z_axis]] - b_z < stop and grid.steps[z_axis][t[z_axis]] + p_z - b_z > start]
     tiles.sort(key=lambda t: t[z_axis])  # move along the volume's z: the memmaps' pages are used in order
+    tile_weights: dict[tuple, torch.Tensor] = {}  # Gaussian / weight sum, per neighbour pattern
     for b in range(0, len(tiles), batch_size):
         chunk = tiles[b:b + batch_size]
         boxes, x = [], torch.zeros((len(chunk), 1, *patch), device=device)
@@ -542,7 +548,10 @@ def off_axis_view(model: Model | Sequence[Model], volume: np.ndarray, total: np.
             boxes.append((t, src, dst))
         d = _predict_logit_difference(models, x, tta, batch_size)
         for (t, src, dst), logit in zip(boxes, d):
-            weighted = (logit * gaussian / _tile_weight_sum(grid, t, gaussian))[dst]
+            key = _neighbour_offsets(grid, t)
+            if key not in tile_weights:
+                tile_weights[key] = gaussian / _tile_weight_sum(key, gaussian)
+            weighted = (logit * tile_weights[key])[dst]
             z_src = src[z_axis]
             keep = slice(max(start, z_src.start), min(stop, z_src.stop))
             cut = [slice(None)] * 3
