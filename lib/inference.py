@@ -418,21 +418,24 @@ def _predict_logit_difference(model: Model | Sequence[Model], x: torch.Tensor, t
     `batch_size` patches per network call."""
     models = [model] if isinstance(model, Model) else list(model)
     flips = tta_flips(tta)
+    n = x.shape[0]
     total = None
     for m in models:
         axes = [a + 2 for a in m.mirror_axes] if flips else []
-        variants = [()] + [c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n)]
-        inputs = torch.cat([torch.flip(x, c) if c else x for c in variants])
+        variants = [()] + [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
+        inputs = torch.cat([torch.flip(x, c) if c else x for c in variants]) if len(variants) > 1 else x
         autocast = torch.autocast("cuda") if m.device.type == "cuda" else contextlib.nullcontext()
+        differences = []  # the logit difference is linear: average it, not the two logits
         with autocast:
-            outputs = torch.cat([m.network(inputs[i:i + batch_size]).float()
-                                 for i in range(0, len(inputs), batch_size)])
-        n = x.shape[0]
-        logits = outputs[:n].clone()
-        for k, c in enumerate(variants[1:], start=1):
-            logits += torch.flip(outputs[k * n:(k + 1) * n], c)
-        logits /= len(variants)
-        d = logits[:, 1] - logits[:, 0]
+            for i in range(0, len(inputs), batch_size):
+                out = m.network(inputs[i:i + batch_size])
+                differences.append(out[:, 1].float() - out[:, 0].float())
+        d = torch.cat(differences) if len(differences) > 1 else differences[0]
+        if len(variants) > 1:
+            mean = d[:n].clone()
+            for k, c in enumerate(variants[1:], start=1):
+                mean += torch.flip(d[k * n:(k + 1) * n], [a - 1 for a in c])  # no channel axis in d
+            d = mean / len(variants)
         total = d if total is None else total + d
     return total / len(models) if len(models) > 1 else total
 
@@ -538,11 +541,13 @@ def off_axis_view(model: Model | Sequence[Model], volume: np.ndarray, total: np.
     tile_weights: dict[tuple, torch.Tensor] = {}  # Gaussian / weight sum, per neighbour pattern
     for b in range(0, len(tiles), batch_size):
         chunk = tiles[b:b + batch_size]
-        boxes, x = [], torch.zeros((len(chunk), 1, *patch), device=device)
+        boxes, x = [], torch.empty((len(chunk), 1, *patch), device=device)
         for n, t in enumerate(chunk):
             lo = [grid.steps[a][t[a]] - grid.below[a] for a in range(3)]  # view coordinates, may be < 0 (padding)
             src = [slice(max(lo[a], 0), min(lo[a] + patch[a], grid.shape[a])) for a in range(3)]
             dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
+            if any(s.stop - s.start < p for s, p in zip(src, patch)):  # a tile over the padding: zeros there
+                x[n, 0].zero_()
             region = volume[tuple(src[back[a]] for a in range(3))]  # volume axis a <- view axis back[a]
             x[n, 0][dst] = torch.from_numpy(np.ascontiguousarray(region.transpose(view), dtype=np.float32)).to(device)
             boxes.append((t, src, dst))
