@@ -75,8 +75,9 @@ def system_busy_seconds() -> float:
 
 
 def own_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the worker processes of several devices)."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def reset_peak_rss() -> bool:
@@ -272,9 +273,11 @@ def worker(spec: dict) -> dict:
             volume = group.read_images()
     shape = group.shape
 
-    # Warm-up outside the measurement: one forward pass of a patch (kernel selection, lazy CUDA init).
+    # Warm-up outside the measurement: one forward pass of a patch (kernel selection, lazy CUDA init) and the
+    # one-off import of nnU-Net's tiling module (~0.3 s), fixed costs that a whole kidney does not notice.
     with torch.inference_mode():
         inference._predict_logit_difference(model, torch.zeros((1, 1, *model.patch_size), device=device), False)
+    inference.Grid.of(model.patch_size, model.patch_size, 0.5)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
