@@ -9,7 +9,8 @@ and what each setting costs.
 
     python benchmarks/tta_table.py --data-dir DIR --model-dir MODEL [MODEL ...] [--settings none flips ...]
 
-Results: a markdown table on stdout and `--out`/tta_table.json, rewritten after every setting.
+Results: a markdown table on stdout and `--out`/tta_table.json, rewritten after every setting; the rows of settings
+not run this time are kept from that file.
 """
 from __future__ import annotations
 
@@ -66,10 +67,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmarks/tta_table"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results: list[dict] = []
+    stored = args.out / "tta_table.json"  # settings run earlier into this folder are kept (run them one by one)
+    results = [r for r in (json.loads(stored.read_text()) if stored.is_file() else []) if r["setting"] not in args.settings]
     for name in args.settings:
         results += run_setting(name, args.model_dir, args.data_dir, args.out, args.val_group)
-        (args.out / "tta_table.json").write_text(json.dumps(results, indent=2) + "\n")
+        results.sort(key=lambda r: SETTINGS.index(r["setting"]))
+        stored.write_text(json.dumps(results, indent=2) + "\n")
         print(f"{name}: done", flush=True)
     print("| setting | models | rule | threshold | test surface Dice | kidney_5 | kidney_6 | prediction s |")
     print("|---|---|---|---|---|---|---|---|")
