@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from lib import data, infer, inference, postprocess, submission
@@ -26,8 +27,10 @@ SETTINGS = ("none", "flips", "axes", "ensemble", "axes+flips")
 RULES = ("model", "tune", "0.5", "top:0.01")
 
 
-def run_setting(name: str, model_dirs: list[Path], root: Path, out: Path, val_group: str) -> list[dict]:
-    """Predict once with this setting, then score every threshold rule on the same probabilities."""
+def run_setting(name: str, model_dirs: list[Path], root: Path, out: Path, val_group: str,
+                rules: Sequence[str] = RULES) -> list[dict]:
+    """Predict once with this setting, then score every threshold rule on the same probabilities (the validation
+    group is predicted only for "tune")."""
     dirs = model_dirs if name == "ensemble" else model_dirs[:1]
     tta = "none" if name == "ensemble" else name
     models = inference.load_models(dirs, "cpu")
@@ -38,11 +41,12 @@ def run_setting(name: str, model_dirs: list[Path], root: Path, out: Path, val_gr
     probs = {n: inference.predict_group(models, g, scratch / "probabilities" / f"{n}.npy", tta=tta, overwrite=True,
                                         progress=False) for n, g in tests.items()}
     seconds = time.perf_counter() - start
-    tuning = infer.tune_threshold(models, groups[val_group], ThresholdRule("tune"), scratch, tta=tta, progress=False)
+    tuning = infer.tune_threshold(models, groups[val_group], ThresholdRule("tune"), scratch, tta=tta, progress=False) \
+        if "tune" in rules else None
     rows = []
-    for spec in RULES:
+    for spec in rules:
         rule = ThresholdRule.parse(float(spec) if spec[0].isdigit() else spec)
-        cut = postprocess.decide_threshold(rule, tuning.curve, dirs)
+        cut = postprocess.decide_threshold(rule, tuning.curve if tuning else None, dirs)
         submission_rows = []
         for n, g in tests.items():
             threshold = cut if cut is not None else postprocess.top_fraction_threshold(probs[n], rule.value)
@@ -64,13 +68,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--model-dir", type=Path, nargs="+", required=True, help="model folders with threshold.json")
     ap.add_argument("--val-group", default="kidney_3_dense")
     ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    ap.add_argument("--rules", nargs="+", default=list(RULES), help=f"threshold rules (default: {' '.join(RULES)})")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmarks/tta_table"))
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     stored = args.out / "tta_table.json"  # settings run earlier into this folder are kept (run them one by one)
     results = [r for r in (json.loads(stored.read_text()) if stored.is_file() else []) if r["setting"] not in args.settings]
     for name in args.settings:
-        results += run_setting(name, args.model_dir, args.data_dir, args.out, args.val_group)
+        results += run_setting(name, args.model_dir, args.data_dir, args.out, args.val_group, args.rules)
         results.sort(key=lambda r: SETTINGS.index(r["setting"]))
         stored.write_text(json.dumps(results, indent=2) + "\n")
         print(f"{name}: done", flush=True)
