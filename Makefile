@@ -4,11 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 REQ_HASH := $(shell cat requirements.txt requirements-test.txt pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
+KERNEL_SPEC := $(VENV)/share/jupyter/kernels/sennet-vessels/kernel.json
 DATA := outputs/data/synthetic
 
 .PHONY: setup lint test test-fast data demo explore lab benchmarks ablation kaggle clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNEL_SPEC)
 
 # The venv is rebuilt when missing or when a requirements file or pyproject.toml changed (stale stamp).
 # The project itself is installed editable (`lib` importable everywhere, no sys.path edits).
@@ -17,9 +18,13 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip install -q --no-deps nnunet==1.7.1
-	$(PY) -m ipykernel install --user --name sennet-vessels --display-name "Python (sennet-vessels)" >/dev/null
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# The explorer's kernel, inside the venv (lib.runs.explore puts the venv's share/jupyter first on JUPYTER_PATH):
+# a user-level spec would be shared, and overwritten, by every checkout on the machine.
+$(KERNEL_SPEC): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name sennet-vessels --display-name "Python (sennet-vessels)" >/dev/null
 
 lint: setup
 	$(PY) -m ruff check .

@@ -87,3 +87,25 @@ def test_missing_synthetic_default_is_generated(tmp_path: Path, monkeypatch: pyt
     assert explore.check_data(None) == tmp_path / "data" / "synthetic" and len(made) == 1  # made once
     with pytest.raises(explore.ExploreError, match="not found"):  # an explicit root is never generated
         explore.check_data(tmp_path / "elsewhere")
+
+
+def write_kernel_spec(folder: Path, name: str, python: str) -> None:
+    spec = folder / "kernels" / name
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                                  "display_name": name, "language": "python"}))
+
+
+def test_a_stale_user_kernel_spec_is_shadowed_or_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another checkout's `make setup` left user-level specs pointing at its venv, since removed: the project's
+    kernel still resolves to this venv's spec; a kernel only the stale spec provides is refused naming its python."""
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path))  # the user-level kernel folder
+    write_kernel_spec(tmp_path, explore.KERNEL, "/gone/checkout/.venv/bin/python")
+    write_kernel_spec(tmp_path, "sennet-stale", "/gone/checkout/.venv/bin/python")
+    explore.check_kernel(explore.KERNEL)  # `make setup` installed it in this venv, found first
+    with pytest.raises(explore.ExploreError, match="its python /gone/checkout/.venv/bin/python does not exist"):
+        explore.check_kernel("sennet-stale")
+    with pytest.raises(explore.ExploreError, match="kernel sennet-nowhere: not installed"):
+        explore.check_kernel("sennet-nowhere")
+    assert os.environ.get("JUPYTER_PATH") is None or str(Path(sys.prefix)) not in os.environ["JUPYTER_PATH"]
+    assert explore.server_env(tmp_path)["JUPYTER_PATH"].split(os.pathsep)[0] == str(Path(sys.prefix) / "share" / "jupyter")

@@ -71,9 +71,39 @@ def app_notebook(folder: Path, kernel: str = KERNEL) -> Path:
     return path
 
 
+def venv_jupyter_path() -> str:
+    """JUPYTER_PATH with this environment's own `share/jupyter` first, where `make setup` installs the kernel spec:
+    a user-level spec of the same name left by another checkout (whose venv may be gone) cannot shadow it."""
+    own = str(Path(sys.prefix) / "share" / "jupyter")
+    rest = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != own]
+    return os.pathsep.join([own, *rest])
+
+
+def check_kernel(kernel: str) -> None:
+    """Refuse a kernel that is not installed, or whose python no longer exists, before any server starts."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    saved = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = venv_jupyter_path()  # the search the server will make
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel:
+        raise ExploreError(f"kernel {kernel}: not installed (run `make setup`)") from None
+    finally:
+        if saved is None:
+            del os.environ["JUPYTER_PATH"]
+        else:
+            os.environ["JUPYTER_PATH"] = saved
+    python = spec.argv[0] if spec.argv else ""
+    if python != "python" and not (Path(python).is_file() or shutil.which(python)):
+        raise ExploreError(f"kernel {kernel} ({spec.resource_dir}): its python {python} does not exist (a spec left "
+                           "by a removed checkout?); run `make setup`")
+
+
 def server_env(root: Path) -> dict[str, str]:
-    """The server's (and so the kernel's) environment: the data root, live widgets, this checkout's `lib`."""
-    env = dict(os.environ, SENNET_DATA_DIR=str(root), SENNET_INTERACTIVE="1")
+    """The server's (and so the kernel's) environment: the data root, live widgets, this checkout's `lib` and
+    kernel spec."""
+    env = dict(os.environ, SENNET_DATA_DIR=str(root), SENNET_INTERACTIVE="1", JUPYTER_PATH=venv_jupyter_path())
     env["PYTHONPATH"] = os.pathsep.join([str(paths.PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
@@ -95,6 +125,8 @@ def serve(data_dir: str | Path | None, host: str, port: int, lab: bool = False, 
     tool = "jupyterlab" if lab else "voila"
     if importlib.util.find_spec(tool) is None:
         raise ExploreError(f"{tool}: not installed in {sys.prefix} (run `make setup`)")
+    if not lab:
+        check_kernel(kernel)
     with tempfile.TemporaryDirectory(prefix="sennet-explore-") as folder:
         app = None if lab else app_notebook(Path(folder), kernel)
         what = "JupyterLab on notebooks/ (the URL with its token follows)" if lab else "notebook 01 (Voilà)"
