@@ -14,7 +14,7 @@ the leaderboard; they only compare the arms with each other on this generator.
 
 Full run (README "Ablation"; hours on 2 CPU cores):
     .venv/bin/python benchmarks/ablation.py --seeds 0 1 2
-Each finished (arm, seed) is stored under --out and skipped when the command is run again.
+Each finished (arm, seed) is stored under --out (or in --results) and skipped when the command is run again.
 """
 from __future__ import annotations
 
@@ -121,6 +121,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="per round (demo: 6)")
     parser.add_argument("--iterations", type=int, default=40, help="per epoch (demo: 40)")
     parser.add_argument("--val-iterations", type=int, default=5)
+    parser.add_argument("--results", type=Path, default=None,
+                        help="results file to continue (default: --out/results_<preset>_<data seed>_<budget>.jsonl); "
+                             "the README's run is docs/benchmarks/ablation_small_101_e6_i40_v5.jsonl")
     args = parser.parse_args()
     budget = {"epochs": args.epochs, "iterations_per_epoch": args.iterations,
               "val_iterations_per_epoch": args.val_iterations}
@@ -128,7 +131,7 @@ def main() -> None:
     if not (root / "synthetic.json").is_file():
         synthetic.generate(root, args.preset, args.data_seed, progress=False)
     tag = f"e{args.epochs}_i{args.iterations}_v{args.val_iterations}"
-    results_file = args.out / f"results_{args.preset}_{args.data_seed}_{tag}.jsonl"
+    results_file = args.results or args.out / f"results_{args.preset}_{args.data_seed}_{tag}.jsonl"
     done = {(r["arm"], r["seed"]) for r in map(json.loads, results_file.read_text().splitlines())} \
         if results_file.is_file() else set()
     for seed in args.seeds:
