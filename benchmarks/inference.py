@@ -305,6 +305,8 @@ def worker(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     cuda_before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
 
+    if isinstance(model.network, TimedNetwork):
+        model.network.seconds = 0.0  # not the warm-up
     busy_before, own_before = system_busy_seconds(), own_cpu_seconds()
     before = proc_status()
     hwm_setup = before["VmHWM"]
