@@ -95,7 +95,7 @@ def check_kernel(kernel: str) -> None:
         else:
             os.environ["JUPYTER_PATH"] = saved
     python = spec.argv[0] if spec.argv else ""
-    if python != "python" and not (Path(python).is_file() or shutil.which(python)):
+    if not (Path(python).is_file() or shutil.which(python)):
         raise ExploreError(f"kernel {kernel} ({spec.resource_dir}): its python {python} does not exist (a spec left "
                            "by a removed checkout?); run `make setup`")
 
