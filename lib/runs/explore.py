@@ -82,18 +82,13 @@ def venv_jupyter_path() -> str:
 def check_kernel(kernel: str) -> None:
     """Refuse a kernel that is not installed, or whose python no longer exists, before any server starts."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from jupyter_core.paths import jupyter_path
 
-    saved = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = venv_jupyter_path()  # the search the server will make
+    own = str(Path(venv_jupyter_path().split(os.pathsep)[0]) / "kernels")  # the search the server will make
     try:
-        spec = KernelSpecManager().get_kernel_spec(kernel)
+        spec = KernelSpecManager(kernel_dirs=[own, *jupyter_path("kernels")]).get_kernel_spec(kernel)
     except NoSuchKernel:
         raise ExploreError(f"kernel {kernel}: not installed (run `make setup`)") from None
-    finally:
-        if saved is None:
-            del os.environ["JUPYTER_PATH"]
-        else:
-            os.environ["JUPYTER_PATH"] = saved
     python = spec.argv[0] if spec.argv else ""
     if not (Path(python).is_file() or shutil.which(python)):
         raise ExploreError(f"kernel {kernel} ({spec.resource_dir}): its python {python} does not exist (a spec left "
