@@ -1,8 +1,10 @@
 """Ablation of what training adds beyond the seed recipe, on SYNTHETIC data, over several training seeds.
 
-Arms (each trained once per seed, `tiny` network from scratch, CPU): the seed recipe; + one pseudo-label round
-(`pseudo_label_rounds=1`); + resolution augmentation (`scale_range` 0.95-1.8, kidney_6's 63 µm voxels seen from
-50 µm); both. Each trained model is evaluated with inference resampling on (the project's default) and off.
+Arms (each trained once per seed, `tiny` network from scratch, CPU): the seed recipe; the seed recipe with twice the
+epochs (a control: a pseudo-label arm trains two rounds, so its gain would otherwise mix refinement with longer
+training); + one pseudo-label round (`pseudo_label_rounds=1`); + resolution augmentation (`scale_range` 0.95-1.8,
+kidney_6's 63 µm voxels seen from 50 µm); both. Each trained model is evaluated with inference resampling on (the
+project's default) and off.
 Reported per arm and resampling: validation surface Dice (kidney_3_dense, at the threshold tuned on it), test surface
 Dice per kidney (kidney_5, kidney_6: the solution the synthetic generator writes) and their mean, the share of the
 sparse groups' true vessel voxels that the training labels hold (label recall; after refinement for pseudo-label
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -32,6 +35,7 @@ from lib.training.fine_tune import SPARSE_GROUPS, TrainSettings
 
 ARMS = {
     "seed recipe": {},
+    "seed recipe, 2 x epochs": {"epoch_factor": 2},
     "+ pseudo-labels": {"pseudo_label_rounds": 1},
     "+ resolution aug": {"scale_range": (0.95, 1.8)},
     "+ both": {"pseudo_label_rounds": 1, "scale_range": (0.95, 1.8)},
@@ -63,9 +67,16 @@ class RunningClock:
         return time.perf_counter() - self.start - self.stopped
 
 
+def arm_settings(arm: str, seed: int, budget: dict) -> TrainSettings:
+    """One arm's training settings: the shared budget (epochs per round, iterations) with the arm's changes."""
+    changes = dict(ARMS[arm])
+    budget = {**budget, "epochs": budget["epochs"] * changes.pop("epoch_factor", 1)}
+    return TrainSettings(configuration="tiny", device="cpu", seed=seed, **budget, **changes)
+
+
 def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict) -> dict:
     """Train one arm with one seed and evaluate it with resampling on and off; one record per resampling."""
-    settings = TrainSettings(configuration="tiny", device="cpu", seed=seed, **budget, **ARMS[arm])
+    settings = arm_settings(arm, seed, budget)
     clock = RunningClock()
     result, rounds = refine.train_with_pseudo_labels(root, out / "train", settings, progress=False)
     train_minutes = clock.seconds() / 60
@@ -94,6 +105,9 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     """Mean ± standard deviation [min, max] over seeds, one row per arm and resampling (a lone seed: its value)."""
     metrics = [c for c in results.columns if c not in ("arm", "seed", "resample")]
     rows = []
+    order = {arm: i for i, arm in enumerate(ARMS)}
+    results = results.sort_values(["arm", "resample"], key=lambda c: c.map(order) if c.name == "arm" else ~c,
+                                  kind="stable")
     for (arm, resample), group in results.groupby(["arm", "resample"], sort=False):
         row = {"arm": arm, "resample": "on" if resample else "off", "seeds": len(group)}
         for m in metrics:
@@ -139,8 +153,8 @@ def main() -> None:
             if (arm, seed) in done:
                 continue
             print(f"training {arm!r}, seed {seed} ({tag}) ...", flush=True)
-            records = run_arm(root, args.out / tag / f"{arm.strip('+ ').replace(' ', '_')}_seed{seed}", arm, seed,
-                              budget)
+            slug = re.sub(r"[^\w-]+", "_", arm.strip("+ "))
+            records = run_arm(root, args.out / tag / f"{slug}_seed{seed}", arm, seed, budget)
             with open(results_file, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
             print(json.dumps(records), flush=True)
