@@ -161,7 +161,8 @@ def main() -> None:
     results = pd.DataFrame([json.loads(line) for line in results_file.read_text().splitlines()])
     print(f"\nSYNTHETIC data (preset {args.preset}, data seed {args.data_seed}), {tag}: mean ± sd [min, max] over "
           "seeds; says nothing about the leaderboard\n")
-    print(markdown(summary_table(results)))
+    table = summary_table(results)
+    print(markdown(table.rename(columns=lambda c: c.replace("_", " "))))
 
 
 if __name__ == "__main__":
