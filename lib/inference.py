@@ -751,7 +751,7 @@ def predict_group(model: Model | Sequence[Model], group: data.Group, out_file: P
     record = out_file.with_suffix(".json")
     settings = {"group": group.name, "shape": list(group.shape),
                 "model": models[0].checkpoint if len(models) == 1 else [m.checkpoint for m in models],
-                "tile_step": tile_step, "tta": tta, "resample": resample, "dtype": dtype,
+                "tile_step": tile_step, "tta": tta, "dtype": dtype,  # resampling is in the shape: none == a no-op
                 "model_space_shape": list(model_space_shape(group.shape, group.voxel_um, models[0], resample))}
     if out_file.exists():
         if record.is_file() and json.loads(record.read_text()).get("settings") == settings:

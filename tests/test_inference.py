@@ -137,6 +137,11 @@ def test_predict_group_resamples_kidney_6_and_caches(synthetic_tiny: Path, tmp_p
     plain = inference.predict_group(model, k6, tmp_path / "plain.npy", tta=False, resample=False,
                                     dtype="uint8", progress=False)
     assert plain.dtype == np.uint8 and plain.shape == k6.shape
+    k5_out = tmp_path / "probs" / "kidney_5.npy"
+    inference.predict_group(model, k5, k5_out, tta=False, resample=True, progress=False)
+    mtime = k5_out.stat().st_mtime_ns
+    inference.predict_group(model, k5, k5_out, tta=False, resample=False, progress=False)  # a no-op either way: reused
+    assert k5_out.stat().st_mtime_ns == mtime
 
 
 def test_load_model_errors(tmp_path: Path) -> None:
