@@ -71,10 +71,13 @@ def app_notebook(folder: Path, kernel: str = KERNEL) -> Path:
     return path
 
 
+VENV_JUPYTER = Path(sys.prefix) / "share" / "jupyter"  # where `make setup` installs the kernel spec
+
+
 def venv_jupyter_path() -> str:
-    """JUPYTER_PATH with this environment's own `share/jupyter` first, where `make setup` installs the kernel spec:
-    a user-level spec of the same name left by another checkout (whose venv may be gone) cannot shadow it."""
-    own = str(Path(sys.prefix) / "share" / "jupyter")
+    """JUPYTER_PATH with this environment's own `share/jupyter` first: a user-level spec of the same name left by
+    another checkout (whose venv may be gone) cannot shadow it."""
+    own = str(VENV_JUPYTER)
     rest = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != own]
     return os.pathsep.join([own, *rest])
 
@@ -84,9 +87,9 @@ def check_kernel(kernel: str) -> None:
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from jupyter_core.paths import jupyter_path
 
-    own = str(Path(venv_jupyter_path().split(os.pathsep)[0]) / "kernels")  # the search the server will make
-    try:
-        spec = KernelSpecManager(kernel_dirs=[own, *jupyter_path("kernels")]).get_kernel_spec(kernel)
+    try:  # the search the server will make (venv_jupyter_path)
+        spec = KernelSpecManager(kernel_dirs=[str(VENV_JUPYTER / "kernels"), *jupyter_path("kernels")]) \
+            .get_kernel_spec(kernel)
     except NoSuchKernel:
         raise ExploreError(f"kernel {kernel}: not installed (run `make setup`)") from None
     python = spec.argv[0] if spec.argv else ""
