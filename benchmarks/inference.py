@@ -62,15 +62,15 @@ class TimedNetwork:
     overhead measured in the same run, free of run-to-run noise."""
 
     def __init__(self, network, device):
-        self.network, self.device, self.seconds = network, device, 0.0
-
-    def __call__(self, x):
         import torch
 
+        self.network, self.seconds = network, 0.0
+        self.synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+    def __call__(self, x):
         start = time.perf_counter()
         out = self.network(x)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        self.synchronize()
         self.seconds += time.perf_counter() - start
         return out
 
@@ -277,8 +277,9 @@ def worker(spec: dict) -> dict:
     else:
         network = random_network(plans)
     model = inference.from_network(network, plans, device)
-    if spec.get("forward_only"):  # time the network's calls inside the run too (same tiles, same moment)
-        model = dataclasses.replace(model, network=TimedNetwork(model.network, device))
+    timed = TimedNetwork(model.network, device) if spec.get("forward_only") else None
+    if timed:  # time the network's calls inside the run too (same tiles, same moment)
+        model = dataclasses.replace(model, network=timed)
     n_params = sum(p.numel() for p in network.parameters())
 
     if "volume" in spec:
@@ -305,8 +306,8 @@ def worker(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     cuda_before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
 
-    if isinstance(model.network, TimedNetwork):
-        model.network.seconds = 0.0  # not the warm-up
+    if timed:
+        timed.seconds = 0.0  # not the warm-up
     busy_before, own_before = system_busy_seconds(), own_cpu_seconds()
     before = proc_status()
     hwm_setup = before["VmHWM"]
@@ -339,7 +340,7 @@ def worker(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    in_run = model.network.seconds if isinstance(model.network, TimedNetwork) else None
+    in_run = timed.seconds if timed else None
     sampler.stop()
     after = proc_status()
     own = own_cpu_seconds() - own_before
