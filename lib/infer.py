@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import data, inference, metric, paths, plan, postprocess, submission
+from lib import data, inference, inputs, metric, paths, plan, postprocess, submission
 from lib.postprocess import ThresholdRule
 from lib.training import fine_tune
 
@@ -49,11 +49,12 @@ class KidneyPrediction:
 
 
 def locate_model(model_dir: str | Path | None) -> Path:
-    """`model_dir` as given (relative to the project root); None: a model folder uploaded under the Kaggle input,
-    else the one notebook 02 writes by default (outputs/train)."""
+    """`model_dir` as given (relative to the project root); None: a model folder found by content under the Kaggle
+    input (`lib.inputs`: a model dataset, a Kaggle Model or a training notebook's output), else the one notebook 02
+    writes by default (outputs/train)."""
     if model_dir is not None:
         return paths.resolve_path(model_dir)
-    found = fine_tune.find_model_dir(paths.kaggle_input()) if paths.kaggle_input().is_dir() else None
+    found = inputs.find_input("model") if paths.kaggle_input().is_dir() else None
     return found or fine_tune.default_model_dir(paths.outputs_dir() / "train")
 
 

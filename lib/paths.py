@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lib.inputs import COMPETITION_SLUG as COMPETITION
+from lib.inputs import find_input, kaggle_input
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-COMPETITION = "blood-vessel-segmentation"
-
-
-def kaggle_input() -> Path:
-    """Kaggle's input folder; `KAGGLE_INPUT_DIR` relocates it (tests lay out a fake `/kaggle/input`)."""
-    return Path(os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input"))
+__all__ = ["COMPETITION", "PROJECT_ROOT", "default_data_dir", "kaggle_input", "outputs_dir", "resolve_path",
+           "synthetic_data_dir"]
 
 
 def outputs_dir() -> Path:
@@ -24,11 +23,12 @@ def synthetic_data_dir() -> Path:
 
 
 def default_data_dir() -> Path:
-    """The competition root: `SENNET_DATA_DIR`, else the Kaggle input if present, else the synthetic data."""
+    """The competition root: `SENNET_DATA_DIR`, else the competition found by content under the Kaggle input
+    (`lib.inputs`, any mount layout), else the synthetic data."""
     if "SENNET_DATA_DIR" in os.environ:
         return Path(os.environ["SENNET_DATA_DIR"])
-    kaggle = kaggle_input() / COMPETITION
-    return kaggle if kaggle.is_dir() else synthetic_data_dir()
+    found = find_input("competition") if kaggle_input().is_dir() else None
+    return found or synthetic_data_dir()
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -140,5 +140,9 @@ def test_default_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("KAGGLE_INPUT_DIR", str(tmp_path / "kaggle" / "input"))
     monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path / "out"))
     assert paths.default_data_dir() == tmp_path / "out" / "data" / "synthetic"
-    (tmp_path / "kaggle" / "input" / "blood-vessel-segmentation").mkdir(parents=True)
-    assert paths.default_data_dir() == tmp_path / "kaggle" / "input" / "blood-vessel-segmentation"
+    legacy = tmp_path / "kaggle" / "input" / "blood-vessel-segmentation"
+    legacy.mkdir(parents=True)
+    assert paths.default_data_dir() == tmp_path / "out" / "data" / "synthetic"  # an empty folder is no competition
+    (legacy / "test").mkdir()
+    (legacy / "sample_submission.csv").write_text("id,rle\n")
+    assert paths.default_data_dir() == legacy

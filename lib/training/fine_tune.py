@@ -317,15 +317,6 @@ def default_model_dir(output_dir: Path | str) -> Path:
     return results_dir(output_dir) / DATASET_NAME / TRAINER_FOLDER
 
 
-def find_model_dir(search_root: Path | str) -> Path | None:
-    """The first folder under `search_root` holding plans.json and fold_0/checkpoint_final.pth (e.g. a model
-    uploaded as a Kaggle dataset), or None."""
-    for plans in sorted(Path(search_root).glob("**/plans.json")):
-        if (plans.parent / "fold_0" / "checkpoint_final.pth").is_file():
-            return plans.parent
-    return None
-
-
 def plot_history(history: dict, path: Path | str | None = None):
     """Loss, pseudo-Dice and learning-rate curves per epoch as one figure (saved to `path` when given)."""
     import matplotlib.pyplot as plt
