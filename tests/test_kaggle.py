@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 from packaging.requirements import Requirement
 
-from lib import paths
+from lib import inputs, paths
 from lib.runs import kaggle
 
 WHEEL_CACHE = paths.outputs_dir() / "kaggle-wheel-cache"
@@ -158,12 +158,10 @@ def _plant_distribution(site: Path, name: str, version: str) -> None:
     (info / "RECORD").write_text("".join(f"{info.name}/{f},,\n" for f in ("METADATA", "INSTALLER", "RECORD")))
 
 
-@pytest.fixture(scope="session")
-def offline_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _image_venv(root: Path) -> Path:
     """A fresh venv standing in for the Kaggle image: torch, torchvision and ipykernel with everything they require
     hard-linked in from the project's environment, plus a `tqdm` too old for the project. Registered as the Jupyter
-    kernel `sennet-offline` in its own JUPYTER_PATH. Nothing of the project is installed yet."""
-    root = tmp_path_factory.mktemp("offline")
+    kernel `sennet-offline` in `root/jupyter`. Nothing of the project is installed."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=_offline_env(), timeout=300)
     python = venv / "bin" / "python"
@@ -186,15 +184,61 @@ def offline_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-def _fake_kaggle_input(root: Path, bundle: kaggle.Bundle, competition: Path) -> Path:
-    """`root` laid out like /kaggle/input: the competition data and the bundle's datasets (hard-linked copies)."""
-    def copy(src: Path, dst: Path) -> None:
-        shutil.copytree(src, dst, copy_function=os.link)
+@pytest.fixture
+def offline_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh stand-in Kaggle image for each test (see `_image_venv`)."""
+    return _image_venv(tmp_path_factory.mktemp("offline"))
 
-    copy(competition, root / kaggle.COMPETITION)
-    for key, slug in (("wheels", kaggle.WHEELS_SLUG), ("model", kaggle.MODEL_SLUG)):
-        copy(bundle.folders[key], root / slug)
-    return root
+
+LAYOUTS = ("2026", "legacy")
+
+
+def _fake_kaggle_input(root: Path, bundle: kaggle.Bundle, competition: Path, layout: str,
+                       archive: Path | None = None) -> dict[str, Path]:
+    """`root` laid out like /kaggle/input (hard-linked copies): "2026" as Kaggle mounts inputs today (the competition
+    under competitions/, the wheels under datasets/<owner>/, the model and the hepatic archive as Kaggle Models),
+    "legacy" every input one folder below the root. Returns where each input went."""
+    def copy(src: Path, dst: Path) -> Path:
+        shutil.copytree(src, dst, copy_function=os.link)
+        return dst
+
+    model_version = ("models", USER, "sennet-vessels-model", "pytorch", "default", "1")
+    at = {"2026": {"competition": ("competitions", kaggle.COMPETITION), "wheels": ("datasets", USER, kaggle.WHEELS_SLUG),
+                   "model": model_version, "pretrained": ("models", USER, "task008", "pytorch", "default", "2")},
+          "legacy": {"competition": (kaggle.COMPETITION,), "wheels": (kaggle.WHEELS_SLUG,),
+                     "model": (kaggle.MODEL_SLUG,), "pretrained": (kaggle.PRETRAINED_SLUG,)}}[layout]
+    placed = {"competition": copy(competition, root.joinpath(*at["competition"])),
+              "wheels": copy(bundle.folders["wheels"], root.joinpath(*at["wheels"])),
+              "model": copy(bundle.folders["model"], root.joinpath(*at["model"])) / "model"}
+    if archive is not None:
+        placed["pretrained"] = root.joinpath(*at["pretrained"], archive.name)
+        placed["pretrained"].parent.mkdir(parents=True)
+        os.link(archive, placed["pretrained"])
+    return placed
+
+
+def _run_bundled(notebook: Path, executed: Path, python: Path, kaggle_input: Path, working: Path,
+                 params: dict, no_network: list[str]) -> tuple[nbformat.NotebookNode, str]:
+    """A bundled notebook under papermill, its kernel the stand-in image venv, no network; (the executed notebook,
+    the setup cell's output). Fails the test on any error."""
+    env = _offline_env({"KAGGLE_INPUT_DIR": str(kaggle_input), "KAGGLE_WORKING_DIR": str(working),
+                        "KAGGLE_SCRATCH_DIR": str(working.parent / "scratch"),
+                        "JUPYTER_PATH": str(python.parent.parent.parent / "jupyter"), "MPLBACKEND": "agg"})
+    proc = subprocess.run([*no_network, sys.executable, "-m", "papermill", str(notebook), str(executed),
+                           "-k", KERNEL_NAME, "--cwd", str(working), "-y", json.dumps(params), "--no-progress-bar"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    nb = nbformat.read(executed, as_version=4) if executed.is_file() else None
+    errors = [o for c in (nb.cells if nb else []) if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    setup_out = _setup_cell_output(nb) if nb else ""
+    assert proc.returncode == 0 and not errors, f"{proc.stderr[-3000:]}\n{setup_out[-6000:]}\n{errors}"
+    assert f"at {python}" in setup_out  # the kernel ran on the stand-in image
+    return nb, setup_out
+
+
+def _cell_text(nb: nbformat.NotebookNode) -> str:
+    """Everything the notebook's code cells printed."""
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
 def _versions(python: Path) -> dict[str, str]:
@@ -236,9 +280,7 @@ def test_bundle_layout_and_metadata(bundle: kaggle.Bundle) -> None:
         assert meta["id"] == f"{USER}/{slug}" and kaggle.slugify(meta["title"]) == slug
         assert meta["licenses"] == [{"name": "other"}]
     model = out / "datasets" / "model"
-    from lib.training import fine_tune
-
-    assert fine_tune.find_model_dir(model) == model / "model"
+    assert inputs.scan_inputs(model)["model"] == [model / "model"]
 
 
 @pytest.mark.slow
@@ -343,17 +385,19 @@ def test_bundled_notebooks_are_kaggle_ready(bundle: kaggle.Bundle, name: str) ->
     setup = code[0]
     assert kaggle.SETUP_TAG in setup.metadata.tags
     assert "--no-index" in setup.source and "KAGGLE_INPUT_DIR" in setup.source
+    assert (paths.PROJECT_ROOT / "lib" / "inputs.py").read_text() in setup.source  # one implementation, embedded
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     params = tagged[0].source
-    assert re.search(r'^data_dir = str\(KAGGLE_INPUT / "blood-vessel-segmentation"\)', params, re.M)
+    assert re.search(r'^data_dir = str\(find_input\("competition", required=True\)\)', params, re.M)
+    assert "blood-vessel-segmentation" not in params  # no fixed mount path
     if name == "03_infer":
         assert re.search(r"^model_dir = None", params, re.M)
         assert re.search(r'^submission_file = str\(KAGGLE_WORKING / "submission.csv"\)', params, re.M)
         assert re.search(r"^output_dir = str\(KAGGLE_WORKING", params, re.M)
     else:
         assert re.search(r"^output_dir = str\(KAGGLE_WORKING", params, re.M)
-        assert re.search(r"^pretrained = next\(.*Task008_HepaticVessel\.zip", params, re.M)
+        assert re.search(r'^pretrained = find_input\("pretrained"\)', params, re.M)
     # Every other cell is the project's, unchanged, in order (nbformat transformation only).
     others = [c.source for c in nb.cells if c is not setup and c is not tagged[0]]
     assert others == [c.source for c in original.cells if "parameters" not in c.metadata.get("tags", [])]
@@ -364,12 +408,14 @@ def test_bundled_notebooks_are_kaggle_ready(bundle: kaggle.Bundle, name: str) ->
 
 
 @pytest.mark.slow
-def test_parameter_defaults_follow_the_relocated_kaggle_folders(bundle: kaggle.Bundle, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The setup cell + parameters cell, evaluated with KAGGLE_INPUT_DIR/KAGGLE_WORKING_DIR relocated: inputs come
-    from the input folder, outputs go to the working folder, the hepatic archive is found when attached."""
+def test_parameter_defaults_find_the_inputs_by_content(bundle: kaggle.Bundle, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """The setup cell + parameters cell, evaluated with KAGGLE_INPUT_DIR/KAGGLE_WORKING_DIR relocated: without the
+    competition, one line saying what the input holds; the competition and the hepatic archive found in today's
+    layout and in the legacy one; outputs go to the working folder."""
     kaggle_input, working = tmp_path / "input", tmp_path / "working"
-    kaggle_input.mkdir()
+    (kaggle_input / "datasets" / "someone" / "other").mkdir(parents=True)
     monkeypatch.setenv("KAGGLE_INPUT_DIR", str(kaggle_input))
     monkeypatch.setenv("KAGGLE_WORKING_DIR", str(working))
 
@@ -382,20 +428,29 @@ def test_parameter_defaults_follow_the_relocated_kaggle_folders(bundle: kaggle.B
                 exec(compile(cell.source, name, "exec"), scope)
         return scope
 
+    with pytest.raises(FileNotFoundError) as info:
+        defaults("infer", "03_infer")
+    assert str(info.value).endswith(f"{kaggle_input} holds: datasets/{{someone/}}") and "\n" not in str(info.value)
+    competition = kaggle_input / "competitions" / kaggle.COMPETITION
+    (competition / "test").mkdir(parents=True)
+    (competition / "sample_submission.csv").write_text("id,rle\n")
     infer = defaults("infer", "03_infer")
-    assert infer["data_dir"] == str(kaggle_input / "blood-vessel-segmentation") and infer["model_dir"] is None
+    assert infer["data_dir"] == str(competition) and infer["model_dir"] is None
     assert infer["submission_file"] == str(working / "submission.csv")
     assert Path(infer["output_dir"]).is_relative_to(working) and working.is_dir()
     train = defaults("train", "02_train")
-    assert train["data_dir"] == str(kaggle_input / "blood-vessel-segmentation") and train["pretrained"] is None
+    assert train["data_dir"] == str(competition) and train["pretrained"] is None
     assert Path(train["output_dir"]).is_relative_to(working)
-    archive = kaggle_input / "hepatic" / "Task008_HepaticVessel.zip"
-    archive.parent.mkdir()
+    archive = kaggle_input / "models" / "someone" / "task008" / "pytorch" / "default" / "1" / "Task008_HepaticVessel.zip"
+    archive.parent.mkdir(parents=True)
     archive.write_bytes(b"")
-    assert defaults("train", "02_train")["pretrained"] == str(archive)
-    archive.unlink()  # a dataset whose archive Kaggle extracted: the folder is taken
-    (archive.parent / "Task008_HepaticVessel").mkdir()
-    assert defaults("train", "02_train")["pretrained"] == str(archive.parent / "Task008_HepaticVessel")
+    capsys.readouterr()
+    assert defaults("train", "02_train")["pretrained"] == archive
+    assert f"pretrained: {archive}" in capsys.readouterr().out
+    legacy = kaggle_input / "task008-hepaticvessel" / "Task008_HepaticVessel"  # a dataset whose zip Kaggle extracted
+    legacy.mkdir(parents=True)
+    assert defaults("train", "02_train")["pretrained"] == legacy  # shallower: first
+    assert f"pretrained: {legacy} (first of 2: also {archive})" in capsys.readouterr().out
 
 
 def test_setup_cell_stops_on_an_interpreter_without_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -472,8 +527,8 @@ def test_three_pythons_get_their_own_binary_wheels_and_share_the_pure_ones(no_ne
     """The wheel-set machinery on a small requirement set (pydantic: a binary pydantic-core and pure wheels) for
     CPython 3.10, 3.11, 3.12: pip resolves each (cached after the first run), binary wheels are per Python, pure
     ones are shared, and each set resolves offline, while a Python that was not bundled does not."""
-    requirements = ["pydantic>=2.5"]
-    sets, _ = kaggle.wheel_sets(requirements, kaggle.PYTHONS, WHEEL_CACHE, log=lambda msg: None)
+    requirements, pythons = ["pydantic>=2.5"], ("3.10", "3.11", "3.12")
+    sets, _ = kaggle.wheel_sets(requirements, pythons, WHEEL_CACHE, log=lambda msg: None)
     folder = tmp_path / "wheels"
     folder.mkdir()
     files = {w.file for ws in sets.values() for w in ws}
@@ -483,7 +538,7 @@ def test_three_pythons_get_their_own_binary_wheels_and_share_the_pure_ones(no_ne
     assert [re.search(r"-(cp3\d+)-", f).group(1) for f in core] == ["cp310", "cp311", "cp312"]
     pure = [f for f in files if f.endswith("-none-any.whl")]
     assert len(pure) == len({f.split("-")[0] for f in pure}) >= 3  # one file per pure package for all Pythons
-    for python in kaggle.PYTHONS:
+    for python in pythons:
         proc = _check_offline(no_network, folder, requirements, python, {})
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert set(json.loads(proc.stdout)) == {w.name for w in sets[python]}
@@ -552,49 +607,97 @@ def test_cli_expected_failures_are_one_line_and_exit_2(tmp_path: Path, capsys: p
 # ----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_inference_notebook_runs_offline_on_the_bundle(bundle: kaggle.Bundle, offline_venv: Path,
                                                        no_network: list[str], synthetic_tiny: Path,
-                                                       tmp_path: Path) -> None:
-    """Notebook 03 from the bundle under papermill, its kernel the fresh venv, no network: the setup cell installs
-    the project's wheel and what the venv lacks from the wheels dataset, replaces the too-old tqdm, keeps torch and
-    the rest of the stand-in image, and the model comes from the model dataset; submission.csv lands in the
-    relocated working folder."""
-    kaggle_input = _fake_kaggle_input(tmp_path / "input", bundle, synthetic_tiny)
+                                                       tmp_path: Path, layout: str) -> None:
+    """Notebook 03 from the bundle under papermill, its kernel a fresh stand-in image, no network, the inputs
+    mounted as Kaggle mounts them today (the model as a Kaggle Model) or as it did before: the setup cell finds the
+    wheels by content and installs the project's wheel and what the image lacks, replaces the too-old tqdm, keeps
+    torch and the rest of the image; the competition and the model are found by content; submission.csv lands in
+    the relocated working folder."""
+    placed = _fake_kaggle_input(tmp_path / "input", bundle, synthetic_tiny, layout)
     working = tmp_path / "working"
     working.mkdir()
     python = offline_venv / "bin" / "python"
-    wheels = kaggle_input / kaggle.WHEELS_SLUG
     before = _versions(python)
-    executed = tmp_path / "03_infer.executed.ipynb"
-    env = _offline_env({"KAGGLE_INPUT_DIR": str(kaggle_input), "KAGGLE_WORKING_DIR": str(working),
-                        "JUPYTER_PATH": str(offline_venv.parent / "jupyter"), "MPLBACKEND": "agg"})
     params = {"tta": False, "val_group": None, "device": "cpu"}  # threshold: the bundle's default, "model"
-    notebook = bundle.folders["infer"] / "03_infer.ipynb"
-    proc = subprocess.run([*no_network, sys.executable, "-m", "papermill", str(notebook), str(executed),
-                           "-k", KERNEL_NAME, "--cwd", str(working), "-y", json.dumps(params), "--no-progress-bar"],
-                          capture_output=True, text=True, env=env, timeout=600)
-    nb = nbformat.read(executed, as_version=4) if executed.is_file() else None
-    errors = [o for c in (nb.cells if nb else []) if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
-    setup_out = _setup_cell_output(nb) if nb else ""
-    assert proc.returncode == 0 and not errors, f"{proc.stderr[-3000:]}\n{setup_out[-6000:]}\n{errors}"
-    assert f"at {python}" in setup_out  # the kernel ran on the fresh venv
+    nb, setup_out = _run_bundled(bundle.folders["infer"] / "03_infer.ipynb", tmp_path / "03_infer.executed.ipynb",
+                                 python, tmp_path / "input", working, params, no_network)
     after = _versions(python)
     installed = sorted(n for n in after if before.get(n) != after[n])
     assert {"sennet-vessels", "nnunetv2", "scipy", "tqdm"} <= set(installed)
-    assert re.search(rf"installed {len(installed)} packages offline from {re.escape(str(wheels))} in \d+ s: ", setup_out)
+    assert f"wheels: {placed['wheels']}" in setup_out
+    assert re.search(rf"installed {len(installed)} packages offline from {re.escape(str(placed['wheels']))} in \d+ s: ",
+                     setup_out)
     assert f"tqdm {after['tqdm']} (was {STALE_TQDM})" in setup_out  # below the project's range: replaced
     kept = re.search(r"^kept (\d+) packages of the image: (.+)$", setup_out, re.M)
     for name in ("torch", "torchvision", "numpy", "packaging"):  # in the image, within the project's ranges
         assert f"{name} {before[name]}" in kept.group(2) and after[name] == before[name]
+    printed = _cell_text(nb)
+    assert f"competition: {placed['competition']}" in printed and f"model: {placed['model']}" in printed
     submission = pd.read_csv(working / "submission.csv", dtype=str, keep_default_na=False)
     sample = pd.read_csv(synthetic_tiny / "sample_submission.csv", dtype=str, keep_default_na=False)
     assert submission["id"].tolist() == sample["id"].tolist()
     n_test = sum(len(list((synthetic_tiny / "test" / k / "images").glob("*.tif")))
                  for k in os.listdir(synthetic_tiny / "test"))
     assert len(submission) == n_test and submission["rle"].str.len().gt(0).all()
-    assert (working / "infer" / "scores.json").is_file()
-    assert not list(kaggle_input.rglob("submission.csv"))  # nothing written into the (read-only) input
+    scores = json.loads((working / "infer" / "scores.json").read_text())
+    assert scores["models"] == [str(placed["model"])]
+    assert not list((tmp_path / "input").rglob("submission.csv"))  # nothing written into the (read-only) input
+
+
+def _interrupted_run(folder: Path, data: Path, archive: Path) -> Path:
+    """A notebook-02 run stopped after its first epoch, as an earlier Kaggle version's output holds it: trained one
+    epoch from the hepatic archive, the final checkpoint turned back into the latest one."""
+    from lib.training import fine_tune
+
+    settings = fine_tune.TrainSettings(**TINY_TRAINING, epochs=1, pretrained=str(archive))
+    result = fine_tune.train(data, folder, settings, progress=False)
+    fold = result.model_dir / "fold_0"
+    (fold / "checkpoint_final.pth").rename(fold / "checkpoint_latest.pth")
+    (result.model_dir / "training.json").unlink()
+    return folder
+
+
+TINY_TRAINING = {"configuration": "tiny", "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "device": "cpu",
+                 "train_groups": ("kidney_1_dense", "kidney_3_sparse")}
+
+
+@pytest.mark.slow
+def test_training_notebook_runs_offline_and_resumes_an_attached_run(bundle: kaggle.Bundle, offline_venv: Path,
+                                                                    no_network: list[str], synthetic_tiny: Path,
+                                                                    tmp_path: Path) -> None:
+    """Notebook 02 from the bundle on a fresh stand-in image, no network, today's layout: the hepatic archive is a
+    Kaggle Model, and an earlier version's output (an interrupted run) is attached under notebooks/<owner>/<slug>/.
+    The setup cell installs the project; the notebook finds the competition and the archive by content, copies the
+    run into the working folder and resumes it at its second epoch, and finishes with a model and its threshold."""
+    from lib.dev import v1_checkpoint
+    from lib.model import architectures
+
+    archive = v1_checkpoint.write_v1_archive(tmp_path / f"{kaggle.PRETRAINED_NAME}.zip",
+                                             architectures.variant_plans("tiny"), seed=3)
+    placed = _fake_kaggle_input(tmp_path / "input", bundle, synthetic_tiny, "2026", archive)
+    run = _interrupted_run(tmp_path / "input" / "notebooks" / USER / kaggle.TRAIN_SLUG / "train", synthetic_tiny,
+                           archive)
+    working = tmp_path / "working"
+    working.mkdir()
+    python = offline_venv / "bin" / "python"
+    params = {**TINY_TRAINING, "train_groups": list(TINY_TRAINING["train_groups"]), "epochs": 2,
+              "validation_tta": False}
+    nb, setup_out = _run_bundled(bundle.folders["train"] / "02_train.ipynb", tmp_path / "02_train.executed.ipynb",
+                                 python, tmp_path / "input", working, params, no_network)
+    assert re.search(r"installed \d+ packages offline from ", setup_out) and "sennet-vessels 0.2.0" in setup_out
+    printed = _cell_text(nb)
+    assert f"competition: {placed['competition']}" in printed and f"pretrained: {placed['pretrained']}" in printed
+    assert f"resuming from {run}: copied into {working / 'train'}" in printed
+    assert "(resumed at epoch 1)" in printed
+    summary = json.loads((working / "train" / "train_summary.json").read_text())
+    assert summary["from_scratch"] is False and summary["epochs"] == 2 and 0 <= summary["val_surface_dice"] <= 1
+    model = Path(summary["model_dir"])
+    assert model.is_relative_to(working) and (model / "fold_0" / "checkpoint_final.pth").is_file()
+    assert (model / "threshold.json").is_file()
+    assert not list(run.rglob("checkpoint_final.pth"))  # the attached input is left as it was
 
 
 @pytest.mark.slow
@@ -629,7 +732,7 @@ def test_offline_install_into_fresh_venv(bundle: kaggle.Bundle, offline_venv: Pa
 
 
 def test_bundle_settings_come_from_the_config(tmp_path: Path) -> None:
-    assert kaggle.bundle_settings() == {"pythons": ["3.10", "3.11", "3.12"], "machine_shape": "NvidiaTeslaT4"}
+    assert kaggle.bundle_settings() == {"pythons": ["3.12", "3.11"], "machine_shape": "NvidiaTeslaT4"}
     config = tmp_path / "kaggle.toml"
     config.write_text('[bundle]\npythons = ["3.12"]\nmachine_shape = "NvidiaTeslaP100"\n')
     assert kaggle.bundle_settings(config) == {"pythons": ["3.12"], "machine_shape": "NvidiaTeslaP100"}

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import tomllib
 
-from lib import paths
+from lib import inputs, paths
 from lib.postprocess import THRESHOLD_FILE
 
 DEFAULT_USER = "your-kaggle-username"  # a placeholder: pass --user with your Kaggle user name
@@ -61,8 +61,8 @@ KAGGLE_CONFIG = paths.PROJECT_ROOT / "configs" / "kaggle.toml"
 WHEELS_SLUG, MODEL_SLUG = "sennet-vessels-wheels", "sennet-vessels-model"
 PRETRAINED_SLUG = "task008-hepaticvessel"  # as configs/kaggle.toml expects
 TRAIN_SLUG, INFER_SLUG = "sennet-vessels-train", "sennet-vessels-infer"
-WHEELS_MANIFEST = "sennet-wheels.json"  # marks the wheels dataset under the Kaggle input
-PRETRAINED_NAME = "Task008_HepaticVessel"
+WHEELS_MANIFEST = inputs.WHEELS_MANIFEST  # marks the wheels dataset under the Kaggle input
+PRETRAINED_NAME = inputs.HEPATIC
 
 # Never bundled, also as dependencies: huge, CUDA-specific, and part of the Kaggle image.
 IMAGE_ONLY = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
@@ -119,9 +119,10 @@ def bundle_settings(config: Path = KAGGLE_CONFIG) -> dict:
 
 SETUP_TAG = "kaggle-setup"
 SETUP_CELL = '''\
-# Kaggle setup (added by `python -m lib.runs.kaggle`): install this project offline from the wheels dataset
-# (pip --no-index). pip keeps what the image has at a version the project works with, installs the rest, and never
-# replaces the image's torch. KAGGLE_INPUT_DIR and KAGGLE_WORKING_DIR relocate /kaggle/input and /kaggle/working.
+# Install this project offline from the wheels dataset (pip --no-index), found by content under /kaggle/input
+# whatever the mount layout (lib/inputs.py above). pip keeps what the image has at a version the project works with,
+# installs the rest, and never replaces the image's torch. KAGGLE_INPUT_DIR and KAGGLE_WORKING_DIR relocate
+# /kaggle/input and /kaggle/working.
 import importlib.metadata
 import json
 import os
@@ -133,7 +134,7 @@ import tempfile
 import time
 from pathlib import Path
 
-KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT_DIR", "/kaggle/input"))
+KAGGLE_INPUT = kaggle_input()
 KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
 KAGGLE_WORKING.mkdir(parents=True, exist_ok=True)
 # Large intermediate files (nnU-Net data, probabilities) stay out of /kaggle/working and its 20 GB limit.
@@ -146,13 +147,11 @@ def installed_versions() -> dict:
             for d in importlib.metadata.distributions() if d.metadata["Name"]}
 
 
-WHEELS = next((p.parent for pattern in ("*/%(manifest)s", "*/*/%(manifest)s")
-               for p in sorted(KAGGLE_INPUT.glob(pattern))), None)
 PYTHON = "%%d.%%d" %% sys.version_info[:2]
 print(f"python {sys.version.split()[0]} at {sys.executable}")
+WHEELS = find_input("wheels")
 if WHEELS is None:
-    print(f"no wheels dataset (a folder with %(manifest)s) under {KAGGLE_INPUT}: installing nothing "
-          "(attach the '%(wheels_slug)s' dataset if the imports below fail)")
+    print("installing nothing (attach the '%(wheels_slug)s' dataset if the imports below fail)")
 else:
     MANIFEST = json.loads((WHEELS / "%(manifest)s").read_text())
     if (sys.implementation.name != "cpython" or PYTHON not in MANIFEST["pythons"] or sys.platform != "linux"
@@ -194,27 +193,36 @@ else:
 '''
 
 
+SETUP_HEADER = """\
+# Kaggle setup (added by `python -m lib.runs.kaggle`). First lib/inputs.py, verbatim: the inputs are found by what
+# they contain before the project is installed.
+"""
+INPUTS_SOURCE = paths.PROJECT_ROOT / "lib" / "inputs.py"
+
+
 def setup_cell_source(wheels_slug: str = WHEELS_SLUG) -> str:
-    """The Kaggle setup cell's code (the first code cell of each bundled notebook)."""
-    return SETUP_CELL % {"manifest": WHEELS_MANIFEST, "wheels_slug": wheels_slug}
+    """The Kaggle setup cell's code (the first code cell of each bundled notebook): lib/inputs.py's source, then the
+    offline install."""
+    install = SETUP_CELL % {"manifest": WHEELS_MANIFEST, "wheels_slug": wheels_slug}
+    return f"{SETUP_HEADER}{INPUTS_SOURCE.read_text()}\n\n{install}"
 
 
 
-# name -> (new right-hand side, new comment); the names of the setup cell (KAGGLE_INPUT, KAGGLE_WORKING) are in scope.
+# name -> (new right-hand side, new comment); the names of the setup cell (find_input, KAGGLE_WORKING, ...) are in
+# scope. Inputs are found by content (lib.inputs), under any mount layout.
+COMPETITION_ROOT = 'str(find_input("competition", required=True))'
 TRAIN_PARAMETERS = {
-    "data_dir": (f'str(KAGGLE_INPUT / "{COMPETITION}")', "the competition data attached to the notebook"),
+    "data_dir": (COMPETITION_ROOT, "the competition data attached to the notebook, found by content"),
     "output_dir": ('str(KAGGLE_WORKING / "train")',
                    "nnU-Net folders, the model, figures (in the notebook's output)"),
     "scratch_dir": ('str(KAGGLE_SCRATCH / "train")', "nnU-Net raw + preprocessed data, outside the 20 GB /kaggle/working"),
-    "pretrained": (
-        f'next((str(p) for pattern in ("*/{PRETRAINED_NAME}.zip", "*/*/{PRETRAINED_NAME}.zip", '
-        f'"*/{PRETRAINED_NAME}", "*/*/{PRETRAINED_NAME}") for p in sorted(KAGGLE_INPUT.glob(pattern))), None)',
-        f"{PRETRAINED_NAME}.zip (or its extracted folder) in an attached dataset; None: train from scratch"),
+    "pretrained": ('find_input("pretrained")',
+                   f"{PRETRAINED_NAME}.zip or its folder in an attached dataset or Model; None: train from scratch"),
 }
 INFER_PARAMETERS = {
-    "data_dir": (f'str(KAGGLE_INPUT / "{COMPETITION}")', "the competition data (the hidden test at scoring time)"),
-    "model_dir": ("None", "None: the first model folder (plans.json + fold_0/checkpoint_final.pth) in an attached "
-                          "dataset, found by fine_tune.find_model_dir"),
+    "data_dir": (COMPETITION_ROOT, "the competition data (the hidden test at scoring time), found by content"),
+    "model_dir": ("None", "None: the model folder (plans.json + fold_0/checkpoint_final.pth) found in an attached "
+                          "dataset, Model or notebook output (lib.inputs)"),
     "output_dir": ('str(KAGGLE_WORKING / "infer")', "probabilities, masks, figures, scores"),
     "submission_file": ('str(KAGGLE_WORKING / "submission.csv")', "what the competition scores"),
     "scratch_dir": ('str(KAGGLE_SCRATCH / "infer")', "probabilities and masks, outside the 20 GB /kaggle/working"),

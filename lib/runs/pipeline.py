@@ -44,7 +44,7 @@ PREVIOUS = ".previous"  # suffix of the earlier run's folder while a --force run
 
 # Parameter rules beyond "the type of the default" (see check_parameter).
 PATHS_THAT_EXIST = ("pretrained", "model_dir", "prediction_dir")
-OPTIONAL_PATHS = ("scratch_dir", "submission_file")
+OPTIONAL_PATHS = ("scratch_dir", "submission_file", "resume_from")
 GROUP_LISTS = ("groups", "train_groups", "test_groups")
 AT_LEAST_ONE = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "slab_depth", "max_slices_sampled",
                 "max_plane_slices")

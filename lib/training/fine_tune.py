@@ -82,7 +82,8 @@ class TrainSettings:
     @classmethod
     def from_parameters(cls, params: Mapping[str, Any]) -> TrainSettings:
         """Settings from notebook 02's parameters (or any mapping), each field taken by its name: lists become
-        tuples, `train_groups=None` means the default groups, `scratch_dir` is relative to the project root."""
+        tuples, `train_groups=None` means the default groups, `scratch_dir` is relative to the project root, paths
+        become strings."""
         values = {f.name: params[f.name] for f in fields(cls) if f.name in params}
         for name in ("patch_size", "scale_range"):
             if values.get(name) is not None:
@@ -93,6 +94,8 @@ class TrainSettings:
             values["train_groups"] = tuple(values["train_groups"] or nnunet_dataset.DEFAULT_TRAIN_GROUPS)
         if values.get("scratch_dir"):
             values["scratch_dir"] = str(paths.resolve_path(values["scratch_dir"]))
+        if values.get("pretrained") is not None:  # a Path where lib.inputs found it
+            values["pretrained"] = str(values["pretrained"])
         return cls(**values)
 
     def work_dir(self, output_dir: Path | str) -> Path:
