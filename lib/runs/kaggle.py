@@ -23,11 +23,13 @@ wheels dataset; pip keeps every package the image already has at a version withi
 the rest, and never replaces the image's torch (a constraint pins it to the installed version).
 
 Wheels: pip's own resolver picks the set for each Python (`pip install --dry-run --report` with `--python-version`,
-`--platform`, `--only-binary=:all:`) from the ranges in pyproject.toml; torch, torchvision, triton, nvidia-* and
-cuda-* are never bundled. The resolved sets are kept in the download cache (`outputs/kaggle-wheel-cache/locks`), so a
-rebuild is offline until `--refresh`. Pure-Python packages published only as sdists are built into wheels there
-(`pip wheel --no-deps`). After assembly each Python's set is resolved again from the dataset alone (`--no-index`):
-a set that misses anything fails the build.
+`--platform`, `--only-binary=:all:`) from the ranges in pyproject.toml; versions whose Requires-Python metadata
+rules the target out are excluded and pip resolves again (pip 23 checks that metadata against the running
+interpreter only). Exactly the resolved files are downloaded (their URLs, hash-checked); torch, torchvision, triton,
+nvidia-* and cuda-* are never bundled. The resolved sets are kept in the download cache
+(`outputs/kaggle-wheel-cache/locks`), so a rebuild is offline until `--refresh`. Pure-Python packages published only
+as sdists are built into wheels there (`pip wheel --no-deps`). After assembly each Python's set is resolved again
+from the dataset alone (`--no-index`): a set that misses anything fails the build.
 """
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import tomllib
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from lib import inputs, paths
 from lib.postprocess import THRESHOLD_FILE
@@ -79,6 +83,8 @@ PLATFORMS = ([f"manylinux_2_{m}_x86_64" for m in range(GLIBC_MAX, 16, -1)]
 # Kaggle's accelerators as kernel-metadata.json names them: NvidiaTeslaT4 is "GPU T4 x2".
 MACHINE_SHAPE = "NvidiaTeslaT4"
 DOCKER_PINNING = "original"  # a notebook that worked keeps the image it ran on
+LOCK_FORMAT = 2  # 2: resolutions checked against Requires-Python (format 1 locks may hold wrong versions)
+RESOLVE_TRIES = 10  # resolutions per Python, each excluding the versions whose Requires-Python rules it out
 
 
 class BundleError(RuntimeError):
@@ -325,7 +331,34 @@ class Wheel:
     name: str  # canonical
     version: str
     file: str
-    url: str
+    url: str  # where pip found `file` (https:// or file://), without a fragment
+    sha256: str = ""  # the file's hash, as the report gives it ("" when it gives none)
+    requires_python: str = ""  # the distribution's Requires-Python metadata
+
+    @property
+    def download_url(self) -> str:
+        """`url` with a #sha256= fragment where the hash is known, so that pip verifies the file it fetches."""
+        return f"{self.url}#sha256={self.sha256}" if self.sha256 else self.url
+
+    @classmethod
+    def from_report(cls, item: Mapping) -> Wheel:
+        """The Wheel of one `install` item of pip's installation report."""
+        info, metadata = item["download_info"], item["metadata"]
+        hashes = info.get("archive_info", {}).get("hashes", {})
+        legacy = info.get("archive_info", {}).get("hash", "")  # "<algorithm>=<hex>"
+        sha256 = hashes.get("sha256") or (legacy.split("=", 1)[1] if legacy.startswith("sha256=") else "")
+        url = info["url"].split("#", 1)[0]
+        return cls(canonical(metadata["name"]), metadata["version"], unquote(url.rsplit("/", 1)[-1]), url, sha256,
+                   metadata.get("requires_python") or "")
+
+    def admits(self, python: str) -> bool:
+        """Whether Requires-Python admits CPython `python` ("3.10") as pip's download checks it: as "3.10.0",
+        pre-releases included; an invalid Requires-Python is ignored, as pip ignores it."""
+        try:
+            spec = SpecifierSet(self.requires_python)
+        except InvalidSpecifier:
+            return True
+        return spec.contains(".".join((python.split(".") + ["0", "0"])[:3]), prereleases=True)
 
 
 def project_dependencies(pyproject: Path = PYPROJECT) -> tuple[str, str, list[str]]:
@@ -382,14 +415,15 @@ def build_project_wheel(dest: Path, root: Path = paths.PROJECT_ROOT) -> Path:
     return dest / built.name
 
 
-def resolve(requirements: Sequence[str], python: str | None, find_links: Sequence[Path] = (),
-            offline: bool = False) -> list[Wheel]:
-    """pip's resolution of `requirements` for CPython `python` on manylinux x86_64 (None: this interpreter, sdists
-    allowed), as pip's installation report lists it. `offline`: --no-index, only `find_links` (no pip config)."""
+def _pip_report(requirements: Sequence[str], python: str | None, find_links: Sequence[Path], offline: bool,
+                excluded: Sequence[Wheel] = ()) -> list[Wheel]:
+    """One `pip install --dry-run --report` resolution (see `resolve`); `excluded` versions are ruled out by a
+    constraints file (name!=version)."""
     with tempfile.TemporaryDirectory(prefix="sennet-resolve-") as tmp:
-        report = Path(tmp) / "report.json"
+        report, constraints = Path(tmp) / "report.json", Path(tmp) / "excluded.txt"
+        constraints.write_text("".join(f"{w.name}!={w.version}\n" for w in excluded))
         args = ["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-                *[a for d in find_links for a in ("--find-links", str(d))]]
+                "-c", str(constraints), *[a for d in find_links for a in ("--find-links", str(d))]]
         if python is not None:
             args += [*target_args(python), "--target", str(Path(tmp) / "target")]
         if offline:
@@ -398,9 +432,36 @@ def resolve(requirements: Sequence[str], python: str | None, find_links: Sequenc
         target = f"CPython {python}" if python else "this interpreter"
         _pip(*args, *requirements, what=f"resolving {', '.join(requirements)} for {target} {where}",
              env=offline_pip_env() if offline else None)
-        items = json.loads(report.read_text())["install"]
-    return [Wheel(canonical(i["metadata"]["name"]), i["metadata"]["version"],
-                  i["download_info"]["url"].rsplit("/", 1)[-1], i["download_info"]["url"]) for i in items]
+        return [Wheel.from_report(i) for i in json.loads(report.read_text())["install"]]
+
+
+def resolve(requirements: Sequence[str], python: str | None, find_links: Sequence[Path] = (),
+            offline: bool = False, tries: int = RESOLVE_TRIES) -> list[Wheel]:
+    """pip's resolution of `requirements` for CPython `python` on manylinux x86_64 (None: this interpreter, sdists
+    allowed), as pip's installation report lists it. `offline`: --no-index, only `find_links` (no pip config).
+
+    pip 23's `install --python-version` checks a distribution's Requires-Python metadata against the running
+    interpreter, not the target: only a link's data-requires-python (which find-links folders and flat indexes lack)
+    protects the target. So every version whose metadata rules out `python` is excluded and pip resolves again."""
+    excluded: list[Wheel] = []
+    for _ in range(tries):
+        try:
+            wheels = _pip_report(requirements, python, find_links, offline, excluded)
+        except BundleError as exc:
+            if not excluded:
+                raise
+            raise BundleError(f"CPython {python} is ruled out by the Requires-Python of {_listed(excluded)}; "
+                              f"without those versions, {exc}") from None
+        wrong = [w for w in wheels if python is not None and not w.admits(python)]
+        if not wrong:
+            return wheels
+        excluded += wrong
+    raise BundleError(f"resolving {', '.join(requirements)} for CPython {python}: after {tries} tries pip still "
+                      f"picks versions whose Requires-Python rules it out: {_listed(wrong)}")
+
+
+def _listed(wheels: Sequence[Wheel]) -> str:
+    return ", ".join(f"{w.name} {w.version} ({w.requires_python})" for w in wheels)
 
 
 def build_sdists(requirements: Sequence[str], cache: Path, log=print) -> list[str]:
@@ -412,7 +473,7 @@ def build_sdists(requirements: Sequence[str], cache: Path, log=print) -> list[st
             continue
         log(f"  building a wheel from the sdist {wheel.file}")
         with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
-            _pip("wheel", "--no-deps", "--wheel-dir", tmp, f"{wheel.name}=={wheel.version}",
+            _pip("wheel", "--no-deps", "--wheel-dir", tmp, wheel.download_url,
                  what=f"building a wheel from {wheel.file}")
             (path,) = Path(tmp).glob("*.whl")
             if not path.name.endswith("-none-any.whl"):
@@ -424,8 +485,20 @@ def build_sdists(requirements: Sequence[str], cache: Path, log=print) -> list[st
 
 
 def _lock_path(cache: Path, requirements: Sequence[str], python: str) -> Path:
-    key = hashlib.sha1(json.dumps([sorted(requirements), python, PLATFORMS]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([sorted(requirements), python, PLATFORMS, LOCK_FORMAT]).encode()).hexdigest()[:12]
     return cache / "locks" / f"cp{python.replace('.', '')}-{key}.json"
+
+
+def download(wheels: Sequence[Wheel], python: str, cache: Path) -> None:
+    """The very files pip resolved for CPython `python` (their URLs, hash-checked where the report gave a hash) into
+    `cache`: a `name==version` lookup could pick another file, e.g. one built for another Python."""
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+        _pip("download", "--no-deps", "--dest", tmp, *target_args(python), *[w.download_url for w in wheels],
+             what=f"downloading wheels for CPython {python}")
+        for w in wheels:
+            if not (Path(tmp) / w.file).is_file():
+                raise BundleError(f"pip download for CPython {python} gave no {w.file}")
+            os.replace(Path(tmp) / w.file, cache / w.file)
 
 
 def wheel_sets(requirements: Sequence[str], pythons: Sequence[str], cache: Path, refresh: bool = False,
@@ -455,25 +528,21 @@ def wheel_sets(requirements: Sequence[str], pythons: Sequence[str], cache: Path,
         wanted = [w for w in sets[python] if not IMAGE_ONLY.match(w.name) and not (cache / w.file).is_file()]
         if wanted:
             log(f"  CPython {python}: downloading {len(wanted)} wheels into {cache} ...")
-            with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
-                _pip("download", "--no-deps", "--dest", tmp, *target_args(python),
-                     *[f"{w.name}=={w.version}" for w in wanted], what=f"downloading wheels for CPython {python}")
-                for w in wanted:
-                    if not (Path(tmp) / w.file).is_file():
-                        raise BundleError(f"pip download for CPython {python} gave no {w.file}")
-                    os.replace(Path(tmp) / w.file, cache / w.file)
+            download(wanted, python, cache)
             downloaded += [w.file for w in wanted]
         lock.parent.mkdir(exist_ok=True)
         _write_json(lock, [w.__dict__ for w in sets[python]])
     return sets, downloaded
 
 
-def stand_in_wheel(folder: Path, name: str, version: str) -> Path:
-    """An empty wheel `name==version` without dependencies: the image's torch & co. in an offline resolution."""
+def stand_in_wheel(folder: Path, name: str, version: str, metadata: Sequence[str] = ()) -> Path:
+    """An empty wheel `name==version`: the image's torch & co. in an offline resolution (or a test's package, with
+    more METADATA lines in `metadata`, e.g. "Requires-Python: >=3.11", "Requires-Dist: torch")."""
     stem = f"{re.sub(r'[-.]+', '_', name)}-{version}"
     path = folder / f"{stem}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(f"{stem}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        zf.writestr(f"{stem}.dist-info/METADATA", "".join(
+            f"{line}\n" for line in ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", *metadata]))
         zf.writestr(f"{stem}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: sennet\nRoot-Is-Purelib: true\n"
                                                "Tag: py3-none-any\n")
         zf.writestr(f"{stem}.dist-info/RECORD", "")
