@@ -64,8 +64,9 @@ ablation: setup
 	$(PY) benchmarks/ablation.py $(ABLATION_ARGS)
 
 # The Kaggle bundle in outputs/kaggle: notebooks 02/03 ready to push (2 x T4, internet off) and the offline wheels
-# dataset (the project's wheel + CPython 3.10/3.11/3.12 sets; cached in outputs/kaggle-wheel-cache).
-# KAGGLE_USER=<your Kaggle user name>; KAGGLE_ARGS for more (e.g. "--python 3.13", "--refresh").
+# dataset (the project's wheel + CPython 3.12 and 3.11 sets, Kaggle's image and the one before; cached in
+# outputs/kaggle-wheel-cache). KAGGLE_USER=<your Kaggle user name>; KAGGLE_ARGS for more (e.g. "--python 3.10", which
+# replaces the default Pythons: "--python 3.12 --python 3.11 --python 3.10" for all three; "--refresh").
 KAGGLE_USER ?= your-kaggle-username
 kaggle: setup
 	$(PY) -m lib.runs.kaggle --out outputs/kaggle --user $(KAGGLE_USER) $(KAGGLE_ARGS)

@@ -5,8 +5,8 @@
 
     <out>/datasets/wheels/     dataset-metadata.json + sennet-wheels.json (manifest) + *.whl: this project as a
                                wheel (without the stand-ins lib/dev and the tooling lib/runs) and, for each
-                               supported CPython (3.10, 3.11, 3.12; manylinux x86_64), everything it needs beyond
-                               the Kaggle image's torch (pure-Python wheels once)
+                               CPython (default 3.12 and 3.11; --python 3.10 etc.; manylinux x86_64), everything
+                               it needs beyond the Kaggle image's torch (pure-Python wheels once)
     <out>/datasets/model/      only with --model-dir: a trained model folder (plans.json, fold_0/checkpoint_final.pth)
     <out>/datasets/pretrained/ only with --pretrained: the nnU-Net v1 Task008_HepaticVessel archive
     <out>/kernels/train/       kernel-metadata.json + 02_train.ipynb
@@ -74,8 +74,9 @@ IMAGE_ONLY = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.
 # tooling (papermill pipeline, this builder). Nothing notebooks 02/03 run on Kaggle imports them.
 NOT_SHIPPED = ("dev", "runs")
 
-# The Kaggle runtimes the wheels are for: CPython on manylinux x86_64, glibc up to Ubuntu 22.04's 2.35.
-PYTHONS = ("3.10", "3.11", "3.12")
+# The Kaggle runtimes the wheels are for: CPython on manylinux x86_64, glibc up to Ubuntu 22.04's 2.35. Kaggle's GPU
+# image moved to 3.12 in December 2025 (3.11 before); older Pythons with --python.
+PYTHONS = ("3.12", "3.11")
 GLIBC_MAX = 35
 PLATFORMS = ([f"manylinux_2_{m}_x86_64" for m in range(GLIBC_MAX, 16, -1)]
              + ["manylinux2014_x86_64", "manylinux_2_12_x86_64", "manylinux2010_x86_64", "manylinux_2_5_x86_64",
