@@ -1,7 +1,9 @@
 """The Kaggle wheel sets (lib.runs.kaggle) per target Python: pip 23 checks a distribution's Requires-Python
 metadata against the running interpreter, not the target of --python-version, so a find-links folder or a flat
 index (links without data-requires-python) hands a target Python versions that it cannot install. The resolution
-must exclude those, and the download must fetch exactly the resolved files.
+must exclude those, and the download must fetch exactly the resolved files. pip 23 also evaluates dependency
+markers (`python_version < "3.11"`) for the running interpreter: each set must get what the target's markers ask for,
+and only that.
 
 Offline tests use hand-made wheels in a find-links folder; the slow one resolves and downloads real wheels (PyPI,
 through pip's configuration) into an empty cache.
@@ -148,3 +150,82 @@ def test_fresh_cache_gives_each_python_the_tifffile_it_can_install(tmp_path: Pat
         assert spec.contains(f"{python}.0", prereleases=True), (python, tifffile.file, spec)
         assert f"-cp{python.replace('.', '')}-" in picked[python]["numpy"].file
     assert picked["3.10"]["tifffile"].version != picked["3.12"]["tifffile"].version
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dependency markers: pip 23 evaluates `python_version < "3.11"` & co. for the interpreter running it (3.11), not
+# the target; each set must be what pip on the target Python would install.
+# ----------------------------------------------------------------------------------------------------------
+
+# root needs dep-old below 3.11 (which needs dep-older below 3.11: a second round), dep-new from 3.12 on, dep-eleven
+# on 3.11 only (pip's own Python: the other targets drop it), and dep-any everywhere.
+MARKED = {"root": ['dep-old; python_version < "3.11"', 'dep-new; python_version >= "3.12"',
+                   'dep-eleven; python_version == "3.11"', "dep-any"],
+          "dep-old": ['dep-older; python_version < "3.11"'], "dep-older": [], "dep-new": [], "dep-eleven": [],
+          "dep-any": []}
+EXPECTED_MARKED = {"3.10": {"root", "dep-any", "dep-old", "dep-older"}, "3.11": {"root", "dep-any", "dep-eleven"},
+                   "3.12": {"root", "dep-any", "dep-new"}}
+
+
+def _marked_folder(folder: Path, skip: tuple[str, ...] = ()) -> Path:
+    """A find-links folder holding MARKED's packages (1.0 each) but those in `skip`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, requires in MARKED.items():
+        if name not in skip:
+            kaggle.stand_in_wheel(folder, name, "1.0", [f"Requires-Dist: {r}" for r in requires])
+    return folder
+
+
+def _item(name: str, version: str = "1.0", *requires_dist: str) -> dict:
+    """An `install` item of pip's report, as far as `target_gaps` reads it."""
+    return {"metadata": {"name": name, "version": version, "requires_dist": list(requires_dist)}}
+
+
+def test_target_gaps_evaluates_markers_for_the_target() -> None:
+    """The walk from the roots, with each marker evaluated for the target: python_version and python_full_version
+    (X.Y.0), extras asked along the way (also under a marker), the specifiers of all requirers together; a package
+    pip keeps only for its own Python is unreachable."""
+    items = [_item("Root", "1.0", 'Dep_Old[Fast]>=1; python_version < "3.11"',
+                   'tomli>=1.1; python_full_version < "3.11.0a7"', "dep-any", 'dep-eleven; python_version == "3.11"'),
+             _item("dep-any", "2.0", 'typing-extensions>=4.6; python_version < "3.13"'),
+             _item("dep-eleven"), _item("typing-extensions", "4.5")]
+    missing, unreachable = kaggle.target_gaps(items, ["root", 'exceptiongroup; python_version < "3.11"'], "3.10")
+    assert missing == {"dep-old": "dep-old[fast]>=1", "tomli": "tomli>=1.1", "exceptiongroup": "exceptiongroup",
+                       "typing-extensions": "typing-extensions>=4.6"}
+    assert unreachable == {"dep-eleven"}
+    items += [_item("dep-old", "1.0", 'speedup; extra == "fast" and python_version < "3.11"', "plain; extra == 'other'")]
+    missing, _ = kaggle.target_gaps(items, ["root"], "3.10")
+    assert "speedup" in missing and "plain" not in missing
+    assert kaggle.target_gaps(items, ["root"], "3.12") == ({"typing-extensions": "typing-extensions>=4.6"},
+                                                          {"dep-eleven", "dep-old"})
+    assert kaggle.target_gaps(items[:3], ["root"], "3.13") == ({}, {"dep-eleven"})
+
+
+@pytest.mark.parametrize("python", sorted(EXPECTED_MARKED))
+def test_dependency_markers_are_evaluated_for_the_target_python(tmp_path: Path, python: str) -> None:
+    """pip (3.11) alone gives every target root, dep-any and dep-eleven; 3.10 needs dep-old and dep-older instead of
+    dep-eleven, 3.12 dep-new."""
+    folder = _marked_folder(tmp_path / "links")
+    resolved = {w.name for w in kaggle.resolve(["root"], python, [folder], offline=True)}
+    assert resolved == EXPECTED_MARKED[python]
+
+
+def test_wheel_sets_download_only_what_the_target_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dep-eleven (pip's own Python only) is neither in the 3.12 set nor downloaded; dep-new is."""
+    _index_only(monkeypatch, _marked_folder(tmp_path / "links"))
+    sets, downloaded = kaggle.wheel_sets(["root"], ["3.12"], tmp_path / "cache", log=lambda msg: None)
+    assert {w.name for w in sets["3.12"]} == EXPECTED_MARKED["3.12"]
+    assert sorted(downloaded) == sorted(p.name for p in (tmp_path / "cache").glob("*.whl")) == sorted(
+        w.file for w in sets["3.12"])
+
+
+def test_completeness_check_judges_markers_for_the_target_python(tmp_path: Path) -> None:
+    """A folder lacking dep-old is incomplete for 3.10 (pip 3.11 alone would not notice), and names it; it serves
+    3.11 and 3.12."""
+    folder = _marked_folder(tmp_path / "links", skip=("dep-old",))
+    with pytest.raises(kaggle.BundleError, match=r"the CPython 3\.10 set is incomplete: CPython 3\.10 needs dep-old, "
+                                                 r"which pip skips .*dep-old"):
+        kaggle.check_complete(folder, ["root"], "3.10", {})
+    assert set(kaggle.check_complete(folder, ["root"], "3.12", {})) == EXPECTED_MARKED["3.12"]
+    assert set(kaggle.check_complete(folder, ["root"], "3.11", {})) == EXPECTED_MARKED["3.11"]

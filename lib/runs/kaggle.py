@@ -23,9 +23,11 @@ wheels dataset; pip keeps every package the image already has at a version withi
 the rest, and never replaces the image's torch (a constraint pins it to the installed version).
 
 Wheels: pip's own resolver picks the set for each Python (`pip install --dry-run --report` with `--python-version`,
-`--platform`, `--only-binary=:all:`) from the ranges in pyproject.toml; versions whose Requires-Python metadata
-rules the target out are excluded and pip resolves again (pip 23 checks that metadata against the running
-interpreter only). Exactly the resolved files are downloaded (their URLs, hash-checked); torch, torchvision, triton,
+`--platform`, `--only-binary=:all:`) from the ranges in pyproject.toml, made what pip on that Python would install:
+pip 23 judges Requires-Python metadata and dependency markers (`python_version < "3.11"`) for the running
+interpreter only, so versions whose Requires-Python rules the target out are excluded, what the target's markers
+ask for and the set lacks is added, and pip resolves again; what no requirement of the target reaches is left out.
+Exactly the resolved files are downloaded (their URLs, hash-checked); torch, torchvision, triton,
 nvidia-* and cuda-* are never bundled. The resolved sets are kept in the download cache
 (`outputs/kaggle-wheel-cache/locks`), so a rebuild is offline until `--refresh`. Pure-Python packages published only
 as sdists are built into wheels there (`pip wheel --no-deps`). After assembly each Python's set is resolved again
@@ -50,6 +52,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import tomllib
+from packaging.markers import default_environment
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from lib import inputs, paths
@@ -84,8 +88,10 @@ PLATFORMS = ([f"manylinux_2_{m}_x86_64" for m in range(GLIBC_MAX, 16, -1)]
 # Kaggle's accelerators as kernel-metadata.json names them: NvidiaTeslaT4 is "GPU T4 x2".
 MACHINE_SHAPE = "NvidiaTeslaT4"
 DOCKER_PINNING = "original"  # a notebook that worked keeps the image it ran on
-LOCK_FORMAT = 2  # 2: resolutions checked against Requires-Python (format 1 locks may hold wrong versions)
-RESOLVE_TRIES = 10  # resolutions per Python, each excluding the versions whose Requires-Python rules it out
+# 2: resolutions checked against Requires-Python (format 1 locks may hold wrong versions); 3: dependency markers
+# evaluated for the target (format 2 locks may miss what a marker gives the target or hold what it does not).
+LOCK_FORMAT = 3
+RESOLVE_TRIES = 10  # resolutions per Python, each excluding what Requires-Python rules out and adding what markers ask
 
 
 class BundleError(RuntimeError):
@@ -359,7 +365,70 @@ class Wheel:
             spec = SpecifierSet(self.requires_python)
         except InvalidSpecifier:
             return True
-        return spec.contains(".".join((python.split(".") + ["0", "0"])[:3]), prereleases=True)
+        return spec.contains(full_version(python), prereleases=True)
+
+
+def full_version(python: str) -> str:
+    """CPython `python` ("3.10") as pip's --python-version takes it: "3.10.0"."""
+    return ".".join((python.split(".") + ["0", "0"])[:3])
+
+
+def target_environment(python: str) -> dict[str, str]:
+    """The environment markers are evaluated in for CPython `python` ("3.10", taken as 3.10.0, as `Wheel.admits`
+    takes it) on manylinux x86_64: packaging's default environment with the target's Python and platform."""
+    env = dict(default_environment())
+    env.update(python_version=python, python_full_version=full_version(python),
+               implementation_version=full_version(python), implementation_name="cpython",
+               platform_python_implementation="CPython", sys_platform="linux", platform_system="Linux",
+               platform_machine="x86_64", os_name="posix")
+    return env
+
+
+def _needed(lines: Sequence[str], extras: frozenset[str], who: str, env: Mapping[str, str]) -> list[Requirement]:
+    """The requirements among `lines` (Requires-Dist lines of `who`) whose markers hold in `env`, without an extra or
+    with one of `extras` (the extras asked of `who`)."""
+    needed = []
+    for line in lines:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement as exc:
+            raise BundleError(f"{who}: invalid requirement {line!r}: {exc}") from None
+        if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in ("", *sorted(extras))):
+            needed.append(req)
+    return needed
+
+
+def target_gaps(items: Sequence[Mapping], requirements: Sequence[str], python: str) -> tuple[dict[str, str], set[str]]:
+    """How a resolution (`items`: the `install` items of pip's report) differs from what CPython `python` needs.
+
+    pip 23 evaluates dependency markers (`python_version < "3.11"`, ...) for the interpreter running it, not the
+    target. Here `requirements` (the roots) and each reached item's `metadata.requires_dist` are evaluated for the
+    target (`target_environment`; `extra` for each extra asked of the item), walking from the roots. Returns
+    ({name: requirement for pip, e.g. "tomli>=1.1"} of what the target needs that `items` lack or hold at a version
+    outside the needed range, {names of the items that no requirement of the target reaches})."""
+    env = target_environment(python)
+    by_name = {canonical(i["metadata"]["name"]): i for i in items}
+    extras: dict[str, set[str]] = {}  # name reached -> the extras asked of it
+    asked: dict[str, list[Requirement]] = {}  # name reached -> the requirements reaching it
+    todo: list[tuple[Sequence[str], frozenset[str], str]] = [(requirements, frozenset(), "the requirements")]
+    while todo:
+        for req in _needed(*todo.pop(), env):
+            name, wanted = canonical(req.name), {canonical(e) for e in req.extras}
+            asked.setdefault(name, []).append(req)
+            if name in extras and wanted <= extras[name]:
+                continue
+            extras.setdefault(name, set()).update(wanted)
+            if name in by_name:
+                metadata = by_name[name]["metadata"]
+                todo.append((metadata.get("requires_dist") or [], frozenset(extras[name]), f"{name} {metadata['version']}"))
+    missing = {}
+    for name, reqs in asked.items():
+        spec = SpecifierSet()
+        for req in reqs:
+            spec &= req.specifier
+        if name not in by_name or not spec.contains(by_name[name]["metadata"]["version"], prereleases=True):
+            missing[name] = name + (f"[{','.join(sorted(extras[name]))}]" if extras[name] else "") + str(spec)
+    return missing, set(by_name) - set(asked)
 
 
 def project_dependencies(pyproject: Path = PYPROJECT) -> tuple[str, str, list[str]]:
@@ -417,9 +486,9 @@ def build_project_wheel(dest: Path, root: Path = paths.PROJECT_ROOT) -> Path:
 
 
 def _pip_report(requirements: Sequence[str], python: str | None, find_links: Sequence[Path], offline: bool,
-                excluded: Sequence[Wheel] = ()) -> list[Wheel]:
-    """One `pip install --dry-run --report` resolution (see `resolve`); `excluded` versions are ruled out by a
-    constraints file (name!=version)."""
+                excluded: Sequence[Wheel] = ()) -> list[dict]:
+    """One `pip install --dry-run --report` resolution (see `resolve`): the report's `install` items; `excluded`
+    versions are ruled out by a constraints file (name!=version)."""
     with tempfile.TemporaryDirectory(prefix="sennet-resolve-") as tmp:
         report, constraints = Path(tmp) / "report.json", Path(tmp) / "excluded.txt"
         constraints.write_text("".join(f"{w.name}!={w.version}\n" for w in excluded))
@@ -433,32 +502,59 @@ def _pip_report(requirements: Sequence[str], python: str | None, find_links: Seq
         target = f"CPython {python}" if python else "this interpreter"
         _pip(*args, *requirements, what=f"resolving {', '.join(requirements)} for {target} {where}",
              env=offline_pip_env() if offline else None)
-        return [Wheel.from_report(i) for i in json.loads(report.read_text())["install"]]
+        return json.loads(report.read_text())["install"]
 
 
 def resolve(requirements: Sequence[str], python: str | None, find_links: Sequence[Path] = (),
             offline: bool = False, tries: int = RESOLVE_TRIES) -> list[Wheel]:
     """pip's resolution of `requirements` for CPython `python` on manylinux x86_64 (None: this interpreter, sdists
-    allowed), as pip's installation report lists it. `offline`: --no-index, only `find_links` (no pip config).
+    allowed), as pip's installation report lists it, made what pip on that Python would install. `offline`:
+    --no-index, only `find_links` (no pip config).
 
-    pip 23's `install --python-version` checks a distribution's Requires-Python metadata against the running
-    interpreter, not the target: only a link's data-requires-python (which find-links folders and flat indexes lack)
-    protects the target. So every version whose metadata rules out `python` is excluded and pip resolves again."""
+    pip 23's `install --python-version` judges two things for the interpreter running it, not the target:
+    - Requires-Python metadata (only a link's data-requires-python, which find-links folders and flat indexes lack,
+      protects the target): every version whose metadata rules out `python` is excluded and pip resolves again;
+    - dependency markers (`target_gaps`): what the target needs and the resolution lacks is added as a top-level
+      requirement and pip resolves again; what no requirement of the target reaches is left out of the result."""
     excluded: list[Wheel] = []
+    needs: dict[str, str] = {}  # name -> requirement added for the target's markers
     for _ in range(tries):
-        try:
-            wheels = _pip_report(requirements, python, find_links, offline, excluded)
-        except BundleError as exc:
-            if not excluded:
-                raise
-            raise BundleError(f"CPython {python} is ruled out by the Requires-Python of {_listed(excluded)}; "
-                              f"without those versions, {exc}") from None
-        wrong = [w for w in wheels if python is not None and not w.admits(python)]
-        if not wrong:
+        items = _resolution(requirements, python, find_links, offline, excluded, needs)
+        wheels = [Wheel.from_report(i) for i in items]
+        if python is None:
             return wheels
-        excluded += wrong
+        missing, unreachable = target_gaps(items, requirements, python)
+        wheels = [w for w in wheels if w.name not in unreachable]
+        wrong = [w for w in wheels if not w.admits(python)]
+        if wrong:
+            excluded += wrong
+        elif missing:
+            needs.update(missing)
+        else:
+            return wheels
+    problem = (f"picks versions whose Requires-Python rules it out: {_listed(wrong)}" if wrong else
+               f"misses what CPython {python} needs: {', '.join(missing.values())}")
     raise BundleError(f"resolving {', '.join(requirements)} for CPython {python}: after {tries} tries pip still "
-                      f"picks versions whose Requires-Python rules it out: {_listed(wrong)}")
+                      f"{problem}")
+
+
+def _resolution(requirements: Sequence[str], python: str | None, find_links: Sequence[Path], offline: bool,
+                excluded: Sequence[Wheel], needs: Mapping[str, str]) -> list[dict]:
+    """`_pip_report` with the requirements `needs` adds; its error says what `resolve` added and excluded."""
+    try:
+        return _pip_report([*requirements, *needs.values()], python, find_links, offline, excluded)
+    except BundleError as exc:
+        reasons = []
+        if needs:
+            reasons.append(f"CPython {python} needs {', '.join(needs.values())}, which pip skips (it evaluates "
+                           f"dependency markers for the Python running it, {sys.version_info[0]}."
+                           f"{sys.version_info[1]})")
+        if excluded:
+            reasons.append(f"CPython {python} is ruled out by the Requires-Python of {_listed(excluded)}")
+        if not reasons:
+            raise
+        raise BundleError(f"{'; '.join(reasons)}; {'without those versions' if excluded else 'with those'}, {exc}"
+                          ) from None
 
 
 def _listed(wheels: Sequence[Wheel]) -> str:
