@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import data, inference, inputs, metric, paths, plan, postprocess, submission
+from lib import data, inference, inputs, metric, normalisation, paths, plan, postprocess, submission
 from lib.postprocess import ThresholdRule
 from lib.training import fine_tune
 
@@ -108,6 +108,16 @@ def prepare(model_dir: str | Path | Sequence[str | Path] | None, threshold: floa
     return Settings(models, dirs, mode, targets, rule, stored, table)
 
 
+def intensity_table(models: Sequence[inference.Model], groups: Mapping[str, data.Group], progress: bool = True
+                    ) -> pd.DataFrame:
+    """Each kidney's raw intensity statistics (one streaming pass each, kept for its prediction), every kidney
+    checked to keep contrast under the models' normalisation before any prediction: NoContrastError naming it."""
+    stats = normalisation.check_kidneys(list(groups.values()), [m.intensity for m in models], progress)
+    table = pd.DataFrame(stats).T.rename_axis("kidney")
+    table.insert(0, "normalisation", models[0].normalisation)
+    return table
+
+
 def tune_threshold(model: inference.Model | Sequence[inference.Model], group: data.Group, rule: ThresholdRule,
                    scratch: Path, tile_step: float = 0.5, tta: bool | str = True, resample: bool = True,
                    progress: bool = True, devices: Sequence[str] | None = None) -> Tuning:
@@ -135,7 +145,9 @@ def predict_kidneys(model: inference.Model | Sequence[inference.Model], groups: 
         mask, stats = postprocess.segment(probs, cut, scratch / "masks" / f"{name}.npy", min_component_size,
                                           progress=progress)
         rows = submission.group_rows(group, mask)
-        stats.update(slices=group.shape[0], seconds=time.perf_counter() - start)
+        raw = normalisation.kidney_statistics(group)  # computed before the prediction, cached
+        stats.update(slices=group.shape[0], seconds=time.perf_counter() - start,
+                     **{f"raw_{k}": raw[k] for k in ("percentile_00_5", "percentile_99_5", "mean", "std")})
         yield KidneyPrediction(name, group, mask, rows, stats)
 
 
@@ -180,6 +192,7 @@ def predict_submission(model_dir: str | Path | Sequence[str | Path] | None, data
     tests = data.select_groups({n: g for n, g in groups.items() if g.split == "test"}, test_groups)
     submission.expected_ids(root, tests)  # no test slice or a bad sample_submission.csv: fail before the model loads
     settings = prepare(model_dir, threshold, tta, device, devices, budget_hours, tile_step, resample)
+    intensity_table(settings.models, tests, progress=False)  # a kidney without contrast: stop before predicting
     out.mkdir(parents=True, exist_ok=True)
     if settings.runtime_plan is not None:
         settings.runtime_plan.to_csv(out / "runtime_plan.csv", index=False)

@@ -10,7 +10,8 @@ default half-patch step (+ the network and one batch of patches), whatever the n
 Two classes means softmax = sigmoid(logit_vessel - logit_background), and Gaussian averaging is linear, so
 one channel (the logit difference) is accumulated instead of two.
 
-Pipeline per kidney (each stage a generator of 2D slices): read -> CT-normalise -> resample to the training
+Pipeline per kidney (each stage a generator of 2D slices): read -> normalise (`lib.normalisation`: the kidney's
+own statistics, or the training set's) -> resample to the training
 spacing (optional) -> sliding window -> resample back -> float16/uint8 memmap on disk.
 
 Test-time augmentation (`tta`): "none", "flips" (nnU-Net's mirroring; True/False are aliases of flips/none),
@@ -39,7 +40,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lib import data
+from lib import data, normalisation
 from lib.model.network import CONFIGURATION, build_network, resolve_device
+from lib.normalisation import normalize
 from lib.volume import chunks, save_slices
 
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
@@ -78,11 +80,12 @@ class Model:
     plans: dict
     patch_size: tuple[int, int, int]
     spacing_mm: tuple[float, float, float]
-    intensity: dict  # CT normalisation statistics of the training data (channel 0)
+    intensity: dict | None  # what `normalize` uses: the training set's statistics, or (None) each kidney's own
     mirror_axes: tuple[int, ...]
     device: torch.device
     model_dir: Path | None = None
     checkpoint: dict = field(default_factory=dict)  # file, epoch, mtime: identifies the weights
+    normalisation: str = "dataset"  # lib.normalisation.SCHEMES, as the plans record it
 
 
 class ModelFolderError(RuntimeError):
@@ -201,17 +204,23 @@ def from_network(network: torch.nn.Module, plans: dict, device: str | torch.devi
             digest.update(key.encode())
             digest.update(tensor.detach().cpu().numpy().tobytes())
         checkpoint = {"weights_sha1": digest.hexdigest()}
-    return Model(network, plans, tuple(config["patch_size"]), tuple(config["spacing"]),
-                 plans["foreground_intensity_properties_per_channel"]["0"], tuple(mirror_axes), device,
-                 model_dir, checkpoint)
+    scheme = normalisation.scheme_of(plans)
+    intensity = plans["foreground_intensity_properties_per_channel"]["0"] if scheme == "dataset" else None
+    return Model(network, plans, tuple(config["patch_size"]), tuple(config["spacing"]), intensity,
+                 tuple(mirror_axes), device, model_dir, checkpoint, scheme)
 
 
-def normalize(image: np.ndarray, intensity: dict) -> np.ndarray:
-    """nnU-Net's CTNormalization: clip to the foreground 0.5/99.5 percentiles, z-score with foreground stats."""
-    out = np.clip(image.astype(np.float32), intensity["percentile_00_5"], intensity["percentile_99_5"])
-    out -= np.float32(intensity["mean"])
-    out /= np.float32(max(intensity["std"], 1e-8))
-    return out
+def for_kidney(models: Sequence[Model], group: normalisation.Volume, progress: bool = False
+               ) -> tuple[list[Model], dict]:
+    """The models ready to normalise `group`: "kidney" models get its own statistics (one streaming pass, cached);
+    every model's normalisation is checked to leave the kidney some contrast (NoContrastError naming it otherwise).
+    Returns the models and what records the normalisation with the kidney's outputs."""
+    stats = normalisation.kidney_statistics(group, progress)
+    for model in models:
+        normalisation.check_contrast(group.name, stats, model.intensity)
+    if models[0].normalisation == "dataset":
+        return list(models), {"scheme": "dataset"}
+    return [replace(m, intensity=stats) for m in models], {"scheme": "kidney", **stats}
 
 
 def resample_input_range(z_in: int, z_out: int, start: int, stop: int) -> tuple[int, int]:
@@ -320,8 +329,8 @@ def _plan_signature(model: Model) -> dict:
     if model.model_dir is not None and (Path(model.model_dir) / "dataset.json").is_file():
         labels = json.loads((Path(model.model_dir) / "dataset.json").read_text()).get("labels")
     return {"patch": list(model.patch_size), "spacing": [round(s, 9) for s in model.spacing_mm],
-            "normalisation": {k: model.intensity.get(k) for k in ("mean", "std", "percentile_00_5",
-                                                                  "percentile_99_5")},
+            "normalisation": model.normalisation if model.intensity is None or model.normalisation == "kidney"
+            else {k: model.intensity.get(k) for k in ("mean", "std", "percentile_00_5", "percentile_99_5")},
             "classes": labels}
 
 
@@ -749,7 +758,8 @@ def predict_group(model: Model | Sequence[Model], group: data.Group, out_file: P
         resolve_devices(devices)
     out_file = Path(out_file)
     record = out_file.with_suffix(".json")
-    settings = {"group": group.name, "shape": list(group.shape),
+    models, normalised = for_kidney(models, group, progress)
+    settings = {"group": group.name, "shape": list(group.shape), "normalisation": normalised,
                 "model": models[0].checkpoint if len(models) == 1 else [m.checkpoint for m in models],
                 "tile_step": tile_step, "tta": tta, "dtype": dtype,  # resampling is in the shape: none == a no-op
                 "model_space_shape": list(model_space_shape(group.shape, group.voxel_um, models[0], resample))}

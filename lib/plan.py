@@ -68,8 +68,10 @@ def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> 
     inference._predict_logit_difference(model, x, False)  # warm-up (kernel selection, lazy initialisation)
     tile = timed(lambda: inference._predict_logit_difference(model, x, False))
     rng = np.random.default_rng(0)
-    intensity = model.intensity
-    volume = rng.normal(intensity["mean"], intensity["std"], model.patch_size).astype(np.float32)
+    if model.intensity is None:  # "kidney": the block's own statistics normalise it
+        volume = rng.integers(10_000, 30_000, model.patch_size, dtype=np.uint16)
+    else:
+        volume = rng.normal(model.intensity["mean"], model.intensity["std"], model.patch_size).astype(np.float32)
     block = inference.ArrayGroup("calibration", volume)
     voxels = block.volume.size
     with tempfile.TemporaryDirectory(prefix="sennet-plan-") as tmp:

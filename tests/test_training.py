@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from lib import data, inference, paths
+from lib import data, inference, normalisation, paths
 from lib.dev import v1_checkpoint
 from lib.model import architectures, convert_v1, network
 from lib.training import fine_tune, nnunet_dataset, trainer
@@ -106,8 +106,11 @@ def test_warmup_then_poly_schedule() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["kidney", "dataset"])
 def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                monkeypatch: pytest.MonkeyPatch, scheme: str) -> None:
+    """The hepatic weights load, every tensor, under either normalisation; the model folder records the scheme and
+    nnU-Net's own predictor opens it."""
     archive = v1_checkpoint.write_v1_archive(tmp_path / "Task008_HepaticVessel.zip",
                                              architectures.variant_plans("tiny"), seed=3)
     arch, weights_file = fine_tune.architecture_plans("tiny", archive, tmp_path / "work")
@@ -118,9 +121,14 @@ def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: 
         torch.testing.assert_close(value, converted[key], rtol=0, atol=0)
     assert loaded["tensors_loaded"] == len(converted) and loaded["heads_loaded"]
 
-    result = fine_tune.train(synthetic_tiny, tmp_path / "run", TrainSettings(pretrained=str(archive), **FAST),
-                            progress=False)
+    result = fine_tune.train(synthetic_tiny, tmp_path / "run",
+                             TrainSettings(pretrained=str(archive), normalisation=scheme, **FAST), progress=False)
     record = json.loads((result.model_dir / "training.json").read_text())
+    assert record["settings"]["normalisation"] == scheme
+    plans = json.loads((result.model_dir / "plans.json").read_text())
+    assert normalisation.scheme_of(plans) == scheme and inference.load_model(result.model_dir).normalisation == scheme
+    assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == [
+        {"kidney": "NoNormalization", "dataset": "CTNormalization"}[scheme]]
     assert record["from_scratch"] is False and record["pretrained"]["tensors_loaded"] == len(converted)
     assert (result.model_dir / "fold_0" / "checkpoint_final.pth").is_file()
     assert len(result.history["train_losses"]) == 2 and np.isfinite(result.history["train_losses"]).all()
@@ -142,8 +150,11 @@ def assert_nnunet_predictor_opens(model_dir: Path, monkeypatch: pytest.MonkeyPat
         "FineTuneTrainer")
     model = inference.load_model(model_dir, "cpu")
     vol = np.random.default_rng(5).normal(20000, 5000, (40, 70, 80)).clip(1, None).astype(np.float32)
-    _, theirs = predictor.predict_single_npy_array(vol[None], {"spacing": list(model.spacing_mm)}, None, None, True)
-    slices = (inference.normalize(s, model.intensity) for s in vol)
+    (bound,), _ = inference.for_kidney([model], inference.ArrayGroup("check", vol))
+    # A "kidney" model folder has nnU-Net's NoNormalization: its predictor expects the kidney already normalised.
+    given = vol if model.normalisation == "dataset" else inference.normalize(vol, bound.intensity)
+    _, theirs = predictor.predict_single_npy_array(given[None], {"spacing": list(model.spacing_mm)}, None, None, True)
+    slices = (inference.normalize(s, bound.intensity) for s in vol)
     mine = np.stack(list(inference.sliding_window(model, slices, vol.shape, tta=False)))
     assert np.abs(mine - theirs[1]).max() < 1e-4
 

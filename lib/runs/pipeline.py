@@ -107,6 +107,11 @@ def check_parameter(name: str, value: object, default: object) -> str | None:
         if not isinstance(value, str) or not DEVICE.match(value):
             return f"takes 'auto', 'cpu', 'cuda', 'cuda:<n>' or 'mps', got {value!r}"
         return _device_problem(value)
+    if name == "normalisation":
+        from lib.normalisation import SCHEMES
+
+        return None if value in SCHEMES else f"takes one of {', '.join(map(repr, SCHEMES))}, got {value!r}" + \
+            suggestion(str(value), SCHEMES)
     if name == "configuration":
         from lib.training.fine_tune import ARCHITECTURES
 

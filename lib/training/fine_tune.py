@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from lib import data, paths
 from lib.model import architectures, convert_v1
 from lib.model.network import CONFIGURATION, resolve_device
+from lib.normalisation import PLANS_KEY, check_scheme, plans_record
 from lib.training import nnunet_dataset
 from lib.training.nnunet_dataset import DATASET_ID, DATASET_NAME
 from lib.training.trainer import NNUNET_SCALE_RANGE, FineTuneTrainer, seed_everything
@@ -63,9 +64,11 @@ class TrainSettings:
     pseudo_label_rounds: int = 0  # fine-tuning rounds on refined sparse labels after the first (0: the seed recipe)
     sparse_label_share: dict[str, float] = field(default_factory=lambda: dict(SPARSE_LABEL_SHARE))
     keep_raw_slabs: bool = False  # False: each raw slab is deleted once nnU-Net has preprocessed it (disk)
+    normalisation: str = "kidney"  # "kidney": each kidney by its own statistics; "dataset": the seed's CTNormalization
 
     def __post_init__(self) -> None:
         """One-line errors for settings that cannot work, before anything is written or trained."""
+        check_scheme(self.normalisation)
         if isinstance(self.pseudo_label_rounds, bool) or not isinstance(self.pseudo_label_rounds, int) \
                 or self.pseudo_label_rounds < 0:
             raise ValueError(f"pseudo_label_rounds must be a whole number >= 0, got {self.pseudo_label_rounds!r}")
@@ -147,9 +150,12 @@ def patch_size_for(arch_plans: dict, device: torch.device, requested: Sequence[i
     return np.minimum(patch, config["patch_size"]).tolist()
 
 
-def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int], batch_size: int) -> dict:
+def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int], batch_size: int,
+                 normalisation: str = "dataset") -> dict:
     """Plans for the kidney dataset: the architecture of `arch_plans` unchanged (so every weight loads),
-    spacing, image size and CT normalisation statistics from the kidney fingerprint."""
+    spacing, image size and intensity statistics from the kidney fingerprint, and the normalisation scheme
+    (recorded under `lib.normalisation.PLANS_KEY`; "kidney" slabs arrive normalised, so nnU-Net's is a no-op)."""
+    record = plans_record(normalisation)
     plans = copy.deepcopy(arch_plans)
     config = plans["configurations"][CONFIGURATION]
     spacing = np.median(np.array(fingerprint["spacings"]), 0).tolist()
@@ -159,11 +165,12 @@ def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int],
         "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": shape,
         "image_reader_writer": "Tiff3DIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
         "foreground_intensity_properties_per_channel": fingerprint["foreground_intensity_properties_per_channel"],
+        PLANS_KEY: {k: v for k, v in record.items() if k != "nnunet_scheme"},
     })
     config.update({
         "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
         "spacing": spacing, "median_image_size_in_voxels": shape, "patch_size": list(patch_size),
-        "batch_size": int(batch_size), "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "batch_size": int(batch_size), "normalization_schemes": [record["nnunet_scheme"]], "use_mask_for_norm": [False],
     })
     return plans
 
@@ -190,13 +197,14 @@ def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_s
     if not own_fingerprint.is_file():
         DatasetFingerprintExtractor(DATASET_ID, num_processes=1).run(overwrite_existing=True)
     fingerprint = json.loads(own_fingerprint.read_text())
-    plans = kidney_plans(arch_plans, fingerprint, patch_size, batch_size)
+    raw = Path(os.environ["nnUNet_raw"]) / DATASET_NAME
+    scheme = json.loads((raw / "conversion.json").read_text()).get("normalisation", "dataset")
+    plans = kidney_plans(arch_plans, fingerprint, patch_size, batch_size, scheme)
     plans_file = folder / f"{PLANS_NAME}.json"
     done = folder / f"{PLANS_NAME}_{CONFIGURATION}"
     if plans_file.is_file() and json.loads(plans_file.read_text()) != plans and done.exists():
         shutil.rmtree(done)  # preprocessed with other plans: stale
     plans_file.write_text(json.dumps(plans, indent=2))
-    raw = Path(os.environ["nnUNet_raw"]) / DATASET_NAME
     dataset_json = json.loads((raw / "dataset.json").read_text())
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))  # nnU-Net's trainer reads it here
     (folder / "splits_final.json").write_text(json.dumps(nnunet_dataset.splits(cases), indent=2))
@@ -261,7 +269,8 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     seed_everything(settings.seed)
 
     table = nnunet_dataset.write_raw_dataset(data_dir, work_dir, settings.train_groups, settings.val_group,
-                                             settings.slab_depth, progress=progress, label_dirs=label_dirs)
+                                             settings.slab_depth, progress=progress, label_dirs=label_dirs,
+                                             normalisation=settings.normalisation)
     cases = nnunet_dataset.read_cases(work_dir)
     arch, weights = architecture_plans(settings.configuration, settings.pretrained, work_dir)
     patch = patch_size_for(arch, device, settings.patch_size)

@@ -27,6 +27,7 @@ import tifffile
 from tqdm.auto import tqdm
 
 from lib import data
+from lib.normalisation import check_kidneys, check_scheme, normalize
 from lib.volume import CHUNK, runs
 
 DATASET_ID = 501
@@ -99,8 +100,13 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
 def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
                       train_groups: Sequence[str] = DEFAULT_TRAIN_GROUPS, val_group: str | None = DEFAULT_VAL_GROUP,
                       slab_depth: int = 128, force: bool = False, progress: bool = True,
-                      label_dirs: Mapping[str, Path | str] | None = None) -> pd.DataFrame:
+                      label_dirs: Mapping[str, Path | str] | None = None, normalisation: str = "dataset"
+                      ) -> pd.DataFrame:
     """Write the nnU-Net raw dataset for these groups under `work_dir/raw` and return one row per case.
+
+    `normalisation` "kidney" writes each group's image slabs already normalised by the group's own statistics
+    (`lib.normalisation`, float16; nnU-Net then applies NoNormalization); "dataset" writes the raw values (nnU-Net's
+    CTNormalization with the training set's statistics).
 
     `label_dirs` maps a group to a folder of its label masks (NNNN.tif by the group's slice numbers, nonzero =
     vessel) used instead of the competition's labels. An existing dataset written with the same request is reused
@@ -112,12 +118,13 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
     cases = plan_cases(groups, train_groups, val_group, slab_depth)
     root = folders["nnUNet_raw"] / DATASET_NAME
     request = {"data_dir": str(Path(data_dir).resolve()), "train_groups": list(train_groups),
-               "val_group": val_group, "slab_depth": slab_depth, "cases": [asdict(c) for c in cases]}
+               "val_group": val_group, "slab_depth": slab_depth, "cases": [asdict(c) for c in cases],
+               "normalisation": check_scheme(normalisation)}
     if label_dirs:
         request["label_dirs"] = {g: str(d) for g, d in sorted(label_dirs.items())}
     manifest = root / "conversion.json"
     if manifest.is_file():
-        if json.loads(manifest.read_text()) == request:
+        if {k: v for k, v in json.loads(manifest.read_text()).items() if k != "statistics"} == request:
             return _case_table(cases, groups)
         if not force:
             raise FileExistsError(f"{root}: holds a dataset converted with other settings "
@@ -126,15 +133,18 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
         shutil.rmtree(root)
     for sub in ("imagesTr", "labelsTr"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    used = [groups[g] for g in dict.fromkeys(c.group for c in cases)]
+    statistics = check_kidneys(used, progress=progress) if normalisation == "kidney" else {}
     total = sum(c.stop - c.start for c in cases)
     with tqdm(total=total, desc="nnU-Net raw dataset", unit="slice", disable=not progress) as bar:
-        vessels = {case.name: _write_case(groups[case.group], case, root, bar, label_dirs.get(case.group))
+        vessels = {case.name: _write_case(groups[case.group], case, root, bar, label_dirs.get(case.group),
+                                          statistics.get(case.group))
                    for case in cases}
     if not any(vessels[c.name] for c in cases if c.role == "train"):
         raise data.DataError(f"{root}: no labelled vessel voxel in the training groups {list(train_groups)}; "
                              "nnU-Net cannot fingerprint or learn from that")
     dataset_json = {
-        "channel_names": {"0": "CT"},  # "CT" selects CTNormalization: clip to foreground percentiles, z-score
+        "channel_names": {"0": "CT"},  # the plans name the scheme (CTNormalization, or NoNormalization: "kidney")
         "labels": {"background": 0, "vessel": 1},
         "numTraining": len(cases),
         "file_ending": ".tif",
@@ -142,7 +152,7 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
         "description": "SenNet + HOA kidney vessels, z-slabs of the competition groups",
     }
     (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    manifest.write_text(json.dumps(request, indent=2))
+    manifest.write_text(json.dumps({**request, "statistics": statistics}, indent=2))
     return _case_table(cases, groups)
 
 
@@ -178,9 +188,10 @@ def read_mask_slices(folder: Path, slices: Sequence[int]) -> Iterator[np.ndarray
         yield (data.read_slice(folder / f"{z:04d}.tif") > 0).astype(np.uint8)
 
 
-def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir: Path | None = None) -> int:
+def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir: Path | None = None,
+                statistics: dict | None = None) -> int:
     """Write one slab's image and label 3D TIFFs (compressed, page by page) and spacing sidecars; returns its
-    vessel voxel count."""
+    vessel voxel count. With `statistics`, the images are written normalised by them (float16)."""
     vessel = 0
     image_path, label_path = raw_files(root, case.name)
     sidecar = json.dumps({"spacing": [case.spacing_mm] * 3})
@@ -188,7 +199,8 @@ def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir:
 
     def images() -> Iterator[np.ndarray]:
         for s, e in _chunks(case):
-            yield from group.read_images(s, e)
+            block = group.read_images(s, e)
+            yield from (block if statistics is None else normalize(block, statistics).astype(np.float16))
             bar.update(e - s)
 
     def labels() -> Iterator[np.ndarray]:
@@ -202,7 +214,8 @@ def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir:
             vessel += int(binary.sum())
             yield binary
 
-    for path, pages, dtype in ((image_path, images(), group.dtype), (label_path, labels(), np.uint8)):
+    image_dtype = group.dtype if statistics is None else np.float16
+    for path, pages, dtype in ((image_path, images(), image_dtype), (label_path, labels(), np.uint8)):
         tifffile.imwrite(path, pages, shape=shape, dtype=dtype, photometric="minisblack", metadata=None,
                          compression=SLAB_COMPRESSION,
                          compressionargs={"level": SLAB_COMPRESSION_LEVEL} if SLAB_COMPRESSION else None)
