@@ -64,8 +64,8 @@ def test_tiny_preset_shapes_are_small_non_square_and_distinct() -> None:
 
 @pytest.mark.slow
 def test_full_preset_renders_competition_sized_slices() -> None:
-    # The full preset renders slices as large as the real group's (kidney_6: the smallest, ~15 s), and its
-    # kidney_3_dense labels the real slice range of kidney_3_sparse.
+    # The full preset renders slices as large as the real group's (kidney_6: the smallest, ~17 s with the 32
+    # slices that set its uint16 map), and its kidney_3_dense labels the real slice range of kidney_3_sparse.
     full = PRESETS["full"]
     rendered = next(render_slices("full", 0, "kidney_6", slices=[250]))
     assert rendered.image.shape == data.COMPETITION_SHAPES["kidney_6"][1:] and rendered.image.dtype == np.uint16

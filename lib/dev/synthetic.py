@@ -11,8 +11,21 @@ What is mimicked, because the pipeline must cope with it:
   plus the hosts' `solution.csv` for the test kidneys so synthetic runs can be scored;
 - sparse labels: in kidney_2 (about 65%) and kidney_3_sparse (about 85%) whole subtrees are left 0;
   kidney_3_dense holds labels only, the full tree on a contiguous slice range of kidney_3_sparse;
-- the test-domain shift: kidney_6 is rendered at 63.08 µm (vessels thinner in voxels) with another intensity
-  offset, contrast and noise level. Trees are defined in µm and rendered at each kidney's voxel size.
+- the scanner looks: each kidney's raw uint16 mean and sd over the whole volume are the real kidney's (RAW_INTENSITY:
+  kidney_1 26132 +- 1415, kidney_2 34853 +- 2336, kidney_3 20355 +- 888, kidney_5 8422 +- 1074, kidney_6
+  39990 +- 4964), as listed in public post-competition training code derived from the 1st-place solution, the 4th
+  place's data module giving consistent ranges (competition.md, "Scanner intensities differ between kidneys").
+  By construction: each kidney is rendered in signal units (background 0, tissue 1), then mapped affinely with an
+  offset and gain computed from the rendered signal's moments (`_STATS_SLICES` evenly spaced slices) plus the
+  noise variance, so mean and sd land on the table for every preset. kidney_1_voi is not generated;
+- the test-domain shift: kidney_6 is rendered at 63.08 µm (vessels thinner in voxels) with lower vessel contrast
+  and twice the noise; kidneys differ otherwise mostly in offset and scale, as in the table (kidney_5 far below
+  the training kidneys, kidney_6 above with a wide sd). Trees are defined in µm and rendered at each kidney's
+  voxel size.
+
+Shift suites: `write_shifted_test(out, preset, seed, kidney, look=..., noise_factor=..., voxel_um=...)` writes a
+root holding one test kidney, the same tree as `generate`'s, re-rendered with another kidney's mean/sd (an affine
+remap), more noise, or another voxel size (e.g. kidney_6's 63.08 µm), with its solution.csv for scoring.
 
 The whole tree of each sparse group is written too, outside the competition layout, so refined labels can be
 scored: `<root>/synthetic_truth/<group>/NNNN.tif` (uint8 0/255, zlib-compressed, the group's slice numbers).
@@ -27,12 +40,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
 import zlib
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -46,7 +61,7 @@ from lib import cli, data, rle
 
 __all__ = [
     "GROUPS", "TRAIN_GROUPS", "TEST_GROUPS", "VOXEL_UM", "PRESETS", "Preset", "SyntheticSlice",
-    "generate", "render_slices", "main",
+    "RAW_INTENSITY", "generate", "render_slices", "write_shifted_test", "main",
 ]
 
 # ----------------------------------------------------------------------------------------------------------
@@ -79,25 +94,51 @@ TEST_GROUPS: tuple[str, ...] = tuple(g for g, info in _GROUPS.items() if info.sp
 VOXEL_UM: dict[str, float] = {g: data.VOXEL_SIZE_UM[g] for g in GROUPS}  # the real scans' voxel sizes
 
 
+# Raw uint16 mean and sd over all voxels of each real kidney, as listed in public post-competition training code
+# derived from the 1st-place solution (there: per-kidney z-scoring); the 4th place's data module gives consistent
+# ranges for the training kidneys (kidney_1 20243-29649, kidney_2 29784-42380, kidney_3 18966-21944). Source:
+# /work/shared/competition.md, "Scanner intensities differ between kidneys". kidney_1_voi is not generated: it is
+# listed as a target for `write_shifted_test(look=...)` only.
+RAW_INTENSITY: dict[str, tuple[float, float]] = {
+    "kidney_1": (26132.0, 1415.0), "kidney_1_voi": (33819.0, 3744.0), "kidney_2": (34853.0, 2336.0),
+    "kidney_3": (20355.0, 888.0), "kidney_5": (8422.0, 1074.0), "kidney_6": (39990.0, 4964.0),
+}
+
+
 @dataclass(frozen=True)
 class _Look:
-    """How a kidney's scan looks: uint16 = offset + gain * (signal + noise * N(0, 1))."""
+    """How a kidney's scan looks in signal units (background 0, tissue 1 + texture, vessels + `vessel`, Gaussian
+    noise of sd `noise`). The signal is mapped affinely to uint16 so that the volume lands on RAW_INTENSITY."""
 
-    offset: float
-    gain: float
     noise: float  # in signal units (tissue = 1 above background)
     vessel: float  # vessel brightness above tissue, signal units
     labelled_share: float  # share of the vessel tree (by volume) that the labels keep
 
 
-# kidney_6 is the shifted test domain: brighter offset, lower contrast, noisier.
+# In signal units the kidneys differ little (so vessels stay as visible, in units of each kidney's own sd, as before
+# the map to RAW_INTENSITY); the map then gives each its real offset and scale: kidney_5 far below the training
+# kidneys, kidney_6 above them with a wide sd. kidney_6, the shifted test domain, also has lower contrast and
+# twice the noise.
 _LOOKS: dict[str, _Look] = {
-    "kidney_1": _Look(offset=17500.0, gain=9000.0, noise=0.10, vessel=1.3, labelled_share=1.0),
-    "kidney_2": _Look(offset=19500.0, gain=8000.0, noise=0.12, vessel=1.2, labelled_share=0.65),
-    "kidney_3": _Look(offset=16500.0, gain=9500.0, noise=0.10, vessel=1.3, labelled_share=0.85),
-    "kidney_5": _Look(offset=18500.0, gain=8500.0, noise=0.11, vessel=1.25, labelled_share=1.0),
-    "kidney_6": _Look(offset=31000.0, gain=4500.0, noise=0.22, vessel=1.0, labelled_share=1.0),
+    "kidney_1": _Look(noise=0.10, vessel=1.3, labelled_share=1.0),
+    "kidney_2": _Look(noise=0.12, vessel=1.2, labelled_share=0.65),
+    "kidney_3": _Look(noise=0.10, vessel=1.3, labelled_share=0.85),
+    "kidney_5": _Look(noise=0.11, vessel=1.25, labelled_share=1.0),
+    "kidney_6": _Look(noise=0.22, vessel=1.0, labelled_share=1.0),
 }
+_STATS_SLICES = 32  # evenly spaced slices (all of a thinner volume) whose signal moments set the uint16 map
+
+
+@dataclass(frozen=True)
+class _Shift:
+    """A re-rendering of one kidney for a shift suite (see `write_shifted_test`); the default changes nothing."""
+
+    look: str | None = None  # a key of RAW_INTENSITY: the volume's mean and sd become that kidney's
+    noise_factor: float = 1.0  # noise sd times this, the uint16 map kept (unless `look` is given)
+    voxel_um: float | None = None  # render the same physical box at this voxel size
+
+
+_NO_SHIFT = _Shift()
 
 
 @dataclass(frozen=True)
@@ -432,42 +473,84 @@ class SyntheticSlice(NamedTuple):
     truth: np.ndarray
 
 
-class _Volume:
-    """One synthetic kidney scan, renderable slice by slice."""
+def _regrid(shape: tuple[int, int, int], voxel: float, new_voxel: float) -> tuple[int, int, int]:
+    """The shape that covers the same physical box at `new_voxel` (at least one voxel per axis)."""
+    return tuple(max(1, round(n * voxel / new_voxel)) for n in shape)  # type: ignore[return-value]
 
-    def __init__(self, preset: Preset, seed: int, volume: str, shape: tuple[int, int, int], voxel: float) -> None:
-        self.shape, self.voxel, self.look, self.name, self.seed = shape, voxel, _LOOKS[volume], volume, seed
-        extent = np.asarray(shape, dtype=np.float64) * voxel
+
+class _Volume:
+    """One synthetic kidney scan, renderable slice by slice.
+
+    `shape` and `voxel` are the kidney's own; a `shift` may render the same physical box (same tree, same
+    labelled branches, same texture) at another voxel size, with more noise or another uint16 look.
+    """
+
+    def __init__(self, preset: Preset, seed: int, volume: str, shape: tuple[int, int, int], voxel: float,
+                 shift: _Shift = _NO_SHIFT) -> None:
+        self.look, self.name, self.seed = _LOOKS[volume], volume, seed
+        self.voxel = float(shift.voxel_um) if shift.voxel_um is not None else voxel
+        self.shape = _regrid(shape, voxel, self.voxel)
+        extent = np.asarray(shape, dtype=np.float64) * voxel  # the physical box, kept by a shift
         self.kidney = _Kidney(extent, _rng(seed, volume, 1))
-        tree = _grow_trees(self.kidney, preset, _rng(seed, volume, 2))
-        a, b, r = tree.a / voxel, tree.b / voxel, tree.r / voxel  # voxel units from here on
-        vol = _in_box_volume(a, b, r, shape)
-        labelled = _choose_labelled(tree, vol, self.look.labelled_share, _rng(seed, volume, 3))[tree.branch]
+        self._place_tree(_grow_trees(self.kidney, preset, _rng(seed, volume, 2)), shape, voxel)
+        self._place_glomeruli(*_glomeruli(self.kidney, extent, preset.glomeruli_per_mm3, _rng(seed, volume, 4)))
+        h, w = self.shape[1:]
+        trng = _rng(seed, volume, 5)
+        # Texture: tissue grain (3.5 voxels at 50 µm) up to half a kidney; boundary: lumpy outline.
+        self.texture = _Waves(trng, 48, (175.0, 0.5 * float(self.kidney.semi.mean())), 0.12, (h, w), self.voxel)
+        self.lumps = _Waves(trng, 8, (0.6 * float(self.kidney.semi.min()), 2.0 * float(self.kidney.semi.max())),
+                            0.05, (h, w), self.voxel)
+        self.background = _Waves(trng, 6, (2000.0, 4.0 * float(extent.max())), 0.04, (h, w), self.voxel)
+        self.y_um = np.arange(h, dtype=np.float64)[:, None] * self.voxel
+        self.x_um = np.arange(w, dtype=np.float64)[None, :] * self.voxel
+        self.noise = self.look.noise * float(shift.noise_factor)
+        self.target = RAW_INTENSITY[shift.look or volume]
+        # Own look: the map is set with the kidney's own noise, so more noise widens the sd. A look remap sets it
+        # with the noise rendered, so mean and sd land on the look's whatever the noise.
+        self.offset, self.gain = self._intensity_map(self.look.noise if shift.look is None else self.noise)
+
+    def _place_tree(self, tree: _Tree, shape: tuple[int, int, int], voxel: float) -> None:
+        """Keep the segments in render voxels, sorted by first slice. Labelled branches are chosen on the kidney's
+        own grid (`shape`, `voxel`), so that a shifted rendering labels the same branches."""
+        box_vol = _in_box_volume(tree.a / voxel, tree.b / voxel, tree.r / voxel, shape)
+        labelled = _choose_labelled(tree, box_vol, self.look.labelled_share, _rng(self.seed, self.name, 3))
+        a, b, r = tree.a / self.voxel, tree.b / self.voxel, tree.r / self.voxel  # voxel units from here on
         reach = r + 0.5  # soft occupancy reaches r + 0.5
         zlo = np.minimum(a[:, 0], b[:, 0]) - reach
         zhi = np.maximum(a[:, 0], b[:, 0]) + reach
         order = np.argsort(zlo, kind="stable")
         self.a, self.b, self.r, self.zlo, self.zhi = a[order], b[order], r[order], zlo[order], zhi[order]
-        self.labelled = labelled[order]
-        # Glomeruli: spheres drawn in one vectorised batch per slice; neither vessel nor label.
-        centres, radii = _glomeruli(self.kidney, extent, preset.glomeruli_per_mm3, _rng(seed, volume, 4))
-        gc, gr = centres / voxel, radii / voxel
+        self.labelled = labelled[tree.branch][order]
+        self.n_vessel_segments, self.n_branches = len(r), len(tree.parent)
+
+    def _place_glomeruli(self, centres: np.ndarray, radii: np.ndarray) -> None:
+        """Glomeruli (µm) in render voxels, sorted by first slice: spheres drawn in one batch per slice."""
+        gc, gr = centres / self.voxel, radii / self.voxel
         order = np.argsort(gc[:, 0] - gr - 0.5, kind="stable")
         self.gc, self.gr = gc[order], gr[order]
         self.g_zlo, self.g_zhi = self.gc[:, 0] - self.gr - 0.5, self.gc[:, 0] + self.gr + 0.5
-        self.n_vessel_segments, self.n_glomeruli, self.n_branches = len(r), len(gr), len(tree.parent)
-        h, w = shape[1:]
-        trng = _rng(seed, volume, 5)
-        # Texture: tissue grain (3.5 voxels at 50 µm) up to half a kidney; boundary: lumpy outline.
-        self.texture = _Waves(trng, 48, (175.0, 0.5 * float(self.kidney.semi.mean())), 0.12, (h, w), voxel)
-        self.lumps = _Waves(trng, 8, (0.6 * float(self.kidney.semi.min()), 2.0 * float(self.kidney.semi.max())),
-                            0.05, (h, w), voxel)
-        self.background = _Waves(trng, 6, (2000.0, 4.0 * float(extent.max())), 0.04, (h, w), voxel)
-        self.y_um = np.arange(h, dtype=np.float64)[:, None] * voxel
-        self.x_um = np.arange(w, dtype=np.float64)[None, :] * voxel
+        self.n_glomeruli = len(gr)
 
-    def render(self, z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(uint16 image, true vessel mask, labelled vessel mask) of slice z."""
+    def _intensity_map(self, noise: float) -> tuple[float, float]:
+        """(offset, gain) of uint16 = offset + gain * signal that give the volume the mean and sd `self.target`.
+
+        By construction, not by trial: the noiseless signal's mean and variance over all voxels are measured on
+        `_STATS_SLICES` evenly spaced slices (all of a thinner volume) and the noise variance `noise`**2 is added.
+        """
+        d, h, w = self.shape
+        zs = np.unique(np.linspace(0, d - 1, min(d, _STATS_SLICES)).round().astype(int))
+        total = total_sq = 0.0
+        for z in zs:
+            signal = self._signal(int(z))[0].astype(np.float64)
+            total += float(signal.sum())
+            total_sq += float((signal * signal).sum())
+        mean = total / (len(zs) * h * w)
+        var = max(total_sq / (len(zs) * h * w) - mean**2, 0.0)
+        gain = self.target[1] / float(np.sqrt(var + noise**2))
+        return self.target[0] - gain * mean, gain
+
+    def _signal(self, z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(noiseless signal after the point spread, true vessel mask, labelled vessel mask) of slice z."""
         h, w = self.shape[1:]
         occ = np.zeros((h, w), dtype=np.float32)
         truth = np.zeros((h, w), dtype=bool)
@@ -490,8 +573,14 @@ class _Volume:
         signal = tissue * (1.0 + 0.22 * cortex + self.texture.slice(z_um)) + self.background.slice(z_um)
         signal += self.look.vessel * occ
         signal = ndimage.gaussian_filter(signal, 0.6, mode="nearest")  # point spread: partial volume
-        noise = _rng(self.seed, self.name, 6, z).standard_normal((h, w), dtype=np.float32)
-        img = self.look.offset + self.look.gain * (signal + self.look.noise * noise)
+        return signal, truth, label
+
+    def render(self, z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uint16 image, true vessel mask, labelled vessel mask) of slice z."""
+        signal, truth, label = self._signal(z)
+        # The same noise field whatever the shift: a noise factor scales it, a voxel shift draws it at its shape.
+        noise = _rng(self.seed, self.name, 6, z).standard_normal(signal.shape, dtype=np.float32)
+        img = self.offset + self.gain * (signal + self.noise * noise)
         image = np.clip(np.rint(img), 0, 65535).astype(np.uint16)
         return image, truth, label
 
@@ -554,9 +643,9 @@ def _volume_shape(preset: Preset, volume: str) -> tuple[str, tuple[int, int, int
     return group, preset.shapes[group]
 
 
-def _make_volume(preset: Preset, seed: int, volume: str) -> _Volume:
+def _make_volume(preset: Preset, seed: int, volume: str, shift: _Shift = _NO_SHIFT) -> _Volume:
     group, shape = _volume_shape(preset, volume)
-    return _Volume(preset, seed, volume, shape, VOXEL_UM[group])
+    return _Volume(preset, seed, volume, shape, VOXEL_UM[group], shift)
 
 
 def _get_preset(preset: str | Preset) -> Preset:
@@ -612,6 +701,8 @@ class _Counts:
     truth: int = 0
     intensity_sum: float = 0.0
     intensity_sq: float = 0.0
+    voxel_um: float = 0.0  # the voxel the kidney was rendered at
+    intensity: dict[str, object] = field(default_factory=dict)  # its uint16 map
     extra: dict[str, object] = field(default_factory=dict)
 
     def add(self, image: np.ndarray | None, truth: np.ndarray, label: np.ndarray | None) -> None:
@@ -626,13 +717,10 @@ class _Counts:
             self.intensity_sq += float((f * f).sum())
 
 
-def _render_volume(root: Path, preset: Preset, seed: int, volume: str, groups: Sequence[str], rows: Path,
-                   progress: bool) -> dict[str, _Counts]:
-    """Render one kidney once and write every requested group that comes from it."""
-    vol = _make_volume(preset, seed, volume)
-    wanted = [g for g in groups if _GROUPS[g].volume == volume]
+def _make_dirs(root: Path, preset: Preset, groups: Sequence[str]) -> set[int]:
+    """Create the folders of `groups` and return the slice numbers they need."""
     need: set[int] = set()
-    for g in wanted:
+    for g in groups:
         need.update(_slice_numbers(preset, g))
         info = _GROUPS[g]
         base = root / info.split / g
@@ -642,12 +730,20 @@ def _render_volume(root: Path, preset: Preset, seed: int, volume: str, groups: S
             (base / "labels").mkdir(parents=True)
         if info.labels == "sparse":
             (root / TRUTH_FOLDER / g).mkdir(parents=True)
+    return need
+
+
+def _render_volume(root: Path, preset: Preset, vol: _Volume, groups: Sequence[str], rows: Path,
+                   progress: bool) -> dict[str, _Counts]:
+    """Render one kidney once and write every requested group that comes from it."""
+    wanted = [g for g in groups if _GROUPS[g].volume == vol.name]
+    need = _make_dirs(root, preset, wanted)
     counts = {g: _Counts() for g in wanted}
     files = {g: open(rows / f"{g}.csv", "w", newline="") for g in wanted}
     try:
         writers = {g: csv.writer(f, lineterminator="\n") for g, f in files.items()}
         h, w = vol.shape[1:]
-        for z in tqdm(sorted(need), desc=f"{volume} ({', '.join(wanted)})", unit="slice", disable=not progress,
+        for z in tqdm(sorted(need), desc=f"{vol.name} ({', '.join(wanted)})", unit="slice", disable=not progress,
                       leave=False):
             image, truth, label = vol.render(z)
             for g in wanted:
@@ -673,6 +769,10 @@ def _render_volume(root: Path, preset: Preset, seed: int, volume: str, groups: S
         for f in files.values():
             f.close()
     for g in wanted:
+        counts[g].voxel_um = vol.voxel
+        counts[g].intensity = {"target_mean": vol.target[0], "target_sd": vol.target[1],
+                               "offset": round(vol.offset, 2), "gain": round(vol.gain, 3), "noise": vol.noise,
+                               "vessel_contrast": vol.look.vessel}
         counts[g].extra = {
             "tree_branches": vol.n_branches, "tree_segments": vol.n_vessel_segments, "glomeruli": vol.n_glomeruli,
         }
@@ -687,6 +787,55 @@ def _concat_rows(parts: Sequence[Path], out: Path, header: Sequence[str]) -> Non
                 shutil.copyfileobj(src, f)
 
 
+def _write_root(root: Path, p: Preset, chosen: Sequence[str], make: Callable[[str], _Volume],
+                progress: bool) -> dict[str, _Counts]:
+    """Render the `chosen` groups (each kidney once, built by `make`) into `root` with the competition's CSVs and
+    the synthetic solution.csv; return the per-group counts."""
+    rows = root / ".rows"
+    rows.mkdir()
+    counts: dict[str, _Counts] = {}
+    volumes = list(dict.fromkeys(_GROUPS[g].volume for g in chosen))
+    for volume in tqdm(volumes, desc=f"synthetic {p.name}", unit="kidney", disable=not progress):
+        counts.update(_render_volume(root, p, make(volume), chosen, rows, progress))
+    train = [g for g in sorted(chosen) if _GROUPS[g].split == "train"]
+    test = [g for g in chosen if _GROUPS[g].split == "test"]
+    _concat_rows([rows / f"{g}.csv" for g in train], root / "train_rles.csv", ["id", "rle"])
+    _concat_rows([rows / f"{g}.csv" for g in test], root / "solution.csv",
+                 ["id", "rle", "width", "height", "image", "slice"])
+    with open(root / "sample_submission.csv", "w", newline="") as f:
+        wr = csv.writer(f, lineterminator="\n")
+        wr.writerow(["id", "rle"])
+        for g in test:
+            wr.writerows([f"{g}_{z:04d}", rle.EMPTY] for z in _slice_numbers(p, g))
+    shutil.rmtree(rows)
+    return counts
+
+
+@contextmanager
+def _staged(out: Path, replace: bool) -> Iterator[Path]:
+    """A sibling staging folder to write into, swapped in at `out` at the end (replacing a folder there only if
+    `replace`), so that a failed or interrupted run never leaves a half-written dataset at `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
+    try:
+        yield stage
+        if out.is_dir() and replace:
+            trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
+            out.rename(trash)
+            stage.rename(out)
+            shutil.rmtree(trash)
+        elif out.exists():
+            raise FileExistsError(f"{out} appeared while writing; refusing to write into it")
+        else:
+            stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
@@ -697,6 +846,10 @@ def _check_out(out: Path, force: bool) -> None:
             # --force replaces a synthetic dataset, never a folder this module did not write (e.g. real data).
             raise FileExistsError(f"{out} is not empty and holds no synthetic.json: refusing to replace it even "
                                   "with --force; delete it yourself if that is really meant")
+
+
+def _write_json(root: Path, record: Mapping[str, object]) -> None:
+    (root / "synthetic.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def generate(out: Path | str, preset: str | Preset = "tiny", seed: int = 0, groups: Sequence[str] | None = None,
@@ -715,40 +868,56 @@ def generate(out: Path | str, preset: str | Preset = "tiny", seed: int = 0, grou
         raise ValueError(f"unknown groups {unknown}; choose from {GROUPS}")
     chosen = [g for g in GROUPS if g in chosen]  # canonical order
     _check_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir()
-    try:
-        rows = stage / ".rows"
-        rows.mkdir()
-        counts: dict[str, _Counts] = {}
-        volumes = list(dict.fromkeys(_GROUPS[g].volume for g in chosen))
-        for volume in tqdm(volumes, desc=f"synthetic {p.name}", unit="kidney", disable=not progress):
-            counts.update(_render_volume(stage, p, seed, volume, chosen, rows, progress))
-        train = [g for g in sorted(chosen) if _GROUPS[g].split == "train"]
-        test = [g for g in chosen if _GROUPS[g].split == "test"]
-        _concat_rows([rows / f"{g}.csv" for g in train], stage / "train_rles.csv", ["id", "rle"])
-        _concat_rows([rows / f"{g}.csv" for g in test], stage / "solution.csv",
-                     ["id", "rle", "width", "height", "image", "slice"])
-        with open(stage / "sample_submission.csv", "w", newline="") as f:
-            wr = csv.writer(f, lineterminator="\n")
-            wr.writerow(["id", "rle"])
-            for g in test:
-                wr.writerows([f"{g}_{z:04d}", rle.EMPTY] for z in _slice_numbers(p, g))
-        shutil.rmtree(rows)
-        (stage / "synthetic.json").write_text(json.dumps(_provenance(p, seed, chosen, counts), indent=2) + "\n")
-        if out.is_dir():
-            trash = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            out.rename(trash)
-            stage.rename(out)
-            shutil.rmtree(trash)
-        else:
-            stage.rename(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    with _staged(out, replace=True) as stage:
+        counts = _write_root(stage, p, chosen, lambda volume: _make_volume(p, seed, volume), progress)
+        _write_json(stage, _provenance(p, seed, chosen, counts))
+    return out
+
+
+def _check_shift(kidney: str, look: str | None, noise_factor: float, voxel_um: float | None) -> _Shift:
+    """The shift asked for, or a ValueError saying which argument is wrong."""
+    if kidney not in TEST_GROUPS:
+        raise ValueError(f"kidney must be a test kidney, one of {TEST_GROUPS}; got {kidney!r}")
+    if look is not None and look not in RAW_INTENSITY:
+        raise ValueError(f"unknown look {look!r}; choose one of {sorted(RAW_INTENSITY)}")
+    if not (np.isfinite(noise_factor) and noise_factor >= 0):
+        raise ValueError(f"noise_factor must be a finite number >= 0, got {noise_factor!r}")
+    if voxel_um is not None and not (np.isfinite(voxel_um) and voxel_um > 0):
+        raise ValueError(f"voxel_um must be a positive number, got {voxel_um!r}")
+    return _Shift(look, float(noise_factor), None if voxel_um is None else float(voxel_um))
+
+
+def write_shifted_test(out: Path | str, preset: str | Preset = "tiny", seed: int = 0, kidney: str = "kidney_5", *,
+                       look: str | None = None, noise_factor: float = 1.0, voxel_um: float | None = None,
+                       progress: bool = False) -> Path:
+    """Write a competition root at `out` holding ONE test kidney re-rendered under a shift, and return it.
+
+    The kidney is `generate(preset, seed)`'s: same seed, same vessel tree; only the look, noise or voxel change.
+    `look` (a key of RAW_INTENSITY): raw' = (raw - mean) / sd * sd_look + mean_look over the volume, applied before
+    rounding to uint16 (so one rounding, then clipping). `noise_factor`: noise sd times this (the same noise field
+    scaled); without `look` the kidney's own uint16 map is kept, so its sd widens a little. `voxel_um`: the same
+    physical box rendered at that voxel (e.g. 63.08, kidney_6's), shape about shape * own voxel / voxel_um per
+    axis, labels rendered at that voxel too. They combine. Writes test/<kidney>/images/NNNN.tif,
+    sample_submission.csv, solution.csv (the true masks, what `lib.infer.score` reads), a header-only
+    train_rles.csv and synthetic.json (with a "shift" record). The kidney keeps its name, so `lib.data` takes
+    its voxel size from the competition's table: the shifted voxel is in synthetic.json only.
+    Refuses an `out` that exists at all (FileExistsError naming it): a shift never writes into an existing root.
+    """
+    p = _get_preset(preset)
+    shift = _check_shift(kidney, look, noise_factor, voxel_um)
+    out = Path(os.path.abspath(out))
+    if out.exists():
+        raise FileExistsError(f"{out} already exists: a shifted test root is written only to a new folder")
+    own_voxel = VOXEL_UM[kidney]
+    shape = _regrid(p.shapes[kidney], own_voxel, shift.voxel_um or own_voxel)
+    shifted = dataclasses.replace(p, shapes={**p.shapes, kidney: shape})
+    with _staged(out, replace=False) as stage:
+        counts = _write_root(stage, shifted, [kidney], lambda volume: _make_volume(p, seed, volume, shift), progress)
+        record = _provenance(shifted, seed, [kidney], counts)
+        record["shift"] = {"kidney": kidney, "look": look, "noise_factor": shift.noise_factor,
+                           "voxel_um": shift.voxel_um or own_voxel,
+                           "unshifted": {"shape": list(p.shapes[kidney]), "voxel_um": own_voxel}}
+        _write_json(stage, record)
     return out
 
 
@@ -766,13 +935,12 @@ def _provenance(p: Preset, seed: int, groups: Sequence[str], counts: Mapping[str
     }
     for g in groups:
         info, c = _GROUPS[g], counts[g]
-        look = _LOOKS[info.volume]
         entry: dict[str, object] = {
             "split": info.split,
             "volume": info.volume,
             "shape": list(p.shapes[g]),
             "slices": [_slice_numbers(p, g)[0], _slice_numbers(p, g)[-1]],
-            "voxel_um": VOXEL_UM[g],
+            "voxel_um": c.voxel_um,
             "images": info.images,
             "labels": info.labels,
             "true_vessel_fraction": round(c.truth / c.voxels, 6),
@@ -780,13 +948,12 @@ def _provenance(p: Preset, seed: int, groups: Sequence[str], counts: Mapping[str
         if info.labels:
             entry["vessel_fraction"] = round(c.label / c.voxels, 6)  # of labelled voxels, as in the labels
             entry["labelled_share_of_true_vessels"] = round(c.label / max(c.truth, 1), 4)
-            entry["labelled_share_target"] = look.labelled_share if info.labels == "sparse" else 1.0
+            entry["labelled_share_target"] = _LOOKS[info.volume].labelled_share if info.labels == "sparse" else 1.0
         if info.labels == "sparse":
             entry["truth"] = f"{TRUTH_FOLDER}/{g}"  # the whole tree, for scoring refined labels only
         if info.images:
             mean = c.intensity_sum / c.voxels
-            entry["intensity"] = {"offset": look.offset, "gain": look.gain, "noise": look.noise,
-                                  "vessel_contrast": look.vessel, "mean": round(mean, 1),
+            entry["intensity"] = {**c.intensity, "mean": round(mean, 1),
                                   "std": round(float(np.sqrt(max(c.intensity_sq / c.voxels - mean**2, 0))), 1)}
         entry.update(c.extra)
         record["groups"][g] = entry  # type: ignore[index]
