@@ -1,6 +1,6 @@
 """The package's rooms follow the pipeline and imports only go down it (the README's file map).
 
-data -> metric -> model -> training | inference -> postprocess -> submission -> plan -> infer | refine -> explore
+data -> normalisation -> metric -> model -> training | inference -> postprocess -> submission -> plan -> infer | refine -> explore
 -> dev -> notebook -> runs.
 A module may import from its own room or from a lower layer; never from a higher layer, never sideways between
 two rooms of one layer (training and inference know nothing of each other). Lazy imports inside functions count.
@@ -16,8 +16,10 @@ import lib
 
 LIB = Path(lib.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
+    ("inputs",),  # Kaggle inputs found by content (standard library only: the setup cell embeds it)
     ("paths", "cli"),  # paths.py, cli.py: where things live, how a command line reports bad input
     ("data",),  # data.py, rle.py, volume.py: the competition layout and volumes on disk
+    ("normalisation",),  # each kidney by its own intensity statistics, or the training set's
     ("metric",),
     ("model",),
     ("training", "inference"),
