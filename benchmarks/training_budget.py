@@ -1,0 +1,163 @@
+"""The training plan on a Kaggle T4, ESTIMATED (no T4 was available): what lib.training.budget projects for the seed
+recipe and for one pseudo-label round on the real competition shapes, and on which calibration that rests.
+
+The calibration is composed from three sources, and the JSON it writes says so in its `source`:
+
+- measured HERE, on this machine's CPU (`lib.training.budget.calibrate` with the hepatic configuration and the GPU
+  patch 64 x 192 x 192, `network=False`): seconds per voxel of conversion, fingerprint and preprocessing (CPU work,
+  single process, on Kaggle too, except blosc2's compression threads: Kaggle's 4 cores may do better than 2 here),
+  one batch of nnU-Net's augmentation by one worker, the trainer's start and its checkpoints. Augmentation workers:
+  3, Kaggle's 4 cores less the main process. Refinement and the threshold curve per voxel: budget's
+  DOWNSTREAM_VOXEL_SECONDS, which `--downstream` measures here (lib.inference with a costless network, so only the
+  predictor's own work is timed; lib.postprocess on a block written as competition slices).
+- measured on an H200 (docs/benchmarks/gpu_check_h200.json, an earlier session): the hepatic train step (median, batch
+  2, AMP), the validation step (what the second epoch took beyond its training steps, over its validation
+  iterations: an upper bound) and the prediction of a 501 x 1028 x 1257 block (no TTA, all of its time counted as
+  network time per tile, so the predictor's own per-voxel work is scaled too: errs long).
+- scaled to a T4 by H200 / T4 = 989 / 65 = 15.2, the ratio of NVIDIA's datasheet dense FP16 tensor throughput (H200
+  SXM: 1,979 TFLOPS with sparsity, i.e. 989 dense; T4: 65 TFLOPS mixed precision); their memory bandwidths give the
+  same ratio (4.8 TB/s / 320 GB/s = 15.0). A 3D U-Net at batch 2 does not saturate an H200 (the ratio may be
+  smaller), a T4 held at 70 W rarely sustains its boost clock (it may be larger): an ESTIMATE, not a measurement.
+  `--ratio` shows how the projection moves with it.
+
+`downstream_timings` is what a room above lib.training would pass to `budget.calibrate(downstream=...)` to time the
+work around the network on the device itself (lib.plan.calibrate, lib.postprocess).
+
+Run: `.venv/bin/python benchmarks/training_budget.py [--ratio 15.2] [--downstream] [--out FILE.json]` (about 20 s on
+2 cores, two minutes with `--downstream`), then `python -m lib.training.budget --real-shapes --calibration FILE.json
+...` projects other settings on the same calibration (default FILE: outputs/benchmarks/training_budget_t4.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib import data, inference, paths, plan, postprocess
+from lib.training import budget
+from lib.training.fine_tune import TrainSettings
+
+H200_FILE = paths.PROJECT_ROOT / "docs" / "benchmarks" / "gpu_check_h200.json"
+T4_RATIO = 989 / 65  # H200 SXM dense FP16 tensor TFLOPS / T4 FP16 (mixed precision) TFLOPS, NVIDIA datasheets
+KAGGLE_CORES = 4  # a T4 x2 session (competition.md, "Kaggle limits")
+
+
+class CostlessNetwork(torch.nn.Module):
+    """Zero logits of the input's size at no cost: what is left to time is the predictor's own work."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros((x.shape[0], 2, *x.shape[2:]))
+
+
+def postprocessing_timings(group: data.Group) -> dict:
+    """Seconds per group voxel of a pseudo-label refinement (lib.postprocess's share cut + refined masks) and of the
+    validation's threshold curve, on probabilities shaped like a model's (high on the labels, near 0 elsewhere)."""
+    cpu = torch.device("cpu")
+    labels = group.read_labels() > 0
+    probs = (0.9 * labels + 0.04 * np.random.default_rng(1).random(labels.shape)).astype(np.float16)
+    voxels = probs.size
+    with tempfile.TemporaryDirectory(prefix="sennet-refine-") as tmp:
+        refine = budget._timed(lambda: postprocess.write_refined_labels(
+            probs, group, postprocess.share_threshold(probs, group, 0.65), Path(tmp) / "refined", group.slices,
+            progress=False), cpu)
+    grid = postprocess.threshold_grid(postprocess.ThresholdRule("tune"))
+    curve = budget._timed(lambda: postprocess.threshold_curve(probs, group, grid, progress=False), cpu)
+    return {"refine_voxel_seconds": refine / voxels, "curve_voxel_seconds": curve / voxels}
+
+
+def downstream_timings(network: torch.nn.Module, plans: dict, device: torch.device, group: data.Group) -> dict:
+    """A `downstream` function for budget.calibrate, as a room above training would write it: lib.plan's
+    calibration of the network on the device (seconds per tile, the predictor's own seconds per voxel) and
+    lib.postprocess's refinement and threshold curve per voxel on the calibration block."""
+    calibration = plan.calibrate(inference.from_network(network, plans, device))
+    return {"tile_seconds": calibration.tile_seconds, "predict_voxel_seconds_z": calibration.voxel_seconds_z,
+            "predict_voxel_seconds_axes": calibration.voxel_seconds_axes, **postprocessing_timings(group)}
+
+
+def cpu_downstream(block_shape: tuple[int, int, int] = (96, 448, 448)) -> dict:
+    """budget.DOWNSTREAM_VOXEL_SECONDS["cpu"] with the real code on this CPU: lib.inference.predict_group (z-view,
+    and the three views) with a costless network and the plans training writes, and `postprocessing_timings`, on a
+    block written as competition slices."""
+    def measure(network: torch.nn.Module, plans: dict, device: torch.device, group: data.Group) -> dict:
+        model = inference.from_network(CostlessNetwork(), plans, device)
+        with tempfile.TemporaryDirectory(prefix="sennet-predictor-") as tmp:
+            seconds = {f"predict_voxel_seconds_{name}": min(budget._timed(  # best of 2 (a finished file is reused:
+                lambda name=name, tta=tta, i=i: inference.predict_group(  # a new name each time)
+                    model, group, Path(tmp) / f"{name}{i}.npy", tta=tta, progress=False), device)
+                for i in range(2)) for name, tta in (("z", "none"), ("axes", "axes"))}
+        return {k: v / math.prod(group.shape) for k, v in seconds.items()} | postprocessing_timings(group)
+
+    settings = TrainSettings(configuration="hepatic", device="cpu", patch_size=(64, 192, 192))
+    calibration = budget.calibrate(settings, "cpu", block_shape, steps=1, network=False, downstream=measure)
+    return {k: getattr(calibration, k) for k in budget.DOWNSTREAM_VOXEL_SECONDS["cpu"]}
+
+
+def h200_figures(path: Path = H200_FILE) -> dict:
+    """The hepatic network on the H200: train step, validation step (upper bound), prediction seconds per tile."""
+    steps = json.loads(path.read_text())["steps"]
+    train = steps["train"]["result"]
+    step, spec = train["step_s_median"], steps["train"]["spec"]
+    val_step = (train["epoch_s"][1] - spec["iterations"] * step) / spec["val_iterations"]
+    run = next(r for r in steps["inference_depth"]["result"]["depth"]["runs"]
+               if r["method"] == "ours" and r["shape"][0] == 501)
+    tiles = plan.tiles(run["shape"], run["patch_size"])
+    return {"device": train["device"], "gpu": steps["inference_depth"]["result"].get("cuda_device", "H200"),
+            "patch_size": train["patch_size"], "train_step_seconds": step, "val_step_seconds": val_step,
+            "tile_seconds": run["seconds"] / tiles, "prediction_run": f"{'x'.join(map(str, run['shape']))} in "
+            f"{run['seconds']:.1f} s = {tiles} tiles"}
+
+
+def t4_estimate(ratio: float = T4_RATIO) -> budget.TrainingCalibration:
+    """CPU-measured data stages and augmentation, H200-measured network times x `ratio` (module docstring)."""
+    h200 = h200_figures()
+    settings = TrainSettings(configuration="hepatic", device="cpu", patch_size=tuple(h200["patch_size"]))
+    here = budget.calibrate(settings, block_shape=budget.BLOCK_SHAPE, steps=3, network=False)
+    return replace(here, device="cuda (Kaggle T4, estimated)", augmentation_workers=KAGGLE_CORES - 1,
+                   train_step_seconds=h200["train_step_seconds"] * ratio,
+                   val_step_seconds=h200["val_step_seconds"] * ratio, tile_seconds=h200["tile_seconds"] * ratio,
+                   predict_voxel_seconds_z=0.0, predict_voxel_seconds_axes=0.0,
+                   source=f"ESTIMATE: network times of {h200['gpu']} x {ratio:.1f}; data stages, augmentation "
+                          f"and checkpoints measured on this CPU ({here.seconds:.0f} s); refinement and threshold "
+                          "curve: DOWNSTREAM_VOXEL_SECONDS['cpu']")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ratio", type=float, default=T4_RATIO, help="H200 / T4 speed of the network (default 15.2)")
+    ap.add_argument("--downstream", action="store_true",
+                    help="also measure DOWNSTREAM_VOXEL_SECONDS['cpu'] (a minute or two on 2 cores)")
+    ap.add_argument("--out", type=Path, default=paths.PROJECT_ROOT / "outputs" / "benchmarks" / "training_budget_t4.json")
+    args = ap.parse_args(argv)
+    if args.downstream:
+        print('DOWNSTREAM_VOXEL_SECONDS["cpu"] measured here (lib.training.budget keeps them): '
+              + json.dumps({k: float(f"{v:.2g}") for k, v in cpu_downstream().items()}))
+    print(f"H200 figures ({H200_FILE.name}): {h200_figures()}")
+    calibration = t4_estimate(args.ratio)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(calibration.to_json())
+    print(calibration.summary())
+    print(f"source: {calibration.source}\nwritten: {args.out}")
+    groups = budget.competition_groups()
+    for rounds in (0, 1):
+        settings = TrainSettings(configuration="hepatic", pseudo_label_rounds=rounds)
+        table = budget.project(calibration, settings, groups)
+        print(f"\n{'seed recipe' if rounds == 0 else 'one pseudo-label round'} (hepatic, 15 epochs x (250 + 50) "
+              f"iterations, real competition shapes), on the ESTIMATED T4 calibration:")
+        print(budget.format_table(table))
+        try:
+            budget.check_budget(table, budget.KAGGLE_BUDGET_HOURS)
+            print(f"fits Kaggle's {budget.KAGGLE_BUDGET_HOURS} h budget with the {budget.MARGIN:.0%} margin")
+        except ValueError as e:
+            print(f"refused: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

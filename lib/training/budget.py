@@ -1,0 +1,707 @@
+"""The training plan: will notebook 02's stages finish inside Kaggle's ~12-hour GPU session?
+
+The training-side twin of `lib.plan` (which projects the hidden-test prediction inside 9 hours). `calibrate` times
+each stage's own code on the current device for a few seconds (CPU, "tiny") to well under a minute (GPU, "hepatic"),
+on a small synthetic block written as competition TIFF slices in a temporary folder:
+
+- conversion: `nnunet_dataset.write_raw_dataset` (TIFF slices -> nnU-Net raw slabs), seconds per voxel;
+- fingerprint: nnU-Net's `DatasetFingerprintExtractor.analyze_case` on each slab (in this process: the real run's
+  one spawned worker adds a few seconds once), seconds per voxel;
+- preprocessing: `fine_tune.prepare` (nnU-Net's DefaultPreprocessor with the kidney plans the run would use),
+  seconds per voxel;
+- training: `FineTuneTrainer` built as `fine_tune.train` builds it (network of the configuration, the patch and batch
+  size of this device, deep-supervision loss, SGD, AMP on a GPU): `train_step` and `validation_step` on a real
+  batch (warm-up steps excluded), one batch of nnU-Net's data loading + augmentation as one worker runs it
+  (torch single-threaded), the trainer's start and the checkpoints written each epoch (latest, best);
+- prediction: the configuration's network on one tile, as `lib.inference` runs it (eval, no gradients, autocast on a
+  GPU, the logit difference; best of a few), i.e. lib.plan's `tile_seconds`.
+
+The work around the network (the predictor's own per-voxel work: reading, normalising, blending, writing float16;
+refining pseudo-labels: `postprocess.share_threshold` + `write_refined_labels`; the validation's threshold curve) is
+not timed by this module: it sits in the training room and imports neither inference, postprocess nor plan
+(tests/test_layout.py). Those per-voxel figures come from DOWNSTREAM_VOXEL_SECONDS (per device type, with their
+sources; benchmarks/training_budget.py measures them with those modules' own code), unless the caller, from a room
+above, passes `downstream`: a function that times them on the device (benchmarks/training_budget.py's
+`downstream_timings` is one: lib.plan.calibrate on the network and lib.postprocess on the calibration block).
+
+`project` multiplies by the run's work, in the order notebook 02 runs it: round 0 (conversion, fingerprint,
+preprocessing, training), each pseudo-label round r >= 1 (prediction + refinement of every refined sparse group,
+conversion, preprocessing, training from the previous round's model), then the validation of the final model and of
+the best checkpoint (notebook 02 validates both when they differ; counted always). Voxels are those of the nnU-Net
+cases `nnunet_dataset.plan_cases` cuts (validation images held out of training), so a real root, the synthetic one
+and `competition_groups()` (the real shapes, for the README) are projected alike.
+
+A training iteration takes max(train step, augmentation batch / workers) on a GPU (nnU-Net's workers augment beside
+the GPU step; workers = nnU-Net's count, at most the cores less the main process), train step + augmentation batch
+on the CPU (they share the cores). `check_budget` refuses, in one line, a setting whose projection x (1 + MARGIN)
+passes `budget_hours` (default 11.5 h on Kaggle, none elsewhere), naming the first stage that passes it and settings
+that fit. Not projected: nnU-Net's progress plot each epoch, the validation's mask and figures, model loading
+(seconds each). Fixed costs measured on the small block count as if per voxel: projections err long.
+
+    python -m lib.training.budget --data-dir ROOT [--configuration hepatic] [--epochs 15] [--pseudo-label-rounds 1]
+                                  [--real-shapes] [--budget-hours 11.5] [--calibration FILE.json]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+import torch
+
+from lib import data, paths
+from lib.model.network import CONFIGURATION, build_network, resolve_device
+from lib.training import fine_tune, nnunet_dataset
+from lib.training.fine_tune import TrainSettings
+
+# A setting fits when its projection x (1 + MARGIN) is within the budget. lib.plan keeps 25% for the scoring run,
+# where any overrun loses the whole submission. Training writes a checkpoint every epoch and resumes from it, so an
+# overrun costs the stage in flight and a second session, not the result: 15% here, which with Kaggle's default
+# budget of 11.5 h (0.5 h below the 12 h limit, for writing the output) still leaves a projection 20% of slack
+# (10.0 h projected, killed at 12 h), close to lib.plan's 25%.
+MARGIN = 0.15
+KAGGLE_BUDGET_HOURS = 11.5  # Kaggle's GPU session lasts at most about 12 h (competition.md, "Kaggle limits")
+BLOCK_SHAPE = (64, 256, 256)  # the calibration block: 4.2 M voxels, big enough that fixed costs hardly count
+CALIBRATION_GROUP = "kidney_1_dense"  # the block is written as this group (dense labels, 50 µm)
+WARMUP_STEPS = {"cuda": 2, "cpu": 1}  # steps not timed (cuDNN's kernel choice, lazy initialisation, first batch)
+FINGERPRINT_SAMPLES = 10**6  # foreground voxels sampled per case (nnU-Net: 1e8 spread over a run's ~80 cases)
+VALIDATED_MODELS = ("final", "best checkpoint")  # notebook 02 validates both when they differ: counted always
+TILE_STEP = 0.5  # the predictor's tile overlap (lib.inference's default, which notebook 02 uses)
+RESAMPLE_TOLERANCE = 0.02  # as lib.inference.RESAMPLE_TOLERANCE: voxel sizes within 2% are not resampled
+TTA_MODES = ("none", "flips", "axes", "axes+flips")  # as lib.inference.TTA_MODES (tests check they agree)
+# Seconds per voxel of the work around the network, per device type, when no `downstream` function measures them on
+# the device. Predictor per model-space voxel and pass over the views (z, or z+y+x), the rest per group voxel.
+DOWNSTREAM_VOXEL_SECONDS: dict[str, dict[str, float]] = {
+    # Measured by `benchmarks/training_budget.py --downstream` on 2 shared Intel Xeon cores (best of 2; a busier
+    # machine gave up to 2x more): lib.inference.predict_group with a network that costs nothing (the tiles are
+    # blended on the CPU), lib.postprocess, on a 96 x 448 x 448 block written as competition slices.
+    "cpu": {"predict_voxel_seconds_z": 2.7e-7, "predict_voxel_seconds_axes": 6.7e-7,
+            "refine_voxel_seconds": 2.6e-8, "curve_voxel_seconds": 2.0e-7},
+    # A GPU blends on the device. Predictor: an UPPER BOUND from a measurement, the whole no-TTA prediction of
+    # 501 x 1028 x 1257 on an H200 (35.5 s, network included: docs/benchmarks/gpu_check_h200.json) per voxel;
+    # axes: 3 views x that (an estimate). Refinement and threshold curve: CPU work, the CPU figures above.
+    "cuda": {"predict_voxel_seconds_z": 5.5e-8, "predict_voxel_seconds_axes": 1.65e-7,
+             "refine_voxel_seconds": 2.6e-8, "curve_voxel_seconds": 2.0e-7},
+}
+Downstream = Callable[[torch.nn.Module, dict, torch.device, data.Group], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainingCalibration:
+    """Seconds each stage of notebook 02 takes on one device: per voxel (conversion, fingerprint, preprocessing,
+    refinement, threshold curve, the predictor's own work), per step or batch (training), per tile (prediction).
+    `source` says whether it was measured here or composed (an estimate); NaN: not measured."""
+
+    device: str
+    configuration: str
+    patch_size: tuple[int, int, int]
+    batch_size: int
+    conversion_voxel_seconds: float
+    fingerprint_voxel_seconds: float
+    preprocessing_voxel_seconds: float
+    train_step_seconds: float  # forward + deep-supervision loss + backward + optimizer step, one batch
+    val_step_seconds: float  # nnU-Net's validation_step (forward + loss + pseudo Dice), one batch
+    augmentation_batch_seconds: float  # one training batch loaded and augmented by one worker
+    val_batch_seconds: float  # one validation batch loaded (no spatial augmentation) by one worker
+    augmentation_workers: int  # nnU-Net's augmentation processes that run in parallel on this machine
+    trainer_start_seconds: float  # building and initialising the trainer, writing the final checkpoint
+    epoch_checkpoint_seconds: float  # checkpoint_latest + checkpoint_best, written each epoch
+    tile_seconds: float  # network seconds per tile, one pass (as lib.plan.Calibration.tile_seconds)
+    predict_voxel_seconds_z: float  # the predictor's own work per voxel, z-view
+    predict_voxel_seconds_axes: float  # the same with the y- and x-views (through memmaps)
+    flip_passes: int  # network passes per tile with mirroring TTA (2 ** mirror axes)
+    refine_voxel_seconds: float  # share cut + refined masks of a pseudo-label round, per group voxel
+    curve_voxel_seconds: float  # the validation's threshold curve, per group voxel
+    seconds: float  # the calibration's own time
+    source: str = "measured"
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether it was calibrated on (or estimated for) a GPU, where augmentation overlaps the step."""
+        return self.device.startswith("cuda")
+
+    def iteration_seconds(self) -> float:
+        """One training iteration: the GPU step overlapped with the workers' augmentation, or both on the CPU."""
+        if self.on_gpu:
+            return max(self.train_step_seconds, self.augmentation_batch_seconds / max(self.augmentation_workers, 1))
+        return self.train_step_seconds + self.augmentation_batch_seconds
+
+    def val_iteration_seconds(self) -> float:
+        """One validation iteration (nnU-Net's validation loader has half the training loader's workers)."""
+        if self.on_gpu:
+            return max(self.val_step_seconds, self.val_batch_seconds / max(self.augmentation_workers // 2, 1))
+        return self.val_step_seconds + self.val_batch_seconds
+
+    def to_json(self) -> str:
+        """The calibration as JSON, to project other settings later (`--calibration`) or keep beside a run."""
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainingCalibration:
+        """A calibration saved by `to_json` (e.g. an estimate composed by benchmarks/training_budget.py)."""
+        values = json.loads(text)
+        values = {f.name: values[f.name] for f in fields(cls) if f.name in values}
+        values["patch_size"] = tuple(values["patch_size"])
+        return cls(**{k: (math.nan if v is None else v) for k, v in values.items()})
+
+    def summary(self) -> str:
+        """One line: what was measured, where, and the per-stage figures."""
+        return (f"calibration ({self.source}) on {self.device}, {self.configuration} patch {list(self.patch_size)} "
+                f"batch {self.batch_size}: conversion {self.conversion_voxel_seconds * 1e9:.1f}, fingerprint "
+                f"{self.fingerprint_voxel_seconds * 1e9:.1f}, preprocessing {self.preprocessing_voxel_seconds * 1e9:.1f}"
+                f" ns/voxel; training {self.iteration_seconds():.3f} s/it (step {self.train_step_seconds:.3f} s, "
+                f"augmentation {self.augmentation_batch_seconds:.3f} s/batch over {self.augmentation_workers} "
+                f"worker(s)), validation {self.val_iteration_seconds():.3f} s/it; prediction "
+                f"{self.tile_seconds * 1000:.1f} ms/tile + {self.predict_voxel_seconds_z * 1e9:.1f} ns/voxel")
+
+
+# ---------------------------------------------------------------------------------------------------- calibration
+
+
+def calibrate(settings: TrainSettings | None = None, device: str | torch.device | None = None,
+              block_shape: Sequence[int] = BLOCK_SHAPE, steps: int | None = None, network: bool = True,
+              downstream: Downstream | None = None) -> TrainingCalibration:
+    """Time every stage's own code on `device` (default: the settings' device) on a small synthetic block.
+
+    `steps`: timed training steps, validation steps and batches (default 3 on a GPU, 1 on the CPU, where a step of
+    even the tiny network takes seconds). `network=False` skips the network's timings (training and validation
+    steps, tile: NaN), e.g. the hepatic network on a CPU, where one step takes minutes. `downstream(network, plans,
+    device, block group)` returns fields measured above this room (module docstring) that replace the defaults.
+    The process's environment, torch's threads and cuDNN flags are restored.
+    """
+    settings = settings or TrainSettings()
+    device = resolve_device(device if device is not None else settings.device)
+    steps = steps if steps is not None else (3 if device.type == "cuda" else 1)
+    begin = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sennet-budget-") as tmp, _scoped_state(Path(tmp) / "nnunet"):
+        root = Path(tmp) / "root"
+        group = write_block(root, tuple(block_shape))
+        timings, plans = _time_data_stages(root, Path(tmp) / "nnunet", settings, device)
+        trainer, timings["trainer_start_seconds"] = _build_trainer(plans, settings, device)
+        loaders, timings["augmentation_workers"] = _loaders(trainer)
+        batch, timings["augmentation_batch_seconds"] = _time_batches(loaders[0], steps)
+        val_batch, timings["val_batch_seconds"] = _time_batches(loaders[1], steps)
+        timings.update(_time_steps(trainer, batch, val_batch, steps) if network else
+                       {"train_step_seconds": math.nan, "val_step_seconds": math.nan})
+        latest, best = _time_checkpoints(trainer, Path(tmp) / "checkpoints")
+        timings["epoch_checkpoint_seconds"] = latest + best
+        timings["trainer_start_seconds"] += best  # the final checkpoint is written as the best one is
+        mirror_axes = tuple(trainer.inference_allowed_mirroring_axes or (0, 1, 2))
+        del trainer, loaders, batch, val_batch
+        gc.collect()  # the trainer's network and optimizer state off the device before the next network is built
+        timings["tile_seconds"] = _time_tile(plans, device) if network else math.nan
+        timings.update(DOWNSTREAM_VOXEL_SECONDS["cuda" if device.type == "cuda" else "cpu"])
+        if downstream is not None:
+            timings.update(downstream(build_network(plans, deep_supervision=False), plans, device, group))
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    config = plans["configurations"][CONFIGURATION]
+    return TrainingCalibration(str(device), settings.configuration, tuple(config["patch_size"]),
+                               int(config["batch_size"]), flip_passes=2 ** len(mirror_axes),
+                               seconds=time.perf_counter() - begin, **timings)
+
+
+def write_block(root: Path, shape: tuple[int, int, int] = BLOCK_SHAPE, seed: int = 0) -> data.Group:
+    """A competition root holding one labelled group of `shape` (slices as the competition ships them: uint16
+    images with kidney-like intensities, 0/255 labels of a few winding tubes, about 1% vessel)."""
+    rng = np.random.default_rng(seed)
+    depth, height, width = shape
+    yy, xx = np.mgrid[:height, :width]
+    tubes = [(rng.uniform(0, height), rng.uniform(0, width), rng.uniform(-1, 1, 2), rng.uniform(2, 5))
+             for _ in range(8)]
+    for kind in ("images", "labels"):
+        (root / "train" / CALIBRATION_GROUP / kind).mkdir(parents=True, exist_ok=True)
+    for z in range(depth):
+        label = np.zeros((height, width), bool)
+        for cy, cx, (dy, dx), radius in tubes:
+            label |= (yy - (cy + dy * z) % height) ** 2 + (xx - (cx + dx * z) % width) ** 2 < radius ** 2
+        image = rng.normal(34853, 2336, (height, width)) + 3000 * label  # kidney_2's mean and sd (competition.md)
+        folder = root / "train" / CALIBRATION_GROUP
+        tifffile.imwrite(folder / "images" / f"{z:04d}.tif", np.clip(image, 0, 65535).astype(np.uint16))
+        tifffile.imwrite(folder / "labels" / f"{z:04d}.tif", label.astype(np.uint8) * np.uint8(255))
+    return data.open_group(CALIBRATION_GROUP, root)
+
+
+@contextlib.contextmanager
+def _scoped_state(work_dir: Path) -> Iterator[None]:
+    """nnU-Net's folders in `work_dir` and no torch.compile while calibrating; the environment, torch's threads
+    and cuDNN flags as they were afterwards."""
+    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA", "nnUNet_compile")
+    saved = {name: os.environ.get(name) for name in names}
+    flags = (torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        nnunet_dataset.nnunet_env(work_dir)
+        os.environ["nnUNet_compile"] = saved["nnUNet_compile"] or "false"  # as fine_tune.train (unless set)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        torch.set_num_threads(flags[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1], flags[2]
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds `fn` takes, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
+                      device: torch.device) -> tuple[dict, dict]:
+    """Seconds per voxel of conversion, fingerprint and preprocessing of the block, as fine_tune.train runs them
+    (the architecture of the configuration, the patch of this device); returns them and the plans."""
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
+
+    cpu = torch.device("cpu")
+    # The run's normalisation scheme, where the settings have one (a per-kidney scheme changes the conversion's work).
+    scheme = {"normalisation": settings.normalisation} if hasattr(settings, "normalisation") else {}
+    start = time.perf_counter()
+    nnunet_dataset.write_raw_dataset(root, work_dir, (CALIBRATION_GROUP,), None, settings.slab_depth, progress=False,
+                                     **scheme)
+    conversion = time.perf_counter() - start
+    cases = nnunet_dataset.read_cases(work_dir)
+    voxels = sum(c.stop - c.start for c in cases) * math.prod(data.open_group(CALIBRATION_GROUP, root).shape[1:])
+    raw = Path(os.environ["nnUNet_raw"]) / nnunet_dataset.DATASET_NAME
+    files = [nnunet_dataset.raw_files(raw, c.name) for c in cases]
+    start = time.perf_counter()
+    results = [DatasetFingerprintExtractor.analyze_case([str(image)], str(label), Tiff3DIO, FINGERPRINT_SAMPLES)
+               for image, label in files]
+    fingerprint = time.perf_counter() - start
+    fingerprint_file = work_dir / "dataset_fingerprint.json"
+    fingerprint_file.write_text(json.dumps(_fingerprint(results)))
+    arch, _ = fine_tune.architecture_plans(settings.configuration, None, work_dir)
+    patch = fine_tune.patch_size_for(arch, device, settings.patch_size)
+    preprocessing = _timed(lambda: fine_tune.prepare(work_dir, arch, patch, settings.batch_size, cases, True,
+                                                     fingerprint_file, progress=False), cpu)
+    plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / nnunet_dataset.DATASET_NAME /
+                        f"{fine_tune.PLANS_NAME}.json").read_text())
+    return {"conversion_voxel_seconds": conversion / voxels, "fingerprint_voxel_seconds": fingerprint / voxels,
+            "preprocessing_voxel_seconds": preprocessing / voxels}, plans
+
+
+def _fingerprint(results: Sequence[tuple]) -> dict:
+    """nnU-Net's dataset fingerprint (the keys fine_tune.kidney_plans reads) from `analyze_case` results."""
+    intensities = np.concatenate([r[2][0] for r in results]).astype(np.float64)
+    stats = {"mean": float(np.mean(intensities)), "median": float(np.median(intensities)),
+             "std": float(np.std(intensities)), "min": float(np.min(intensities)), "max": float(np.max(intensities)),
+             "percentile_99_5": float(np.percentile(intensities, 99.5)),
+             "percentile_00_5": float(np.percentile(intensities, 0.5))}
+    return {"spacings": [[float(s) for s in r[1]] for r in results],
+            "shapes_after_crop": [[int(s) for s in r[0]] for r in results],
+            "foreground_intensity_properties_per_channel": {"0": stats},
+            "median_relative_size_after_cropping": float(np.median([r[4] for r in results]))}
+
+
+def _build_trainer(plans: dict, settings: TrainSettings,
+                   device: torch.device) -> tuple[fine_tune.FineTuneTrainer, float]:
+    """The trainer as fine_tune.train builds it (random weights: speed does not depend on them); seconds taken."""
+    from lib.training.trainer import seed_everything
+
+    dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / nnunet_dataset.DATASET_NAME /
+                               "dataset.json").read_text())
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)  # as fine_tune.train trains on the CPU
+    seed_everything(settings.seed)  # as fine_tune.train: deterministic cuDNN algorithms
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's banner and log lines
+        trainer = fine_tune.FineTuneTrainer({**plans, "continue_training": False}, CONFIGURATION, 0, dataset_json,
+                                            device)
+        trainer.num_epochs = settings.epochs
+        trainer.initial_lr, trainer.warmup_epochs = settings.initial_lr, settings.warmup_epochs
+        trainer.scale_range, trainer.seed = settings.scale_range, settings.seed
+        trainer.initialize()
+    return trainer, time.perf_counter() - start
+
+
+def _loaders(trainer: fine_tune.FineTuneTrainer) -> tuple[tuple, int]:
+    """nnU-Net's training and validation loaders built in this process (no worker processes), and how many
+    augmentation workers the real run has running in parallel here (nnU-Net's count, the main process keeps a core
+    on a GPU machine)."""
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    workers = get_allowed_n_proc_DA()  # nnUNet_n_proc_DA as the run would see it (before it is set to 0 below)
+    if trainer.device.type == "cpu":
+        workers = min(workers, int(os.environ.get("nnUNet_n_proc_DA", 1)))  # fine_tune.train: 1 on the CPU
+    else:
+        workers = min(workers, max((os.cpu_count() or 1) - 1, 1))
+    os.environ["nnUNet_n_proc_DA"] = "0"  # nnU-Net's SingleThreadedAugmenter: batches made here, timed here
+    with contextlib.redirect_stdout(io.StringIO()):
+        loaders = trainer.get_dataloaders()
+    return loaders, max(workers, 1)
+
+
+def _time_batches(loader, batches: int) -> tuple[dict, float]:
+    """A batch and the median seconds one worker (torch single-threaded, as lib.training.trainer's workers run)
+    takes to load and augment one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds = []
+        for _ in range(max(batches, 1)):
+            start = time.perf_counter()
+            batch = next(loader)
+            seconds.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return batch, float(np.median(seconds))
+
+
+def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict, steps: int) -> dict:
+    """Median seconds of nnU-Net's train_step and validation_step on real batches, warm-up steps excluded."""
+    device = trainer.device
+    trainer.network.train()
+    for _ in range(WARMUP_STEPS.get(device.type, 2)):
+        trainer.train_step(batch)
+    train = [_timed(lambda: trainer.train_step(batch), device) for _ in range(max(steps, 1))]
+    trainer.network.eval()
+    with torch.no_grad():
+        trainer.validation_step(val_batch)
+        val = [_timed(lambda: trainer.validation_step(val_batch), device) for _ in range(max(steps, 1))]
+    trainer.network.train()
+    return {"train_step_seconds": float(np.median(train)), "val_step_seconds": float(np.median(val))}
+
+
+def _time_checkpoints(trainer: fine_tune.FineTuneTrainer, folder: Path) -> tuple[float, float]:
+    """Seconds to write checkpoint_latest and checkpoint_best (which FineTuneTrainer writes, reads and rewrites)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return tuple(_timed(lambda name=name: trainer.save_checkpoint(str(folder / name)), trainer.device)
+                 for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))
+
+
+def _time_tile(plans: dict, device: torch.device, repeats: int = 3) -> float:
+    """Network seconds per tile as lib.inference computes one (eval, no gradients, autocast on a GPU, cuDNN's
+    benchmark mode, the vessel-minus-background logit difference): best of `repeats` after a warm-up."""
+    network = build_network(plans, deep_supervision=False).to(device).eval()
+    patch = plans["configurations"][CONFIGURATION]["patch_size"]
+    x = torch.randn((1, 1, *patch), device=device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as lib.inference.from_network (restored afterwards)
+
+    def tile() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cuda") if device.type == "cuda" else contextlib.nullcontext():
+            out = network(x)
+            return out[:, 1].float() - out[:, 0].float()
+
+    tile()
+    return min(_timed(tile, device) for _ in range(repeats if device.type == "cuda" else 1))
+
+
+# ----------------------------------------------------------------------------------------------------- projection
+
+
+def competition_groups() -> dict[str, data.Group]:
+    """The competition's training groups with their real shapes (`data.COMPETITION_SHAPES`), as `data.Group`s
+    whose files are never read (kidney_3_dense's images are kidney_3_sparse's slices 0496..0996): what `project`
+    needs to project the real data from a machine that does not have it."""
+    base = Path("<competition>") / "train"
+    groups = {}
+    for name in data.LABEL_KIND:
+        depth, height, width = data.COMPETITION_SHAPES[name]
+        slices = tuple(data.KIDNEY_3_DENSE_SLICES) if name == "kidney_3_dense" else tuple(range(depth))
+        source = data.IMAGES_FROM.get(name, name)
+        groups[name] = data.Group(name, "train", slices, tuple(base / source / "images" / f"{z:04d}.tif" for z in slices),
+                                  tuple(base / name / "labels" / f"{z:04d}.tif" for z in slices), height=height,
+                                  width=width)
+    return groups
+
+
+def project(calibration: TrainingCalibration, settings: TrainSettings, groups: Mapping[str, data.Group],
+            validation_tta: bool | str = False) -> pd.DataFrame:
+    """Projected seconds of every stage of notebook 02 in the order it runs them (module docstring), one row each:
+    round, stage, group, voxels / iterations (the work), epochs and seconds per epoch (training rows), seconds and
+    the cumulative hours at the stage's end. `groups`: `data.discover(root)` or `competition_groups()`."""
+    cases = nnunet_dataset.plan_cases(dict(groups), settings.train_groups, settings.val_group, settings.slab_depth)
+    voxels = sum((c.stop - c.start) * groups[c.group].height * groups[c.group].width for c in cases)
+    spacing = float(np.median([c.spacing_mm for c in cases]))  # the fingerprint's median spacing: the model's
+    epoch = (settings.iterations_per_epoch * calibration.iteration_seconds()
+             + settings.val_iterations_per_epoch * calibration.val_iteration_seconds()
+             + calibration.epoch_checkpoint_seconds)
+    rows = []
+    for r in range(settings.pseudo_label_rounds + 1):
+        for name in (refined_groups(settings) if r else []):
+            group = groups[name]
+            seconds = _prediction_seconds(calibration, spacing, group, False) \
+                + math.prod(group.shape) * calibration.refine_voxel_seconds
+            rows.append(_row(r, "pseudo-label prediction", name, seconds, voxels=math.prod(group.shape)))
+        rows.append(_row(r, "conversion", "", voxels * calibration.conversion_voxel_seconds, voxels=voxels))
+        if r == 0:  # later rounds reuse round 0's fingerprint (the same normalisation)
+            rows.append(_row(r, "fingerprint", "", voxels * calibration.fingerprint_voxel_seconds, voxels=voxels))
+        rows.append(_row(r, "preprocessing", "", voxels * calibration.preprocessing_voxel_seconds, voxels=voxels))
+        iterations = settings.epochs * (settings.iterations_per_epoch + settings.val_iterations_per_epoch)
+        rows.append(_row(r, "training", "", calibration.trainer_start_seconds + settings.epochs * epoch,
+                         iterations=iterations, epochs=settings.epochs, epoch_seconds=epoch))
+    if settings.val_group:
+        val = groups[settings.val_group]
+        curve = math.prod(val.shape) * calibration.curve_voxel_seconds
+        seconds = _prediction_seconds(calibration, spacing, val, validation_tta) + curve
+        plain = _prediction_seconds(calibration, spacing, val, False) + curve
+        for which in VALIDATED_MODELS:
+            rows.append(_row(settings.pseudo_label_rounds, f"validation ({which})", settings.val_group, seconds,
+                             voxels=math.prod(val.shape), seconds_without_tta=plain))
+    table = pd.DataFrame(rows)
+    table["cumulative_hours"] = table["seconds"].cumsum() / 3600
+    return table
+
+
+def _row(r: int, stage: str, group: str, seconds: float, **work: float) -> dict:
+    """One stage: its work (voxels, or iterations, epochs and seconds per epoch for training), its seconds and
+    (validation) its seconds without TTA."""
+    return {"round": r, "stage": stage, "group": group, "voxels": work.get("voxels"),
+            "iterations": work.get("iterations"), "epochs": work.get("epochs"),
+            "epoch_seconds": work.get("epoch_seconds"), "seconds": float(seconds),
+            "seconds_without_tta": work.get("seconds_without_tta")}
+
+
+def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, group: data.Group,
+                        tta: bool | str) -> float:
+    """Seconds to predict a group as lib.plan projects it: network tiles per view and pass, predictor per voxel."""
+    work = model_space_shape(group.shape, group.voxel_um, spacing_mm)
+    views, flips = tta_views_and_flips(tta)
+    passes = calibration.flip_passes if flips else 1
+    n_tiles = sum(tiles([work[a] for a in view], calibration.patch_size) for view in views)
+    per_voxel = calibration.predict_voxel_seconds_axes if len(views) > 1 else calibration.predict_voxel_seconds_z
+    return n_tiles * passes * calibration.tile_seconds + math.prod(work) * per_voxel
+
+
+def refined_groups(settings: TrainSettings) -> list[str]:
+    """The sparse training groups a pseudo-label round predicts and refines (as lib.refine.refined_groups)."""
+    return [g for g in settings.train_groups if g in settings.sparse_label_share]
+
+
+def tiles(shape: Sequence[int], patch: Sequence[int], tile_step: float = TILE_STEP) -> int:
+    """Tiles of nnU-Net's sliding-window grid over a volume padded to at least the patch (as lib.plan.tiles)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    padded = [max(int(s), int(p)) for s, p in zip(shape, patch)]
+    return math.prod(len(a) for a in compute_steps_for_sliding_window(padded, [int(p) for p in patch], tile_step))
+
+
+def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, spacing_mm: float) -> tuple[int, ...]:
+    """The shape a group is predicted at (as lib.inference.model_space_shape with resampling): unchanged unless its
+    voxel size differs from the training spacing by more than RESAMPLE_TOLERANCE."""
+    if voxel_um is None or abs(voxel_um / 1000 / spacing_mm - 1) <= RESAMPLE_TOLERANCE:
+        return tuple(shape)
+    return tuple(max(1, int(round(n * voxel_um / 1000 / spacing_mm))) for n in shape)
+
+
+def tta_views_and_flips(tta: bool | str) -> tuple[list[tuple[int, int, int]], bool]:
+    """The views (axis orders) a TTA mode predicts and whether it mirrors (as lib.inference.tta_views/tta_flips)."""
+    mode = ("flips" if tta else "none") if isinstance(tta, bool) else str(tta).strip().lower()
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown tta {tta!r}; expected one of {', '.join(TTA_MODES)} (or True/False)")
+    views = [(0, 1, 2), (1, 0, 2), (2, 1, 0)] if mode.startswith("axes") else [(0, 1, 2)]
+    return views, mode.endswith("flips")
+
+
+# --------------------------------------------------------------------------------------------------------- budget
+
+
+def on_kaggle() -> bool:
+    """Whether this runs in a Kaggle notebook: Kaggle sets KAGGLE_KERNEL_RUN_TYPE ("Interactive" or "Batch") in its
+    sessions, and /kaggle/working exists there (KAGGLE_WORKING_DIR relocates it, as for lib.runs.kaggle)."""
+    working = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or working.is_dir()
+
+
+def default_budget_hours() -> float | None:
+    """11.5 h on Kaggle (its GPU session ends at about 12 h), None elsewhere (no limit to check)."""
+    return KAGGLE_BUDGET_HOURS if on_kaggle() else None
+
+
+def resolve_budget_hours(value: float | str | None) -> float | None:
+    """A notebook's `budget_hours`: "auto" -> `default_budget_hours()`, None -> no check, else a positive number."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return default_budget_hours()
+    if value is None:
+        return None
+    hours = float(value)
+    if not hours > 0:
+        raise ValueError(f"budget_hours must be positive, \"auto\" or None, got {value!r}")
+    return hours
+
+
+def stage_label(row: pd.Series) -> str:
+    """How a stage is named in messages, e.g. "round 1 pseudo-label prediction of kidney_2"."""
+    if row["stage"].startswith("validation"):
+        return f"{row['stage']} of {row['group']}"
+    return f"round {row['round']} {row['stage']}" + (f" of {row['group']}" if row["group"] else "")
+
+
+def check_budget(table: pd.DataFrame, budget_hours: float | None, margin: float = MARGIN) -> None:
+    """Nothing when the projection x (1 + margin) fits `budget_hours` (or there is no budget); else a one-line
+    ValueError naming the first stage that passes it and settings that fit (from the table's own figures)."""
+    if budget_hours is None:
+        return
+    if not budget_hours > 0:
+        raise ValueError(f"budget_hours must be positive, got {budget_hours}")
+    limit = budget_hours / (1 + margin)
+    over = table[table["cumulative_hours"] > limit]
+    if over.empty:
+        return
+    first = over.iloc[0]
+    total = float(table["cumulative_hours"].iloc[-1])
+    raise ValueError(f"training is projected at {_hours(total)} h, over the {budget_hours:g} h budget with its "
+                     f"{margin:.0%} margin (projections up to {_hours(limit)} h fit): {stage_label(first)} would "
+                     f"end at {_hours(first.cumulative_hours)} h; {_fitting_settings(table, limit)}")
+
+
+def fits_with(table: pd.DataFrame, rounds: int | None = None, epochs: int | None = None,
+              validation_tta: bool = True) -> float:
+    """Projected hours of the same run with fewer pseudo-label rounds, another number of epochs and/or no TTA in
+    the validation, from the table's rows (training is linear in epochs: start + epochs x seconds per epoch)."""
+    validation = table["stage"].str.startswith("validation")
+    keep = validation | (table["round"] <= (table["round"].max() if rounds is None else rounds))
+    rows = table[keep]
+    seconds = rows["seconds"].to_numpy(dtype=float).copy()
+    if epochs is not None:
+        training = (rows["stage"] == "training").to_numpy()
+        start = rows["seconds"][training] - rows["epochs"][training] * rows["epoch_seconds"][training]
+        seconds[training] = (start + epochs * rows["epoch_seconds"][training]).to_numpy(dtype=float)
+    if not validation_tta:
+        plain = validation[keep].to_numpy()
+        seconds[plain] = rows["seconds_without_tta"][plain].to_numpy(dtype=float)
+    return float(seconds.sum()) / 3600
+
+
+def largest_epochs(table: pd.DataFrame, limit_hours: float, rounds: int | None = None) -> int:
+    """The most epochs whose projection (with `rounds` pseudo-label rounds) is within `limit_hours`; 0: none."""
+    zero = fits_with(table, rounds, 0)
+    per_epoch = fits_with(table, rounds, 1) - zero
+    return max(int(math.floor((limit_hours - zero) / per_epoch + 1e-9)), 0) if per_epoch > 0 else 0
+
+
+def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
+    """Settings that fit `limit` hours: fewer pseudo-label rounds, no validation TTA, the largest `epochs`, or
+    no rounds with the largest `epochs` that fits then."""
+    rounds = int(table["round"].max())
+    epochs = int(table.loc[table["stage"] == "training", "epochs"].iloc[0])
+    options = []
+    fitting_rounds = [r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit]
+    if fitting_rounds:
+        r = fitting_rounds[0]
+        options.append(f"pseudo_label_rounds={r} ({_hours(fits_with(table, r))} h)")
+    validation = table[table["stage"].str.startswith("validation")]
+    if (validation["seconds"] > validation["seconds_without_tta"]).any() and fits_with(table, None, None, False) <= limit:
+        options.append(f"validation_tta=False ({_hours(fits_with(table, None, None, False))} h)")
+    most = largest_epochs(table, limit)
+    if 1 <= most < epochs:
+        options.append(f"epochs={most} ({_hours(fits_with(table, epochs=most))} h)")
+    if not options and rounds:
+        most = largest_epochs(table, limit, 0)
+        if most >= 1:
+            options.append(f"pseudo_label_rounds=0 with epochs={most} ({_hours(fits_with(table, 0, most))} h)")
+    if not options:
+        return (f"no setting of pseudo_label_rounds and epochs fits: pseudo_label_rounds=0 with epochs=1 projects "
+                f"{_hours(fits_with(table, 0, 1))} h (fewer iterations_per_epoch, validation_tta=False or a larger "
+                "budget_hours)")
+    return "fits: " + " or ".join(options)
+
+
+def plan_training(data_dir: Path | str, settings: TrainSettings, budget_hours: float | str | None = "auto",
+                  validation_tta: bool | str = False, calibration: TrainingCalibration | None = None,
+                  report: Callable[[str], object] | None = print) -> tuple[pd.DataFrame, TrainingCalibration]:
+    """Notebook 02's call before it converts anything: calibrate on the settings' device (unless given), project
+    the run on the groups in `data_dir`, `report` the calibration and the table, then check the budget ("auto":
+    11.5 h on Kaggle, none elsewhere; a one-line ValueError when it does not fit)."""
+    budget = resolve_budget_hours(budget_hours)
+    calibration = calibration or calibrate(settings)
+    table = project(calibration, settings, data.discover(data_dir), validation_tta)
+    if report is not None:
+        report(calibration.summary())
+        report(format_table(table))
+        report(f"budget: {budget:g} h with a {MARGIN:.0%} margin (projections up to {_hours(budget / (1 + MARGIN))} h "
+               "fit)" if budget else "budget: none (not on Kaggle): nothing to check")
+    check_budget(table, budget)
+    return table, calibration
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The table as text: work in voxels (G or M) or iterations, the stage's time and the cumulative hours."""
+    def work(voxels: float, iterations: float) -> str:
+        """A stage's work in words."""
+        if pd.notna(voxels):
+            return f"{voxels / 1e9:.2f} G voxels" if voxels >= 1e8 else f"{voxels / 1e6:.2f} M voxels"
+        return f"{int(iterations):,} iterations"
+
+    shown = pd.DataFrame({
+        "round": table["round"], "stage": table["stage"], "group": table["group"],
+        "work": [work(v, i) for v, i in zip(table["voxels"], table["iterations"])],
+        "time": [f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s" for s in table["seconds"]],
+        "cumulative_hours": [_hours(h) for h in table["cumulative_hours"]]})
+    return shown.to_string(index=False)
+
+
+def _hours(hours: float) -> str:
+    """Hours for messages: one decimal, two significant digits below an hour."""
+    return f"{hours:.1f}" if hours >= 1 else f"{hours:.2g}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m lib.training.budget`: calibrate here (or load a calibration), project, print, check."""
+    ap = argparse.ArgumentParser(description="Project notebook 02's training stages on this machine and check "
+                                             "them against a session budget (Kaggle: 11.5 h).")
+    ap.add_argument("--data-dir", type=Path, default=None, help="competition root (default: the project's)")
+    ap.add_argument("--real-shapes", action="store_true", help="project the real competition shapes instead")
+    ap.add_argument("--configuration", default="hepatic", choices=sorted(fine_tune.ARCHITECTURES))
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
+    ap.add_argument("--val-iterations", type=int, default=50, help="validation iterations per epoch")
+    ap.add_argument("--pseudo-label-rounds", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--patch-size", type=int, nargs=3, default=None)
+    ap.add_argument("--validation-tta", default="none", help="none, flips, axes or axes+flips")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--budget-hours", default="auto", help='"auto" (11.5 on Kaggle, none elsewhere), a number, none')
+    ap.add_argument("--calibration", type=Path, default=None, help="use this saved calibration (.json) instead")
+    ap.add_argument("--save-calibration", type=Path, default=None, help="write the calibration here (.json)")
+    args = ap.parse_args(argv)
+    try:
+        settings = TrainSettings(configuration=args.configuration, epochs=args.epochs,
+                                 iterations_per_epoch=args.iterations, val_iterations_per_epoch=args.val_iterations,
+                                 pseudo_label_rounds=args.pseudo_label_rounds, batch_size=args.batch_size,
+                                 patch_size=tuple(args.patch_size) if args.patch_size else None, device=args.device)
+        budget = resolve_budget_hours(None if args.budget_hours.lower() == "none" else args.budget_hours)
+        groups = competition_groups() if args.real_shapes else data.discover(args.data_dir or paths.default_data_dir())
+        calibration = (TrainingCalibration.from_json(args.calibration.read_text()) if args.calibration
+                       else calibrate(settings))
+        table = project(calibration, settings, groups, args.validation_tta)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.save_calibration:
+        args.save_calibration.parent.mkdir(parents=True, exist_ok=True)
+        args.save_calibration.write_text(calibration.to_json())
+    print(calibration.summary())
+    print(format_table(table))
+    try:
+        check_budget(table, budget)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"fits the {budget:g} h budget with a {MARGIN:.0%} margin" if budget else "no budget to check")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
