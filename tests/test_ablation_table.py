@@ -28,6 +28,10 @@ def test_control_arm_trains_as_many_epochs_as_two_rounds(ablation):
     assert pseudo.epochs * (pseudo.pseudo_label_rounds + 1) == control.epochs
     assert recipe.epochs == 6 and recipe.seed == 3 and recipe.iterations_per_epoch == 40
     assert ablation.arm_settings("+ resolution aug", 0, BUDGET).scale_range == (0.95, 1.8)
+    assert recipe.normalisation == control.normalisation == pseudo.normalisation == "dataset"  # the seed's
+    kidney = ablation.arm_settings("+ per-kidney normalisation + pseudo-labels", 0, BUDGET)
+    assert kidney.normalisation == "kidney" and kidney.pseudo_label_rounds == 1
+    assert ablation.arm_settings("+ per-kidney normalisation", 0, BUDGET).normalisation == "kidney"
     assert BUDGET["epochs"] == 6  # the shared budget is not changed by an arm
 
 
