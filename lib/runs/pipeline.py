@@ -107,6 +107,9 @@ def check_parameter(name: str, value: object, default: object) -> str | None:
         if not isinstance(value, str) or not DEVICE.match(value):
             return f"takes 'auto', 'cpu', 'cuda', 'cuda:<n>' or 'mps', got {value!r}"
         return _device_problem(value)
+    if name == "budget_hours":
+        ok = value is None or value == "auto" or (_is_number(value) and value > 0)
+        return None if ok else f"takes a positive number of hours, \"auto\" or null, got {value!r}"
     if name == "normalisation":
         from lib.normalisation import SCHEMES
 
