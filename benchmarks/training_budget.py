@@ -1,15 +1,14 @@
-"""The training plan on a Kaggle T4, ESTIMATED (no T4 was available): what lib.training.budget projects for the seed
-recipe and for one pseudo-label round on the real competition shapes, and on which calibration that rests.
+"""The training plan on a Kaggle T4, ESTIMATED (no T4 was available): what lib.budget projects for the seed recipe
+and for one pseudo-label round on the real competition shapes, and on which calibration that rests.
 
 The calibration is composed from three sources, and the JSON it writes says so in its `source`:
 
-- measured HERE, on this machine's CPU (`lib.training.budget.calibrate` with the hepatic configuration and the GPU
-  patch 64 x 192 x 192, `network=False`): seconds per voxel of conversion, fingerprint and preprocessing (CPU work,
-  single process, on Kaggle too, except blosc2's compression threads: Kaggle's 4 cores may do better than 2 here),
-  one batch of nnU-Net's augmentation by one worker, the trainer's start and its checkpoints. Augmentation workers:
-  3, Kaggle's 4 cores less the main process. Refinement and the threshold curve per voxel: budget's
-  DOWNSTREAM_VOXEL_SECONDS, which `--downstream` measures here (lib.inference with a costless network, so only the
-  predictor's own work is timed; lib.postprocess on a block written as competition slices).
+- measured HERE, on this machine's CPU (`lib.budget.calibrate` with the hepatic configuration and the GPU patch
+  64 x 192 x 192, `network=False`): seconds per voxel of conversion, fingerprint and preprocessing (CPU work, single
+  process, on Kaggle too, except blosc2's compression threads: Kaggle's 4 cores may do better than 2 here), one batch
+  of nnU-Net's augmentation by one worker, the trainer's start and its checkpoints, and per voxel the refinement and
+  the threshold curve (lib.postprocess: CPU work on Kaggle too). Augmentation workers: 3, Kaggle's 4 cores less the
+  main process.
 - measured on an H200 (docs/benchmarks/gpu_check_h200.json, an earlier session): the hepatic train step (median, batch
   2, AMP), the validation step (what the second epoch took beyond its training steps, over its validation
   iterations: an upper bound) and the prediction of a 501 x 1028 x 1257 block (no TTA, all of its time counted as
@@ -20,83 +19,27 @@ The calibration is composed from three sources, and the JSON it writes says so i
   smaller), a T4 held at 70 W rarely sustains its boost clock (it may be larger): an ESTIMATE, not a measurement.
   `--ratio` shows how the projection moves with it.
 
-`downstream_timings` is what a room above lib.training would pass to `budget.calibrate(downstream=...)` to time the
-work around the network on the device itself (lib.plan.calibrate, lib.postprocess).
+On a GPU itself, `lib.budget.calibrate` measures all of it (the network and the predictor's own work with
+lib.plan.calibrate): no estimate needed.
 
-Run: `.venv/bin/python benchmarks/training_budget.py [--ratio 15.2] [--downstream] [--out FILE.json]` (about 20 s on
-2 cores, two minutes with `--downstream`), then `python -m lib.training.budget --real-shapes --calibration FILE.json
-...` projects other settings on the same calibration (default FILE: outputs/benchmarks/training_budget_t4.json).
+Run: `.venv/bin/python benchmarks/training_budget.py [--ratio 15.2] [--out FILE.json]` (about 20 s on 2 cores), then
+`python -m lib.budget --real-shapes --calibration FILE.json ...` projects other settings on the same calibration
+(default FILE: outputs/benchmarks/training_budget_t4.json).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from lib import data, inference, paths, plan, postprocess
-from lib.training import budget
+from lib import budget, paths, plan
 from lib.training.fine_tune import TrainSettings
 
 H200_FILE = paths.PROJECT_ROOT / "docs" / "benchmarks" / "gpu_check_h200.json"
 T4_RATIO = 989 / 65  # H200 SXM dense FP16 tensor TFLOPS / T4 FP16 (mixed precision) TFLOPS, NVIDIA datasheets
 KAGGLE_CORES = 4  # a T4 x2 session (competition.md, "Kaggle limits")
-
-
-class CostlessNetwork(torch.nn.Module):
-    """Zero logits of the input's size at no cost: what is left to time is the predictor's own work."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros((x.shape[0], 2, *x.shape[2:]))
-
-
-def postprocessing_timings(group: data.Group) -> dict:
-    """Seconds per group voxel of a pseudo-label refinement (lib.postprocess's share cut + refined masks) and of the
-    validation's threshold curve, on probabilities shaped like a model's (high on the labels, near 0 elsewhere)."""
-    cpu = torch.device("cpu")
-    labels = group.read_labels() > 0
-    probs = (0.9 * labels + 0.04 * np.random.default_rng(1).random(labels.shape)).astype(np.float16)
-    voxels = probs.size
-    with tempfile.TemporaryDirectory(prefix="sennet-refine-") as tmp:
-        refine = budget._timed(lambda: postprocess.write_refined_labels(
-            probs, group, postprocess.share_threshold(probs, group, 0.65), Path(tmp) / "refined", group.slices,
-            progress=False), cpu)
-    grid = postprocess.threshold_grid(postprocess.ThresholdRule("tune"))
-    curve = budget._timed(lambda: postprocess.threshold_curve(probs, group, grid, progress=False), cpu)
-    return {"refine_voxel_seconds": refine / voxels, "curve_voxel_seconds": curve / voxels}
-
-
-def downstream_timings(network: torch.nn.Module, plans: dict, device: torch.device, group: data.Group) -> dict:
-    """A `downstream` function for budget.calibrate, as a room above training would write it: lib.plan's
-    calibration of the network on the device (seconds per tile, the predictor's own seconds per voxel) and
-    lib.postprocess's refinement and threshold curve per voxel on the calibration block."""
-    calibration = plan.calibrate(inference.from_network(network, plans, device))
-    return {"tile_seconds": calibration.tile_seconds, "predict_voxel_seconds_z": calibration.voxel_seconds_z,
-            "predict_voxel_seconds_axes": calibration.voxel_seconds_axes, **postprocessing_timings(group)}
-
-
-def cpu_downstream(block_shape: tuple[int, int, int] = (96, 448, 448)) -> dict:
-    """budget.DOWNSTREAM_VOXEL_SECONDS["cpu"] with the real code on this CPU: lib.inference.predict_group (z-view,
-    and the three views) with a costless network and the plans training writes, and `postprocessing_timings`, on a
-    block written as competition slices."""
-    def measure(network: torch.nn.Module, plans: dict, device: torch.device, group: data.Group) -> dict:
-        model = inference.from_network(CostlessNetwork(), plans, device)
-        with tempfile.TemporaryDirectory(prefix="sennet-predictor-") as tmp:
-            seconds = {f"predict_voxel_seconds_{name}": min(budget._timed(  # best of 2 (a finished file is reused:
-                lambda name=name, tta=tta, i=i: inference.predict_group(  # a new name each time)
-                    model, group, Path(tmp) / f"{name}{i}.npy", tta=tta, progress=False), device)
-                for i in range(2)) for name, tta in (("z", "none"), ("axes", "axes"))}
-        return {k: v / math.prod(group.shape) for k, v in seconds.items()} | postprocessing_timings(group)
-
-    settings = TrainSettings(configuration="hepatic", device="cpu", patch_size=(64, 192, 192))
-    calibration = budget.calibrate(settings, "cpu", block_shape, steps=1, network=False, downstream=measure)
-    return {k: getattr(calibration, k) for k in budget.DOWNSTREAM_VOXEL_SECONDS["cpu"]}
 
 
 def h200_figures(path: Path = H200_FILE) -> dict:
@@ -123,21 +66,15 @@ def t4_estimate(ratio: float = T4_RATIO) -> budget.TrainingCalibration:
                    train_step_seconds=h200["train_step_seconds"] * ratio,
                    val_step_seconds=h200["val_step_seconds"] * ratio, tile_seconds=h200["tile_seconds"] * ratio,
                    predict_voxel_seconds_z=0.0, predict_voxel_seconds_axes=0.0,
-                   source=f"ESTIMATE: network times of {h200['gpu']} x {ratio:.1f}; data stages, augmentation "
-                          f"and checkpoints measured on this CPU ({here.seconds:.0f} s); refinement and threshold "
-                          "curve: DOWNSTREAM_VOXEL_SECONDS['cpu']")
+                   source=f"ESTIMATE: network times of {h200['gpu']} x {ratio:.1f}; data stages, augmentation, "
+                          f"checkpoints, refinement and threshold curve measured on this CPU ({here.seconds:.0f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=T4_RATIO, help="H200 / T4 speed of the network (default 15.2)")
-    ap.add_argument("--downstream", action="store_true",
-                    help="also measure DOWNSTREAM_VOXEL_SECONDS['cpu'] (a minute or two on 2 cores)")
     ap.add_argument("--out", type=Path, default=paths.PROJECT_ROOT / "outputs" / "benchmarks" / "training_budget_t4.json")
     args = ap.parse_args(argv)
-    if args.downstream:
-        print('DOWNSTREAM_VOXEL_SECONDS["cpu"] measured here (lib.training.budget keeps them): '
-              + json.dumps({k: float(f"{v:.2g}") for k, v in cpu_downstream().items()}))
     print(f"H200 figures ({H200_FILE.name}): {h200_figures()}")
     calibration = t4_estimate(args.ratio)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -581,12 +581,15 @@ def off_axis_view(model: Model | Sequence[Model], volume: np.ndarray, total: np.
 # ---------------------------------------------------------------------------------------------- whole kidneys
 
 
-def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model: Model,
+def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model: Model | float | Sequence[float],
                       resample: bool) -> tuple[int, int, int]:
-    """The shape a volume takes at the training spacing; unchanged when not resampling or sizes are close."""
+    """The shape a volume takes at the training spacing (a model's, or a spacing in mm: one number for all axes, or
+    one per axis); unchanged when not resampling or sizes are close."""
     if not resample or voxel_um is None:
         return shape
-    scale = [voxel_um / 1000 / s for s in model.spacing_mm]
+    spacing = model.spacing_mm if isinstance(model, Model) else model
+    spacing = (spacing,) * len(shape) if isinstance(spacing, (int, float)) else spacing
+    scale = [voxel_um / 1000 / s for s in spacing]
     if all(abs(f - 1) <= RESAMPLE_TOLERANCE for f in scale):
         return shape
     return tuple(max(1, int(round(n * f))) for n, f in zip(shape, scale))

@@ -18,7 +18,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +45,19 @@ class Calibration:
     seconds: float
 
 
+def timed(fn: Callable[[], object], device) -> float:
+    """Seconds `fn` takes on `device` (a torch.device), the device's queued work included."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> Calibration:
     """Time one model's network on a patch and the predictor on a one-patch synthetic block (seconds)."""
     import torch
@@ -53,20 +66,11 @@ def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> 
     device = model.device
     x = torch.randn((1, 1, *model.patch_size), device=device)
 
-    def timed(fn) -> float:
-        best = math.inf
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - start)
-        return best
+    def best(fn) -> float:
+        return min((timed(fn, device) for _ in range(repeats)), default=math.inf)
 
     inference._predict_logit_difference(model, x, False)  # warm-up (kernel selection, lazy initialisation)
-    tile = timed(lambda: inference._predict_logit_difference(model, x, False))
+    tile = best(lambda: inference._predict_logit_difference(model, x, False))
     rng = np.random.default_rng(0)
     if model.intensity is None:  # "kidney": the block's own statistics normalise it
         volume = rng.integers(10_000, 30_000, model.patch_size, dtype=np.uint16)
@@ -76,8 +80,8 @@ def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> 
     voxels = block.volume.size
     with tempfile.TemporaryDirectory(prefix="sennet-plan-") as tmp:
         def run(tta: str) -> float:
-            return timed(lambda: inference.predict_group(model, block, Path(tmp) / f"{tta}.npy", tta=tta,
-                                                         batch_size=batch_size, overwrite=True, progress=False))
+            return best(lambda: inference.predict_group(model, block, Path(tmp) / f"{tta}.npy", tta=tta,
+                                                        batch_size=batch_size, overwrite=True, progress=False))
         z_only, axes = run("none"), run("axes")
     return Calibration(str(device), tile, max(z_only - tile, 0.0) / voxels, max(axes - 3 * tile, 0.0) / voxels,
                        time.perf_counter() - begin)

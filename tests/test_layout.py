@@ -1,7 +1,7 @@
 """The package's rooms follow the pipeline and imports only go down it (the README's file map).
 
-data -> normalisation -> metric -> model -> training | inference -> postprocess -> submission -> plan -> infer | refine -> explore
--> dev -> notebook -> runs.
+data -> normalisation -> metric -> model -> training | inference -> postprocess -> submission -> plan -> infer | refine
+-> budget -> explore -> dev -> notebook -> runs.
 A module may import from its own room or from a lower layer; never from a higher layer, never sideways between
 two rooms of one layer (training and inference know nothing of each other). Lazy imports inside functions count.
 """
@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("submission",),
     ("plan",),  # the runtime plan: projected hidden-test time per TTA choice and ensemble size
     ("infer", "refine"),  # notebook 03 as functions; training rounds on refined (pseudo-)labels
+    ("budget",),  # the training plan: notebook 02's stages projected within Kaggle's session
     ("explore",),
     ("dev",),  # stand-ins (synthetic data, v1-format archives): not shipped to Kaggle
     ("notebook",),

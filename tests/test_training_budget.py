@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import data, inference, plan, refine
-from lib.training import budget, nnunet_dataset
+from lib import budget, data, inference, plan
+from lib.training import nnunet_dataset
 from lib.training.fine_tune import TrainSettings
 
 PATCH = (64, 192, 192)  # the hepatic patch on a GPU
@@ -205,35 +205,13 @@ def test_tta_modes_cost_what_lib_plan_counts() -> None:
     assert axes == pytest.approx(tiles * 0.2 + math.prod(group.shape) * 3e-9) and axes > 2.5 * none
 
 
-@pytest.mark.parametrize("shape", [(501, 1706, 1510), (10, 50, 70), (64, 192, 192), (65, 193, 400)])
-def test_the_training_room_counts_tiles_resampling_and_tta_as_the_rooms_above(shape: tuple[int, int, int]) -> None:
-    """budget cannot import inference, plan or refine (tests/test_layout.py): its copies must agree with them."""
-    assert budget.tiles(shape, PATCH) == plan.tiles(shape, PATCH)
+@pytest.mark.parametrize("shape", [(501, 1706, 1510), (10, 50, 70)])
+def test_the_model_space_shape_of_a_spacing_is_that_of_a_model_with_it(shape: tuple[int, int, int]) -> None:
+    """`project` knows the training spacing, not a Model: inference.model_space_shape takes either."""
     model = inference.Model(None, {}, PATCH, (0.05,) * 3, {}, (0, 1, 2), torch.device("cpu"))
     for voxel_um in (None, 50.0, 50.16, 50.28, 63.08, 5.2):
-        assert budget.model_space_shape(shape, voxel_um, 0.05) == inference.model_space_shape(shape, voxel_um,
-                                                                                               model, True)
-    assert budget.TTA_MODES == inference.TTA_MODES and budget.RESAMPLE_TOLERANCE == inference.RESAMPLE_TOLERANCE
-    for tta in (*inference.TTA_MODES, True, False):
-        assert budget.tta_views_and_flips(tta) == (inference.tta_views(tta), inference.tta_flips(tta))
-    with pytest.raises(ValueError, match="unknown tta"):
-        budget.tta_views_and_flips("sideways")
-    s = settings(train_groups=("kidney_1_dense", "kidney_2"))
-    assert budget.refined_groups(s) == refine.refined_groups(s) == ["kidney_2"]
-
-
-def test_a_room_above_can_time_the_work_around_the_network_on_the_device() -> None:
-    seen = {}
-
-    def downstream(network, plans, device, group) -> dict:
-        seen.update(network=network, plans=plans, device=device, shape=group.shape, labelled=group.has_labels)
-        return {"predict_voxel_seconds_z": 1.5e-9, "curve_voxel_seconds": 2.5e-9}
-
-    c = budget.calibrate(settings(), block_shape=(16, 96, 80), network=False, downstream=downstream)
-    assert (c.predict_voxel_seconds_z, c.curve_voxel_seconds) == (1.5e-9, 2.5e-9)
-    assert c.refine_voxel_seconds == budget.DOWNSTREAM_VOXEL_SECONDS["cpu"]["refine_voxel_seconds"]
-    assert isinstance(seen["network"], torch.nn.Module) and seen["shape"] == (16, 96, 80) and seen["labelled"]
-    assert seen["plans"]["configurations"]["3d_fullres"]["patch_size"] == [32, 64, 64]
+        assert inference.model_space_shape(shape, voxel_um, 0.05, True) == inference.model_space_shape(
+            shape, voxel_um, model, True) == inference.model_space_shape(shape, voxel_um, (0.05,) * 3, True)
 
 
 def test_plan_training_reports_then_refuses_in_one_line(synthetic_tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:

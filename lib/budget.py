@@ -1,8 +1,9 @@
 """The training plan: will notebook 02's stages finish inside Kaggle's ~12-hour GPU session?
 
-The training-side twin of `lib.plan` (which projects the hidden-test prediction inside 9 hours). `calibrate` times
-each stage's own code on the current device for a few seconds (CPU, "tiny") to well under a minute (GPU, "hepatic"),
-on a small synthetic block written as competition TIFF slices in a temporary folder:
+The training-side twin of `lib.plan` (which projects the hidden-test prediction inside 9 hours), one layer above the
+rooms whose code it times (tests/test_layout.py). `calibrate` times each stage's own code on the current device for
+a few seconds (CPU, "tiny") to well under a minute (GPU, "hepatic"), on a small synthetic block written as
+competition TIFF slices in a temporary folder:
 
 - conversion: `nnunet_dataset.write_raw_dataset` (TIFF slices -> nnU-Net raw slabs), seconds per voxel;
 - fingerprint: nnU-Net's `DatasetFingerprintExtractor.analyze_case` on each slab (in this process: the real run's
@@ -13,23 +14,21 @@ on a small synthetic block written as competition TIFF slices in a temporary fol
   size of this device, deep-supervision loss, SGD, AMP on a GPU): `train_step` and `validation_step` on a real
   batch (warm-up steps excluded), one batch of nnU-Net's data loading + augmentation as one worker runs it
   (torch single-threaded), the trainer's start and the checkpoints written each epoch (latest, best);
-- prediction: the configuration's network on one tile, as `lib.inference` runs it (eval, no gradients, autocast on a
-  GPU, the logit difference; best of a few), i.e. lib.plan's `tile_seconds`.
-
-The work around the network (the predictor's own per-voxel work: reading, normalising, blending, writing float16;
-refining pseudo-labels: `postprocess.share_threshold` + `write_refined_labels`; the validation's threshold curve) is
-not timed by this module: it sits in the training room and imports neither inference, postprocess nor plan
-(tests/test_layout.py). Those per-voxel figures come from DOWNSTREAM_VOXEL_SECONDS (per device type, with their
-sources; benchmarks/training_budget.py measures them with those modules' own code), unless the caller, from a room
-above, passes `downstream`: a function that times them on the device (benchmarks/training_budget.py's
-`downstream_timings` is one: lib.plan.calibrate on the network and lib.postprocess on the calibration block).
+- prediction: `lib.plan.calibrate` on the configuration's network (`lib.inference.from_network`, random weights,
+  the run's normalisation scheme): network seconds per tile, and the predictor's own seconds per voxel (reading,
+  normalising, blending, writing float16) for the z-view and for the three views;
+- refinement of pseudo-labels (`postprocess.share_threshold` + `write_refined_labels`) and the validation's
+  threshold curve (`postprocess.threshold_curve`): seconds per voxel of the block, on probabilities shaped like a
+  model's.
 
 `project` multiplies by the run's work, in the order notebook 02 runs it: round 0 (conversion, fingerprint,
 preprocessing, training), each pseudo-label round r >= 1 (prediction + refinement of every refined sparse group,
-conversion, preprocessing, training from the previous round's model), then the validation of the final model and of
-the best checkpoint (notebook 02 validates both when they differ; counted always). Voxels are those of the nnU-Net
-cases `nnunet_dataset.plan_cases` cuts (validation images held out of training), so a real root, the synthetic one
-and `competition_groups()` (the real shapes, for the README) are projected alike.
+`lib.refine.refined_groups`, conversion, preprocessing, training from the previous round's model), then the
+validation of the final model and of the best checkpoint (notebook 02 validates both when they differ; counted
+always). Prediction is counted as lib.plan counts it (`plan.tiles` over each TTA view of the model-space shape,
+`inference.model_space_shape` at the training spacing). Voxels are those of the nnU-Net cases
+`nnunet_dataset.plan_cases` cuts (validation images held out of training), so a real root, the synthetic one and
+`competition_groups()` (the real shapes, for the README) are projected alike.
 
 A training iteration takes max(train step, augmentation batch / workers) on a GPU (nnU-Net's workers augment beside
 the GPU step; workers = nnU-Net's count, at most the cores less the main process), train step + augmentation batch
@@ -38,8 +37,8 @@ passes `budget_hours` (default 11.5 h on Kaggle, none elsewhere), naming the fir
 that fit. Not projected: nnU-Net's progress plot each epoch, the validation's mask and figures, model loading
 (seconds each). Fixed costs measured on the small block count as if per voxel: projections err long.
 
-    python -m lib.training.budget --data-dir ROOT [--configuration hepatic] [--epochs 15] [--pseudo-label-rounds 1]
-                                  [--real-shapes] [--budget-hours 11.5] [--calibration FILE.json]
+    python -m lib.budget --data-dir ROOT [--configuration hepatic] [--epochs 15] [--pseudo-label-rounds 1]
+                         [--real-shapes] [--budget-hours 11.5] [--calibration FILE.json]
 """
 from __future__ import annotations
 
@@ -62,7 +61,7 @@ import pandas as pd
 import tifffile
 import torch
 
-from lib import data, paths
+from lib import data, inference, paths, plan, postprocess, refine
 from lib.model.network import CONFIGURATION, build_network, resolve_device
 from lib.training import fine_tune, nnunet_dataset
 from lib.training.fine_tune import TrainSettings
@@ -79,24 +78,6 @@ CALIBRATION_GROUP = "kidney_1_dense"  # the block is written as this group (dens
 WARMUP_STEPS = {"cuda": 2, "cpu": 1}  # steps not timed (cuDNN's kernel choice, lazy initialisation, first batch)
 FINGERPRINT_SAMPLES = 10**6  # foreground voxels sampled per case (nnU-Net: 1e8 spread over a run's ~80 cases)
 VALIDATED_MODELS = ("final", "best checkpoint")  # notebook 02 validates both when they differ: counted always
-TILE_STEP = 0.5  # the predictor's tile overlap (lib.inference's default, which notebook 02 uses)
-RESAMPLE_TOLERANCE = 0.02  # as lib.inference.RESAMPLE_TOLERANCE: voxel sizes within 2% are not resampled
-TTA_MODES = ("none", "flips", "axes", "axes+flips")  # as lib.inference.TTA_MODES (tests check they agree)
-# Seconds per voxel of the work around the network, per device type, when no `downstream` function measures them on
-# the device. Predictor per model-space voxel and pass over the views (z, or z+y+x), the rest per group voxel.
-DOWNSTREAM_VOXEL_SECONDS: dict[str, dict[str, float]] = {
-    # Measured by `benchmarks/training_budget.py --downstream` on 2 shared Intel Xeon cores (best of 2; a busier
-    # machine gave up to 2x more): lib.inference.predict_group with a network that costs nothing (the tiles are
-    # blended on the CPU), lib.postprocess, on a 96 x 448 x 448 block written as competition slices.
-    "cpu": {"predict_voxel_seconds_z": 2.7e-7, "predict_voxel_seconds_axes": 6.7e-7,
-            "refine_voxel_seconds": 2.6e-8, "curve_voxel_seconds": 2.0e-7},
-    # A GPU blends on the device. Predictor: an UPPER BOUND from a measurement, the whole no-TTA prediction of
-    # 501 x 1028 x 1257 on an H200 (35.5 s, network included: docs/benchmarks/gpu_check_h200.json) per voxel;
-    # axes: 3 views x that (an estimate). Refinement and threshold curve: CPU work, the CPU figures above.
-    "cuda": {"predict_voxel_seconds_z": 5.5e-8, "predict_voxel_seconds_axes": 1.65e-7,
-             "refine_voxel_seconds": 2.6e-8, "curve_voxel_seconds": 2.0e-7},
-}
-Downstream = Callable[[torch.nn.Module, dict, torch.device, data.Group], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -119,9 +100,9 @@ class TrainingCalibration:
     augmentation_workers: int  # nnU-Net's augmentation processes that run in parallel on this machine
     trainer_start_seconds: float  # building and initialising the trainer, writing the final checkpoint
     epoch_checkpoint_seconds: float  # checkpoint_latest + checkpoint_best, written each epoch
-    tile_seconds: float  # network seconds per tile, one pass (as lib.plan.Calibration.tile_seconds)
-    predict_voxel_seconds_z: float  # the predictor's own work per voxel, z-view
-    predict_voxel_seconds_axes: float  # the same with the y- and x-views (through memmaps)
+    tile_seconds: float  # network seconds per tile, one pass (lib.plan.Calibration.tile_seconds)
+    predict_voxel_seconds_z: float  # the predictor's own work per voxel, z-view (lib.plan's voxel_seconds_z)
+    predict_voxel_seconds_axes: float  # the same with the y- and x-views, through memmaps (voxel_seconds_axes)
     flip_passes: int  # network passes per tile with mirroring TTA (2 ** mirror axes)
     refine_voxel_seconds: float  # share cut + refined masks of a pseudo-label round, per group voxel
     curve_voxel_seconds: float  # the validation's threshold curve, per group voxel
@@ -172,15 +153,15 @@ class TrainingCalibration:
 
 
 def calibrate(settings: TrainSettings | None = None, device: str | torch.device | None = None,
-              block_shape: Sequence[int] = BLOCK_SHAPE, steps: int | None = None, network: bool = True,
-              downstream: Downstream | None = None) -> TrainingCalibration:
+              block_shape: Sequence[int] = BLOCK_SHAPE, steps: int | None = None,
+              network: bool = True) -> TrainingCalibration:
     """Time every stage's own code on `device` (default: the settings' device) on a small synthetic block.
 
     `steps`: timed training steps, validation steps and batches (default 3 on a GPU, 1 on the CPU, where a step of
-    even the tiny network takes seconds). `network=False` skips the network's timings (training and validation
-    steps, tile: NaN), e.g. the hepatic network on a CPU, where one step takes minutes. `downstream(network, plans,
-    device, block group)` returns fields measured above this room (module docstring) that replace the defaults.
-    The process's environment, torch's threads and cuDNN flags are restored.
+    even the tiny network takes seconds); lib.plan's calibration is the best of as many. `network=False` skips
+    what runs the network (training and validation steps, tile and the predictor's per-voxel work: NaN), e.g. the
+    hepatic network on a CPU, where one step takes minutes. The process's environment, torch's threads and cuDNN
+    flags are restored.
     """
     settings = settings or TrainSettings()
     device = resolve_device(device if device is not None else settings.device)
@@ -202,10 +183,9 @@ def calibrate(settings: TrainSettings | None = None, device: str | torch.device 
         mirror_axes = tuple(trainer.inference_allowed_mirroring_axes or (0, 1, 2))
         del trainer, loaders, batch, val_batch
         gc.collect()  # the trainer's network and optimizer state off the device before the next network is built
-        timings["tile_seconds"] = _time_tile(plans, device) if network else math.nan
-        timings.update(DOWNSTREAM_VOXEL_SECONDS["cuda" if device.type == "cuda" else "cpu"])
-        if downstream is not None:
-            timings.update(downstream(build_network(plans, deep_supervision=False), plans, device, group))
+        timings.update(_time_prediction(plans, device, steps) if network else dict.fromkeys(
+            ("tile_seconds", "predict_voxel_seconds_z", "predict_voxel_seconds_axes"), math.nan))
+        timings.update(_time_postprocessing(group))
     if device.type == "cuda":
         torch.cuda.empty_cache()
     config = plans["configurations"][CONFIGURATION]
@@ -256,17 +236,6 @@ def _scoped_state(work_dir: Path) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1], flags[2]
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds `fn` takes, the device's queued work included."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
                       device: torch.device) -> tuple[dict, dict]:
     """Seconds per voxel of conversion, fingerprint and preprocessing of the block, as fine_tune.train runs them
@@ -293,7 +262,7 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     fingerprint_file.write_text(json.dumps(_fingerprint(results)))
     arch, _ = fine_tune.architecture_plans(settings.configuration, None, work_dir)
     patch = fine_tune.patch_size_for(arch, device, settings.patch_size)
-    preprocessing = _timed(lambda: fine_tune.prepare(work_dir, arch, patch, settings.batch_size, cases, True,
+    preprocessing = plan.timed(lambda: fine_tune.prepare(work_dir, arch, patch, settings.batch_size, cases, True,
                                                      fingerprint_file, progress=False), cpu)
     plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / nnunet_dataset.DATASET_NAME /
                         f"{fine_tune.PLANS_NAME}.json").read_text())
@@ -374,11 +343,11 @@ def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict
     trainer.network.train()
     for _ in range(WARMUP_STEPS.get(device.type, 2)):
         trainer.train_step(batch)
-    train = [_timed(lambda: trainer.train_step(batch), device) for _ in range(max(steps, 1))]
+    train = [plan.timed(lambda: trainer.train_step(batch), device) for _ in range(max(steps, 1))]
     trainer.network.eval()
     with torch.no_grad():
         trainer.validation_step(val_batch)
-        val = [_timed(lambda: trainer.validation_step(val_batch), device) for _ in range(max(steps, 1))]
+        val = [plan.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(max(steps, 1))]
     trainer.network.train()
     return {"train_step_seconds": float(np.median(train)), "val_step_seconds": float(np.median(val))}
 
@@ -386,25 +355,35 @@ def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict
 def _time_checkpoints(trainer: fine_tune.FineTuneTrainer, folder: Path) -> tuple[float, float]:
     """Seconds to write checkpoint_latest and checkpoint_best (which FineTuneTrainer writes, reads and rewrites)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return tuple(_timed(lambda name=name: trainer.save_checkpoint(str(folder / name)), trainer.device)
+    return tuple(plan.timed(lambda name=name: trainer.save_checkpoint(str(folder / name)), trainer.device)
                  for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))
 
 
-def _time_tile(plans: dict, device: torch.device, repeats: int = 3) -> float:
-    """Network seconds per tile as lib.inference computes one (eval, no gradients, autocast on a GPU, cuDNN's
-    benchmark mode, the vessel-minus-background logit difference): best of `repeats` after a warm-up."""
-    network = build_network(plans, deep_supervision=False).to(device).eval()
-    patch = plans["configurations"][CONFIGURATION]["patch_size"]
-    x = torch.randn((1, 1, *patch), device=device)
-    torch.backends.cudnn.benchmark = device.type == "cuda"  # as lib.inference.from_network (restored afterwards)
+def _time_prediction(plans: dict, device: torch.device, repeats: int) -> dict:
+    """lib.plan's calibration of the configuration's network (random weights: speed does not depend on them) as
+    lib.inference predicts with it: network seconds per tile, the predictor's own seconds per model-space voxel
+    (z-view; three views), best of `repeats`."""
+    model = inference.from_network(build_network(plans, deep_supervision=False), plans, device)
+    measured = plan.calibrate(model, repeats=max(repeats, 1))
+    return {"tile_seconds": measured.tile_seconds, "predict_voxel_seconds_z": measured.voxel_seconds_z,
+            "predict_voxel_seconds_axes": measured.voxel_seconds_axes}
 
-    def tile() -> torch.Tensor:
-        with torch.no_grad(), torch.autocast("cuda") if device.type == "cuda" else contextlib.nullcontext():
-            out = network(x)
-            return out[:, 1].float() - out[:, 0].float()
 
-    tile()
-    return min(_timed(tile, device) for _ in range(repeats if device.type == "cuda" else 1))
+def _time_postprocessing(group: data.Group) -> dict:
+    """Seconds per group voxel of a pseudo-label refinement (lib.postprocess's share cut + refined masks, at
+    kidney_2's share) and of the validation's threshold curve, on probabilities shaped like a model's (high on the
+    labels, near 0 elsewhere). CPU work on every device."""
+    cpu = torch.device("cpu")
+    labels = group.read_labels() > 0
+    probs = (0.9 * labels + 0.04 * np.random.default_rng(1).random(labels.shape)).astype(np.float16)
+    share = fine_tune.SPARSE_LABEL_SHARE["kidney_2"]
+    with tempfile.TemporaryDirectory(prefix="sennet-refine-") as tmp:
+        refine_seconds = plan.timed(lambda: postprocess.write_refined_labels(
+            probs, group, postprocess.share_threshold(probs, group, share), Path(tmp) / "refined", group.slices,
+            progress=False), cpu)
+    grid = postprocess.threshold_grid(postprocess.ThresholdRule("tune"))
+    curve_seconds = plan.timed(lambda: postprocess.threshold_curve(probs, group, grid, progress=False), cpu)
+    return {"refine_voxel_seconds": refine_seconds / probs.size, "curve_voxel_seconds": curve_seconds / probs.size}
 
 
 # ----------------------------------------------------------------------------------------------------- projection
@@ -439,7 +418,7 @@ def project(calibration: TrainingCalibration, settings: TrainSettings, groups: M
              + calibration.epoch_checkpoint_seconds)
     rows = []
     for r in range(settings.pseudo_label_rounds + 1):
-        for name in (refined_groups(settings) if r else []):
+        for name in (refine.refined_groups(settings) if r else []):
             group = groups[name]
             seconds = _prediction_seconds(calibration, spacing, group, False) \
                 + math.prod(group.shape) * calibration.refine_voxel_seconds
@@ -476,42 +455,12 @@ def _row(r: int, stage: str, group: str, seconds: float, **work: float) -> dict:
 def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, group: data.Group,
                         tta: bool | str) -> float:
     """Seconds to predict a group as lib.plan projects it: network tiles per view and pass, predictor per voxel."""
-    work = model_space_shape(group.shape, group.voxel_um, spacing_mm)
-    views, flips = tta_views_and_flips(tta)
-    passes = calibration.flip_passes if flips else 1
-    n_tiles = sum(tiles([work[a] for a in view], calibration.patch_size) for view in views)
+    work = inference.model_space_shape(group.shape, group.voxel_um, spacing_mm, resample=True)
+    views = inference.tta_views(tta)
+    passes = calibration.flip_passes if inference.tta_flips(tta) else 1
+    n_tiles = sum(plan.tiles([work[a] for a in view], calibration.patch_size) for view in views)
     per_voxel = calibration.predict_voxel_seconds_axes if len(views) > 1 else calibration.predict_voxel_seconds_z
     return n_tiles * passes * calibration.tile_seconds + math.prod(work) * per_voxel
-
-
-def refined_groups(settings: TrainSettings) -> list[str]:
-    """The sparse training groups a pseudo-label round predicts and refines (as lib.refine.refined_groups)."""
-    return [g for g in settings.train_groups if g in settings.sparse_label_share]
-
-
-def tiles(shape: Sequence[int], patch: Sequence[int], tile_step: float = TILE_STEP) -> int:
-    """Tiles of nnU-Net's sliding-window grid over a volume padded to at least the patch (as lib.plan.tiles)."""
-    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
-
-    padded = [max(int(s), int(p)) for s, p in zip(shape, patch)]
-    return math.prod(len(a) for a in compute_steps_for_sliding_window(padded, [int(p) for p in patch], tile_step))
-
-
-def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, spacing_mm: float) -> tuple[int, ...]:
-    """The shape a group is predicted at (as lib.inference.model_space_shape with resampling): unchanged unless its
-    voxel size differs from the training spacing by more than RESAMPLE_TOLERANCE."""
-    if voxel_um is None or abs(voxel_um / 1000 / spacing_mm - 1) <= RESAMPLE_TOLERANCE:
-        return tuple(shape)
-    return tuple(max(1, int(round(n * voxel_um / 1000 / spacing_mm))) for n in shape)
-
-
-def tta_views_and_flips(tta: bool | str) -> tuple[list[tuple[int, int, int]], bool]:
-    """The views (axis orders) a TTA mode predicts and whether it mirrors (as lib.inference.tta_views/tta_flips)."""
-    mode = ("flips" if tta else "none") if isinstance(tta, bool) else str(tta).strip().lower()
-    if mode not in TTA_MODES:
-        raise ValueError(f"unknown tta {tta!r}; expected one of {', '.join(TTA_MODES)} (or True/False)")
-    views = [(0, 1, 2), (1, 0, 2), (2, 1, 0)] if mode.startswith("axes") else [(0, 1, 2)]
-    return views, mode.endswith("flips")
 
 
 # --------------------------------------------------------------------------------------------------------- budget
@@ -658,7 +607,7 @@ def _hours(hours: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m lib.training.budget`: calibrate here (or load a calibration), project, print, check."""
+    """`python -m lib.budget`: calibrate here (or load a calibration), project, print, check."""
     ap = argparse.ArgumentParser(description="Project notebook 02's training stages on this machine and check "
                                              "them against a session budget (Kaggle: 11.5 h).")
     ap.add_argument("--data-dir", type=Path, default=None, help="competition root (default: the project's)")
