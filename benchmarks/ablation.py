@@ -130,20 +130,21 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=paths.PROJECT_ROOT / "outputs" / "ablation")
+def add_run_arguments(parser: argparse.ArgumentParser, out: Path, results_help: str) -> None:
+    """The options the synthetic training benchmarks share: output folder, data, training seeds, budget, results."""
+    parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--preset", default="small", choices=sorted(synthetic.PRESETS))
     parser.add_argument("--data-seed", type=int, default=101, help="synthetic dataset seed (no test uses 101)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (>= 3 for a spread)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--epochs", type=int, default=6, help="per round (demo: 6)")
     parser.add_argument("--iterations", type=int, default=40, help="per epoch (demo: 40)")
     parser.add_argument("--val-iterations", type=int, default=5)
-    parser.add_argument("--results", type=Path, default=None,
-                        help="results file to continue (default: --out/results_<preset>_<data seed>_<budget>.jsonl); "
-                             "the README's run is docs/benchmarks/ablation_small_101_e6_i40_v5.jsonl")
-    args = parser.parse_args()
+    parser.add_argument("--results", type=Path, default=None, help=results_help)
+
+
+def run_setup(args: argparse.Namespace, key: str) -> tuple[dict, Path, str, Path, set[tuple[str, int]]]:
+    """(training budget, data root (generated when missing), budget tag, results file, the (record[key], seed)
+    pairs it already holds: a rerun skips them)."""
     budget = {"epochs": args.epochs, "iterations_per_epoch": args.iterations,
               "val_iterations_per_epoch": args.val_iterations}
     root = args.out / f"data_{args.preset}_{args.data_seed}"
@@ -151,8 +152,19 @@ def main() -> None:
         synthetic.generate(root, args.preset, args.data_seed, progress=False)
     tag = f"e{args.epochs}_i{args.iterations}_v{args.val_iterations}"
     results_file = args.results or args.out / f"results_{args.preset}_{args.data_seed}_{tag}.jsonl"
-    done = {(r["arm"], r["seed"]) for r in map(json.loads, results_file.read_text().splitlines())} \
+    done = {(r[key], r["seed"]) for r in map(json.loads, results_file.read_text().splitlines())} \
         if results_file.is_file() else set()
+    return budget, root, tag, results_file, done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(parser, paths.PROJECT_ROOT / "outputs" / "ablation",
+                      "results file to continue (default: --out/results_<preset>_<data seed>_<budget>.jsonl); "
+                      "the README's run is docs/benchmarks/ablation_small_101_e6_i40_v5.jsonl")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    args = parser.parse_args()
+    budget, root, tag, results_file, done = run_setup(args, "arm")
     for seed in args.seeds:
         for arm in args.arms:
             if (arm, seed) in done:
