@@ -11,8 +11,8 @@ Two classes means softmax = sigmoid(logit_vessel - logit_background), and Gaussi
 one channel (the logit difference) is accumulated instead of two.
 
 Pipeline per kidney (each stage a generator of 2D slices): read -> normalise (`lib.normalisation`: the kidney's
-own statistics, or the training set's) -> resample to the training
-spacing (optional) -> sliding window -> resample back -> float16/uint8 memmap on disk.
+own statistics, or the training set's) -> resample to the training spacing (optional) -> sliding window ->
+resample back -> float16/uint8 memmap on disk.
 
 Test-time augmentation (`tta`): "none", "flips" (nnU-Net's mirroring; True/False are aliases of flips/none),
 "axes" (the network also sees the kidney with y and with x as the slicing axis, i.e. the volume transposed
@@ -329,7 +329,7 @@ def _plan_signature(model: Model) -> dict:
     if model.model_dir is not None and (Path(model.model_dir) / "dataset.json").is_file():
         labels = json.loads((Path(model.model_dir) / "dataset.json").read_text()).get("labels")
     return {"patch": list(model.patch_size), "spacing": [round(s, 9) for s in model.spacing_mm],
-            "normalisation": model.normalisation if model.intensity is None or model.normalisation == "kidney"
+            "normalisation": model.normalisation if model.normalisation == "kidney"  # each kidney's own
             else {k: model.intensity.get(k) for k in ("mean", "std", "percentile_00_5", "percentile_99_5")},
             "classes": labels}
 
