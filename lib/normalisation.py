@@ -55,10 +55,12 @@ def scheme_of(plans: dict) -> str:
     return plans.get(PLANS_KEY, {}).get("scheme", "dataset")
 
 
+NNUNET_SCHEMES = {"kidney": "NoNormalization", "dataset": "CTNormalization"}  # what nnU-Net's preprocessing applies
+
+
 def plans_record(scheme: str) -> dict:
-    """What the plans record for `scheme` (`PLANS_KEY`), and nnU-Net's normalisation scheme name it implies."""
-    return {"scheme": check_scheme(scheme), "percentiles": list(PERCENTILES),
-            "nnunet_scheme": "NoNormalization" if scheme == "kidney" else "CTNormalization"}
+    """What the plans record for `scheme` under `PLANS_KEY`."""
+    return {"scheme": check_scheme(scheme), "percentiles": list(PERCENTILES)}
 
 
 def statistics_from_histogram(counts: np.ndarray) -> dict:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from lib import data, paths
 from lib.model import architectures, convert_v1
 from lib.model.network import CONFIGURATION, resolve_device
-from lib.normalisation import PLANS_KEY, check_scheme, plans_record
+from lib.normalisation import NNUNET_SCHEMES, PLANS_KEY, check_scheme, plans_record
 from lib.training import nnunet_dataset
 from lib.training.nnunet_dataset import DATASET_ID, DATASET_NAME
 from lib.training.trainer import NNUNET_SCALE_RANGE, FineTuneTrainer, seed_everything
@@ -155,7 +155,6 @@ def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int],
     """Plans for the kidney dataset: the architecture of `arch_plans` unchanged (so every weight loads),
     spacing, image size and intensity statistics from the kidney fingerprint, and the normalisation scheme
     (recorded under `lib.normalisation.PLANS_KEY`; "kidney" slabs arrive normalised, so nnU-Net's is a no-op)."""
-    record = plans_record(normalisation)
     plans = copy.deepcopy(arch_plans)
     config = plans["configurations"][CONFIGURATION]
     spacing = np.median(np.array(fingerprint["spacings"]), 0).tolist()
@@ -165,12 +164,13 @@ def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int],
         "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": shape,
         "image_reader_writer": "Tiff3DIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
         "foreground_intensity_properties_per_channel": fingerprint["foreground_intensity_properties_per_channel"],
-        PLANS_KEY: {k: v for k, v in record.items() if k != "nnunet_scheme"},
+        PLANS_KEY: plans_record(normalisation),
     })
     config.update({
         "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
         "spacing": spacing, "median_image_size_in_voxels": shape, "patch_size": list(patch_size),
-        "batch_size": int(batch_size), "normalization_schemes": [record["nnunet_scheme"]], "use_mask_for_norm": [False],
+        "batch_size": int(batch_size), "normalization_schemes": [NNUNET_SCHEMES[normalisation]],
+        "use_mask_for_norm": [False],
     })
     return plans
 
