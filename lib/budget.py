@@ -286,21 +286,13 @@ def _fingerprint(results: Sequence[tuple]) -> dict:
 def _build_trainer(plans: dict, settings: TrainSettings,
                    device: torch.device) -> tuple[fine_tune.FineTuneTrainer, float]:
     """The trainer as fine_tune.train builds it (random weights: speed does not depend on them); seconds taken."""
-    from lib.training.trainer import seed_everything
-
     dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / nnunet_dataset.DATASET_NAME /
                                "dataset.json").read_text())
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # as fine_tune.train trains on the CPU
-    seed_everything(settings.seed)  # as fine_tune.train: deterministic cuDNN algorithms
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's banner and log lines
-        trainer = fine_tune.FineTuneTrainer({**plans, "continue_training": False}, CONFIGURATION, 0, dataset_json,
-                                            device)
-        trainer.num_epochs = settings.epochs
-        trainer.initial_lr, trainer.warmup_epochs = settings.initial_lr, settings.warmup_epochs
-        trainer.scale_range, trainer.seed = settings.scale_range, settings.seed
-        trainer.initialize()
+        trainer = fine_tune.new_trainer(plans, dataset_json, device, settings)
     return trainer, time.perf_counter() - start
 
 
@@ -345,10 +337,12 @@ def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict
         trainer.train_step(batch)
     train = [plan.timed(lambda: trainer.train_step(batch), device) for _ in range(max(steps, 1))]
     trainer.network.eval()
+    trainer.loss.eval()  # as the run's validation epochs: dice_ce alone (lib.training.trainer)
     with torch.no_grad():
         trainer.validation_step(val_batch)
         val = [plan.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(max(steps, 1))]
     trainer.network.train()
+    trainer.loss.train()
     return {"train_step_seconds": float(np.median(train)), "val_step_seconds": float(np.median(val))}
 
 

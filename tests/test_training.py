@@ -177,7 +177,7 @@ def test_from_scratch_resumes_after_an_interruption(synthetic_tiny: Path, tmp_pa
     result = fine_tune.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)
     assert result.resumed_from_epoch == 1 and result.pretrained is None
     assert len(result.history["train_losses"]) == 2  # epoch 0 from before the interruption, epoch 1 now
-    fig = fine_tune.plot_history(result.history, tmp_path / "curves.png")
+    fig = fine_tune.plot_history(result.history, path=tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and len(fig.axes) == 3
     with pytest.raises(FileExistsError, match="a finished model is already there"):
         fine_tune.train(synthetic_tiny, tmp_path, TrainSettings(**FAST), progress=False)

@@ -115,6 +115,13 @@ def check_parameter(name: str, value: object, default: object) -> str | None:
 
         return None if value in SCHEMES else f"takes one of {', '.join(map(repr, SCHEMES))}, got {value!r}" + \
             suggestion(str(value), SCHEMES)
+    if name == "loss":
+        from lib.training.losses import LOSSES
+
+        return None if value in LOSSES else f"takes one of {', '.join(map(repr, LOSSES))}, got {value!r}" + \
+            suggestion(str(value), LOSSES)
+    if name == "loss_weight":
+        return None if _is_number(value) and value > 0 else f"takes a number > 0, got {value!r}"
     if name == "configuration":
         from lib.training.fine_tune import ARCHITECTURES
 

@@ -29,6 +29,7 @@ from lib.model import architectures, convert_v1
 from lib.model.network import CONFIGURATION, resolve_device
 from lib.normalisation import NNUNET_SCHEMES, PLANS_KEY, check_scheme, plans_record
 from lib.training import nnunet_dataset
+from lib.training.losses import check_loss
 from lib.training.nnunet_dataset import DATASET_ID, DATASET_NAME
 from lib.training.trainer import NNUNET_SCALE_RANGE, FineTuneTrainer, seed_everything
 
@@ -65,10 +66,13 @@ class TrainSettings:
     sparse_label_share: dict[str, float] = field(default_factory=lambda: dict(SPARSE_LABEL_SHARE))
     keep_raw_slabs: bool = False  # False: each raw slab is deleted once nnU-Net has preprocessed it (disk)
     normalisation: str = "kidney"  # "kidney": each kidney by its own statistics; "dataset": the seed's CTNormalization
+    loss: str = "dice_ce"  # "dice_ce" (nnU-Net's, the seed recipe), "skeleton_recall" or "surface" (lib.training.losses)
+    loss_weight: float = 1.0  # weight of the skeleton-recall or surface term added to dice_ce
 
     def __post_init__(self) -> None:
         """One-line errors for settings that cannot work, before anything is written or trained."""
         check_scheme(self.normalisation)
+        check_loss(self.loss, self.loss_weight)
         if isinstance(self.pseudo_label_rounds, bool) or not isinstance(self.pseudo_label_rounds, int) \
                 or self.pseudo_label_rounds < 0:
             raise ValueError(f"pseudo_label_rounds must be a whole number >= 0, got {self.pseudo_label_rounds!r}")
@@ -284,18 +288,7 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     if final.is_file():
         raise FileExistsError(f"{final}: a finished model is already there; use another output_dir "
                               "(earlier results are never overwritten)")
-    trainer = FineTuneTrainer({**plans, "continue_training": latest.is_file()}, CONFIGURATION, 0, dataset_json,
-                               device)
-    trainer.num_epochs = settings.epochs
-    trainer.num_iterations_per_epoch = settings.iterations_per_epoch
-    trainer.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
-    trainer.initial_lr = settings.initial_lr
-    trainer.warmup_epochs = settings.warmup_epochs
-    trainer.scale_range = settings.scale_range
-    trainer.seed = settings.seed
-    trainer.save_every = 1
-    seed_everything(settings.seed)  # the network's initial weights do not depend on what ran before
-    trainer.initialize()
+    trainer = new_trainer(plans, dataset_json, device, settings, continue_training=latest.is_file())
     loaded, resumed = None, 0
     if latest.is_file():
         trainer.load_checkpoint(str(latest))
@@ -319,6 +312,24 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     return result
 
 
+def new_trainer(plans: dict, dataset_json: dict, device: torch.device, settings: TrainSettings,
+                continue_training: bool = False) -> FineTuneTrainer:
+    """The initialised trainer of a run: nnU-Net's constructor, then the settings' schedule, augmentation, seed and
+    loss (`train` and the training plan's timing build it here, so both time and train the same thing)."""
+    trainer = FineTuneTrainer({**plans, "continue_training": continue_training}, CONFIGURATION, 0, dataset_json,
+                              device)
+    trainer.num_epochs = settings.epochs
+    trainer.num_iterations_per_epoch = settings.iterations_per_epoch
+    trainer.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
+    trainer.initial_lr, trainer.warmup_epochs = settings.initial_lr, settings.warmup_epochs
+    trainer.scale_range, trainer.seed = settings.scale_range, settings.seed
+    trainer.loss_name, trainer.loss_weight = settings.loss, settings.loss_weight
+    trainer.save_every = 1
+    seed_everything(settings.seed)  # the network's initial weights do not depend on what ran before
+    trainer.initialize()
+    return trainer
+
+
 def results_dir(output_dir: Path | str) -> Path:
     """nnU-Net's results folder of a training run (always under `output_dir`, whatever the scratch folder)."""
     return Path(output_dir) / "nnunet" / "results"
@@ -329,15 +340,17 @@ def default_model_dir(output_dir: Path | str) -> Path:
     return results_dir(output_dir) / DATASET_NAME / TRAINER_FOLDER
 
 
-def plot_history(history: dict, path: Path | str | None = None):
-    """Loss, pseudo-Dice and learning-rate curves per epoch as one figure (saved to `path` when given)."""
+def plot_history(history: dict, loss: str = "dice_ce", path: Path | str | None = None):
+    """Loss, pseudo-Dice and learning-rate curves per epoch as one figure (saved to `path` when given); `loss` names
+    the training loss (validation loss is always Dice + cross-entropy)."""
     import matplotlib.pyplot as plt
 
     epochs = np.arange(len(history["train_losses"]))
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     axes[0].plot(epochs, history["train_losses"], "o-", label="train")
     axes[0].plot(epochs, history["val_losses"], "s-", label="validation")
-    axes[0].set(title="Loss (Dice + cross-entropy)", xlabel="epoch", ylabel="loss")
+    title = "Loss (Dice + cross-entropy)" if loss == "dice_ce" else f"Loss (train: dice_ce + {loss}; val: dice_ce)"
+    axes[0].set(title=title, xlabel="epoch", ylabel="loss")
     axes[1].plot(epochs, history["mean_fg_dice"], "o-", label="pseudo Dice (patches)")
     axes[1].plot(epochs, history["ema_fg_dice"], "-", label="EMA")
     axes[1].set(title="Validation pseudo Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))

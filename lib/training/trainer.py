@@ -1,5 +1,6 @@
 """The nnU-Net trainer this project fine-tunes with: nnUNetTrainer with a warm-up, a checkpoint every epoch,
-progress bars, a settable scaling range for its spatial augmentation, and seeded augmentation workers.
+progress bars, a settable scaling range for its spatial augmentation, seeded augmentation workers, and a choice of
+loss (`lib.training.losses`).
 
 Its network is nnUNetTrainer's own (nothing here changes `build_network_architecture`), so the checkpoints that
 nnU-Net's tools load (final, best) name `nnUNetTrainer` as their trainer: `nnUNetPredictor`,
@@ -31,6 +32,8 @@ from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_modu
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm.auto import tqdm
 
+from lib.training import losses
+
 NNUNET_SCALE_RANGE = (0.7, 1.4)  # nnUNetTrainer's SpatialTransform scaling (larger = smaller objects)
 
 
@@ -52,6 +55,8 @@ class FineTuneTrainer(nnUNetTrainer):
     warmup_epochs = 1
     scale_range: tuple[float, float] = NNUNET_SCALE_RANGE
     seed = 0
+    loss_name = "dice_ce"  # lib.training.losses.LOSSES
+    loss_weight = 1.0
     NNUNET_TRAINER_NAME = "nnUNetTrainer"  # builds the same network; findable by nnU-Net's trainer lookup
     CHECKPOINTS_FOR_NNUNET = ("checkpoint_final.pth", "checkpoint_best.pth")
 
@@ -74,10 +79,27 @@ class FineTuneTrainer(nnUNetTrainer):
         return rotation, dummy_2d, initial, mirror
 
     def get_training_transforms(self, *args, **kwargs):
-        """nnU-Net's training transforms with `scale_range` as the SpatialTransform's scaling."""
+        """nnU-Net's training transforms with `scale_range` as the SpatialTransform's scaling (and, for the
+        skeleton recall loss, the tubed skeleton made after the spatial augmentation)."""
         transforms = nnUNetTrainer.get_training_transforms(*args, **kwargs)
         set_scaling(transforms, self.scale_range)
+        if self.loss_name == "skeleton_recall":
+            losses.add_skeleton_transform(transforms)
         return transforms
+
+    def _build_loss(self):
+        """nnU-Net's Dice + cross-entropy (deep supervision included), plus `loss_weight` x the `loss_name` term."""
+        base = super()._build_loss()
+        return base if self.loss_name == "dice_ce" else losses.MetricLoss(base, self.loss_name, self.loss_weight)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.loss.train()
+
+    def on_validation_epoch_start(self):
+        """Validation loss is dice_ce alone, whatever the training loss: curves compare across losses."""
+        super().on_validation_epoch_start()
+        self.loss.eval()
 
     def get_dataloaders(self):
         """nnU-Net's loaders, its unseeded `NonDetMultiThreadedAugmenter` replaced (while nnU-Net builds them) by
