@@ -5,7 +5,8 @@ the training set's statistics); the seed recipe with twice the epochs (a control
 rounds, so its gain would otherwise mix refinement with longer training); + one pseudo-label round
 (`pseudo_label_rounds=1`); + resolution augmentation (`scale_range` 0.95-1.8, kidney_6's 63 µm voxels seen from
 50 µm); both; + per-kidney normalisation (`normalisation="kidney"`, the project's default), without and with a
-pseudo-label round. Each trained model is evaluated with inference resampling on (the
+pseudo-label round; on per-kidney normalisation, + each metric loss (`loss="skeleton_recall"`, `loss="surface"`,
+weight 1; `lib.training.losses`), without and with a pseudo-label round. Each trained model is evaluated with inference resampling on (the
 project's default) and off.
 Reported per arm and resampling: validation surface Dice (kidney_3_dense, at the threshold tuned on it), test surface
 Dice per kidney (kidney_5, kidney_6: the solution the synthetic generator writes) and their mean, the share of the
@@ -44,6 +45,13 @@ ARMS = {
     "+ both": {**SEED, "pseudo_label_rounds": 1, "scale_range": (0.95, 1.8)},
     "+ per-kidney normalisation": {"normalisation": "kidney"},
     "+ per-kidney normalisation + pseudo-labels": {"normalisation": "kidney", "pseudo_label_rounds": 1},
+    "+ per-kidney normalisation + skeleton recall": {"normalisation": "kidney", "loss": "skeleton_recall"},
+    "+ per-kidney normalisation + surface loss": {"normalisation": "kidney", "loss": "surface"},
+    "+ per-kidney normalisation + skeleton recall + pseudo-labels": {"normalisation": "kidney",
+                                                                     "loss": "skeleton_recall",
+                                                                     "pseudo_label_rounds": 1},
+    "+ per-kidney normalisation + surface loss + pseudo-labels": {"normalisation": "kidney", "loss": "surface",
+                                                                  "pseudo_label_rounds": 1},
 }
 TEST_KIDNEYS = ("kidney_5", "kidney_6")
 
