@@ -6,8 +6,8 @@ rounds, so its gain would otherwise mix refinement with longer training); + one 
 (`pseudo_label_rounds=1`); + resolution augmentation (`scale_range` 0.95-1.8, kidney_6's 63 µm voxels seen from
 50 µm); both; + per-kidney normalisation (`normalisation="kidney"`, the project's default), without and with a
 pseudo-label round; on per-kidney normalisation, + each metric loss (`loss="skeleton_recall"`, `loss="surface"`,
-weight 1; `lib.training.losses`), without and with a pseudo-label round. Each trained model is evaluated with inference resampling on (the
-project's default) and off.
+weight 1; `lib.training.losses`), without and with a pseudo-label round. Each trained model is evaluated with
+inference resampling on (the project's default) and off.
 Reported per arm and resampling: validation surface Dice (kidney_3_dense, at the threshold tuned on it), test surface
 Dice per kidney (kidney_5, kidney_6: the solution the synthetic generator writes) and their mean, the share of the
 sparse groups' true vessel voxels that the training labels hold (label recall; after refinement for pseudo-label
