@@ -1,4 +1,4 @@
-"""The ablation benchmark's arm settings and summary table (the README's ablation table is printed by them)."""
+"""The ablation benchmark's arm settings and summary table (docs/ablation.md's table is printed by them)."""
 from __future__ import annotations
 
 import importlib.util

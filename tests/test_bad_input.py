@@ -1,4 +1,4 @@
-"""Bad input, one row of the README's "Bad input and what you see" table at a time: each entry point refuses it
+"""Bad input, one row of the docs/bad_input.md "Bad input and what you see" table at a time: each entry point refuses it
 early with one line naming the file, row or id and the problem (exit code 2 on the command line), and writes
 nothing. Tests of the pipeline's --force and kill recovery are in test_pipeline.py."""
 from __future__ import annotations
