@@ -59,7 +59,7 @@ benchmarks: setup
 	$(PY) benchmarks/disk.py
 
 # Seed recipe vs pseudo-labels, resolution augmentation, both; resampling on/off; 3 seeds on the synthetic small
-# preset (CPU: hours; README "Ablation"). ABLATION_ARGS to reduce it, e.g. "--epochs 2 --iterations 10".
+# preset (CPU: hours; docs/ablation.md). ABLATION_ARGS to reduce it, e.g. "--epochs 2 --iterations 10".
 ablation: setup
 	$(PY) benchmarks/ablation.py $(ABLATION_ARGS)
 

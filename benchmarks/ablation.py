@@ -17,7 +17,7 @@ over the seeds.
 The dataset is generated with a seed no test uses (`--data-seed`, default 101). Synthetic scores say nothing about
 the leaderboard; they only compare the arms with each other on this generator.
 
-Full run (README "Ablation"; hours on 2 CPU cores):
+Full run (docs/ablation.md; hours on 2 CPU cores):
     .venv/bin/python benchmarks/ablation.py --seeds 0 1 2
 Each finished (arm, seed) is stored under --out (or in --results) and skipped when the command is run again.
 """
@@ -132,7 +132,7 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """A Markdown table of a frame (the README's format), without pandas' optional tabulate dependency."""
+    """A Markdown table of a frame (the docs' format), without pandas' optional tabulate dependency."""
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
@@ -169,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, paths.PROJECT_ROOT / "outputs" / "ablation",
                       "results file to continue (default: --out/results_<preset>_<data seed>_<budget>.jsonl); "
-                      "the README's run is docs/benchmarks/ablation_small_101_e6_i40_v5.jsonl")
+                      "docs/ablation.md's run is docs/benchmarks/ablation_small_101_e6_i40_v5.jsonl")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     args = parser.parse_args()
     budget, root, tag, results_file, done = run_setup(args, "arm")

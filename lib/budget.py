@@ -28,7 +28,7 @@ validation of the final model and of the best checkpoint (notebook 02 validates 
 always). Prediction is counted as lib.plan counts it (`plan.tiles` over each TTA view of the model-space shape,
 `inference.model_space_shape` at the training spacing). Voxels are those of the nnU-Net cases
 `nnunet_dataset.plan_cases` cuts (validation images held out of training), so a real root, the synthetic one and
-`competition_groups()` (the real shapes, for the README) are projected alike.
+`competition_groups()` (the real shapes, for docs/kaggle.md) are projected alike.
 
 A training iteration takes max(train step, augmentation batch / workers) on a GPU (nnU-Net's workers augment beside
 the GPU step; workers = nnU-Net's count, at most the cores less the main process), train step + augmentation batch

@@ -97,7 +97,7 @@ def test_explorer_in_chromium(driver, explore_server: str, tmp_path: Path) -> No
     page = Page(driver, explore_server, tmp_path)
     assert not page.errors()
     assert "kidney_1_dense" in page.info()
-    page.find(".sennet-browser").screenshot(str(tmp_path / "00_panel.png"))  # controls and image, for the README
+    page.find(".sennet-browser").screenshot(str(tmp_path / "00_panel.png"))  # controls and image, for docs/explorer.md
     start = page.shot("01_xy_start")
     colours = colour_counts(start)
     assert colours["red"] + colours["yellow"] > 200 and colours["cyan"] > 200, colours  # labels and prediction

@@ -172,7 +172,7 @@ else:
         raise RuntimeError(
             f"this kernel runs {platform.python_implementation()} {sys.version.split()[0]} on {sys.platform} "
             f"{platform.machine()}; the wheels in {WHEELS} are for CPython {', '.join(MANIFEST['pythons'])} on "
-            f"Linux x86_64: rebuild them with `python -m lib.runs.kaggle --python {PYTHON}` (README, Kaggle)")
+            f"Linux x86_64: rebuild them with `python -m lib.runs.kaggle --python {PYTHON}` (docs/kaggle.md)")
     before = installed_versions()
     image = {n: v for n, v in before.items() if re.match(MANIFEST["image_only"], n)}
     if "torch" not in image:

@@ -9,7 +9,7 @@ about 3.5 GiB and kidney_3 (1706 x 1510) about 5.3 GiB, where kidney_1_dense as 
 
 Disk: slabs are written zlib-compressed (labels shrink to almost nothing, images by what their noise allows) and
 `lib.training.fine_tune.prepare` deletes each raw slab once nnU-Net has preprocessed it; bytes per voxel of every
-stage are measured by benchmarks/disk.py (README, "Disk"). Labels may come from other folders than the competition
+stage are measured by benchmarks/disk.py (docs/disk.md). Labels may come from other folders than the competition
 root (`label_dirs`: refined pseudo-labels, one NNNN.tif mask per slice).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ DATASET_NAME = f"Dataset{DATASET_ID}_SenNetKidney"
 DEFAULT_TRAIN_GROUPS = ("kidney_1_dense", "kidney_2", "kidney_3_sparse")
 DEFAULT_VAL_GROUP = "kidney_3_dense"
 # nnU-Net preprocessing's peak memory per slab, measured by benchmarks/preprocess_memory.py (the one place the
-# figure lives; the notebook and the README show what this gives).
+# figure lives; the notebook and docs/disk.md show what this gives).
 PREPROCESS_BASE_GIB, PREPROCESS_BYTES_PER_VOXEL = 1.9, 11.2
 SLAB_COMPRESSION, SLAB_COMPRESSION_LEVEL = "zlib", 1  # fast: most of the gain on masks, some on images
 MIN_SLAB = 4  # runs of fewer slices are left out (nnU-Net's 3D TIFF reader needs >1; such slivers teach little)
