@@ -87,8 +87,9 @@ def arm_settings(arm: str, seed: int, budget: dict) -> TrainSettings:
     return TrainSettings(configuration="tiny", device="cpu", seed=seed, **budget, **changes)
 
 
-def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict) -> dict:
-    """Train one arm with one seed and evaluate it with resampling on and off; one record per resampling."""
+def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict,
+            resampling: tuple[bool, ...] = (True, False)) -> list[dict]:
+    """Train one arm with one seed and evaluate it with each inference resampling (on, off); one record each."""
     settings = arm_settings(arm, seed, budget)
     clock = RunningClock()
     result, rounds = refine.train_with_pseudo_labels(root, out / "train", settings, progress=False)
@@ -98,7 +99,7 @@ def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict) -> dict:
     if len(rounds):
         recall.update({row["group"]: row["true_labelled_after"] for row in rounds.to_dict("records")})
     records = []
-    for resample in (True, False):
+    for resample in resampling:
         clock = RunningClock()
         scores = infer.predict_submission(result.model_dir, root, out / f"infer_resample_{resample}", "tune",
                                           tta=False, resample=resample, device="cpu")
@@ -171,6 +172,8 @@ def main() -> None:
                       "results file to continue (default: --out/results_<preset>_<data seed>_<budget>.jsonl); "
                       "docs/ablation.md's run is docs/benchmarks/ablation_small_101_e6_i40_v5.jsonl")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--resample", nargs="+", default=["on", "off"], choices=["on", "off"],
+                        help="inference resampling to evaluate each model with (on: the project's default)")
     args = parser.parse_args()
     budget, root, tag, results_file, done = run_setup(args, "arm")
     for seed in args.seeds:
@@ -179,7 +182,8 @@ def main() -> None:
                 continue
             print(f"training {arm!r}, seed {seed} ({tag}) ...", flush=True)
             slug = re.sub(r"[^\w-]+", "_", arm.strip("+ "))
-            records = run_arm(root, args.out / tag / f"{slug}_seed{seed}", arm, seed, budget)
+            records = run_arm(root, args.out / tag / f"{slug}_seed{seed}", arm, seed, budget,
+                              tuple(r == "on" for r in args.resample))
             with open(results_file, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in records)
             print(json.dumps(records), flush=True)
