@@ -78,3 +78,15 @@ def random_volume(rng: np.random.Generator, shape: tuple[int, int, int]) -> tupl
     labels = (rng.random(shape) > 0.9).astype(np.uint8) * 255
     images = rng.integers(0, 60000, shape, dtype=np.uint16)
     return images, labels
+
+
+def tubes(rng: np.random.Generator, shape: tuple[int, ...], n: int = 4, max_radius: float = 1.8) -> np.ndarray:
+    """Thin straight tubes (radius 0.5 to `max_radius`) between random points: vessel-like masks."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(float)
+    out = np.zeros(shape, bool)
+    for _ in range(n):
+        a, b = rng.random(3) * shape, rng.random(3) * shape
+        d = b - a
+        t = np.clip(((grid - a) @ d) / (d @ d), 0, 1)
+        out |= np.linalg.norm(grid - (a + t[..., None] * d), axis=-1) <= rng.uniform(0.5, max_radius)
+    return out

@@ -9,24 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tubes
 from scipy import ndimage
 
 from lib.metric import surface_dice
 from lib.training import losses
 from lib.training.fine_tune import TrainSettings
 from lib.training.trainer import FineTuneTrainer
-
-
-def tubes(rng: np.random.Generator, shape: tuple[int, int, int], n: int = 5) -> np.ndarray:
-    """Thin branching-looking tubes (radius 0.5-2) between random points: vessel-like masks."""
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(float)
-    out = np.zeros(shape, bool)
-    for _ in range(n):
-        a, b = rng.random(3) * shape, rng.random(3) * shape
-        d = b - a
-        t = np.clip(((grid - a) @ d) / (d @ d), 0, 1)
-        out |= np.linalg.norm(grid - (a + t[..., None] * d), axis=-1) <= rng.uniform(0.5, 2.0)
-    return out
 
 
 def surface_loss(gt: np.ndarray, pred: np.ndarray) -> float:
@@ -41,7 +30,7 @@ def surface_loss(gt: np.ndarray, pred: np.ndarray) -> float:
 def test_surface_loss_is_one_minus_the_metric_on_vessel_like_volumes(seed: int) -> None:
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in rng.integers(6, 36, size=3))
-    gt = tubes(rng, shape)
+    gt = tubes(rng, shape, n=5, max_radius=2.0)
     pred = gt ^ (rng.random(shape) < 0.03) if seed % 2 else ndimage.binary_dilation(np.roll(gt, 1, axis=seed % 3))
     assert gt.any() and pred.any()
     assert surface_loss(gt, pred) == pytest.approx(1 - surface_dice(gt, pred), abs=1e-6)

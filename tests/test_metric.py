@@ -23,6 +23,7 @@ from lib.metric import (
 if not hasattr(np, "Inf"):  # surface-distance 0.1 still uses np.Inf, removed in numpy 2
     np.Inf = np.inf
 import surface_distance  # noqa: E402
+from helpers import tubes  # noqa: E402
 from surface_distance import lookup_tables  # noqa: E402
 
 
@@ -33,19 +34,6 @@ def reference(gt: np.ndarray, pred: np.ndarray) -> float:
 
 def blobs(rng: np.random.Generator, shape: tuple[int, ...], sigma: float, level: float) -> np.ndarray:
     return ndimage.gaussian_filter(rng.random(shape), sigma) > level
-
-
-def tubes(rng: np.random.Generator, shape: tuple[int, ...], n: int = 4) -> np.ndarray:
-    """Thin straight tubes (radius about 1) between random points: the vessel-like case."""
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(float)
-    out = np.zeros(shape, bool)
-    for _ in range(n):
-        a, b = rng.random(3) * shape, rng.random(3) * shape
-        d = b - a
-        t = np.clip(((grid - a) @ d) / (d @ d), 0, 1)
-        dist = np.linalg.norm(grid - (a + t[..., None] * d), axis=-1)
-        out |= dist <= rng.uniform(0.5, 1.8)
-    return out
 
 
 def test_area_table_is_the_reference_table() -> None:
