@@ -121,11 +121,14 @@ class MetricLoss(torch.nn.Module):
         value = self.base(output, labels if listed else labels[0])
         if not self.training or self.loss == "dice_ce":
             return value
+        if self.loss == "skeleton_recall" and targets[0].shape[1] < 2:
+            raise ValueError("the skeleton recall loss needs the tubed skeleton as channel 1 of the target "
+                             "(SkeletonTransform in the training transforms)")
         full = output[0] if isinstance(output, (list, tuple)) else output
-        probability = torch.softmax(full.float(), 1)[:, 1]
-        if self.loss == "skeleton_recall":
-            if targets[0].shape[1] < 2:
-                raise ValueError("the skeleton recall loss needs the tubed skeleton as channel 1 of the target "
-                                 "(SkeletonTransform in the training transforms)")
-            return value + self.weight * (1 - skeleton_recall(probability, targets[0][:, 1]))
-        return value + self.weight * (1 - soft_surface_dice(probability, labels[0][:, 0]))
+        with torch.autocast(full.device.type, enabled=False):  # float32: sums over millions of cubes
+            probability = torch.softmax(full.float(), 1)[:, 1]
+            if self.loss == "skeleton_recall":
+                term = skeleton_recall(probability, targets[0][:, 1])
+            else:
+                term = soft_surface_dice(probability, labels[0][:, 0])
+        return value + self.weight * (1 - term)
