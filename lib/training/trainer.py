@@ -49,8 +49,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 class FineTuneTrainer(nnUNetTrainer):
     """nnUNetTrainer with a settable schedule, linear warm-up then poly decay, a checkpoint every epoch (for
-    resuming), progress bars over epochs and iterations, `scale_range` for the scaling augmentation and
-    seeded augmentation workers (`seed`)."""
+    resuming), progress bars over epochs and iterations (through nnU-Net's hooks), `scale_range` for the scaling
+    augmentation, seeded augmentation workers (`seed`) and a loss (`loss_name`, `loss_weight`)."""
 
     warmup_epochs = 1
     scale_range: tuple[float, float] = NNUNET_SCALE_RANGE
@@ -92,10 +92,6 @@ class FineTuneTrainer(nnUNetTrainer):
         base = super()._build_loss()
         return base if self.loss_name == "dice_ce" else losses.MetricLoss(base, self.loss_name, self.loss_weight)
 
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        self.loss.train()
-
     def on_validation_epoch_start(self):
         """Validation loss is dice_ce alone, whatever the training loss: curves compare across losses."""
         super().on_validation_epoch_start()
@@ -120,22 +116,37 @@ class FineTuneTrainer(nnUNetTrainer):
                                     momentum=0.99, nesterov=True)
         return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
 
-    def run_training(self):
-        self.on_train_start()
-        for _ in tqdm(range(self.current_epoch, self.num_epochs), desc="epochs", initial=self.current_epoch,
-                      total=self.num_epochs, unit="epoch"):
-            self.on_epoch_start()
-            self.on_train_epoch_start()
-            outputs = [self.train_step(next(self.dataloader_train))
-                       for _ in tqdm(range(self.num_iterations_per_epoch), desc=f"epoch {self.current_epoch}",
-                                     leave=False, unit="it")]
-            self.on_train_epoch_end(outputs)
-            with torch.no_grad():
-                self.on_validation_epoch_start()
-                val = [self.validation_step(next(self.dataloader_val)) for _ in range(self.num_val_iterations_per_epoch)]
-                self.on_validation_epoch_end(val)
-            self.on_epoch_end()
-        self.on_train_end()
+    # Progress bars through nnU-Net's hooks (its run_training is used as it is).
+    _epochs_bar = _iterations_bar = None
+
+    def on_train_start(self):
+        super().on_train_start()
+        self._epochs_bar = tqdm(total=self.num_epochs, initial=self.current_epoch, desc="epochs", unit="epoch")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.loss.train()
+        self._iterations_bar = tqdm(total=self.num_iterations_per_epoch, desc=f"epoch {self.current_epoch}",
+                                    leave=False, unit="it")
+
+    def train_step(self, batch: dict) -> dict:
+        result = super().train_step(batch)
+        if self._iterations_bar is not None:  # None when timed outside an epoch (lib.budget)
+            self._iterations_bar.update()
+        return result
+
+    def on_train_epoch_end(self, train_outputs):
+        self._iterations_bar.close()
+        self._iterations_bar = None
+        super().on_train_epoch_end(train_outputs)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        self._epochs_bar.update()
+
+    def on_train_end(self):
+        self._epochs_bar.close()
+        super().on_train_end()
 
 
 class WorkerLoader:
