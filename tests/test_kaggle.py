@@ -590,7 +590,8 @@ def test_cli_expected_failures_are_one_line_and_exit_2(tmp_path: Path, capsys: p
     assert "'a/b'" in fails(["--no-wheels", "--user", "a/b"])
     assert f"{tmp_path / 'nope'}: model folder not found" in fails(["--no-wheels", "--model-dir", str(tmp_path / "nope")])
     (tmp_path / "empty").mkdir()
-    assert "not a model folder" in fails(["--no-wheels", "--model-dir", str(tmp_path / "empty")])
+    assert f"{tmp_path / 'empty' / 'plans.json'}: missing; is {tmp_path / 'empty'} a model folder written by " \
+        "training?" in fails(["--no-wheels", "--model-dir", str(tmp_path / "empty")])
     assert "pretrained archive not found" in fails(["--no-wheels", "--pretrained", str(tmp_path / "x.zip")])
     assert "'3'" in fails(["--python", "3"])
     monkeypatch.setattr(kaggle, "NOTEBOOKS_DIR", tmp_path / "notebooks")
