@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ import pandas as pd
 from lib import data, infer, inference, paths, postprocess, refine
 from lib.dev import synthetic
 from lib.normalisation import NoContrastError
+from lib.training import fine_tune
 from lib.training.fine_tune import SPARSE_GROUPS, TrainSettings
 
 SEED = {"normalisation": "dataset"}  # the seed's recipe normalises with the training set's statistics
@@ -90,25 +92,32 @@ def arm_settings(arm: str, seed: int, budget: dict) -> TrainSettings:
 
 def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict,
             resampling: tuple[bool, ...] = (True, False)) -> list[dict]:
-    """Train one arm with one seed and evaluate it with each inference resampling (on, off); one record each."""
+    """Train one arm with one seed (or reuse its finished model) and evaluate it with each inference resampling (on,
+    off); one record each."""
     settings = arm_settings(arm, seed, budget)
-    clock = RunningClock()
-    result, rounds = refine.train_with_pseudo_labels(root, out / "train", settings, progress=False)
-    train_minutes = clock.seconds() / 60
+    model_dir = fine_tune.default_model_dir(out / "train")
+    if (model_dir / "fold_0" / "checkpoint_final.pth").is_file():  # trained by an earlier, interrupted call
+        refinement = out / "train" / "refinement.json"
+        rounds = pd.DataFrame(json.loads(refinement.read_text()) if refinement.is_file() else [])
+        train_minutes = float("nan")  # not timed again
+    else:
+        clock = RunningClock()
+        result, rounds = refine.train_with_pseudo_labels(root, out / "train", settings, progress=False)
+        model_dir, train_minutes = result.model_dir, clock.seconds() / 60
     provenance = json.loads((root / "synthetic.json").read_text())["groups"]
     recall = {g: provenance[g]["labelled_share_of_true_vessels"] for g in SPARSE_GROUPS}
     if len(rounds):
         recall.update({row["group"]: row["true_labelled_after"] for row in rounds.to_dict("records")})
-    refused = refused_kidneys(result.model_dir, root)
-    predicted = [k for k in TEST_KIDNEYS if k not in refused]
+    refused = refused_kidneys(model_dir, root)
+    scored = root if not refused else root_without(root, refused, out / "root_without_refused")
     records = []
     for resample in resampling:
         clock = RunningClock()
-        scores = infer.predict_submission(result.model_dir, root, out / f"infer_resample_{resample}", "tune",
-                                          test_groups=predicted, tta=False, resample=resample, device="cpu")
+        scores = infer.predict_submission(model_dir, scored, out / f"infer_resample_{resample}", "tune",
+                                          tta=False, resample=resample, device="cpu")
         chosen = next(c for c in scores["validation_curve"] if c["threshold"] == scores["threshold"])
         if resample:  # the project's default inference: store its cut as notebook 02 does (benchmarks/tta_table.py)
-            postprocess.save_threshold(result.model_dir, pd.DataFrame(scores["validation_curve"]), scores["threshold"],
+            postprocess.save_threshold(model_dir, pd.DataFrame(scores["validation_curve"]), scores["threshold"],
                                        "kidney_3_dense", {"tta": "none", "ablation_arm": arm, "seed": seed})
         per = {**scores["test_score"]["per_image"], **dict.fromkeys(refused, 0.0)}
         records.append({"arm": arm, "seed": seed, "resample": resample, "val_surface_dice": chosen["surface_dice"],
@@ -118,6 +127,25 @@ def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict,
                         **{f"label_recall_{g}": v for g, v in recall.items()},
                         "train_minutes": train_minutes, "infer_minutes": clock.seconds() / 60})
     return records
+
+
+def root_without(root: Path, kidneys: list[str], view: Path) -> Path:
+    """A competition root without some test kidneys (links to the rest; sample_submission and solution filtered), so
+    notebook 03's functions predict and score the others."""
+    if view.exists():
+        shutil.rmtree(view)
+    (view / "test").mkdir(parents=True)
+    for entry in root.iterdir():
+        if entry.name not in ("test", "sample_submission.csv", "solution.csv"):
+            (view / entry.name).symlink_to(entry.resolve())
+    for group in (root / "test").iterdir():
+        if group.name not in kidneys:
+            (view / "test" / group.name).symlink_to(group.resolve())
+    for name in ("sample_submission.csv", "solution.csv"):
+        table = pd.read_csv(root / name)
+        keep = ~table["id"].str.rsplit("_", n=1).str[0].isin(kidneys)
+        table[keep].to_csv(view / name, index=False)
+    return view
 
 
 def refused_kidneys(model_dir: Path, root: Path) -> list[str]:
