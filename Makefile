@@ -2,7 +2,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-REQ_HASH := $(shell cat requirements.txt requirements-test.txt pyproject.toml | sha1sum | cut -c1-12)
+REQ_HASH := $(shell cat requirements.txt requirements-test.txt pyproject.toml tools/pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(REQ_HASH)
 KERNEL_SPEC := $(VENV)/share/jupyter/kernels/sennet-vessels/kernel.json
 DATA := outputs/data/synthetic
@@ -12,16 +12,17 @@ DATA := outputs/data/synthetic
 setup: $(STAMP) $(KERNEL_SPEC)
 
 # The venv is rebuilt when missing or when a requirements file or pyproject.toml changed (stale stamp).
-# The project itself is installed editable (`lib` importable everywhere, no sys.path edits).
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+# The project (`lib`, what ships to Kaggle) and its tools (`tools`: stand-ins and run tooling) are installed
+# editable, importable everywhere with no sys.path edits.
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml tools/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . -e tools
 	$(PY) -m pip install -q --no-deps nnunet==1.7.1
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The explorer's kernel, inside the venv (lib.runs.explore puts the venv's share/jupyter first on JUPYTER_PATH):
+# The explorer's kernel, inside the venv (tools.explore puts the venv's share/jupyter first on JUPYTER_PATH):
 # a user-level spec would be shared, and overwritten, by every checkout on the machine.
 $(KERNEL_SPEC): $(STAMP)
 	$(PY) -m ipykernel install --sys-prefix --name sennet-vessels --display-name "Python (sennet-vessels)" >/dev/null
@@ -39,19 +40,19 @@ test-fast: lint
 
 data: setup
 	@test -d $(DATA)/train && echo "$(DATA) exists (delete it to regenerate)" || \
-		$(PY) -m lib.dev.synthetic --out $(DATA) --preset small --seed 0
+		$(PY) -m tools.synthetic --out $(DATA) --preset small --seed 0
 
 # The whole pipeline (notebooks 01 -> 02 -> 03 with papermill) on the synthetic small dataset, on the CPU.
 demo: setup
-	$(PY) -m lib.runs.pipeline --config configs/demo.toml
+	$(PY) -m tools.pipeline --config configs/demo.toml
 
 # Notebook 01 as a page (Voilà, the slice browser live) or JupyterLab on the notebooks, on 127.0.0.1.
 # Data: DATA_DIR=..., else SENNET_DATA_DIR, else the synthetic data (generated on first use). PORT=... to move.
 explore: setup
-	$(PY) -m lib.runs.explore --port $(or $(PORT),8866) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
+	$(PY) -m tools.explore --port $(or $(PORT),8866) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
 
 lab: setup
-	$(PY) -m lib.runs.explore --lab --port $(or $(PORT),8888) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
+	$(PY) -m tools.explore --lab --port $(or $(PORT),8888) $(if $(DATA_DIR),--data-dir "$(DATA_DIR)")
 
 benchmarks: setup
 	$(PY) benchmarks/metric.py
@@ -69,7 +70,7 @@ ablation: setup
 # replaces the default Pythons: "--python 3.12 --python 3.11 --python 3.10" for all three; "--refresh").
 KAGGLE_USER ?= your-kaggle-username
 kaggle: setup
-	$(PY) -m lib.runs.kaggle --out outputs/kaggle --user $(KAGGLE_USER) $(KAGGLE_ARGS)
+	$(PY) -m tools.kaggle --out outputs/kaggle --user $(KAGGLE_USER) $(KAGGLE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

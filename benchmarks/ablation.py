@@ -34,10 +34,10 @@ from pathlib import Path
 import pandas as pd
 
 from lib import data, infer, inference, paths, postprocess, refine
-from lib.dev import synthetic
 from lib.normalisation import NoContrastError
 from lib.training import fine_tune
 from lib.training.fine_tune import SPARSE_GROUPS, TrainSettings
+from tools import synthetic
 
 SEED = {"normalisation": "dataset"}  # the seed's recipe normalises with the training set's statistics
 ARMS = {

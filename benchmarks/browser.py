@@ -29,10 +29,9 @@ import numpy as np
 import tifffile
 
 from lib import data
-from lib.dev import synthetic
 from lib.explore.browser import SliceBrowser
 from lib.explore.widgets import BrowserWidgets
-from lib.runs import explore
+from tools import explore, synthetic
 
 GOAL_MS = 300.0
 FIRST = 1120  # the cropped range sits in the middle of the 2279-slice kidney

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from lib import data, postprocess
-from lib.dev import synthetic
 from lib.model import architectures, network
 from lib.training import fine_tune, nnunet_dataset
+from tools import synthetic
 
 GB = 1e9
 

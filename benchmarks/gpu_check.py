@@ -2,7 +2,7 @@
 
 1. Fine-tune the `hepatic` configuration (the real Task008-sized network, 31 M parameters, full patch
    64x192x192, batch 2) for a few iterations from a converted v1-format archive (RANDOM weights written by
-   `lib.dev.v1_checkpoint.write_v1_archive`; from scratch, same network, if nnU-Net v1 is not installed) on the
+   `tools.v1_checkpoint.write_v1_archive`; from scratch, same network, if nnU-Net v1 is not installed) on the
    SYNTHETIC `small` preset, through the project's own `lib.training.fine_tune.train`. Records iterations/s (steady
    state: per-step times from a wrapper around nnUNetTrainer.train_step, plus the trainer's own epoch
    timestamps), the time to the first step, and peak GPU memory (torch.cuda.max_memory_allocated/reserved
@@ -131,9 +131,9 @@ def train_step_worker(spec: dict) -> dict:
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from lib.dev import synthetic, v1_checkpoint
     from lib.model import architectures
     from lib.training import fine_tune
+    from tools import synthetic, v1_checkpoint
 
     result: dict = {"configuration": spec["configuration"], "device": spec["device"],
                     "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA"), "phases_s": {}}

@@ -1,6 +1,6 @@
 """Benchmark the streaming sliding-window predictor (lib/inference.py) against nnU-Net's own nnUNetPredictor.
 
-1. Comparison: the same kidney-like SYNTHETIC volume (lib.dev.synthetic rendering, no zero voxels, spacing equal
+1. Comparison: the same kidney-like SYNTHETIC volume (tools.synthetic rendering, no zero voxels, spacing equal
    to the plans' so nothing is resampled) and the same RANDOM-weight network through both predictors, each in a
    FRESH subprocess on the same device with the same torch threads: wall time, the throughput ratio
    (nnUNetPredictor time / our time), peak resident memory and the max/mean |difference| of the vessel
@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 OUT_DIR = ROOT / "outputs" / "benchmarks"
-CONFIG_VARIANTS = {"tiny": "small", "hepatic": "task008"}  # --configuration -> lib.dev.v1_checkpoint variant
+CONFIG_VARIANTS = {"tiny": "small", "hepatic": "task008"}  # --configuration -> tools.v1_checkpoint variant
 # "stub": the tiny configuration's plans (patch 32x64x64) with a 1x1x1 convolution as the network, so that the
 # predictor's own buffers, tiling and I/O are measured on a full-size kidney in minutes on a CPU.
 FULL_CONFIGS = [*CONFIG_VARIANTS, "stub"]
@@ -144,8 +144,8 @@ def make_plans(configuration: str, spacing_mm: float, intensity: dict) -> dict:
 
 
 def random_network(plans: dict, seed: int = SEED, scale: float = 0.05):
-    """The plans' network with seeded random weights (lib.dev.v1_checkpoint.random_network)."""
-    from lib.dev import v1_checkpoint
+    """The plans' network with seeded random weights (tools.v1_checkpoint.random_network)."""
+    from tools import v1_checkpoint
 
     return v1_checkpoint.random_network(plans, seed, scale)
 
@@ -167,8 +167,8 @@ def comparison_input(shape: tuple[int, int, int]) -> tuple[Path, dict]:
 
 
 def comparison_volume(shape: tuple[int, int, int], cache: Path) -> Path:
-    """A kidney-like SYNTHETIC uint16 volume of `shape` (lib.dev.synthetic's kidney_6 look), cached as .npy."""
-    from lib.dev import synthetic
+    """A kidney-like SYNTHETIC uint16 volume of `shape` (tools.synthetic's kidney_6 look), cached as .npy."""
+    from tools import synthetic
 
     path = cache / f"volume_{'x'.join(map(str, shape))}_seed{SEED}.npy"
     if path.is_file():
@@ -204,15 +204,15 @@ class ArrayGroup:
 def full_size_root(group: str, preset: str, slices: int, workers: int) -> Path:
     """A cached synthetic competition root holding (at least the first `slices` slices of) `group` at `preset`.
 
-    Reuses a root that `lib.dev.synthetic.generate` wrote (complete group) or one rendered earlier. When missing:
-    with `workers` > 1, renders only the first `slices` image slices with `lib.dev.synthetic.render_slices` in that
+    Reuses a root that `tools.synthetic.generate` wrote (complete group) or one rendered earlier. When missing:
+    with `workers` > 1, renders only the first `slices` image slices with `tools.synthetic.render_slices` in that
     many processes (the same pixels `generate` writes; images only, no labels/CSVs); else calls `generate`.
     """
-    from lib.dev import synthetic
+    from tools import synthetic
 
     root = OUT_DIR / f"synthetic-{preset}-{group}"
     if (root / "synthetic.json").is_file():
-        print(f"  reusing {root} (lib.dev.synthetic.generate)")
+        print(f"  reusing {root} (tools.synthetic.generate)")
         return root
     shape = synthetic.PRESETS[preset].shapes[group]
     slices = min(slices, shape[0])
@@ -227,7 +227,7 @@ def full_size_root(group: str, preset: str, slices: int, workers: int) -> Path:
         import shutil
 
         print(f"  rendering the first {slices} of {shape[0]} slices of SYNTHETIC {group} (preset {preset!r}, "
-              f"{shape[1]}x{shape[2]}) with lib.dev.synthetic.render_slices in {workers} processes into {partial} ...",
+              f"{shape[1]}x{shape[2]}) with tools.synthetic.render_slices in {workers} processes into {partial} ...",
               flush=True)
         shutil.rmtree(partial, ignore_errors=True)
         images = partial / "test" / group / "images"
@@ -242,7 +242,7 @@ def full_size_root(group: str, preset: str, slices: int, workers: int) -> Path:
         print(f"  rendered in {time.perf_counter() - start:.0f} s", flush=True)
         return partial
     print(f"  generating SYNTHETIC {group} at preset {preset!r} {'x'.join(map(str, shape))} into {root} with "
-          f"lib.dev.synthetic.generate (one-off; ~0.25 s per full-size slice on one core) ...", flush=True)
+          f"tools.synthetic.generate (one-off; ~0.25 s per full-size slice on one core) ...", flush=True)
     synthetic.generate(root, preset, SEED, groups=[group], force=True, progress=sys.stderr.isatty())
     print(f"  generated in {time.perf_counter() - start:.0f} s", flush=True)
     return root
@@ -250,7 +250,7 @@ def full_size_root(group: str, preset: str, slices: int, workers: int) -> Path:
 
 def _render_some(preset: str, group: str, numbers: list[int], folder: str) -> None:
     """Render slices `numbers` of `group` and write them as generate does (NNNN.tif)."""
-    from lib.dev import synthetic
+    from tools import synthetic
 
     for s in synthetic.render_slices(preset, SEED, group, slices=numbers):
         synthetic._write_tif(Path(folder) / f"{s.index:04d}.tif", s.image)
@@ -583,7 +583,7 @@ def _cuda_count() -> int:
 def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, save_report) -> dict:
     """Section 2: predict_group's peak memory on a full-size synthetic kidney at two depths."""
     from lib import data
-    from lib.dev import synthetic
+    from tools import synthetic
 
     gpu = device == "cuda"
     full_config = args.full_configuration or (args.configuration if gpu else "stub")
@@ -713,7 +713,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "32x64x64, so that the predictor itself is measured in minutes; on cuda: --configuration)")
     ap.add_argument("--render-workers", type=int, default=None,
                     help="when the full-size kidney is not cached: >1 renders just the needed slices in that many "
-                         "processes, else lib.dev.synthetic.generate writes the whole group (default: cores-1 when "
+                         "processes, else tools.synthetic.generate writes the whole group (default: cores-1 when "
                          ">= 8 cores, else 0)")
     ap.add_argument("--wait-idle", type=float, default=None,
                     help="before each run wait up to this many seconds for other processes to leave the CPUs "

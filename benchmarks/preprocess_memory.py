@@ -21,8 +21,8 @@ from pathlib import Path
 
 import tifffile
 
-from lib.dev import synthetic
 from lib.training import fine_tune, nnunet_dataset
+from tools import synthetic
 
 GROUPS = {"kidney_1_dense": (2279, 1303, 912), "kidney_2": (2217, 1041, 1511), "kidney_3_sparse": (1035, 1706, 1510)}
 

@@ -5,7 +5,7 @@ For each normalisation ("dataset": the seed's CTNormalization with the training 
 kidney by its own) and training seed, the `tiny` network is trained from scratch on the synthetic `small` preset
 (data seed 101, the ablation's budget), its cut tuned on kidney_3_dense (rule "model", which notebook 02 stores;
 "tune" in notebook 03 gives the same cut here, both tuned without TTA). Each test kidney (kidney_5, kidney_6) is then
-re-rendered under each shift (`lib.dev.synthetic.write_shifted_test`: the same vessel tree) and predicted:
+re-rendered under each shift (`tools.synthetic.write_shifted_test`: the same vessel tree) and predicted:
 
     none              as generated
     look <kidney>     its raw values affinely remapped to a real kidney's scanner mean and sd (../shared/competition.md)
@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 
 from lib import data, infer, inference, paths, postprocess, rle
-from lib.dev import synthetic
 from lib.normalisation import NoContrastError
 from lib.postprocess import ThresholdRule
 from lib.training import fine_tune
+from tools import synthetic
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ablation import add_run_arguments, markdown, run_setup  # noqa: E402  (the benchmarks share them)

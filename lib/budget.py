@@ -462,7 +462,7 @@ def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, gro
 
 def on_kaggle() -> bool:
     """Whether this runs in a Kaggle notebook: Kaggle sets KAGGLE_KERNEL_RUN_TYPE ("Interactive" or "Batch") in its
-    sessions, and /kaggle/working exists there (KAGGLE_WORKING_DIR relocates it, as for lib.runs.kaggle)."""
+    sessions, and /kaggle/working exists there (KAGGLE_WORKING_DIR relocates it, as for tools.kaggle)."""
     working = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or working.is_dir()
 

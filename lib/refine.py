@@ -17,7 +17,7 @@ round r trains on; the last round's model is where a plain run puts it (`fine_tu
 so notebook 03 finds it as always. `refinement.json` records each round.
 
 The report of a run on the synthetic dataset also scores the refined labels against the whole vessel tree, which
-`lib.dev.synthetic` writes outside the competition layout (`<root>/synthetic_truth/<group>/NNNN.tif`); it is read
+`tools.synthetic` writes outside the competition layout (`<root>/synthetic_truth/<group>/NNNN.tif`); it is read
 here as files, for the report only, never for training.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from lib.training import fine_tune, nnunet_dataset
 from lib.training.fine_tune import TrainResult, TrainSettings
 from lib.volume import chunks
 
-TRUTH_FOLDER = "synthetic_truth"  # <root>/synthetic_truth/<group>/NNNN.tif, written by lib.dev.synthetic
+TRUTH_FOLDER = "synthetic_truth"  # <root>/synthetic_truth/<group>/NNNN.tif, written by tools.synthetic
 
 
 def round_dir(output_dir: Path | str, r: int) -> Path:

@@ -36,6 +36,6 @@ def mini_root(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic `tiny` competition root, generated once per test session (read-only for tests)."""
-    from lib.dev import synthetic
+    from tools import synthetic
 
     return synthetic.generate(tmp_path_factory.mktemp("synthetic") / "tiny", preset="tiny", seed=0, progress=False)

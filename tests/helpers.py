@@ -9,8 +9,8 @@ import numpy as np
 import tifffile
 import torch
 
-from lib.dev import v1_checkpoint
 from lib.model import architectures, convert_v1
+from tools import v1_checkpoint
 
 INTENSITY = {"mean": 100.0, "std": 20.0, "percentile_00_5": 50.0, "percentile_99_5": 160.0,
              "median": 100.0, "min": 0.0, "max": 200.0}

@@ -15,9 +15,8 @@ from helpers import random_network, small_plans, write_model_dir
 
 from lib import cli, data, inference, metric, submission
 from lib.data import DataError
-from lib.dev import synthetic, v1_checkpoint
 from lib.model import convert_v1
-from lib.runs import pipeline
+from tools import pipeline, synthetic, v1_checkpoint
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 

@@ -1,4 +1,4 @@
-"""`make explore` / `make lab` (lib.runs.explore): bad input is a one-line error and nothing is started."""
+"""`make explore` / `make lab` (tools.explore): bad input is a one-line error and nothing is started."""
 from __future__ import annotations
 
 import json
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from lib.runs import explore
+from tools import explore
 
 PROJECT = Path(__file__).resolve().parent.parent
 
 
 def run_explorer(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    return subprocess.run([sys.executable, "-m", "lib.runs.explore", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tools.explore", *args], capture_output=True, text=True,
                           cwd=PROJECT, env=env, timeout=120)
 
 
@@ -69,7 +69,7 @@ def test_server_environment_and_command(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_missing_synthetic_default_is_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 synthetic_tiny: Path) -> None:
-    from lib.dev import synthetic
+    from tools import synthetic
 
     monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path))
     monkeypatch.delenv("SENNET_DATA_DIR", raising=False)

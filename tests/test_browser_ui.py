@@ -1,6 +1,6 @@
 """`make explore` as a person uses it: notebook 01 served by Voilà, the slice browser driven in headless Chromium.
 
-The server is started the way `make explore` starts it (`python -m lib.runs.explore`) on 127.0.0.1 and a free
+The server is started the way `make explore` starts it (`python -m tools.explore`) on 127.0.0.1 and a free
 port, on the synthetic `tiny` data. After each control change the test waits for the browser's image to be
 replaced, then checks the pixels of a screenshot: the overlay colours present or gone, the image geometry of
 xy vs xz/yz planes, the slice content. Screenshots of each state are written to the test's tmp_path.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.runs import explore
+from tools import explore
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def explore_server(synthetic_tiny: Path, tmp_path: Path):
-    """`python -m lib.runs.explore` on a free localhost port; yields its URL, stops it afterwards."""
+    """`python -m tools.explore` on a free localhost port; yields its URL, stops it afterwards."""
     env = dict(os.environ, SENNET_OUTPUTS=str(tmp_path / "outputs"), PYTHONPATH=str(PROJECT))
     with explore.running(synthetic_tiny, explore.free_port(), tmp_path / "server.log", env) as url:
         yield url

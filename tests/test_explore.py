@@ -139,10 +139,14 @@ def test_prediction_sources(volume_root, tmp_path) -> None:
     np.testing.assert_array_equal(from_arrays("kidney_1_dense", "yz", 3), labels[:, :, 3] > 0)
 
 
-def test_ensure_data_refuses_to_invent_real_data(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError):
+def test_ensure_data_refuses_to_invent_data(tmp_path, monkeypatch) -> None:
+    with pytest.raises(FileNotFoundError, match="competition root not found"):
         notebook.ensure_data(tmp_path / "missing")
     assert notebook.ensure_data(tmp_path) == tmp_path
+    monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path / "outputs"))
+    with pytest.raises(FileNotFoundError, match="make data"):  # the synthetic default is named, not generated here
+        notebook.ensure_data(tmp_path / "outputs" / "data" / "synthetic")
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_live_frontend_is_false_outside_a_kernel(monkeypatch) -> None:

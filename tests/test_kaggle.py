@@ -1,4 +1,4 @@
-"""The Kaggle bundle (lib.runs.kaggle): layout and kernel metadata (checked by the official kaggle CLI), the bundled
+"""The Kaggle bundle (tools.kaggle): layout and kernel metadata (checked by the official kaggle CLI), the bundled
 notebooks, the wheel sets (pip's resolution per Python, complete without a network), and the offline path: a fresh
 venv holding what the Kaggle image has (torch, torchvision, ipykernel) installs the project's wheel and the rest
 from the bundle with pip --no-index and no network, and runs the bundled inference notebook against a fake
@@ -30,7 +30,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from lib import inputs, paths
-from lib.runs import kaggle
+from tools import kaggle
 
 WHEEL_CACHE = paths.outputs_dir() / "kaggle-wheel-cache"
 HERE = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -289,11 +289,10 @@ def test_project_wheel_ships_lib_without_stand_ins_and_tooling(bundle: kaggle.Bu
     with zipfile.ZipFile(wheel) as zf:
         shipped = {n for n in zf.namelist() if n.startswith("lib/")}
         metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        outside = [n for n in zf.namelist() if not n.startswith(("lib/", "sennet_vessels-"))]
     lib = paths.PROJECT_ROOT / "lib"
-    expected = {str(p.relative_to(lib.parent)) for p in lib.rglob("*.py")
-                if p.relative_to(lib).parts[0] not in kaggle.NOT_SHIPPED}
-    assert shipped == expected
-    assert "lib/dev/synthetic.py" not in shipped and "lib/runs/kaggle.py" not in shipped
+    assert shipped == {str(p.relative_to(lib.parent)) for p in lib.rglob("*.py")}
+    assert outside == []  # the stand-ins and tooling (tools/) are their own distribution: nothing to strip
     assert "lib/inference.py" in shipped and "lib/training/fine_tune.py" in shipped
     _, _, requirements = kaggle.project_dependencies()
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)
@@ -301,41 +300,14 @@ def test_project_wheel_ships_lib_without_stand_ins_and_tooling(bundle: kaggle.Bu
 
 
 def test_kaggle_notebooks_never_import_the_stand_ins_or_tooling() -> None:
-    """What notebooks 02/03 import from lib, and what those modules import in turn (lazily too), stays out of
-    lib.dev and lib.runs, except notebook.ensure_data's synthetic generator, reached only when the data root is
-    the missing synthetic default (never on Kaggle, where data_dir is the competition input)."""
-    import ast
-
-    modules = set()
+    """Notebooks 02/03 import from lib only, never from tools/ (what lib imports in turn never reaches tools/:
+    tests/test_layout.py), so the wheel of lib alone runs them on Kaggle."""
+    imported = []
     for name in ("02_train", "03_infer"):
         for cell in nbformat.read(paths.PROJECT_ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells:
             if cell.cell_type == "code":
-                for m in re.finditer(r"^from (lib(?:\.\w+)*) import (.+)$", cell.source, re.M):
-                    modules |= {f"{m.group(1)}.{s.strip()}" for s in m.group(2).split(",")}
-    assert {"lib.inference", "lib.notebook", "lib.training.fine_tune"} <= modules
-    seen, todo, reached = set(), sorted(modules), []
-    while todo:
-        module = todo.pop()
-        path = paths.PROJECT_ROOT / Path(*module.split("."))
-        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-        if module in seen or not path.is_file():
-            continue
-        seen.add(module)
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lib"):
-                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names if a.name.startswith("lib")]
-            else:
-                continue
-            for target in targets:
-                if target.split(".")[1:2] and target.split(".")[1] in kaggle.NOT_SHIPPED:
-                    reached.append(f"{module} -> {target}")
-                todo.append(target)
-    assert reached == ["lib.notebook -> lib.dev.synthetic", "lib.notebook -> lib.dev"]
-    source = (paths.PROJECT_ROOT / "lib" / "notebook.py").read_text()
-    assert re.search(r"if root\.resolve\(\) == paths\.synthetic_data_dir\(\)\.resolve\(\):\n.*from lib\.dev import "
-                     r"synthetic", source), "ensure_data must import lib.dev only for the missing synthetic default"
+                imported += re.findall(r"^\s*(?:from|import) (\w+)", cell.source, re.M)
+    assert "lib" in imported and "tools" not in imported
 
 
 @pytest.mark.parametrize("shape", [None, "NvidiaTeslaP100"])
@@ -482,7 +454,7 @@ def test_setup_cell_stops_on_an_interpreter_without_wheels(tmp_path: Path, monke
 def _check_offline(no_network: list[str], folder: Path, requirements: list[str], python: str,
                    image: dict[str, str]) -> subprocess.CompletedProcess:
     """kaggle.check_complete in a process without network."""
-    code = ("import json, sys; from pathlib import Path; from lib.runs import kaggle\n"
+    code = ("import json, sys; from pathlib import Path; from tools import kaggle\n"
             "print(json.dumps(kaggle.check_complete(Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3],"
             " json.loads(sys.argv[4]))))")
     return subprocess.run([*no_network, sys.executable, "-c", code, str(folder), json.dumps(requirements), python,
@@ -673,8 +645,8 @@ def test_training_notebook_runs_offline_and_resumes_an_attached_run(bundle: kagg
     Kaggle Model, and an earlier version's output (an interrupted run) is attached under notebooks/<owner>/<slug>/.
     The setup cell installs the project; the notebook finds the competition and the archive by content, copies the
     run into the working folder and resumes it at its second epoch, and finishes with a model and its threshold."""
-    from lib.dev import v1_checkpoint
     from lib.model import architectures
+    from tools import v1_checkpoint
 
     archive = v1_checkpoint.write_v1_archive(tmp_path / f"{kaggle.PRETRAINED_NAME}.zip",
                                              architectures.variant_plans("tiny"), seed=3)
@@ -705,7 +677,7 @@ def test_training_notebook_runs_offline_and_resumes_an_attached_run(bundle: kagg
 def test_offline_install_into_fresh_venv(bundle: kaggle.Bundle, offline_venv: Path, no_network: list[str]) -> None:
     """The fresh venv installs the project from the bundle's wheels with no index and no network (a no-op when the
     notebook test already did), pip check finds every requirement met, every module notebooks 02/03 import comes
-    from the installed wheel, and the stand-ins and tooling (lib.dev, lib.runs) are not there."""
+    from the installed wheel, and the stand-ins and tooling (tools/) are not there."""
     python = offline_venv / "bin" / "python"
     wheels = bundle.folders["wheels"]
     env = _offline_env()
@@ -724,12 +696,12 @@ def test_offline_install_into_fresh_venv(bundle: kaggle.Bundle, offline_venv: Pa
             "import lib\n"
             "print(json.dumps({'lib': lib.__file__, 'nnunetv2': nnunetv2.__file__, 'numpy': numpy.__file__,\n"
             "                  'torch': torch.__file__, 'prefix': sys.prefix,\n"
-            "                  'absent': [m for m in ('lib.dev', 'lib.runs') if importlib.util.find_spec(m) is None]}))\n")
+            "                  'absent': [m for m in ('tools',) if importlib.util.find_spec(m) is None]}))\n")
     where = json.loads(_run([*no_network, str(python), "-c", code], env, cwd=offline_venv).strip().splitlines()[-1])
     assert Path(where["prefix"]).resolve() == offline_venv.resolve()
     for module in ("lib", "nnunetv2", "numpy", "torch"):
         assert Path(where[module]).is_relative_to(offline_venv), where
-    assert where["absent"] == ["lib.dev", "lib.runs"]
+    assert where["absent"] == ["tools"]
 
 
 def test_bundle_settings_come_from_the_config(tmp_path: Path) -> None:

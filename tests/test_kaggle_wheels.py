@@ -1,4 +1,4 @@
-"""The Kaggle wheel sets (lib.runs.kaggle) per target Python: pip 23 checks a distribution's Requires-Python
+"""The Kaggle wheel sets (tools.kaggle) per target Python: pip 23 checks a distribution's Requires-Python
 metadata against the running interpreter, not the target of --python-version, so a find-links folder or a flat
 index (links without data-requires-python) hands a target Python versions that it cannot install. The resolution
 must exclude those, and the download must fetch exactly the resolved files. pip 23 also evaluates dependency
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from packaging.specifiers import SpecifierSet
 
-from lib.runs import kaggle
+from tools import kaggle
 
 # probe's releases: the newest that admits each target Python is the expected pick.
 PROBE_RELEASES = {"1.0": ">=3.8", "2.0": ">=3.11", "3.0": ">=3.11,<3.12"}

@@ -1,7 +1,7 @@
 """The package's rooms follow the pipeline and imports only go down it (the README's file map).
 
 data -> normalisation -> metric -> model -> training | inference -> postprocess -> submission -> plan -> infer | refine
--> budget -> explore -> dev -> notebook -> runs.
+-> budget -> explore -> notebook. tools/ (stand-ins and run tooling) sits above them all and lib never imports it.
 A module may import from its own room or from a lower layer; never from a higher layer, never sideways between
 two rooms of one layer (training and inference know nothing of each other). Lazy imports inside functions count.
 """
@@ -29,9 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("infer", "refine"),  # notebook 03 as functions; training rounds on refined (pseudo-)labels
     ("budget",),  # the training plan: notebook 02's stages projected within Kaggle's session
     ("explore",),
-    ("dev",),  # stand-ins (synthetic data, v1-format archives): not shipped to Kaggle
     ("notebook",),
-    ("runs",),  # the papermill pipeline and the Kaggle bundle builder
 ]
 ROOM_OF_MODULE = {"rle": "data", "volume": "data"}
 
@@ -47,16 +45,16 @@ def layer(module: str) -> int:
     return next(i for i, rooms in enumerate(LAYERS) if r in rooms)
 
 
-def lib_imports(path: Path) -> set[str]:
-    """Every `lib.*` module imported anywhere in the file (top level or inside functions)."""
+def lib_imports(path: Path, package: str = "lib") -> set[str]:
+    """Every `package.*` module imported anywhere in the file (top level or inside functions)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("lib.")}
+            found |= {a.name for a in node.names if a.name == package or a.name.startswith(f"{package}.")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "lib":
-                found |= {f"lib.{a.name}" for a in node.names}
-            elif node.module.startswith("lib."):
+            if node.module == package:
+                found |= {f"{package}.{a.name}" for a in node.names}
+            elif node.module.startswith(f"{package}."):
                 found.add(node.module)
     return found
 
@@ -94,11 +92,18 @@ def test_imports_only_go_down_the_pipeline() -> None:
     assert violations(edges) == []
 
 
+def test_lib_never_imports_the_tools() -> None:
+    """tools/ (synthetic data, v1-format archives, the pipeline, the Kaggle builder) is not shipped: lib stands alone."""
+    tools = LIB.parent / "tools"
+    assert (tools / "synthetic.py").is_file() and lib_imports(tools / "pipeline.py")  # the walk sees tools' lib imports
+    assert {str(p.relative_to(LIB)): sorted(lib_imports(p, "tools")) for p in LIB.rglob("*.py")
+            if lib_imports(p, "tools")} == {}
+
+
 def test_the_check_catches_upward_and_sideways_imports() -> None:
     assert violations([("lib.postprocess", "lib.inference")]) == []
     assert len(violations([("lib.inference", "lib.postprocess")])) == 1  # up
     assert len(violations([("lib.training.fine_tune", "lib.inference")])) == 1  # sideways
-    assert len(violations([("lib.data", "lib.dev.synthetic")])) == 1  # a stand-in used by a real stage
     assert violations([("lib.data", "lib.rle"), ("lib.training.fine_tune", "lib.training.trainer")]) == []
 
 

@@ -161,7 +161,7 @@ def test_each_loss_trains_through_notebook_02(loss: str, synthetic_tiny: Path, t
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from test_training import assert_nnunet_predictor_opens
 
-    from lib.runs import pipeline
+    from tools import pipeline
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_tiny, data)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lib.runs import pipeline
-from lib.runs.pipeline import PipelineError
+from tools import pipeline
+from tools.pipeline import PipelineError
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 
@@ -155,7 +155,7 @@ def _start_forced_run(data: Path, outputs: Path) -> subprocess.Popen:
     fast = ["-p", "epochs=1", "-p", "iterations_per_epoch=2", "-p", "val_iterations_per_epoch=1", "-p", "device=cpu",
             "-p", "max_slices_sampled=4"]
     env = {**os.environ, "SENNET_OUTPUTS": str(outputs)}
-    return subprocess.Popen([sys.executable, "-m", "lib.runs.pipeline", "--config", str(CONFIG), "--data-dir", str(data),
+    return subprocess.Popen([sys.executable, "-m", "tools.pipeline", "--config", str(CONFIG), "--data-dir", str(data),
                              "--name", "demo", "--force", *fast], env=env, cwd=CONFIG.parent.parent,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

@@ -121,7 +121,7 @@ def test_one_pseudo_label_round_refines_the_sparse_groups(synthetic_tiny: Path, 
 @pytest.mark.slow
 def test_notebook_02_runs_a_pseudo_label_round_and_refuses_bad_settings_first(
         synthetic_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lib.runs import pipeline
+    from tools import pipeline
 
     config = paths.PROJECT_ROOT / "configs" / "demo.toml"
     monkeypatch.setenv("SENNET_OUTPUTS", str(tmp_path))

@@ -12,8 +12,8 @@ import tifffile
 from scipy import ndimage, stats
 
 from lib import data, rle
-from lib.dev import synthetic
-from lib.dev.synthetic import (
+from tools import synthetic
+from tools.synthetic import (
     GROUPS,
     PRESETS,
     TEST_GROUPS,

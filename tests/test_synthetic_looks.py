@@ -13,8 +13,8 @@ import tifffile
 from scipy import ndimage
 
 from lib import rle
-from lib.dev import synthetic
-from lib.dev.synthetic import GROUPS, PRESETS, RAW_INTENSITY, TEST_GROUPS, render_slices, write_shifted_test
+from tools import synthetic
+from tools.synthetic import GROUPS, PRESETS, RAW_INTENSITY, TEST_GROUPS, render_slices, write_shifted_test
 
 IMAGE_GROUPS = ("kidney_1_dense", "kidney_2", "kidney_3_sparse", "kidney_5", "kidney_6")
 TOL = 0.10  # the bound on mean and sd, relative to the table

@@ -11,11 +11,11 @@ import tifffile
 import torch
 
 from lib import data, inference, normalisation, paths
-from lib.dev import v1_checkpoint
 from lib.model import architectures, convert_v1, network
 from lib.training import fine_tune, nnunet_dataset, trainer
 from lib.training.fine_tune import TrainSettings
 from lib.training.trainer import FineTuneTrainer
+from tools import v1_checkpoint
 
 FAST = dict(configuration="tiny", epochs=2, iterations_per_epoch=2, val_iterations_per_epoch=1, device="cpu",
             train_groups=("kidney_1_dense", "kidney_3_sparse"), val_group="kidney_3_dense")

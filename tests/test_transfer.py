@@ -1,6 +1,6 @@
 """v1 -> v2 checkpoint conversion, checked against nnU-Net v1's own Generic_UNet.
 
-The archives are stand-ins written by `lib.dev.v1_checkpoint` (random weights in the real v1 format and layout,
+The archives are stand-ins written by `tools.v1_checkpoint` (random weights in the real v1 format and layout,
 built with v1's code); the v2 side is nnunetv2's own plans handling, network builder and
 `load_pretrained_weights`. Equivalence = same logits on the same input, all deep-supervision outputs.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.dev import v1_checkpoint
 from lib.model import architectures, convert_v1, network
 from lib.model.convert_v1 import TransferError
+from tools import v1_checkpoint
 
 FULLRES = "3d_fullres/Task008_HepaticVessel/nnUNetTrainerV2__nnUNetPlansv2.1"
 PREFIX = "download/nnUNet/"

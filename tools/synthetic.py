@@ -34,7 +34,7 @@ scored: `<root>/synthetic_truth/<group>/NNNN.tif` (uint8 0/255, zlib-compressed,
 Everything is rendered slice by slice (memory O(H*W + number of segments)), so the `full` preset writes the
 real competition shapes without ever holding a volume. Same seed -> byte-identical files.
 
-CLI: `python -m lib.dev.synthetic --out DIR --preset {tiny,small,full} --seed N [--groups ...] [--force]`
+CLI: `python -m tools.synthetic --out DIR --preset {tiny,small,full} --seed N [--groups ...] [--force]`
 """
 from __future__ import annotations
 
@@ -924,7 +924,7 @@ def write_shifted_test(out: Path | str, preset: str | Preset = "tiny", seed: int
 def _provenance(p: Preset, seed: int, groups: Sequence[str], counts: Mapping[str, _Counts]) -> dict[str, object]:
     record: dict[str, object] = {
         "synthetic": True,
-        "note": ("SYNTHETIC data written by lib/dev/synthetic.py (procedural kidneys and vessel trees), in the layout of "
+        "note": ("SYNTHETIC data written by tools/synthetic.py (procedural kidneys and vessel trees), in the layout of "
                  "the SenNet + HOA competition, for proving code paths. Not real HiP-CT data; scores on it say "
                  "nothing about the leaderboard."),
         "preset": p.name,
@@ -976,8 +976,8 @@ def _seed(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m lib.dev.synthetic --out DIR --preset tiny|small|full --seed N [--groups ...] [--force]`."""
-    ap = argparse.ArgumentParser(prog="python -m lib.dev.synthetic", description=__doc__.splitlines()[0])
+    """`python -m tools.synthetic --out DIR --preset tiny|small|full --seed N [--groups ...] [--force]`."""
+    ap = argparse.ArgumentParser(prog="python -m tools.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="competition root to write (must not exist or be empty)")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--seed", default=0, type=_seed, help="a non-negative integer (default 0)")

@@ -1,6 +1,6 @@
 """Run the notebooks 01 -> 02 -> 03 in order with papermill, parameters from one config file per scenario.
 
-`python -m lib.runs.pipeline --config configs/demo.toml [--data-dir D] [--pretrained P] [-p key=value ...]
+`python -m tools.pipeline --config configs/demo.toml [--data-dir D] [--pretrained P] [-p key=value ...]
 [--name N] [--force]` writes `outputs/<name>/`: the executed notebooks, each notebook's outputs (figures,
 model, submission.csv) in a folder of its own, and `scores.json` (validation and test surface Dice, threshold,
 minutes per notebook).
@@ -36,7 +36,7 @@ from lib import cli, paths
 
 NOTEBOOKS = ("01_explore", "02_train", "03_infer")
 CONFIG_KEYS = ("name", "data_dir", "synthetic_preset", "output_root", "required", "notebooks",
-               "bundle")  # [bundle]: the Kaggle upload bundle's settings (lib.runs.kaggle), not the pipeline's
+               "bundle")  # [bundle]: the Kaggle upload bundle's settings (tools.kaggle), not the pipeline's
 REQUIRABLE = ("data_dir", "pretrained")  # what a config may require on the command line
 WIRED = {"data_dir": "--data-dir", "output_dir": "--name"}  # parameters the pipeline sets itself
 RUNNING = ".running"  # inside a run folder while its notebooks execute: {"pid", "host", "replaces"}
@@ -226,7 +226,7 @@ def load_config(path: Path | str) -> dict:
         if key in config and (not isinstance(config[key], str) or not config[key]):
             raise PipelineError(f"{path}: {key} must be a path string, got {config[key]!r}")
     if "synthetic_preset" in config:
-        from lib.dev.synthetic import PRESETS
+        from tools.synthetic import PRESETS
 
         if config["synthetic_preset"] not in PRESETS:
             raise PipelineError(f"{path}: synthetic_preset {config['synthetic_preset']!r} is not one of "
@@ -426,7 +426,7 @@ def _data_root(config: dict, data_dir: str | None) -> Path:
         raise PipelineError(f"{data}: not a folder; the competition root is a folder (--data-dir)")
     if not synthetic_ok:
         raise PipelineError(f"{data}: competition root not found (--data-dir, or data_dir in the config)")
-    from lib.dev import synthetic
+    from tools import synthetic
 
     print(f"generating the SYNTHETIC {config['synthetic_preset']} dataset into {data}")
     try:

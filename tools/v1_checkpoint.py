@@ -19,7 +19,7 @@ a wrong mapping cannot hide behind zeros and ones). The plans numbers (spacing, 
 statistics, ...) are plausible for liver CT but made up, except where they follow from the published
 Task008 configuration (patch 64x192x192, spacing about 1.5x0.8x0.8 mm). Nothing here predicts vessels.
 
-CLI: `python -m lib.dev.v1_checkpoint OUT.zip [--variant task008|tiny|small|anisotropic] [--seed N] [--folds 0 1]`.
+CLI: `python -m tools.v1_checkpoint OUT.zip [--variant task008|tiny|small|anisotropic] [--seed N] [--folds 0 1]`.
 """
 from __future__ import annotations
 
@@ -279,7 +279,7 @@ def random_network(plans: Mapping, seed: int = 0, scale: float = 0.05) -> torch.
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """CLI: write a stand-in v1 archive (random weights, real v1 format)."""
-    ap = argparse.ArgumentParser(prog="python -m lib.dev.v1_checkpoint", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.v1_checkpoint", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="zip file to write")
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="task008")
     ap.add_argument("--seed", type=int, default=0)

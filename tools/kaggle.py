@@ -1,10 +1,10 @@
 """Build the Kaggle bundle: two notebooks ready to push and the datasets they read, all installable offline.
 
-`python -m lib.runs.kaggle --out outputs/kaggle [--user U] [--python 3.11 ...] [--machine-shape S] [--no-wheels]
+`python -m tools.kaggle --out outputs/kaggle [--user U] [--python 3.11 ...] [--machine-shape S] [--no-wheels]
 [--model-dir M] [--pretrained ZIP]` (`make kaggle`) writes:
 
     <out>/datasets/wheels/     dataset-metadata.json + sennet-wheels.json (manifest) + *.whl: this project as a
-                               wheel (without the stand-ins lib/dev and the tooling lib/runs) and, for each
+                               wheel (`lib` alone: the stand-ins and tooling live in tools/) and, for each
                                CPython (default 3.12 and 3.11; --python 3.10 etc.; manylinux x86_64), everything
                                it needs beyond the Kaggle image's torch (pure-Python wheels once)
     <out>/datasets/model/      only with --model-dir: a trained model folder (plans.json, fold_0/checkpoint_final.pth)
@@ -74,10 +74,6 @@ PRETRAINED_NAME = inputs.HEPATIC
 
 # Never bundled, also as dependencies: huge, CUDA-specific, and part of the Kaggle image.
 IMAGE_ONLY = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*)$")
-# Development parts of lib left out of the Kaggle wheel: the stand-ins (synthetic data, v1-format archives) and the
-# tooling (papermill pipeline, this builder). Nothing notebooks 02/03 run on Kaggle imports them.
-NOT_SHIPPED = ("dev", "runs")
-
 # The Kaggle runtimes the wheels are for: CPython on manylinux x86_64, glibc up to Ubuntu 22.04's 2.35. Kaggle's GPU
 # image moved to 3.12 in December 2025 (3.11 before); older Pythons with --python.
 PYTHONS = ("3.12", "3.11")
@@ -172,7 +168,7 @@ else:
         raise RuntimeError(
             f"this kernel runs {platform.python_implementation()} {sys.version.split()[0]} on {sys.platform} "
             f"{platform.machine()}; the wheels in {WHEELS} are for CPython {', '.join(MANIFEST['pythons'])} on "
-            f"Linux x86_64: rebuild them with `python -m lib.runs.kaggle --python {PYTHON}` (docs/kaggle.md)")
+            f"Linux x86_64: rebuild them with `python -m tools.kaggle --python {PYTHON}` (docs/kaggle.md)")
     before = installed_versions()
     image = {n: v for n, v in before.items() if re.match(MANIFEST["image_only"], n)}
     if "torch" not in image:
@@ -207,7 +203,7 @@ else:
 
 
 SETUP_HEADER = """\
-# Kaggle setup (added by `python -m lib.runs.kaggle`). First lib/inputs.py, verbatim: the inputs are found by what
+# Kaggle setup (added by `python -m tools.kaggle`). First lib/inputs.py, verbatim: the inputs are found by what
 # they contain before the project is installed.
 """
 INPUTS_SOURCE = paths.PROJECT_ROOT / "lib" / "inputs.py"
@@ -245,8 +241,8 @@ INFER_PARAMETERS = {
 def config_parameters(notebook: str, paths_set_here: Mapping[str, object], config: Path = KAGGLE_CONFIG
                       ) -> dict[str, tuple[str, str]]:
     """The non-path settings of `notebook` in configs/kaggle.toml (epochs, threshold, ...) as overrides, so the
-    bundle and `lib.runs.pipeline --config configs/kaggle.toml` run the same recipe."""
-    from lib.runs.pipeline import load_config
+    bundle and `tools.pipeline --config configs/kaggle.toml` run the same recipe."""
+    from tools.pipeline import load_config
 
     settings = load_config(config).get("notebooks", {}).get(notebook, {})
     return {k: (repr(v), f"from {config.name}") for k, v in settings.items() if k not in paths_set_here}
@@ -260,7 +256,7 @@ def override_parameters(source: str, overrides: Mapping[str, tuple[str, str]]) -
         if len(hits) != 1:
             raise BundleError(f"parameters cell: expected one assignment of {name!r}, found {len(hits)}")
         lines[hits[0]] = f"{name} = {value}  # Kaggle: {comment}"
-    header = "# Kaggle defaults (set by lib.runs.kaggle): inputs under KAGGLE_INPUT, outputs under KAGGLE_WORKING"
+    header = "# Kaggle defaults (set by tools.kaggle): inputs under KAGGLE_INPUT, outputs under KAGGLE_WORKING"
     return "\n".join([header, *lines])
 
 
@@ -463,7 +459,7 @@ def offline_pip_env() -> dict[str, str]:
 
 
 def build_project_wheel(dest: Path, root: Path = paths.PROJECT_ROOT) -> Path:
-    """This project as a wheel in `dest`, built from a staged copy without lib/dev and lib/runs (NOT_SHIPPED)."""
+    """This project as a wheel in `dest` (`lib` alone), built from a staged copy so no build/ folder lands in the repo."""
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
     with tempfile.TemporaryDirectory(prefix="sennet-wheel-") as tmp:
@@ -472,15 +468,13 @@ def build_project_wheel(dest: Path, root: Path = paths.PROJECT_ROOT) -> Path:
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(root / name, stage / name)
         shutil.copytree(root / "lib", stage / "lib", ignore=ignore)
-        for part in NOT_SHIPPED:
-            shutil.rmtree(stage / "lib" / part)
         _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(Path(tmp) / "dist"), str(stage),
              what=f"building the project's wheel from {root / 'pyproject.toml'}")
         (built,) = (Path(tmp) / "dist").glob("*.whl")
         with zipfile.ZipFile(built) as zf:
-            leaked = [n for n in zf.namelist() if n.startswith(tuple(f"lib/{p}/" for p in NOT_SHIPPED))]
+            leaked = [n for n in zf.namelist() if not n.startswith(("lib/", "sennet_vessels-"))]
         if leaked:
-            raise BundleError(f"{built.name}: holds {leaked[0]} (stale build/ folder?)")
+            raise BundleError(f"{built.name}: holds {leaked[0]}, outside lib/ (stale build/ folder?)")
         shutil.move(built, dest / built.name)
     return dest / built.name
 
@@ -837,7 +831,7 @@ def build(out: Path | str, user: str = DEFAULT_USER, wheels: bool = True, wheel_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.runs.kaggle", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.kaggle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=paths.outputs_dir() / "kaggle", help="bundle folder")
     parser.add_argument("--user", default=DEFAULT_USER, help=f"your Kaggle user name (default: the placeholder "
                                                              f"{DEFAULT_USER!r})")

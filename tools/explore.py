@@ -1,6 +1,6 @@
 """Serve the exploration as a page: notebook 01 as a standalone Voilà app, or JupyterLab on the notebooks.
 
-`python -m lib.runs.explore [--data-dir DIR] [--port 8866] [--host 127.0.0.1] [--lab]` (`make explore`,
+`python -m tools.explore [--data-dir DIR] [--port 8866] [--host 127.0.0.1] [--lab]` (`make explore`,
 `make lab`). The data root is `--data-dir`, else `SENNET_DATA_DIR`, else the synthetic data (`make data`'s
 `small` preset, generated on first use). Everything is checked before a server starts: a data root that does
 not exist or holds no group, or a busy port, is a one-line error (exit 2). Voilà runs the notebook with the
@@ -39,7 +39,7 @@ def check_data(data_dir: str | Path | None) -> Path:
     """The competition root to explore, checked to hold at least one group (the synthetic default is generated)."""
     root = paths.resolve_path(data_dir) if data_dir else paths.default_data_dir()
     if data_dir is None and not root.exists() and root.resolve() == paths.synthetic_data_dir().resolve():
-        from lib.dev import synthetic
+        from tools import synthetic
 
         print(f"{root} does not exist: generating the SYNTHETIC 'small' preset there (not real HiP-CT data)")
         synthetic.generate(root, preset="small", seed=0)
@@ -166,10 +166,10 @@ def headless_chromium(profile: Path) -> Any:
 
 @contextmanager
 def running(data_dir: Path, port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """`python -m lib.runs.explore` in a subprocess on 127.0.0.1:`port` (output to `log`); yields its URL once it
+    """`python -m tools.explore` in a subprocess on 127.0.0.1:`port` (output to `log`); yields its URL once it
     listens, stops it on exit (tests, benchmarks)."""
     with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "lib.runs.explore", "--data-dir", str(data_dir),
+        server = subprocess.Popen([sys.executable, "-m", "tools.explore", "--data-dir", str(data_dir),
                                    "--port", str(port)], cwd=paths.PROJECT_ROOT, env=env, stdout=out,
                                   stderr=subprocess.STDOUT)
         try:
