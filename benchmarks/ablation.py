@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib import data, infer, inference, paths, postprocess, refine
+from lib import data, inference, paths, postprocess, predictor, refine
 from lib.normalisation import NoContrastError
 from lib.training import fine_tune
 from lib.training.fine_tune import SPARSE_GROUPS, TrainSettings
@@ -113,7 +113,7 @@ def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict,
     records = []
     for resample in resampling:
         clock = RunningClock()
-        scores = infer.predict_submission(model_dir, scored, out / f"infer_resample_{resample}", "tune",
+        scores = inference.predict_submission(model_dir, scored, out / f"infer_resample_{resample}", "tune",
                                           tta=False, resample=resample, device="cpu")
         chosen = next(c for c in scores["validation_curve"] if c["threshold"] == scores["threshold"])
         if resample:  # the project's default inference: store its cut as notebook 02 does (benchmarks/tta_table.py)
@@ -151,12 +151,12 @@ def root_without(root: Path, kidneys: list[str], view: Path) -> Path:
 def refused_kidneys(model_dir: Path, root: Path) -> list[str]:
     """The test kidneys notebook 03 refuses for this model (no contrast left once normalised, e.g. the kidney_5 look
     under "dataset"): scored 0, as an empty submission would be (the notebook itself stops before predicting)."""
-    model = inference.load_model(model_dir, "cpu")
+    model = predictor.load_model(model_dir, "cpu")
     groups = data.discover(root)
     refused = []
     for kidney in TEST_KIDNEYS:
         try:
-            infer.intensity_table([model], {kidney: groups[kidney]}, progress=False)
+            inference.intensity_table([model], {kidney: groups[kidney]}, progress=False)
         except NoContrastError:
             refused.append(kidney)
     if len(refused) == len(TEST_KIDNEYS):

@@ -1,4 +1,4 @@
-"""Benchmark the streaming sliding-window predictor (lib/inference.py) against nnU-Net's own nnUNetPredictor.
+"""Benchmark the streaming sliding-window predictor (lib/predictor.py) against nnU-Net's own nnUNetPredictor.
 
 1. Comparison: the same kidney-like SYNTHETIC volume (tools.synthetic rendering, no zero voxels, spacing equal
    to the plans' so nothing is resampled) and the same RANDOM-weight network through both predictors, each in a
@@ -10,7 +10,7 @@
 2. Depth: `predict_group` (float16 memmap, as the product writes it) on a `full`-preset synthetic kidney
    (default kidney_6, 501 x 1028 x 1257, generated once into outputs/benchmarks/ and reused) at two depths
    (the first N slices at full H x W, default 128 and 501), each in a fresh subprocess, next to the bound
-   stated in lib/inference.py (peak ~ 18 * patch_z * H * W bytes + the network); plus nnUNetPredictor with
+   stated in lib/predictor.py (peak ~ 18 * patch_z * H * W bytes + the network); plus nnUNetPredictor with
    the same network on the smallest depth (the volume in memory). On the CPU the network is a STUB by default
    (a 1x1x1 convolution with the tiny plans' 32x64x64 patch): the predictor's own buffers, tiling and I/O are
    measured in about a minute, where the tiny network would need hours for 501 full-size slices on 2 cores.
@@ -264,7 +264,7 @@ def worker(spec: dict) -> dict:
     os.environ["nnUNet_def_n_proc"] = str(spec["threads"])  # nnUNetPredictor caps torch threads at this
     import torch
 
-    from lib import data, inference
+    from lib import data, predictor
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -276,7 +276,7 @@ def worker(spec: dict) -> dict:
         network = torch.nn.Conv3d(1, 2, 1)
     else:
         network = random_network(plans)
-    model = inference.from_network(network, plans, device)
+    model = predictor.from_network(network, plans, device)
     timed = TimedNetwork(model.network, device) if spec.get("forward_only") else None
     if timed:  # time the network's calls inside the run too (same tiles, same moment)
         model = dataclasses.replace(model, network=timed)
@@ -297,8 +297,8 @@ def worker(spec: dict) -> dict:
     # Warm-up outside the measurement: one forward pass of a patch (kernel selection, lazy CUDA init) and the
     # one-off import of nnU-Net's tiling module (~0.3 s), fixed costs that a whole kidney does not notice.
     with torch.inference_mode():
-        inference._predict_logit_difference(model, torch.zeros((1, 1, *model.patch_size), device=device), False)
-    inference.Grid.of(model.patch_size, model.patch_size, 0.5)
+        predictor._predict_logit_difference(model, torch.zeros((1, 1, *model.patch_size), device=device), False)
+    predictor.Grid.of(model.patch_size, model.patch_size, 0.5)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -316,7 +316,7 @@ def worker(spec: dict) -> dict:
     sampler.start()
     start = time.perf_counter()
     if spec["method"] == "ours":
-        inference.predict_group(model, group, spec["out"], tile_step=0.5, tta=spec["tta"], resample=True,
+        predictor.predict_group(model, group, spec["out"], tile_step=0.5, tta=spec["tta"], resample=True,
                                 dtype=spec["dtype"], batch_size=spec["batch_size"], overwrite=True,
                                 progress=spec["progress"], devices=spec.get("devices"))
         probs = None
@@ -368,15 +368,15 @@ def worker(spec: dict) -> dict:
     if probs is not None:
         np.save(spec["out"], probs[1].astype(np.dtype(spec["dtype"])))  # outside the measurement
     if spec.get("forward_only"):  # the network's own time on the same tiles: the limit of any sliding window
-        from lib import plan
+        from lib import inference_budget
 
-        work = inference.model_space_shape(shape, group.voxel_um, model, True)
-        n_tiles = sum(plan.tiles([work[a] for a in view], model.patch_size)
-                      for view in inference.tta_views(spec["tta"]))
+        work = predictor.model_space_shape(shape, group.voxel_um, model, True)
+        n_tiles = sum(inference_budget.tiles([work[a] for a in view], model.patch_size)
+                      for view in predictor.tta_views(spec["tta"]))
         x = torch.randn((1, 1, *model.patch_size), device=device)
         start = time.perf_counter()
         for _ in range(n_tiles):
-            inference._predict_logit_difference(model, x, spec["tta"])
+            predictor._predict_logit_difference(model, x, spec["tta"])
         if device.type == "cuda":
             torch.cuda.synchronize()
         result["forward_seconds"], result["tiles"] = time.perf_counter() - start, n_tiles
@@ -657,7 +657,7 @@ def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, sa
         columns += [("other procs (cores)", "other_processes_cpu_cores", ".2f")]
     print(table(rows, columns))
     warn_contention(rows)
-    print(f"  bound (lib/inference.py docstring): 18 * patch_z * H * W bytes + the network = 18 * {pz} * "
+    print(f"  bound (lib/predictor.py docstring): 18 * patch_z * H * W bytes + the network = 18 * {pz} * "
           f"{padded[0]} * {padded[1]} B + {rows[0]['network_MiB']:.1f} MiB = {rows[0]['bound_plus_network_MiB']:.0f} "
           f"MiB; no resampling (plans spacing = the group's {group.voxel_um} um)")
     print("  'peak extra' = VmHWM - VmRSS before; it counts the output memmap's pages ('file-backed': page cache the "
@@ -743,7 +743,7 @@ def main(argv: list[str] | None = None) -> dict:
     progress = sys.stderr.isatty()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     total_start = time.perf_counter()
-    print(f"Streaming predictor (lib/inference.py) vs nnUNetPredictor: device {device}, torch threads {args.threads}; "
+    print(f"Streaming predictor (lib/predictor.py) vs nnUNetPredictor: device {device}, torch threads {args.threads}; "
           "RANDOM weights (speed and memory do not depend on the weights)")
 
     summary = [f"SUMMARY ({device}, RANDOM weights)"]

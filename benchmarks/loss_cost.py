@@ -1,7 +1,7 @@
 """What the metric losses cost per training iteration, against nnU-Net's Dice + cross-entropy, in one run.
 
 For each loss (`lib.training.losses.LOSSES`; baseline "dice_ce") the training plan's calibration
-(`lib.budget.calibrate`) builds the trainer as notebook 02 does and times, on the same synthetic block: nnU-Net's
+(`lib.training_budget.calibrate`) builds the trainer as notebook 02 does and times, on the same synthetic block: nnU-Net's
 `train_step` (forward, loss, backward, optimizer step) and one training batch loaded and augmented as one worker
 makes it (where the skeleton recall loss makes its skeletons). The losses are timed in turn, `--repeats` rounds,
 each starting with the next loss (medians over rounds), so a drift in the machine's speed or a first-in-round effect
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import budget
+from lib import training_budget
 from lib.training import losses
 from lib.training.fine_tune import TrainSettings
 
@@ -54,7 +54,7 @@ def main() -> None:
     for r in range(args.repeats):
         for loss in losses.LOSSES[r % 3:] + losses.LOSSES[:r % 3]:  # each round starts with another loss
             settings = TrainSettings(configuration=args.configuration, device=args.device, loss=loss)
-            calibration = budget.calibrate(settings, steps=args.steps)
+            calibration = training_budget.calibrate(settings, steps=args.steps)
             rounds[loss].append(calibration)
             print(f"round {r} {loss}: {calibration.summary()}", flush=True)
     first = rounds["dice_ce"][0]

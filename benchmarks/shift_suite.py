@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import data, infer, inference, paths, postprocess, rle
+from lib import data, inference, paths, postprocess, predictor, rle
 from lib.normalisation import NoContrastError
 from lib.postprocess import ThresholdRule
 from lib.training import fine_tune
@@ -83,8 +83,8 @@ def train_model(root: Path, out: Path, scheme: str, seed: int, budget: dict) -> 
     if not (model_dir / "fold_0" / "checkpoint_final.pth").is_file():
         fine_tune.train(root, out, settings, progress=False)
     if not (model_dir / postprocess.THRESHOLD_FILE).is_file():
-        model = inference.load_model(model_dir, "cpu")
-        tuning = infer.tune_threshold(model, data.open_group(VAL_GROUP, root), ThresholdRule("tune"), out / "val",
+        model = predictor.load_model(model_dir, "cpu")
+        tuning = inference.tune_threshold(model, data.open_group(VAL_GROUP, root), ThresholdRule("tune"), out / "val",
                                       tta=False, progress=False)
         postprocess.save_threshold(model_dir, tuning.curve, tuning.threshold, VAL_GROUP, {"tta": "none"})
     return model_dir
@@ -92,13 +92,13 @@ def train_model(root: Path, out: Path, scheme: str, seed: int, budget: dict) -> 
 
 def evaluate(model_dir: Path, roots: dict[tuple[str, str], Path], fraction: float, scratch: Path) -> list[dict]:
     """Every shifted kidney predicted once and scored at each rule's cut."""
-    model = inference.load_model(model_dir, "cpu")
+    model = predictor.load_model(model_dir, "cpu")
     stored = postprocess.stored_threshold([model_dir])
     records = []
     for (kidney, shift), root in roots.items():
         group = data.open_group(kidney, root)
         try:
-            probs = inference.predict_group(model, group, scratch / f"{kidney}_{shift}.npy".replace(" ", "_"),
+            probs = predictor.predict_group(model, group, scratch / f"{kidney}_{shift}.npy".replace(" ", "_"),
                                             tta=False, overwrite=True, progress=False)
         except NoContrastError:  # the pipeline refuses it (nothing left once normalised): scored as an empty mask
             records += [{"kidney": kidney, "shift": shift, "rule": rule, "threshold": None, "surface_dice": 0.0,

@@ -1,9 +1,9 @@
-"""The training plan on a Kaggle T4, ESTIMATED (no T4 was available): what lib.budget projects for the seed recipe
+"""The training plan on a Kaggle T4, ESTIMATED (no T4 was available): what lib.training_budget projects for the seed recipe
 and for one pseudo-label round on the real competition shapes, and on which calibration that rests.
 
 The calibration is composed from three sources, and the JSON it writes says so in its `source`:
 
-- measured HERE, on this machine's CPU (`lib.budget.calibrate` with the hepatic configuration and the GPU patch
+- measured HERE, on this machine's CPU (`lib.training_budget.calibrate` with the hepatic configuration and the GPU patch
   64 x 192 x 192, `network=False`): seconds per voxel of conversion, fingerprint and preprocessing (CPU work, single
   process, on Kaggle too, except blosc2's compression threads: Kaggle's 4 cores may do better than 2 here), one batch
   of nnU-Net's augmentation by one worker, the trainer's start and its checkpoints, and per voxel the refinement and
@@ -19,11 +19,11 @@ The calibration is composed from three sources, and the JSON it writes says so i
   smaller), a T4 held at 70 W rarely sustains its boost clock (it may be larger): an ESTIMATE, not a measurement.
   `--ratio` shows how the projection moves with it.
 
-On a GPU itself, `lib.budget.calibrate` measures all of it (the network and the predictor's own work with
-lib.plan.calibrate): no estimate needed.
+On a GPU itself, `lib.training_budget.calibrate` measures all of it (the network and the predictor's own work with
+lib.inference_budget.calibrate): no estimate needed.
 
 Run: `.venv/bin/python benchmarks/training_budget.py [--ratio 15.2] [--out FILE.json]` (about 20 s on 2 cores), then
-`python -m lib.budget --real-shapes --calibration FILE.json ...` projects other settings on the same calibration
+`python -m lib.training_budget --real-shapes --calibration FILE.json ...` projects other settings on the same calibration
 (default FILE: outputs/benchmarks/training_budget_t4.json).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from lib import budget, paths, plan
+from lib import inference_budget, paths, training_budget
 from lib.training.fine_tune import TrainSettings
 
 H200_FILE = paths.PROJECT_ROOT / "docs" / "benchmarks" / "gpu_check_h200.json"
@@ -50,18 +50,18 @@ def h200_figures(path: Path = H200_FILE) -> dict:
     val_step = (train["epoch_s"][1] - spec["iterations"] * step) / spec["val_iterations"]
     run = next(r for r in steps["inference_depth"]["result"]["depth"]["runs"]
                if r["method"] == "ours" and r["shape"][0] == 501)
-    tiles = plan.tiles(run["shape"], run["patch_size"])
+    tiles = inference_budget.tiles(run["shape"], run["patch_size"])
     return {"device": train["device"], "gpu": steps["inference_depth"]["result"].get("cuda_device", "H200"),
             "patch_size": train["patch_size"], "train_step_seconds": step, "val_step_seconds": val_step,
             "tile_seconds": run["seconds"] / tiles, "prediction_run": f"{'x'.join(map(str, run['shape']))} in "
             f"{run['seconds']:.1f} s = {tiles} tiles"}
 
 
-def t4_estimate(ratio: float = T4_RATIO) -> budget.TrainingCalibration:
+def t4_estimate(ratio: float = T4_RATIO) -> training_budget.TrainingCalibration:
     """CPU-measured data stages and augmentation, H200-measured network times x `ratio` (module docstring)."""
     h200 = h200_figures()
     settings = TrainSettings(configuration="hepatic", device="cpu", patch_size=tuple(h200["patch_size"]))
-    here = budget.calibrate(settings, block_shape=budget.BLOCK_SHAPE, steps=3, network=False)
+    here = training_budget.calibrate(settings, block_shape=training_budget.BLOCK_SHAPE, steps=3, network=False)
     return replace(here, device="cuda (Kaggle T4, estimated)", augmentation_workers=KAGGLE_CORES - 1,
                    train_step_seconds=h200["train_step_seconds"] * ratio,
                    val_step_seconds=h200["val_step_seconds"] * ratio, tile_seconds=h200["tile_seconds"] * ratio,
@@ -81,16 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(calibration.to_json())
     print(calibration.summary())
     print(f"source: {calibration.source}\nwritten: {args.out}")
-    groups = budget.competition_groups()
+    groups = training_budget.competition_groups()
     for rounds in (0, 1):
         settings = TrainSettings(configuration="hepatic", pseudo_label_rounds=rounds)
-        table = budget.project(calibration, settings, groups)
+        table = training_budget.project(calibration, settings, groups)
         print(f"\n{'seed recipe' if rounds == 0 else 'one pseudo-label round'} (hepatic, 15 epochs x (250 + 50) "
               f"iterations, real competition shapes), on the ESTIMATED T4 calibration:")
-        print(budget.format_table(table))
+        print(training_budget.format_table(table))
         try:
-            budget.check_budget(table, budget.KAGGLE_BUDGET_HOURS)
-            print(f"fits Kaggle's {budget.KAGGLE_BUDGET_HOURS} h budget with the {budget.MARGIN:.0%} margin")
+            training_budget.check_budget(table, training_budget.KAGGLE_BUDGET_HOURS)
+            print(f"fits Kaggle's {training_budget.KAGGLE_BUDGET_HOURS} h budget "
+                  f"with the {training_budget.MARGIN:.0%} margin")
         except ValueError as e:
             print(f"refused: {e}")
     return 0

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib import data, infer, inference, postprocess, submission
+from lib import data, inference, postprocess, predictor, submission
 from lib.postprocess import ThresholdRule
 
 SETTINGS = ("none", "flips", "axes", "ensemble", "axes+flips")
@@ -33,15 +33,15 @@ def run_setting(name: str, model_dirs: list[Path], root: Path, out: Path, val_gr
     group is predicted only for "tune")."""
     dirs = model_dirs if name == "ensemble" else model_dirs[:1]
     tta = "none" if name == "ensemble" else name
-    models = inference.load_models(dirs, "cpu")
+    models = predictor.load_models(dirs, "cpu")
     groups = data.discover(root)
     tests = {n: g for n, g in groups.items() if g.split == "test"}
     scratch = out / name.replace("+", "_")
     start = time.perf_counter()
-    probs = {n: inference.predict_group(models, g, scratch / "probabilities" / f"{n}.npy", tta=tta, overwrite=True,
+    probs = {n: predictor.predict_group(models, g, scratch / "probabilities" / f"{n}.npy", tta=tta, overwrite=True,
                                         progress=False) for n, g in tests.items()}
     seconds = time.perf_counter() - start
-    tuning = infer.tune_threshold(models, groups[val_group], ThresholdRule("tune"), scratch, tta=tta, progress=False) \
+    tuning = inference.tune_threshold(models, groups[val_group], ThresholdRule("tune"), scratch, tta=tta, progress=False) \
         if "tune" in rules else None
     rows = []
     for spec in rules:
@@ -55,7 +55,7 @@ def run_setting(name: str, model_dirs: list[Path], root: Path, out: Path, val_gr
         target = scratch / f"submission_{spec.replace(':', '_')}.csv"
         target.unlink(missing_ok=True)
         submission.write_submission(submission_rows, target, root / "sample_submission.csv")
-        score = infer.score(root, target, list(tests))
+        score = inference.score(root, target, list(tests))
         rows.append({"setting": name, "models": len(dirs), "tta": tta, "rule": spec, "threshold": cut,
                      "test_surface_dice": score["score"], **{f"{k}": v for k, v in score["per_image"].items()},
                      "test_prediction_seconds": seconds})

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import cli, rle
+from lib import errors, rle
 from lib.data import DataError, read_table
 
 # Area of the marching-cubes surface inside a 2x2x2 cube at spacing (1, 1, 1), by 8-bit neighbour code:
@@ -251,7 +251,7 @@ def _check_device(device: str) -> None:
     try:
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as e:  # unknown device string, or CUDA not available
-        cli.fail(f"--device {device}: not usable here ({cli.one_line(e)})")
+        errors.fail(f"--device {device}: not usable here ({errors.one_line(e)})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.device is not None:
         _check_device(args.device)
-    with cli.expected_errors(DataError, SubmissionError):
+    with errors.expected_errors(DataError, SubmissionError):
         frames = [read_table(args.solution, SOLUTION_COLUMNS), read_table(args.submission, ("id", "rle"))]
         result = score_submission(*frames, device=args.device, names=(str(args.solution), str(args.submission)))
     json.dump(result, sys.stdout, indent=2)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import data, inference, postprocess
+from lib import data, postprocess, predictor
 from lib.training import fine_tune, nnunet_dataset
 from lib.training.fine_tune import TrainResult, TrainSettings
 from lib.volume import chunks
@@ -65,12 +65,12 @@ def refined_groups(settings: TrainSettings) -> list[str]:
     return [g for g in settings.train_groups if g in settings.sparse_label_share]
 
 
-def refine_group(model: inference.Model, group: data.Group, share: float, out_dir: Path, scratch: Path,
+def refine_group(model: predictor.Model, group: data.Group, share: float, out_dir: Path, scratch: Path,
                  progress: bool = True) -> dict:
     """Predict `group`, cut it at the share and write its refined labels to `out_dir`; the probabilities (float16,
     2 bytes per voxel) live in `scratch` only until the labels are written. Returns the counts and the cut."""
     probs_file = scratch / f"{group.name}_probabilities.npy"
-    probs = inference.predict_group(model, group, probs_file, tta=False, overwrite=True, progress=progress)
+    probs = predictor.predict_group(model, group, probs_file, tta=False, overwrite=True, progress=progress)
     threshold = postprocess.share_threshold(probs, group, share)
     counts = postprocess.write_refined_labels(probs, group, threshold, out_dir, group.slices, progress)
     del probs
@@ -155,7 +155,7 @@ def _refine_round(data_dir: Path | str, model_dir: Path, labels: dict[str, Path]
     todo = [g for g in labels if (r, g) not in done]
     if not todo:
         return []
-    model = inference.load_model(model_dir, settings.device)
+    model = predictor.load_model(model_dir, settings.device)
     scratch = round_dir(output_dir, r) / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import random_network, small_plans, write_model_dir
 
-from lib import cli, data, inference, metric, submission
+from lib import data, errors, metric, predictor, submission
 from lib.data import DataError
 from lib.model import convert_v1
 from tools import pipeline, synthetic, v1_checkpoint
@@ -34,13 +34,13 @@ def one_line_exit_2(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -
 
 
 def test_one_line_helper() -> None:
-    assert cli.one_line(ValueError("a\n  b")) == "a b"
-    assert cli.one_line(FileNotFoundError(2, "No such file or directory", "/x/y")) == "/x/y: No such file or directory"
-    assert cli.one_line(KeyError("k")) == "k"
-    with pytest.raises(SystemExit) as exc, cli.expected_errors(ValueError):
+    assert errors.one_line(ValueError("a\n  b")) == "a b"
+    assert errors.one_line(FileNotFoundError(2, "No such file or directory", "/x/y")) == "/x/y: No such file or directory"
+    assert errors.one_line(KeyError("k")) == "k"
+    with pytest.raises(SystemExit) as exc, errors.expected_errors(ValueError):
         raise ValueError("bad")
     assert exc.value.code == 2
-    with pytest.raises(ZeroDivisionError), cli.expected_errors(ValueError):  # a bug keeps its traceback
+    with pytest.raises(ZeroDivisionError), errors.expected_errors(ValueError):  # a bug keeps its traceback
         raise ZeroDivisionError
 
 
@@ -326,26 +326,26 @@ def _other_network(model: Path) -> None:
 @pytest.mark.parametrize("damage, error, message", [
     (lambda m: (m / "dataset.json").unlink(), FileNotFoundError, r"dataset.json: missing; is .* a model folder"),
     (lambda m: (m / "fold_0" / "checkpoint_final.pth").unlink(), FileNotFoundError, r"checkpoint_final.pth: missing"),
-    (lambda m: (m / "plans.json").write_text("{oops"), inference.ModelFolderError, r"plans.json: not valid JSON"),
-    (lambda m: (m / "plans.json").write_text("{}"), inference.ModelFolderError,
+    (lambda m: (m / "plans.json").write_text("{oops"), predictor.ModelFolderError, r"plans.json: not valid JSON"),
+    (lambda m: (m / "plans.json").write_text("{}"), predictor.ModelFolderError,
      r"plans.json: not nnU-Net v2 plans for 3d_fullres"),
-    (lambda m: (m / "dataset.json").write_text('{"labels": {"background": 0}}'), inference.ModelFolderError,
+    (lambda m: (m / "dataset.json").write_text('{"labels": {"background": 0}}'), predictor.ModelFolderError,
      r"dataset.json: expected 'labels' with two classes"),
-    (lambda m: _truncate(m / "fold_0" / "checkpoint_final.pth"), inference.ModelFolderError,
+    (lambda m: _truncate(m / "fold_0" / "checkpoint_final.pth"), predictor.ModelFolderError,
      r"checkpoint_final.pth: not a readable nnU-Net checkpoint, corrupt or truncated\?"),
-    (lambda m: torch.save({"weights": 1}, m / "fold_0" / "checkpoint_final.pth"), inference.ModelFolderError,
+    (lambda m: torch.save({"weights": 1}, m / "fold_0" / "checkpoint_final.pth"), predictor.ModelFolderError,
      r"checkpoint_final.pth: not a readable nnU-Net checkpoint.*KeyError: 'network_weights'"),
-    (_other_network, inference.ModelFolderError,
+    (_other_network, predictor.ModelFolderError,
      r"checkpoint_final.pth: weights do not fit the network of .*plans.json: [1-9]\d* of another shape "
      r"\(e.g. encoder.stages.0.0.convs.0.conv.weight \(6, 1, 3, 3, 3\) \(plans: \(4, 1, 3, 3, 3\)\)\) tensors"),
 ])
 def test_model_folder_is_checked_before_prediction(damage, error, message, model_dir: Path) -> None:
-    assert inference.check_model_dir(model_dir)[0]["configurations"]  # intact: fine
+    assert predictor.check_model_dir(model_dir)[0]["configurations"]  # intact: fine
     damage(model_dir)
     with pytest.raises(error, match=message) as exc:
-        inference.load_model(model_dir, device="cpu")
+        predictor.load_model(model_dir, device="cpu")
     assert "\n" not in str(exc.value)
-    assert isinstance(exc.value, inference.ModelFolderError)
+    assert isinstance(exc.value, predictor.ModelFolderError)
 
 
 # --- the other command lines ----------------------------------------------------------------------------------

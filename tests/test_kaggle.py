@@ -293,7 +293,7 @@ def test_project_wheel_ships_lib_without_stand_ins_and_tooling(bundle: kaggle.Bu
     lib = paths.PROJECT_ROOT / "lib"
     assert shipped == {str(p.relative_to(lib.parent)) for p in lib.rglob("*.py")}
     assert outside == []  # the stand-ins and tooling (tools/) are their own distribution: nothing to strip
-    assert "lib/inference.py" in shipped and "lib/training/fine_tune.py" in shipped
+    assert "lib/predictor.py" in shipped and "lib/training/fine_tune.py" in shipped
     _, _, requirements = kaggle.project_dependencies()
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)
     assert [str(Requirement(r)) for r in requires if "extra ==" not in r] == [str(Requirement(r)) for r in requirements]
@@ -690,7 +690,7 @@ def test_offline_install_into_fresh_venv(bundle: kaggle.Bundle, offline_venv: Pa
         for cell in nb.cells:
             for m in re.finditer(r"^from (lib(?:\.\w+)*) import (.+)$", cell.source, re.M):
                 modules |= {f"{m.group(1)}.{s.strip()}" for s in m.group(2).split(",")}
-    assert {"lib.inference", "lib.training.fine_tune", "lib.submission"} <= modules
+    assert {"lib.predictor", "lib.training.fine_tune", "lib.submission"} <= modules
     code = ("import importlib.util, json, sys, nnunetv2, numpy, torch\n"
             f"import {', '.join(sorted(modules))}\n"
             "import lib\n"

@@ -1,9 +1,10 @@
 """The package's rooms follow the pipeline and imports only go down it (the README's file map).
 
-data -> normalisation -> metric -> model -> training | inference -> postprocess -> submission -> plan -> infer | refine
--> budget -> explore -> notebook. tools/ (stand-ins and run tooling) sits above them all and lib never imports it.
+data -> normalisation -> metric -> model -> training | predictor -> postprocess -> submission -> inference_budget
+-> inference | refine -> training_budget -> explore -> notebook. tools/ (stand-ins and run tooling) sits above them
+all and lib never imports it.
 A module may import from its own room or from a lower layer; never from a higher layer, never sideways between
-two rooms of one layer (training and inference know nothing of each other). Lazy imports inside functions count.
+two rooms of one layer (training and the predictor know nothing of each other). Lazy imports inside functions count.
 """
 from __future__ import annotations
 
@@ -17,17 +18,17 @@ import lib
 LIB = Path(lib.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("inputs",),  # Kaggle inputs found by content (standard library only: the setup cell embeds it)
-    ("paths", "cli"),  # paths.py, cli.py: where things live, how a command line reports bad input
+    ("paths", "errors"),  # paths.py, errors.py: where things live, how a command line reports bad input
     ("data",),  # data.py, rle.py, volume.py: the competition layout and volumes on disk
     ("normalisation",),  # each kidney by its own intensity statistics, or the training set's
     ("metric",),
     ("model",),
-    ("training", "inference"),
+    ("training", "predictor"),
     ("postprocess",),
     ("submission",),
-    ("plan",),  # the runtime plan: projected hidden-test time per TTA choice and ensemble size
-    ("infer", "refine"),  # notebook 03 as functions; training rounds on refined (pseudo-)labels
-    ("budget",),  # the training plan: notebook 02's stages projected within Kaggle's session
+    ("inference_budget",),  # projected hidden-test time per TTA choice and ensemble size
+    ("inference", "refine"),  # notebook 03 as functions; training rounds on refined (pseudo-)labels
+    ("training_budget",),  # notebook 02's stages projected within Kaggle's session
     ("explore",),
     ("notebook",),
 ]
@@ -101,9 +102,9 @@ def test_lib_never_imports_the_tools() -> None:
 
 
 def test_the_check_catches_upward_and_sideways_imports() -> None:
-    assert violations([("lib.postprocess", "lib.inference")]) == []
-    assert len(violations([("lib.inference", "lib.postprocess")])) == 1  # up
-    assert len(violations([("lib.training.fine_tune", "lib.inference")])) == 1  # sideways
+    assert violations([("lib.postprocess", "lib.predictor")]) == []
+    assert len(violations([("lib.predictor", "lib.postprocess")])) == 1  # up
+    assert len(violations([("lib.training.fine_tune", "lib.predictor")])) == 1  # sideways
     assert violations([("lib.data", "lib.rle"), ("lib.training.fine_tune", "lib.training.trainer")]) == []
 
 

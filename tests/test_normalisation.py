@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import random_network, small_plans, write_group
 
-from lib import data, infer, inference, normalisation
+from lib import data, inference, normalisation, predictor
 from lib.normalisation import NoContrastError
 from lib.training import fine_tune, nnunet_dataset
 
@@ -28,11 +28,11 @@ def _volume(shape=(36, 68, 70), seed: int = 0) -> np.ndarray:
     return (9000 + 6000 * blob + 4000 * tubes + rng.normal(0, 500, shape)).clip(0, 65535).astype(np.uint16)
 
 
-def _model(scheme: str, seed: int = 0) -> inference.Model:
+def _model(scheme: str, seed: int = 0) -> predictor.Model:
     plans = small_plans(patch=PATCH, intensity=WINDOW)
     if scheme == "kidney":
         plans[normalisation.PLANS_KEY] = {"scheme": "kidney", "percentiles": list(normalisation.PERCENTILES)}
-    return inference.from_network(random_network(plans, seed=seed), plans, "cpu")
+    return predictor.from_network(random_network(plans, seed=seed), plans, "cpu")
 
 
 def test_histogram_statistics_are_exact() -> None:
@@ -65,7 +65,7 @@ def test_kidney_scheme_is_blind_to_an_affine_re_exposure_and_dataset_is_not(tmp_
     results = {}
     for scheme in ("kidney", "dataset"):
         model = _model(scheme)
-        results[scheme] = [np.asarray(inference.predict_group(model, inference.ArrayGroup("kidney_5", v),
+        results[scheme] = [np.asarray(predictor.predict_group(model, predictor.ArrayGroup("kidney_5", v),
                                                               tmp_path / f"{scheme}_{k}.npy", tta=False,
                                                               progress=False), dtype=np.float32)
                            for k, v in enumerate((raw, exposed))]
@@ -78,28 +78,28 @@ def test_kidney_scheme_is_blind_to_an_affine_re_exposure_and_dataset_is_not(tmp_
 
 def test_a_kidney_without_contrast_is_refused_before_any_prediction(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    flat = inference.ArrayGroup("kidney_6", np.full((6, 40, 44), 12345, np.uint16))
+    flat = predictor.ArrayGroup("kidney_6", np.full((6, 40, 44), 12345, np.uint16))
     kidney = _model("kidney")
-    monkeypatch.setattr(inference, "predict_slices", lambda *a, **k: pytest.fail("predicted"))
+    monkeypatch.setattr(predictor, "predict_slices", lambda *a, **k: pytest.fail("predicted"))
     with pytest.raises(NoContrastError) as info:
-        inference.predict_group(kidney, flat, tmp_path / "p.npy", tta=False, progress=False)
+        predictor.predict_group(kidney, flat, tmp_path / "p.npy", tta=False, progress=False)
     message = str(info.value)
     assert message.startswith("kidney_6: no contrast") and "12345" in message and "\n" not in message
     with pytest.raises(NoContrastError, match="^kidney_6: no contrast"):
-        infer.intensity_table([kidney], {"kidney_6": flat}, progress=False)
+        inference.intensity_table([kidney], {"kidney_6": flat}, progress=False)
     # Under "dataset" a kidney wholly above the training window clips to one value: refused too.
     dataset = _model("dataset")
-    bright = inference.ArrayGroup("kidney_5", _volume() // 2 + 50_000)
+    bright = predictor.ArrayGroup("kidney_5", _volume() // 2 + 50_000)
     assert bright.volume.min() > dataset.intensity["percentile_99_5"]
     with pytest.raises(NoContrastError, match="^kidney_5: no contrast under the model's dataset normalisation"):
-        infer.intensity_table([dataset], {"kidney_5": bright}, progress=False)
-    assert infer.intensity_table([kidney], {"kidney_5": bright}, progress=False).loc["kidney_5", "std"] > 0
+        inference.intensity_table([dataset], {"kidney_5": bright}, progress=False)
+    assert inference.intensity_table([kidney], {"kidney_5": bright}, progress=False).loc["kidney_5", "std"] > 0
     assert not (tmp_path / "p.npy").exists()
 
 
 def test_unbound_kidney_model_cannot_normalise() -> None:
     with pytest.raises(ValueError, match="normalises each kidney by its own statistics"):
-        inference.normalize(np.zeros((4, 4), np.uint16), _model("kidney").intensity)
+        predictor.normalize(np.zeros((4, 4), np.uint16), _model("kidney").intensity)
     with pytest.raises(ValueError, match="normalisation must be one of 'kidney', 'dataset', got 'volume'"):
         fine_tune.TrainSettings(normalisation="volume")
 
@@ -116,7 +116,7 @@ def test_kidney_slabs_are_written_normalised_by_their_group(synthetic_tiny: Path
     case = nnunet_dataset.read_cases(tmp_path / "work")[0]
     slab = tifffile.imread(nnunet_dataset.raw_files(raw, case.name)[0])
     group = data.open_group(case.group, synthetic_tiny)
-    expected = inference.normalize(group.read_images(case.start, case.stop), manifest["statistics"][case.group])
+    expected = predictor.normalize(group.read_images(case.start, case.stop), manifest["statistics"][case.group])
     assert slab.dtype == np.float16
     np.testing.assert_allclose(slab.astype(np.float32), expected, atol=5e-3, rtol=1e-3)
     plans = fine_tune.kidney_plans(small_plans(), {"spacings": [[0.05] * 3], "shapes_after_crop": [[8, 64, 64]],

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from lib import data, inference, normalisation, paths
+from lib import data, normalisation, paths, predictor
 from lib.model import architectures, convert_v1, network
 from lib.training import fine_tune, nnunet_dataset, trainer
 from lib.training.fine_tune import TrainSettings
@@ -126,7 +126,7 @@ def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: 
     record = json.loads((result.model_dir / "training.json").read_text())
     assert record["settings"]["normalisation"] == scheme
     plans = json.loads((result.model_dir / "plans.json").read_text())
-    assert normalisation.scheme_of(plans) == scheme and inference.load_model(result.model_dir).normalisation == scheme
+    assert normalisation.scheme_of(plans) == scheme and predictor.load_model(result.model_dir).normalisation == scheme
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == [
         {"kidney": "NoNormalization", "dataset": "CTNormalization"}[scheme]]
     assert record["from_scratch"] is False and record["pretrained"]["tensors_loaded"] == len(converted)
@@ -148,14 +148,14 @@ def assert_nnunet_predictor_opens(model_dir: Path, monkeypatch: pytest.MonkeyPat
     assert predictor.trainer_name == "nnUNetTrainer"
     assert torch.load(model_dir / "fold_0" / "checkpoint_final.pth", weights_only=False)["fine_tuned_with"].endswith(
         "FineTuneTrainer")
-    model = inference.load_model(model_dir, "cpu")
+    model = predictor.load_model(model_dir, "cpu")
     vol = np.random.default_rng(5).normal(20000, 5000, (40, 70, 80)).clip(1, None).astype(np.float32)
-    (bound,), _ = inference.for_kidney([model], inference.ArrayGroup("check", vol))
+    (bound,), _ = predictor.for_kidney([model], predictor.ArrayGroup("check", vol))
     # A "kidney" model folder has nnU-Net's NoNormalization: its predictor expects the kidney already normalised.
-    given = vol if model.normalisation == "dataset" else inference.normalize(vol, bound.intensity)
+    given = vol if model.normalisation == "dataset" else predictor.normalize(vol, bound.intensity)
     _, theirs = predictor.predict_single_npy_array(given[None], {"spacing": list(model.spacing_mm)}, None, None, True)
-    slices = (inference.normalize(s, bound.intensity) for s in vol)
-    mine = np.stack(list(inference.sliding_window(model, slices, vol.shape, tta=False)))
+    slices = (predictor.normalize(s, bound.intensity) for s in vol)
+    mine = np.stack(list(predictor.sliding_window(model, slices, vol.shape, tta=False)))
     assert np.abs(mine - theirs[1]).max() < 1e-4
 
 

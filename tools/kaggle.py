@@ -683,15 +683,15 @@ def build_wheels(folder: Path, user: str, cache: Path, pythons: Sequence[str] = 
 
 def check_model_dir(model_dir: Path) -> list[Path]:
     """The final checkpoints of a trained model folder, each checked as inference will load it
-    (`lib.inference.check_model_dir`: the one model-folder check); BundleError naming the file when one fails."""
-    from lib import inference  # torch: only when a model is bundled
+    (`lib.predictor.check_model_dir`: the one model-folder check); BundleError naming the file when one fails."""
+    from lib import predictor  # torch: only when a model is bundled
 
     checkpoints = sorted(c for c in Path(model_dir).glob("fold_*/checkpoint_final.pth")
                          if c.parent.name.removeprefix("fold_").isdigit())
     try:
         for fold in [int(c.parent.name.removeprefix("fold_")) for c in checkpoints] or [0]:
-            inference.check_model_dir(model_dir, fold=fold)
-    except inference.ModelFolderError as e:
+            predictor.check_model_dir(model_dir, fold=fold)
+    except predictor.ModelFolderError as e:
         raise BundleError(str(e)) from None
     return checkpoints
 

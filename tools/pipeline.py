@@ -32,7 +32,7 @@ from pathlib import Path
 
 import tomllib
 
-from lib import cli, paths
+from lib import errors, paths
 
 NOTEBOOKS = ("01_explore", "02_train", "03_infer")
 CONFIG_KEYS = ("name", "data_dir", "synthetic_preset", "output_root", "required", "notebooks",
@@ -140,7 +140,7 @@ def check_parameter(name: str, value: object, default: object) -> str | None:
             return None
         return f"takes three positive integers [z, y, x] (or null), got {value!r}"
     if name in ("tta", "validation_tta"):
-        from lib.inference import TTA_MODES, parse_tta
+        from lib.predictor import TTA_MODES, parse_tta
 
         try:
             return None if value == "auto" and name == "tta" else (parse_tta(value) and None)
@@ -328,7 +328,7 @@ def _trained_model_dir(run_dir: Path) -> Path:
 
 
 @dataclass
-class Plan:
+class CheckedRun:
     """A checked run: what `run` executes."""
 
     config: dict
@@ -342,7 +342,7 @@ class Plan:
 
 def prepare(config_path: Path | str, data_dir: str | None = None, pretrained: str | None = None,
             overrides: dict[str, object] | None = None, name: str | None = None, kernel: str = "python3",
-            notebooks: tuple[str, ...] = NOTEBOOKS) -> Plan:
+            notebooks: tuple[str, ...] = NOTEBOOKS) -> CheckedRun:
     """Check everything a run needs before any notebook runs; raises PipelineError with one line naming the input.
 
     Creates nothing under the outputs; the only thing it may write is the synthetic dataset, and only at the
@@ -380,7 +380,7 @@ def prepare(config_path: Path | str, data_dir: str | None = None, pretrained: st
     _check_output_root(root)
     data = _data_root(config, data_dir)
     _check_data(data, params, notebooks)
-    return Plan(config, name, root, data, overrides, kernel, notebooks)
+    return CheckedRun(config, name, root, data, overrides, kernel, notebooks)
 
 
 def _check_kernel(kernel: str) -> None:
@@ -393,12 +393,12 @@ def _check_kernel(kernel: str) -> None:
 
 
 def _check_model_dir(model_dir: str | list[str]) -> None:
-    from lib import inference  # torch and nnU-Net: only when a model folder is given
+    from lib import predictor  # torch and nnU-Net: only when a model folder is given
 
     for folder in model_dir if isinstance(model_dir, list) else [model_dir]:
         try:
-            inference.check_model_dir(folder)
-        except inference.ModelFolderError as e:
+            predictor.check_model_dir(folder)
+        except predictor.ModelFolderError as e:
             raise PipelineError(f"03_infer's model_dir: {e}") from None
 
 
@@ -432,7 +432,7 @@ def _data_root(config: dict, data_dir: str | None) -> Path:
     try:
         synthetic.generate(data, preset=config["synthetic_preset"], seed=0)
     except OSError as e:
-        raise PipelineError(f"cannot generate the synthetic dataset: {cli.one_line(e)}") from None
+        raise PipelineError(f"cannot generate the synthetic dataset: {errors.one_line(e)}") from None
     return data
 
 
@@ -588,20 +588,20 @@ def run(config_path: Path | str, data_dir: str | None = None, pretrained: str | 
     """Check the inputs, then execute the notebooks in order; returns (and writes) the run's scores.json content."""
     import papermill
 
-    plan = prepare(config_path, data_dir, pretrained, overrides, name, kernel, notebooks)
-    run_dir, previous = claim_run_folder(plan.output_root, plan.name, force)
+    checked = prepare(config_path, data_dir, pretrained, overrides, name, kernel, notebooks)
+    run_dir, previous = claim_run_folder(checked.output_root, checked.name, force)
     try:
-        params = notebook_parameters(plan.config, run_dir, plan.data_dir, plan.overrides)
+        params = notebook_parameters(checked.config, run_dir, checked.data_dir, checked.overrides)
         print(f"run folder: {run_dir}" + (f" (replacing the earlier run, kept in {previous} until this one "
                                           f"finishes)" if previous else ""))
         minutes = {}
-        for nb in plan.notebooks:
+        for nb in checked.notebooks:
             executed = run_dir / f"{nb}.ipynb"
             start = time.perf_counter()
             print(f"--- {nb}: {json.dumps(params[nb])}")
             try:
                 papermill.execute_notebook(str(paths.PROJECT_ROOT / "notebooks" / f"{nb}.ipynb"), str(executed),
-                                           parameters=params[nb], kernel_name=plan.kernel,
+                                           parameters=params[nb], kernel_name=checked.kernel,
                                            cwd=str(paths.PROJECT_ROOT / "notebooks"), progress_bar=True)
             except papermill.PapermillExecutionError as e:
                 raise NotebookFailed(f"notebook {nb} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
@@ -659,10 +659,10 @@ def main(argv: list[str] | None = None) -> None:
         scores = run(args.config, args.data_dir, args.pretrained, parse_overrides(args.overrides), args.name,
                      args.force, args.kernel)
     except NotebookFailed as e:  # the input was fine, the run failed: exit code 1
-        print(f"error: {cli.one_line(e)}", file=sys.stderr)
+        print(f"error: {errors.one_line(e)}", file=sys.stderr)
         raise SystemExit(1) from None
     except PipelineError as e:
-        cli.fail(e)
+        errors.fail(e)
     except KeyboardInterrupt:
         print("error: stopped before the run finished", file=sys.stderr)
         raise SystemExit(130) from None

@@ -57,7 +57,7 @@ import tifffile
 from scipy import ndimage
 from tqdm import tqdm
 
-from lib import cli, data, rle
+from lib import data, errors, rle
 
 __all__ = [
     "GROUPS", "TRAIN_GROUPS", "TEST_GROUPS", "VOXEL_UM", "PRESETS", "Preset", "SyntheticSlice",
@@ -898,7 +898,7 @@ def write_shifted_test(out: Path | str, preset: str | Preset = "tiny", seed: int
     scaled); without `look` the kidney's own uint16 map is kept, so its sd widens a little. `voxel_um`: the same
     physical box rendered at that voxel (e.g. 63.08, kidney_6's), shape about shape * own voxel / voxel_um per
     axis, labels rendered at that voxel too. They combine. Writes test/<kidney>/images/NNNN.tif,
-    sample_submission.csv, solution.csv (the true masks, what `lib.infer.score` reads), a header-only
+    sample_submission.csv, solution.csv (the true masks, what `lib.inference.score` reads), a header-only
     train_rles.csv and synthetic.json (with a "shift" record). The kidney keeps its name, so `lib.data` takes
     its voxel size from the competition's table: the shifted voxel is in synthetic.json only.
     Refuses an `out` that exists at all (FileExistsError naming it): a shift never writes into an existing root.
@@ -986,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--force", action="store_true", help="replace an existing synthetic dataset at --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    with cli.expected_errors(OSError):  # an existing --out, or a folder that cannot be written
+    with errors.expected_errors(OSError):  # an existing --out, or a folder that cannot be written
         root = generate(args.out, args.preset, args.seed, args.groups, args.force, progress=not args.quiet)
     info = json.loads((root / "synthetic.json").read_text())
     print(f"wrote SYNTHETIC preset {args.preset!r} seed {args.seed} to {root}")

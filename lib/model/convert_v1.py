@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import cli
+from lib import errors
 from lib.model.network import build_network
 
 CONFIG_NAMES = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
@@ -736,8 +736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = convert(args.source, args.out_dir, fold=args.fold, force=args.force, pad_kernels=args.pad_kernels)
     except (TransferError, OSError) as exc:  # bad input, or the output folder cannot be written
-        print(f"error: {cli.one_line(exc)}", file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
+        print(f"error: {errors.one_line(exc)}", file=sys.stderr)
+        return errors.EXIT_BAD_INPUT
     report = json.loads((out / "conversion.json").read_text())
     print(f"converted {report['checkpoint']} ({report['fold']}, epoch {report['epoch']}) -> {out}: "
           f"{report['keys']['v2_with_aliases']} v2 keys from {report['keys']['v1_state_dict']} v1 keys")

@@ -131,7 +131,7 @@ class FineTuneTrainer(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         result = super().train_step(batch)
-        if self._iterations_bar is not None:  # None when timed outside an epoch (lib.budget)
+        if self._iterations_bar is not None:  # None when timed outside an epoch (lib.training_budget)
             self._iterations_bar.update()
         return result
 

@@ -6,7 +6,7 @@ prediction time of every hidden-test kidney (sizes and voxel sizes in ../shared/
 training spacing as inference does) for each TTA choice and ensemble size, and picks the strongest setting
 (most network passes per voxel, then most models) whose projection fits the budget with a 25% margin.
 
-    python -m lib.plan MODEL_DIR [MODEL_DIR ...] --hours 9 [--devices cuda:0 cuda:1] [--out plan.csv]
+    python -m lib.inference_budget MODEL_DIR [MODEL_DIR ...] --hours 9 [--devices cuda:0 cuda:1] [--out plan.csv]
 
 The per-voxel overhead is measured on a one-patch block, so fixed costs count as if per voxel: projections err
 on the long side. Post-processing and the submission file (seconds per kidney) are not included.
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import data, inference
+from lib import data, predictor
 
 # Hidden-test kidneys: (slices, height, width) and voxel size in µm, from the data layer's competition facts.
 HIDDEN_TEST = {k: (data.COMPETITION_SHAPES[k], data.VOXEL_SIZE_UM[k]) for k in ("kidney_5", "kidney_6")}
@@ -58,7 +58,7 @@ def timed(fn: Callable[[], object], device) -> float:
     return time.perf_counter() - start
 
 
-def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> Calibration:
+def calibrate(model: predictor.Model, repeats: int = 3, batch_size: int = 1) -> Calibration:
     """Time one model's network on a patch and the predictor on a one-patch synthetic block (seconds)."""
     import torch
 
@@ -69,18 +69,18 @@ def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> 
     def best(fn) -> float:
         return min((timed(fn, device) for _ in range(repeats)), default=math.inf)
 
-    inference._predict_logit_difference(model, x, False)  # warm-up (kernel selection, lazy initialisation)
-    tile = best(lambda: inference._predict_logit_difference(model, x, False))
+    predictor._predict_logit_difference(model, x, False)  # warm-up (kernel selection, lazy initialisation)
+    tile = best(lambda: predictor._predict_logit_difference(model, x, False))
     rng = np.random.default_rng(0)
     if model.intensity is None:  # "kidney": the block's own statistics normalise it
         volume = rng.integers(10_000, 30_000, model.patch_size, dtype=np.uint16)
     else:
         volume = rng.normal(model.intensity["mean"], model.intensity["std"], model.patch_size).astype(np.float32)
-    block = inference.ArrayGroup("calibration", volume)
+    block = predictor.ArrayGroup("calibration", volume)
     voxels = block.volume.size
     with tempfile.TemporaryDirectory(prefix="sennet-plan-") as tmp:
         def run(tta: str) -> float:
-            return best(lambda: inference.predict_group(model, block, Path(tmp) / f"{tta}.npy", tta=tta,
+            return best(lambda: predictor.predict_group(model, block, Path(tmp) / f"{tta}.npy", tta=tta,
                                                         batch_size=batch_size, overwrite=True, progress=False))
         z_only, axes = run("none"), run("axes")
     return Calibration(str(device), tile, max(z_only - tile, 0.0) / voxels, max(axes - 3 * tile, 0.0) / voxels,
@@ -89,22 +89,22 @@ def calibrate(model: inference.Model, repeats: int = 3, batch_size: int = 1) -> 
 
 def tiles(shape: Sequence[int], patch: Sequence[int], tile_step: float = 0.5) -> int:
     """Tiles of nnU-Net's grid over a volume."""
-    return math.prod(len(s) for s in inference.Grid.of(shape, patch, tile_step).steps)
+    return math.prod(len(s) for s in predictor.Grid.of(shape, patch, tile_step).steps)
 
 
-def project(calibration: Calibration, model: inference.Model, max_models: int = 1, devices: int = 1,
+def project(calibration: Calibration, model: predictor.Model, max_models: int = 1, devices: int = 1,
             kidneys: dict = HIDDEN_TEST, tile_step: float = 0.5, resample: bool = True) -> pd.DataFrame:
     """Projected hours per kidney and in total for every TTA choice and ensemble size 1..max_models."""
     flips_passes = 2 ** len(model.mirror_axes)
     rows = []
-    for tta in inference.TTA_MODES:
-        views = inference.tta_views(tta)
-        passes = flips_passes if inference.tta_flips(tta) else 1
+    for tta in predictor.TTA_MODES:
+        views = predictor.tta_views(tta)
+        passes = flips_passes if predictor.tta_flips(tta) else 1
         per_voxel = calibration.voxel_seconds_axes if len(views) > 1 else calibration.voxel_seconds_z
         for k in range(1, max_models + 1):
             row = {"tta": tta, "models": k, "passes_per_voxel": len(views) * passes * k}
             for name, (shape, voxel_um) in kidneys.items():
-                work = inference.model_space_shape(tuple(shape), voxel_um, model, resample)
+                work = predictor.model_space_shape(tuple(shape), voxel_um, model, resample)
                 network = sum(tiles([work[a] for a in view], model.patch_size, tile_step) for view in views)
                 seconds = (network * passes * k * calibration.tile_seconds + math.prod(work) * per_voxel) / devices
                 row[f"{name}_hours"] = (seconds + (WORKER_START_SECONDS if devices > 1 else 0.0)) / 3600
@@ -123,7 +123,7 @@ def choose(table: pd.DataFrame, hours: float, margin: float = MARGIN) -> pd.Seri
     return fits.sort_values(["passes_per_voxel", "models", "total_hours"], ascending=[False, False, True]).iloc[0]
 
 
-def plan(models: Sequence[inference.Model], hours: float, devices: int = 1, tile_step: float = 0.5,
+def plan(models: Sequence[predictor.Model], hours: float, devices: int = 1, tile_step: float = 0.5,
          resample: bool = True, batch_size: int = 1) -> tuple[pd.DataFrame, pd.Series, Calibration]:
     """Calibrate on the first model's device, project every setting, pick the strongest that fits `hours`."""
     if not hours > 0:
@@ -147,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the table here (.csv)")
     args = ap.parse_args(argv)
     try:
-        devices = inference.resolve_devices(args.devices)
-        models = inference.load_models(args.model_dirs, str(devices[0]))
+        devices = predictor.resolve_devices(args.devices)
+        models = predictor.load_models(args.model_dirs, str(devices[0]))
         table, chosen, calibration = plan(models, args.hours, len(devices), args.tile_step)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

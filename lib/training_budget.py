@@ -1,8 +1,8 @@
 """The training plan: will notebook 02's stages finish inside Kaggle's ~12-hour GPU session?
 
-The training-side twin of `lib.plan` (which projects the hidden-test prediction inside 9 hours), one layer above the
-rooms whose code it times (tests/test_layout.py). `calibrate` times each stage's own code on the current device for
-a few seconds (CPU, "tiny") to well under a minute (GPU, "hepatic"), on a small synthetic block written as
+The training-side twin of `lib.inference_budget` (which projects the hidden-test prediction inside 9 hours), one
+layer above the rooms whose code it times (tests/test_layout.py). `calibrate` times each stage's own code on the
+current device for a few seconds (CPU, "tiny") to well under a minute (GPU, "hepatic"), on a small synthetic block written as
 competition TIFF slices in a temporary folder:
 
 - conversion: `nnunet_dataset.write_raw_dataset` (TIFF slices -> nnU-Net raw slabs), seconds per voxel;
@@ -14,7 +14,7 @@ competition TIFF slices in a temporary folder:
   size of this device, deep-supervision loss, SGD, AMP on a GPU): `train_step` and `validation_step` on a real
   batch (warm-up steps excluded), one batch of nnU-Net's data loading + augmentation as one worker runs it
   (torch single-threaded), the trainer's start and the checkpoints written each epoch (latest, best);
-- prediction: `lib.plan.calibrate` on the configuration's network (`lib.inference.from_network`, random weights,
+- prediction: `lib.inference_budget.calibrate` on the configuration's network (`lib.predictor.from_network`, random weights,
   the run's normalisation scheme): network seconds per tile, and the predictor's own seconds per voxel (reading,
   normalising, blending, writing float16) for the z-view and for the three views;
 - refinement of pseudo-labels (`postprocess.share_threshold` + `write_refined_labels`) and the validation's
@@ -25,8 +25,8 @@ competition TIFF slices in a temporary folder:
 preprocessing, training), each pseudo-label round r >= 1 (prediction + refinement of every refined sparse group,
 `lib.refine.refined_groups`, conversion, preprocessing, training from the previous round's model), then the
 validation of the final model and of the best checkpoint (notebook 02 validates both when they differ; counted
-always). Prediction is counted as lib.plan counts it (`plan.tiles` over each TTA view of the model-space shape,
-`inference.model_space_shape` at the training spacing). Voxels are those of the nnU-Net cases
+always). Prediction is counted as lib.inference_budget counts it (`inference_budget.tiles` over each TTA view of the
+model-space shape, `predictor.model_space_shape` at the training spacing). Voxels are those of the nnU-Net cases
 `nnunet_dataset.plan_cases` cuts (validation images held out of training), so a real root, the synthetic one and
 `competition_groups()` (the real shapes, for docs/kaggle.md) are projected alike.
 
@@ -37,7 +37,7 @@ passes `budget_hours` (default 11.5 h on Kaggle, none elsewhere), naming the fir
 that fit. Not projected: nnU-Net's progress plot each epoch, the validation's mask and figures, model loading
 (seconds each). Fixed costs measured on the small block count as if per voxel: projections err long.
 
-    python -m lib.budget --data-dir ROOT [--configuration hepatic] [--epochs 15] [--pseudo-label-rounds 1]
+    python -m lib.training_budget --data-dir ROOT [--configuration hepatic] [--epochs 15] [--pseudo-label-rounds 1]
                          [--real-shapes] [--budget-hours 11.5] [--calibration FILE.json]
 """
 from __future__ import annotations
@@ -61,16 +61,16 @@ import pandas as pd
 import tifffile
 import torch
 
-from lib import data, inference, paths, plan, postprocess, refine
+from lib import data, inference_budget, paths, postprocess, predictor, refine
 from lib.model.network import CONFIGURATION, build_network, resolve_device
 from lib.training import fine_tune, nnunet_dataset
 from lib.training.fine_tune import TrainSettings
 
-# A setting fits when its projection x (1 + MARGIN) is within the budget. lib.plan keeps 25% for the scoring run,
+# A setting fits when its projection x (1 + MARGIN) is within the budget. lib.inference_budget keeps 25% for the scoring run,
 # where any overrun loses the whole submission. Training writes a checkpoint every epoch and resumes from it, so an
 # overrun costs the stage in flight and a second session, not the result: 15% here, which with Kaggle's default
 # budget of 11.5 h (0.5 h below the 12 h limit, for writing the output) still leaves a projection 20% of slack
-# (10.0 h projected, killed at 12 h), close to lib.plan's 25%.
+# (10.0 h projected, killed at 12 h), close to lib.inference_budget's 25%.
 MARGIN = 0.15
 KAGGLE_BUDGET_HOURS = 11.5  # Kaggle's GPU session lasts at most about 12 h (competition.md, "Kaggle limits")
 BLOCK_SHAPE = (64, 256, 256)  # the calibration block: 4.2 M voxels, big enough that fixed costs hardly count
@@ -100,8 +100,8 @@ class TrainingCalibration:
     augmentation_workers: int  # nnU-Net's augmentation processes that run in parallel on this machine
     trainer_start_seconds: float  # building and initialising the trainer, writing the final checkpoint
     epoch_checkpoint_seconds: float  # checkpoint_latest + checkpoint_best, written each epoch
-    tile_seconds: float  # network seconds per tile, one pass (lib.plan.Calibration.tile_seconds)
-    predict_voxel_seconds_z: float  # the predictor's own work per voxel, z-view (lib.plan's voxel_seconds_z)
+    tile_seconds: float  # network seconds per tile, one pass (lib.inference_budget.Calibration.tile_seconds)
+    predict_voxel_seconds_z: float  # the predictor's own work per voxel, z-view (lib.inference_budget's voxel_seconds_z)
     predict_voxel_seconds_axes: float  # the same with the y- and x-views, through memmaps (voxel_seconds_axes)
     flip_passes: int  # network passes per tile with mirroring TTA (2 ** mirror axes)
     refine_voxel_seconds: float  # share cut + refined masks of a pseudo-label round, per group voxel
@@ -158,7 +158,7 @@ def calibrate(settings: TrainSettings | None = None, device: str | torch.device 
     """Time every stage's own code on `device` (default: the settings' device) on a small synthetic block.
 
     `steps`: timed training steps, validation steps and batches (default 3 on a GPU, 1 on the CPU, where a step of
-    even the tiny network takes seconds); lib.plan's calibration is the best of as many. `network=False` skips
+    even the tiny network takes seconds); lib.inference_budget's calibration is the best of as many. `network=False` skips
     what runs the network (training and validation steps, tile and the predictor's per-voxel work: NaN), e.g. the
     hepatic network on a CPU, where one step takes minutes. The process's environment, torch's threads and cuDNN
     flags are restored.
@@ -262,7 +262,7 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     fingerprint_file.write_text(json.dumps(_fingerprint(results)))
     arch, _ = fine_tune.architecture_plans(settings.configuration, None, work_dir)
     patch = fine_tune.patch_size_for(arch, device, settings.patch_size)
-    preprocessing = plan.timed(lambda: fine_tune.prepare(work_dir, arch, patch, settings.batch_size, cases, True,
+    preprocessing = inference_budget.timed(lambda: fine_tune.prepare(work_dir, arch, patch, settings.batch_size, cases, True,
                                                      fingerprint_file, progress=False), cpu)
     plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / nnunet_dataset.DATASET_NAME /
                         f"{fine_tune.PLANS_NAME}.json").read_text())
@@ -335,12 +335,12 @@ def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict
     trainer.network.train()
     for _ in range(WARMUP_STEPS.get(device.type, 2)):
         trainer.train_step(batch)
-    train = [plan.timed(lambda: trainer.train_step(batch), device) for _ in range(max(steps, 1))]
+    train = [inference_budget.timed(lambda: trainer.train_step(batch), device) for _ in range(max(steps, 1))]
     trainer.network.eval()
     trainer.loss.eval()  # as the run's validation epochs: dice_ce alone (lib.training.trainer)
     with torch.no_grad():
         trainer.validation_step(val_batch)
-        val = [plan.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(max(steps, 1))]
+        val = [inference_budget.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(max(steps, 1))]
     trainer.network.train()
     trainer.loss.train()
     return {"train_step_seconds": float(np.median(train)), "val_step_seconds": float(np.median(val))}
@@ -349,16 +349,16 @@ def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict
 def _time_checkpoints(trainer: fine_tune.FineTuneTrainer, folder: Path) -> tuple[float, float]:
     """Seconds to write checkpoint_latest and checkpoint_best (which FineTuneTrainer writes, reads and rewrites)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return tuple(plan.timed(lambda name=name: trainer.save_checkpoint(str(folder / name)), trainer.device)
+    return tuple(inference_budget.timed(lambda name=name: trainer.save_checkpoint(str(folder / name)), trainer.device)
                  for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))
 
 
 def _time_prediction(plans: dict, device: torch.device, repeats: int) -> dict:
-    """lib.plan's calibration of the configuration's network (random weights: speed does not depend on them) as
-    lib.inference predicts with it: network seconds per tile, the predictor's own seconds per model-space voxel
+    """lib.inference_budget's calibration of the configuration's network (random weights: speed does not depend on them) as
+    lib.predictor predicts with it: network seconds per tile, the predictor's own seconds per model-space voxel
     (z-view; three views), best of `repeats`."""
-    model = inference.from_network(build_network(plans, deep_supervision=False), plans, device)
-    measured = plan.calibrate(model, repeats=max(repeats, 1))
+    model = predictor.from_network(build_network(plans, deep_supervision=False), plans, device)
+    measured = inference_budget.calibrate(model, repeats=max(repeats, 1))
     return {"tile_seconds": measured.tile_seconds, "predict_voxel_seconds_z": measured.voxel_seconds_z,
             "predict_voxel_seconds_axes": measured.voxel_seconds_axes}
 
@@ -372,11 +372,11 @@ def _time_postprocessing(group: data.Group) -> dict:
     probs = (0.9 * labels + 0.04 * np.random.default_rng(1).random(labels.shape)).astype(np.float16)
     share = fine_tune.SPARSE_LABEL_SHARE["kidney_2"]
     with tempfile.TemporaryDirectory(prefix="sennet-refine-") as tmp:
-        refine_seconds = plan.timed(lambda: postprocess.write_refined_labels(
+        refine_seconds = inference_budget.timed(lambda: postprocess.write_refined_labels(
             probs, group, postprocess.share_threshold(probs, group, share), Path(tmp) / "refined", group.slices,
             progress=False), cpu)
     grid = postprocess.threshold_grid(postprocess.ThresholdRule("tune"))
-    curve_seconds = plan.timed(lambda: postprocess.threshold_curve(probs, group, grid, progress=False), cpu)
+    curve_seconds = inference_budget.timed(lambda: postprocess.threshold_curve(probs, group, grid, progress=False), cpu)
     return {"refine_voxel_seconds": refine_seconds / probs.size, "curve_voxel_seconds": curve_seconds / probs.size}
 
 
@@ -448,11 +448,12 @@ def _row(r: int, stage: str, group: str, seconds: float, **work: float) -> dict:
 
 def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, group: data.Group,
                         tta: bool | str) -> float:
-    """Seconds to predict a group as lib.plan projects it: network tiles per view and pass, predictor per voxel."""
-    work = inference.model_space_shape(group.shape, group.voxel_um, spacing_mm, resample=True)
-    views = inference.tta_views(tta)
-    passes = calibration.flip_passes if inference.tta_flips(tta) else 1
-    n_tiles = sum(plan.tiles([work[a] for a in view], calibration.patch_size) for view in views)
+    """Seconds to predict a group as lib.inference_budget projects it: network tiles per view and pass, predictor per
+    voxel."""
+    work = predictor.model_space_shape(group.shape, group.voxel_um, spacing_mm, resample=True)
+    views = predictor.tta_views(tta)
+    passes = calibration.flip_passes if predictor.tta_flips(tta) else 1
+    n_tiles = sum(inference_budget.tiles([work[a] for a in view], calibration.patch_size) for view in views)
     per_voxel = calibration.predict_voxel_seconds_axes if len(views) > 1 else calibration.predict_voxel_seconds_z
     return n_tiles * passes * calibration.tile_seconds + math.prod(work) * per_voxel
 
@@ -601,7 +602,7 @@ def _hours(hours: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m lib.budget`: calibrate here (or load a calibration), project, print, check."""
+    """`python -m lib.training_budget`: calibrate here (or load a calibration), project, print, check."""
     ap = argparse.ArgumentParser(description="Project notebook 02's training stages on this machine and check "
                                              "them against a session budget (Kaggle: 11.5 h).")
     ap.add_argument("--data-dir", type=Path, default=None, help="competition root (default: the project's)")
