@@ -56,7 +56,7 @@ from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from lib import inputs, paths
+from lib import inputs, parameters, paths
 from lib.postprocess import THRESHOLD_FILE
 
 DEFAULT_USER = "your-kaggle-username"  # a placeholder: pass --user with your Kaggle user name
@@ -217,6 +217,8 @@ def setup_cell_source(wheels_slug: str = WHEELS_SLUG) -> str:
 
 
 
+KAGGLE_HEADER = ("# Kaggle defaults (set by tools.kaggle): inputs under KAGGLE_INPUT, outputs under KAGGLE_WORKING\n"
+                 + parameters.HEADER)
 # name -> (new right-hand side, new comment); the names of the setup cell (find_input, KAGGLE_WORKING, ...) are in
 # scope. Inputs are found by content (lib.inputs), under any mount layout.
 COMPETITION_ROOT = 'str(find_input("competition", required=True))'
@@ -245,19 +247,16 @@ def config_parameters(notebook: str, paths_set_here: Mapping[str, object], confi
     from tools.pipeline import load_config
 
     settings = load_config(config).get("notebooks", {}).get(notebook, {})
-    return {k: (repr(v), f"from {config.name}") for k, v in settings.items() if k not in paths_set_here}
+    return {k: (parameters.literal(v), f"from {config.name}") for k, v in settings.items() if k not in paths_set_here}
 
 
-def override_parameters(source: str, overrides: Mapping[str, tuple[str, str]]) -> str:
-    """The parameters cell `source` with the right-hand sides of `overrides` replaced (one line each)."""
-    lines = source.splitlines()
-    for name, (value, comment) in overrides.items():
-        hits = [i for i, line in enumerate(lines) if re.match(rf"{re.escape(name)}\s*=", line)]
-        if len(hits) != 1:
-            raise BundleError(f"parameters cell: expected one assignment of {name!r}, found {len(hits)}")
-        lines[hits[0]] = f"{name} = {value}  # Kaggle: {comment}"
-    header = "# Kaggle defaults (set by tools.kaggle): inputs under KAGGLE_INPUT, outputs under KAGGLE_WORKING"
-    return "\n".join([header, *lines])
+def override_parameters(notebook: str, overrides: Mapping[str, tuple[str, str]]) -> str:
+    """`notebook`'s parameters cell generated from its schema (lib.parameters), `overrides` as (code, comment)."""
+    try:
+        replace = {name: (code, f"Kaggle: {comment}") for name, (code, comment) in overrides.items()}
+        return parameters.cell(notebook, replace, header=KAGGLE_HEADER)
+    except KeyError as e:
+        raise BundleError(f"parameters cell: {e.args[0]}") from None
 
 
 def kaggle_notebook(source: Path | str, overrides: Mapping[str, tuple[str, str]], wheels_slug: str = WHEELS_SLUG):
@@ -275,7 +274,7 @@ def kaggle_notebook(source: Path | str, overrides: Mapping[str, tuple[str, str]]
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     if len(tagged) != 1:
         raise BundleError(f"{source}: expected exactly one cell tagged 'parameters', found {len(tagged)}")
-    tagged[0].source = override_parameters(tagged[0].source, overrides)
+    tagged[0].source = override_parameters(Path(source).stem, overrides)
     setup = nbformat.v4.new_code_cell(setup_cell_source(wheels_slug), metadata={"tags": [SETUP_TAG]})
     if nb.nbformat_minor >= 5:
         setup["id"] = SETUP_TAG

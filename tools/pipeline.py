@@ -15,24 +15,20 @@ A failing notebook stops the pipeline, naming the cell and the error (exit code 
 from __future__ import annotations
 
 import argparse
-import ast
-import difflib
 import json
-import math
 import os
-import re
 import shutil
 import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import tomllib
 
-from lib import errors, paths
+from lib import errors, parameters, paths
+from lib.parameters import suggestion
 
 NOTEBOOKS = ("01_explore", "02_train", "03_infer")
 CONFIG_KEYS = ("name", "data_dir", "synthetic_preset", "output_root", "required", "notebooks",
@@ -42,16 +38,6 @@ WIRED = {"data_dir": "--data-dir", "output_dir": "--name"}  # parameters the pip
 RUNNING = ".running"  # inside a run folder while its notebooks execute: {"pid", "host", "replaces"}
 PREVIOUS = ".previous"  # suffix of the earlier run's folder while a --force run replaces it
 
-# Parameter rules beyond "the type of the default" (see check_parameter).
-PATHS_THAT_EXIST = ("pretrained", "model_dir", "prediction_dir")
-OPTIONAL_PATHS = ("scratch_dir", "submission_file", "resume_from")
-GROUP_LISTS = ("groups", "train_groups", "test_groups")
-AT_LEAST_ONE = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "slab_depth", "max_slices_sampled",
-                "max_plane_slices")
-DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_EXPRESSION = object()  # a default that is code (e.g. str(paths.default_data_dir())), not a literal
-
-
 class PipelineError(RuntimeError):
     """Bad input to the pipeline (config, parameters, paths, data root, kernel); nothing was run or created."""
 
@@ -60,141 +46,9 @@ class NotebookFailed(PipelineError):
     """A notebook failed while running; its executed copy is kept."""
 
 
-def suggestion(name: str, candidates) -> str:
-    """"; did you mean 'x'?" for the closest candidate, or ""."""
-    close = difflib.get_close_matches(name, [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-@cache
-def declared_parameters(notebook: str) -> dict[str, object]:
-    """A notebook's parameters (its cell tagged `parameters`, read with papermill's parser) and their defaults;
-    a default that is code rather than a literal is `_EXPRESSION`."""
-    from papermill.inspection import inspect_notebook
-
-    path = paths.PROJECT_ROOT / "notebooks" / f"{notebook}.ipynb"
-    try:
-        found = inspect_notebook(str(path))
-    except Exception as e:  # nbformat/papermill raise several types for a missing or damaged notebook
-        raise PipelineError(f"{path}: cannot read its parameters cell ({type(e).__name__}: {e})") from None
-    defaults = {}
-    for name, info in found.items():
-        try:
-            defaults[name] = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError):
-            defaults[name] = _EXPRESSION
-    return defaults
-
-
-def check_parameter(name: str, value: object, default: object) -> str | None:
-    """What is wrong with `value` for a parameter whose notebook default is `default`, or None when it is fine.
-
-    The default's type decides (an int takes an int, a float any number, a bool only true/false, a string a
-    non-empty string), with rules by name for thresholds, devices, paths, group lists and counts. A None default
-    accepts any value but a table, unless a rule by name says more.
-    """
-    if isinstance(value, dict):
-        return f"takes a single value, not a table, got {value!r}"
-    if name == "threshold":
-        from lib.postprocess import ThresholdRule  # no torch
-
-        try:
-            ThresholdRule.parse(value)
-        except ValueError as e:
-            return str(e)
-        return None
-    if name == "device":
-        if not isinstance(value, str) or not DEVICE.match(value):
-            return f"takes 'auto', 'cpu', 'cuda', 'cuda:<n>' or 'mps', got {value!r}"
-        return _device_problem(value)
-    if name == "budget_hours":
-        ok = value is None or value == "auto" or (_is_number(value) and value > 0)
-        return None if ok else f"takes a positive number of hours, \"auto\" or null, got {value!r}"
-    if name == "normalisation":
-        from lib.normalisation import SCHEMES
-
-        return None if value in SCHEMES else f"takes one of {', '.join(map(repr, SCHEMES))}, got {value!r}" + \
-            suggestion(str(value), SCHEMES)
-    if name == "loss":
-        from lib.training.losses import LOSSES
-
-        return None if value in LOSSES else f"takes one of {', '.join(map(repr, LOSSES))}, got {value!r}" + \
-            suggestion(str(value), LOSSES)
-    if name == "loss_weight":
-        return None if _is_number(value) and value > 0 else f"takes a number > 0, got {value!r}"
-    if name == "configuration":
-        from lib.training.fine_tune import ARCHITECTURES
-
-        return None if value in ARCHITECTURES else f"takes one of {sorted(ARCHITECTURES)}, got {value!r}" + \
-            suggestion(str(value), ARCHITECTURES)
-    if name == "val_group":
-        return None if value is None or (isinstance(value, str) and value) else f"takes a group name or null, got {value!r}"
-    if name in GROUP_LISTS:
-        names = [value] if isinstance(value, str) else value
-        if value is None or (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)):
-            return None
-        return f"takes a list of group names (or null: all), got {value!r}"
-    if name == "patch_size":
-        if value is None or (isinstance(value, list) and len(value) == 3
-                             and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)):
-            return None
-        return f"takes three positive integers [z, y, x] (or null), got {value!r}"
-    if name in ("tta", "validation_tta"):
-        from lib.predictor import TTA_MODES, parse_tta
-
-        try:
-            return None if value == "auto" and name == "tta" else (parse_tta(value) and None)
-        except ValueError:
-            auto = ", auto" if name == "tta" else ""
-            return f"takes one of {', '.join(TTA_MODES)}{auto} (or true/false), got {value!r}"
-    if name == "devices":
-        ok = value is None or (isinstance(value, list) and value and all(isinstance(d, str) and DEVICE.match(d)
-                                                                          for d in value))
-        return None if ok else f"takes a list of devices, e.g. [\"cuda:0\", \"cuda:1\"] (or null), got {value!r}"
-    if name == "model_dir" and isinstance(value, list):
-        ok = value and all(isinstance(v, str) and v for v in value)
-        return None if ok else f"takes a model folder or a list of them (an ensemble), got {value!r}"
-    if name == "interactive":
-        return None if value is None or isinstance(value, bool) else f"takes true, false or null, got {value!r}"
-    if name in PATHS_THAT_EXIST or name in OPTIONAL_PATHS:
-        return None if value is None or (isinstance(value, str) and value) else f"takes a path (or null), got {value!r}"
-    if name == "tile_step":
-        ok = _is_number(value) and 0 < value <= 1
-        return None if ok else f"takes a number in (0, 1], got {value!r}"
-    return _check_type(name, value, default)
-
-
-def _check_type(name: str, value: object, default: object) -> str | None:
-    if default is None or default is _EXPRESSION:
-        return None
-    if isinstance(default, bool):
-        return None if isinstance(value, bool) else f"takes true or false, got {value!r}"
-    if isinstance(default, int):
-        low = 1 if name in AT_LEAST_ONE else 0
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-        return None if ok else f"takes an integer >= {low} (default {default}), got {value!r}"
-    if isinstance(default, float):
-        ok = _is_number(value) and value > 0
-        return None if ok else f"takes a positive number (default {default}), got {value!r}"
-    if isinstance(default, str):
-        return None if isinstance(value, str) and value else f"takes a non-empty string (default {default!r}), got {value!r}"
-    return None if isinstance(value, type(default)) else f"takes a {type(default).__name__}, got {value!r}"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _device_problem(device: str) -> str | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    count = torch.cuda.device_count()
-    index = int(device.partition(":")[2] or 0)
-    if index >= count:
-        return f"asks for {device!r}, but torch sees {count} GPU(s) here; use 'auto' or 'cpu'"
-    return None
+def declared_parameters(notebook: str) -> dict[str, parameters.Parameter]:
+    """A notebook's parameters by name, from its schema (lib/parameters.py; its parameters cell is generated from it)."""
+    return parameters.SCHEMAS[notebook].by_name
 
 
 def _check_name(value: object, where: str) -> str:
@@ -256,7 +110,7 @@ def _check_one(nb: str, key: str, value: object, where: str) -> None:
                             f"(it has {', '.join(declared)})")
     if key in WIRED:
         raise PipelineError(f"{where}: set by the pipeline; use {WIRED[key]} instead")
-    problem = check_parameter(key, value, declared[key])
+    problem = parameters.problem(nb, key, value)
     if problem:
         raise PipelineError(f"{where}: {problem}")
 
@@ -364,7 +218,7 @@ def prepare(config_path: Path | str, data_dir: str | None = None, pretrained: st
     _check_kernel(kernel)
     params = merged_parameters(config, overrides)
     for nb in notebooks:
-        for key in PATHS_THAT_EXIST:
+        for key in [p.name for p in parameters.SCHEMAS[nb].parameters if p.kind.path == "exists"]:
             if params[nb].get(key) is not None:
                 given = params[nb][key]  # model_dir may list several folders (an ensemble)
                 found = [paths.resolve_path(v) for v in (given if isinstance(given, list) else [given])]
@@ -448,14 +302,15 @@ def _check_data(root: Path, params: dict[str, dict], notebooks: tuple[str, ...])
     tests = {n: g for n, g in groups.items() if g.split == "test"}
     for nb in notebooks:
         p = params[nb]
-        wanted = {"groups": list(groups), "train_groups": labelled, "test_groups": list(tests), "val_group": labelled}
-        for key, allowed in wanted.items():
-            value = p.get(key, _default(nb, key))
-            if key not in declared_parameters(nb) or value is None or value is _EXPRESSION:
+        among = {"any": list(groups), "labelled": labelled, "test": list(tests)}
+        for parameter in parameters.SCHEMAS[nb].parameters:
+            value = p.get(parameter.name, parameter.default)
+            if parameter.kind.groups is None or value is None:
                 continue
+            allowed = among[parameter.kind.groups]
             for group in [value] if isinstance(value, str) else value:
                 if group not in allowed:
-                    raise PipelineError(f"{nb}'s {key}: {group!r} is not a group with "
+                    raise PipelineError(f"{nb}'s {parameter.name}: {group!r} is not a group with "
                                         f"{'labels' if allowed is labelled else 'slices'} in {root}"
                                         f"{suggestion(group, allowed)} (there: {', '.join(allowed) or 'none'})")
     if "03_infer" in notebooks:
@@ -478,7 +333,7 @@ def _check_data(root: Path, params: dict[str, dict], notebooks: tuple[str, ...])
 
 
 def _default(nb: str, key: str) -> object:
-    return declared_parameters(nb).get(key)
+    return declared_parameters(nb)[key].default
 
 
 # --- the run folder: never replaced before the new run has finished --------------------------------------
