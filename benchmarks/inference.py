@@ -324,19 +324,19 @@ def worker(spec: dict) -> dict:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        if spec.get("fp32_buffers"):  # as tests/test_inference.py: float32 accumulators instead of float16
+        if spec.get("fp32_buffers"):  # as tests/test_predictor.py: float32 accumulators instead of float16
             torch.half = torch.float32
 
         manager = PlansManager(plans)
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=spec["tta"],
-                                    perform_everything_on_device=device.type == "cuda", device=device,
-                                    allow_tqdm=spec["progress"])
-        predictor.manual_initialization(network, manager, manager.get_configuration("3d_fullres"),
-                                        [network.state_dict()],
-                                        {"channel_names": {"0": "CT"}, "labels": {"background": 0, "vessel": 1},
-                                         "file_ending": ".tif"}, "bench", model.mirror_axes)
-        _, probs = predictor.predict_single_npy_array(volume[None], {"spacing": [spec["spacing_mm"]] * 3},
-                                                      None, None, True)
+        nnunet = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=spec["tta"],
+                                 perform_everything_on_device=device.type == "cuda", device=device,
+                                 allow_tqdm=spec["progress"])
+        nnunet.manual_initialization(network, manager, manager.get_configuration("3d_fullres"),
+                                     [network.state_dict()],
+                                     {"channel_names": {"0": "CT"}, "labels": {"background": 0, "vessel": 1},
+                                      "file_ending": ".tif"}, "bench", model.mirror_axes)
+        _, probs = nnunet.predict_single_npy_array(volume[None], {"spacing": [spec["spacing_mm"]] * 3},
+                                                   None, None, True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -523,7 +523,7 @@ def run_comparison(args, device: str, shape: tuple[int, int, int], tta: bool, wa
           f"mean {diffs['mean_abs_diff']:.2e}, median {diffs['median_abs_diff']:.1e}, "
           f"99.9th pct {diffs['p99_9_abs_diff']:.1e}, share > 1e-2: {diffs['share_above_1e-2']:.1e}")
     if args.fp32_reference:
-        print(f"  |p_ours - p_nnUNetPredictor with float32 buffers| (torch.half patched, as tests/test_inference.py): "
+        print(f"  |p_ours - p_nnUNetPredictor with float32 buffers| (torch.half patched, as tests/test_predictor.py): "
               f"max {diffs['fp32_max_abs_diff']:.2e}, mean {diffs['fp32_mean_abs_diff']:.2e}: the rest is the "
               f"float16 accumulation of the shipped predictor")
     out = {"shape": list(shape), "configuration": args.configuration, "tta": tta, "tile_step": 0.5,

@@ -42,13 +42,13 @@ def nnunet_predictor_probabilities(model: predictor.Model, vol: np.ndarray, tta:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     manager = PlansManager(model.plans)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
-                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
-    predictor.manual_initialization(model.network, manager, manager.get_configuration("3d_fullres"),
-                                    [model.network.state_dict()], {"channel_names": {"0": "CT"},
-                                    "labels": {"background": 0, "vessel": 1}, "file_ending": ".tif"},
-                                    "test", model.mirror_axes)
-    _, probs = predictor.predict_single_npy_array(vol[None], {"spacing": [1.0, 1.0, 1.0]}, None, None, True)
+    nnunet = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
+                             perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    nnunet.manual_initialization(model.network, manager, manager.get_configuration("3d_fullres"),
+                                 [model.network.state_dict()], {"channel_names": {"0": "CT"},
+                                 "labels": {"background": 0, "vessel": 1}, "file_ending": ".tif"},
+                                 "test", model.mirror_axes)
+    _, probs = nnunet.predict_single_npy_array(vol[None], {"spacing": [1.0, 1.0, 1.0]}, None, None, True)
     return probs[1]
 
 

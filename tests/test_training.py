@@ -137,15 +137,15 @@ def test_fine_tunes_from_a_converted_v1_archive(synthetic_tiny: Path, tmp_path: 
 
 def assert_nnunet_predictor_opens(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """nnU-Net's own predictor loads a trained model folder with no nnUNet_extTrainer set, and predicts what the
-    project's predictor predicts (float32 accumulation on both sides, as in tests/test_inference.py)."""
+    project's predictor predicts (float32 accumulation on both sides, as in tests/test_predictor.py)."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)
     monkeypatch.setattr(torch, "half", torch.float32)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
-    assert predictor.trainer_name == "nnUNetTrainer"
+    nnunet = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                             perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    nnunet.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    assert nnunet.trainer_name == "nnUNetTrainer"
     assert torch.load(model_dir / "fold_0" / "checkpoint_final.pth", weights_only=False)["fine_tuned_with"].endswith(
         "FineTuneTrainer")
     model = predictor.load_model(model_dir, "cpu")
@@ -153,7 +153,7 @@ def assert_nnunet_predictor_opens(model_dir: Path, monkeypatch: pytest.MonkeyPat
     (bound,), _ = predictor.for_kidney([model], predictor.ArrayGroup("check", vol))
     # A "kidney" model folder has nnU-Net's NoNormalization: its predictor expects the kidney already normalised.
     given = vol if model.normalisation == "dataset" else predictor.normalize(vol, bound.intensity)
-    _, theirs = predictor.predict_single_npy_array(given[None], {"spacing": list(model.spacing_mm)}, None, None, True)
+    _, theirs = nnunet.predict_single_npy_array(given[None], {"spacing": list(model.spacing_mm)}, None, None, True)
     slices = (predictor.normalize(s, bound.intensity) for s in vol)
     mine = np.stack(list(predictor.sliding_window(model, slices, vol.shape, tta=False)))
     assert np.abs(mine - theirs[1]).max() < 1e-4

@@ -17,19 +17,19 @@ otherwise deadlock in its first matrix product (e.g. the second round of a pseud
 """
 from __future__ import annotations
 
-import itertools
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
-from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from tqdm.auto import tqdm
 
 from lib.training import losses
@@ -98,18 +98,24 @@ class FineTuneTrainer(nnUNetTrainer):
         self.loss.eval()
 
     def get_dataloaders(self):
-        """nnU-Net's loaders, its unseeded `NonDetMultiThreadedAugmenter` replaced (while nnU-Net builds them) by
-        batchgenerators' `MultiThreadedAugmenter` with seeded workers and a fixed batch order."""
-        built = itertools.count()
-
-        def seeded(data_loader, transform, num_processes, num_cached, seeds, pin_memory, wait_time):
-            base = self.seed * 1000 + 500 * next(built)  # training loader, then validation loader
-            return MultiThreadedAugmenter(WorkerLoader(data_loader, base), transform, num_processes, num_cached,
-                                          seeds=[base + i for i in range(num_processes)], pin_memory=pin_memory,
-                                          wait_time=wait_time)
-
-        with mock.patch.object(nnunet_trainer_module, "NonDetMultiThreadedAugmenter", seeded):
+        """nnU-Net's loaders, built single-threaded (nnU-Net's own `nnUNet_n_proc_DA=0`: no unseeded worker starts),
+        then served by batchgenerators' `MultiThreadedAugmenter` with seeded workers and a fixed batch order, sized
+        as nnU-Net sizes its own."""
+        processes = get_allowed_n_proc_DA()
+        if processes == 0:
             return super().get_dataloaders()
+        with _environment(nnUNet_n_proc_DA="0"):
+            single_train, single_val = super().get_dataloaders()  # nnU-Net draws one batch from each: main process
+        pin = self.device.type == "cuda"
+        train = self._seeded(single_train.data_loader, 0, processes, max(6, processes // 2), pin)
+        val = self._seeded(single_val.data_loader, 1, max(1, processes // 2), max(3, processes // 4), pin)
+        next(train), next(val)  # as nnU-Net does: workers started, the first batches drawn
+        return train, val
+
+    def _seeded(self, loader, which: int, processes: int, cached: int, pin: bool) -> MultiThreadedAugmenter:
+        base = self.seed * 1000 + 500 * which  # training loader, then validation loader
+        return MultiThreadedAugmenter(WorkerLoader(loader, base), None, processes, cached,
+                                      seeds=[base + i for i in range(processes)], pin_memory=pin, wait_time=0.002)
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
@@ -147,6 +153,21 @@ class FineTuneTrainer(nnUNetTrainer):
     def on_train_end(self):
         self._epochs_bar.close()
         super().on_train_end()
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """These environment variables set for the block, then restored."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class WorkerLoader:
