@@ -83,6 +83,26 @@ class Settings:
     rule: ThresholdRule
     threshold: float | None
     runtime_plan: pd.DataFrame | None = None
+    tile_step: float = 0.5
+    resample: bool = True
+
+    def describe(self, tests: Mapping[str, data.Group]) -> str:
+        """The models, test kidneys, rule, TTA, devices and normalisation in a few Markdown lines."""
+        models = [f"- model `{m.model_dir}` (epoch {m.checkpoint.get('epoch')}), patch {m.patch_size}, spacing "
+                  f"{m.spacing_mm} mm" for m in self.models]
+        kidneys = ", ".join(f"{n} {g.shape}" for n, g in tests.items())
+        return "\n".join([*models, f"- test kidneys: {kidneys}; threshold rule: {self.rule}; tta: {self.tta}; "
+                           f"devices: {', '.join(map(str, self.devices))}",
+                           f"- **normalisation: {self.models[0].normalisation}** (raw intensities per kidney below; "
+                           '"kidney" clips and z-scores each by its own)'])
+
+    def to_json(self) -> dict:
+        """What a run predicted with, as saved beside its outputs (inference_settings.json)."""
+        rule = self.rule.kind if self.rule.value is None else \
+            ("top:" if self.rule.kind == "top" else "") + f"{self.rule.value:g}"
+        return {"models": [str(d) for d in self.model_dirs], "tta": self.tta, "devices": [str(d) for d in self.devices],
+                "threshold_rule": rule, "threshold": self.threshold, "tile_step": self.tile_step,
+                "resample": self.resample, "normalisation": self.models[0].normalisation}
 
     @property
     def worker_devices(self) -> list[str] | None:
@@ -105,7 +125,7 @@ def prepare(model_dir: str | Path | Sequence[str | Path] | None, threshold: floa
         table, chosen, _ = inference_budget.plan(models, budget_hours, len(targets), tile_step, resample)
         mode, models, dirs = str(chosen.tta), models[:int(chosen.models)], dirs[:int(chosen.models)]
     stored = postprocess.decide_threshold(rule, None, dirs) if rule.kind == "model" else None
-    return Settings(models, dirs, mode, targets, rule, stored, table)
+    return Settings(models, dirs, mode, targets, rule, stored, table, tile_step, resample)
 
 
 def intensity_table(models: Sequence[predictor.Model], groups: Mapping[str, data.Group], progress: bool = True
@@ -128,6 +148,87 @@ def tune_threshold(model: predictor.Model | Sequence[predictor.Model], group: da
                                     tta, resample, overwrite=True, progress=progress, devices=devices)
     curve = postprocess.threshold_curve(probs, group, postprocess.threshold_grid(rule), progress=progress)
     return Tuning(curve, postprocess.decide_threshold(rule, curve), time.perf_counter() - start, probs)
+
+
+def choose_threshold(settings: Settings, val: data.Group | None, scratch: Path, progress: bool = True
+                     ) -> tuple[float | None, Tuning | None]:
+    """The cut for every kidney: the models' stored one (rule "model"), or the rule's on `val` predicted here like a
+    test kidney ("tune"; a fixed cut gets its curve too); None for a top fraction (decided per kidney)."""
+    tuning = None
+    if val is not None and settings.rule.kind in ("tune", "fixed"):
+        tuning = tune_threshold(settings.models, val, settings.rule, scratch, settings.tile_step, settings.tta,
+                                settings.resample, progress, settings.worker_devices)
+    if settings.rule.kind == "model":
+        return settings.threshold, tuning
+    return postprocess.decide_threshold(settings.rule, tuning.curve if tuning else None), tuning
+
+
+def threshold_verdict(curve: pd.DataFrame, chosen: float, tuned_here: bool) -> str | None:
+    """One Markdown line: the validation surface Dice at the chosen cut against the argmax (0.5), when the curve
+    has the cut."""
+    at = curve.set_index("threshold")["surface_dice"]
+    if chosen not in at.index:
+        return None
+    verdict = "equals" if chosen == 0.5 else ("beats" if at[chosen] > at[0.5] else "does not beat")
+    source = "predicted here" if tuned_here else "stored with the model"
+    return (f"Validation surface Dice ({source}) at the chosen threshold {chosen:.2f}: **{at[chosen]:.4f}**; at 0.5 "
+            f"(argmax): **{at[0.5]:.4f}**. The chosen threshold {verdict} the argmax.")
+
+
+@dataclass
+class Validation:
+    """One trained model folder tuned on the validation group (notebook 02's last step): its curve and cut, the cut
+    stored in the folder's threshold.json for notebook 03's rule "model"."""
+
+    name: str  # "final", or the second folder's name (the best checkpoint)
+    model_dir: Path
+    tuning: Tuning
+
+    def at(self, column: str, cut: float | None = None) -> float:
+        """`column` ("surface_dice" or "dice") of the curve at `cut` (default: the stored cut)."""
+        return float(self.tuning.curve.set_index("threshold")[column][self.tuning.threshold if cut is None else cut])
+
+    def markdown(self, val_group: str) -> str:
+        cut = self.tuning.threshold
+        return (f"**Validation of {self.name} ({val_group}): surface Dice {self.at('surface_dice'):.4f} at the stored "
+                f"threshold {cut:.2f}** (Dice {self.at('dice'):.4f}); at 0.5 (argmax): {self.at('surface_dice', 0.5):.4f}")
+
+
+def trained_model_dirs(model_dir: Path) -> list[Path]:
+    """A training's model folders: the final model and, when its weights differ, the best checkpoint's."""
+    second = predictor.checkpoint_model_dir(model_dir, "checkpoint_best.pth")
+    return [Path(model_dir)] + ([second] if second is not None else [])
+
+
+def validate(model_dirs: Sequence[Path], val: data.Group, folder: Path, device: str = "auto",
+             tta: bool | str = False) -> list[Validation]:
+    """Each model folder predicted on `val` like a test kidney and tuned with the leaderboard metric; each cut
+    stored in its folder's threshold.json."""
+    validations = []
+    for k, model_dir in enumerate(model_dirs):
+        name = model_dir.name if k else "final"
+        model = predictor.load_model(model_dir, device)
+        tuning = tune_threshold(model, val, ThresholdRule("tune"), Path(folder) / name, tta=tta)
+        postprocess.save_threshold(model_dir, tuning.curve, tuning.threshold, val.name, {"tta": tta, "model": name})
+        validations.append(Validation(name, model_dir, tuning))
+    return validations
+
+
+def training_summary(settings: fine_tune.TrainSettings, result: fine_tune.TrainResult, model_dirs: Sequence[Path],
+                     validations: Sequence[Validation]) -> dict:
+    """What notebook 02 writes to train_summary.json (the pipeline reads the validation score from it)."""
+    summary = {"model_dir": str(result.model_dir), "model_dirs": [str(d) for d in model_dirs],
+               "from_scratch": settings.pretrained is None, "configuration": settings.configuration,
+               "epochs": settings.epochs, "training_seconds": result.seconds}
+    if validations:
+        first = validations[0]
+        summary.update({"val_group": settings.val_group, "val_surface_dice": first.at("surface_dice"),
+                        "val_dice": first.at("dice"), "val_threshold": float(first.tuning.threshold),
+                        "val_surface_dice_at_0.5": first.at("surface_dice", 0.5)})
+    for v in validations[1:]:
+        summary["second_model"] = {"model_dir": str(v.model_dir), "val_threshold": float(v.tuning.threshold),
+                                   "val_surface_dice": v.at("surface_dice")}
+    return summary
 
 
 def predict_kidneys(model: predictor.Model | Sequence[predictor.Model], groups: Mapping[str, data.Group],
@@ -196,21 +297,24 @@ def predict_submission(model_dir: str | Path | Sequence[str | Path] | None, data
     out.mkdir(parents=True, exist_ok=True)
     if settings.runtime_plan is not None:
         settings.runtime_plan.to_csv(out / "runtime_plan.csv", index=False)
-    tuning = None
-    if val_group and settings.rule.kind in ("tune", "fixed"):
-        tuning = tune_threshold(settings.models, groups[val_group], settings.rule, out, tile_step, settings.tta,
-                                resample, devices=settings.worker_devices)
-    chosen = settings.threshold if settings.rule.kind == "model" else \
-        postprocess.decide_threshold(settings.rule, tuning.curve if tuning else None)
+    chosen, tuning = choose_threshold(settings, groups[val_group] if val_group else None, out)
     kidneys = list(predict_kidneys(settings.models, tests, settings.rule, chosen, out, min_component_size, tile_step,
                                    settings.tta, resample, devices=settings.worker_devices))
     target = paths.resolve_path(submission_file) if submission_file else out / "submission.csv"
     submission.write_submission(rows(kidneys), target, root / "sample_submission.csv")
-    result = {"threshold_rule": str(threshold), "threshold": chosen, "tta": settings.tta,
-              "models": [str(d) for d in settings.model_dirs], "submission": str(target),
-              "per_kidney": kidney_table(kidneys).reset_index().to_dict("records"),
-              "test_score": score(root, target, list(tests))}
+    return scores_record(settings, chosen, kidney_table(kidneys), target, tuning, score(root, target, list(tests)))
+
+
+def scores_record(settings: Settings, chosen: float | None, per_kidney: pd.DataFrame, target: Path,
+                  tuning: Tuning | None, test_score: dict | None) -> dict:
+    """What notebook 03 writes to scores.json: settings, threshold, timings, per-kidney rows, the validation curve
+    (predicted here or stored by notebook 02) and the test score when the data root has a solution."""
+    timings = ({"validation": tuning.seconds} if tuning else {}) | per_kidney["seconds"].to_dict()
+    result = {**settings.to_json(), "threshold": chosen, "timings_seconds": timings,
+              "per_kidney": per_kidney.reset_index().to_dict("records"), "submission": str(target)}
     curve = tuning.curve if tuning is not None else stored_curve(settings.model_dirs)
     if curve is not None:
         result["validation_curve"] = curve.to_dict("records")
+    if test_score is not None:
+        result["test_score"] = test_score
     return result

@@ -25,6 +25,22 @@ def ensure_data(data_dir: str | Path) -> Path:
     raise FileNotFoundError(f"{root}: competition root not found (set data_dir, or SENNET_DATA_DIR)")
 
 
+def training_notes(root: Path, configuration: str, pretrained: str | None) -> str:
+    """What notebook 02 says before training: synthetic data, from scratch or not, the tiny network."""
+    notes = []
+    if (root / "synthetic.json").is_file():
+        notes.append(f"**SYNTHETIC data** (`{root}`): procedural kidneys, not HiP-CT scans; "
+                     "scores say nothing about the leaderboard.")
+    if pretrained is None:
+        notes.append("**No hepatic checkpoint given: training FROM SCRATCH.** This is not the seed's transfer-learning "
+                     "recipe.")
+    else:
+        notes.append(f"Initialising from `{pretrained}`.")
+    if configuration == "tiny":
+        notes.append("**`tiny` configuration**: a small network for CPU demos and tests, not the seed's recipe.")
+    return "\n\n".join(notes)
+
+
 def live_frontend() -> bool:
     """True inside a Jupyter kernel driven by an interactive frontend (widgets can be used).
 

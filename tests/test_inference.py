@@ -60,6 +60,8 @@ def test_predict_submission_from_a_script(synthetic_tiny: Path, model_dir: Path,
         assert row["threshold"] > 0
     assert set(result["test_score"]["per_image"]) == set(tests)  # synthetic data ships a solution.csv
     assert "validation_curve" not in result and result["threshold"] is None
+    assert result["threshold_rule"] == "top:0.02" and result["tile_step"] == 0.5 and result["devices"] == ["cpu"]
+    assert set(result["timings_seconds"]) == set(tests)  # one prediction time per kidney, no validation
     masks = {n: np.load(tmp_path / "infer" / "masks" / f"{n}.npy", mmap_mode="r") for n in tests}
     assert all(m.shape == tests[n].shape for n, m in masks.items())
 
@@ -84,6 +86,15 @@ def test_stored_threshold_is_used_without_a_validation_group(synthetic_tiny: Pat
     assert all(row["threshold"] == 0.55 for row in result["per_kidney"])
     # An ensemble's stored threshold is the mean of its members'.
     assert postprocess.stored_threshold([stored, stored]) == pytest.approx(0.55)
+
+
+def test_threshold_verdict_compares_the_cut_with_the_argmax() -> None:
+    curve = pd.DataFrame({"threshold": [0.3, 0.5, 0.7], "surface_dice": [0.4, 0.5, 0.6], "dice": [0.3, 0.4, 0.5]})
+    assert inference.threshold_verdict(curve, 0.7, tuned_here=True).endswith("The chosen threshold beats the argmax.")
+    assert "(stored with the model)" in inference.threshold_verdict(curve, 0.3, tuned_here=False)
+    assert "does not beat" in inference.threshold_verdict(curve, 0.3, tuned_here=False)
+    assert "equals" in inference.threshold_verdict(curve, 0.5, tuned_here=True)
+    assert inference.threshold_verdict(curve, 0.65, tuned_here=True) is None  # not on the curve: nothing to say
 
 
 def test_bad_settings_fail_before_prediction(model_dir: Path) -> None:
