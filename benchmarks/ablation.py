@@ -113,7 +113,7 @@ def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict,
     records = []
     for resample in resampling:
         clock = RunningClock()
-        scores = inference.predict_submission(model_dir, scored, out / f"infer_resample_{resample}", "tune",
+        scores = inference.predict_submission(model_dir, scored, out / f"infer_resample_{resample}", threshold="tune",
                                           tta=False, resample=resample, device="cpu")
         chosen = next(c for c in scores["validation_curve"] if c["threshold"] == scores["threshold"])
         if resample:  # the project's default inference: store its cut as notebook 02 does (benchmarks/tta_table.py)

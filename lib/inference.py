@@ -2,10 +2,9 @@
 model, or tuned on a labelled group), predict every test kidney into submission rows, write and score
 `submission.csv`.
 
-    dirs = inference.locate_models(None)  # or a list of model folders: an ensemble
-    models = predictor.load_models(dirs)
-    threshold = postprocess.decide_threshold(rule, None, dirs)  # threshold="model": notebook 02's stored cut
-    kidneys = list(inference.predict_kidneys(models, tests, rule, threshold, scratch))
+    settings = inference.prepare(None, "model", tta="axes")  # the model found as notebook 03 finds it; or a list
+    chosen, _ = inference.choose_threshold(settings, None, scratch)  # "model": notebook 02's stored cut
+    kidneys = list(inference.predict_kidneys(settings, tests, chosen, scratch))
     submission.write_submission(inference.rows(kidneys), "submission.csv", root / "sample_submission.csv")
 
 or all of it in one call: `inference.predict_submission(model_dir, data_dir, out_dir)`. Every kidney is streamed
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import data, inference_budget, inputs, metric, normalisation, paths, postprocess, predictor, submission
+from lib import data, inference_budget, inputs, metric, normalisation, parameters, paths, postprocess, predictor, submission
 from lib.postprocess import ThresholdRule
 from lib.training import fine_tune
 
@@ -231,18 +230,17 @@ def training_summary(settings: fine_tune.TrainSettings, result: fine_tune.TrainR
     return summary
 
 
-def predict_kidneys(model: predictor.Model | Sequence[predictor.Model], groups: Mapping[str, data.Group],
-                    rule: ThresholdRule, threshold: float | None, scratch: Path, min_component_size: int = 0,
-                    tile_step: float = 0.5, tta: bool | str = True, resample: bool = True, progress: bool = True,
-                    devices: Sequence[str] | None = None) -> Iterator[KidneyPrediction]:
+def predict_kidneys(settings: Settings, groups: Mapping[str, data.Group], threshold: float | None, scratch: Path,
+                    min_component_size: int = 0, progress: bool = True) -> Iterator[KidneyPrediction]:
     """Predict, binarise (at `threshold`, or per kidney for a top-fraction rule), drop small components and
     encode every kidney, one at a time (the caller can plot each before the next starts)."""
     scratch = Path(scratch)
     for name, group in groups.items():
         start = time.perf_counter()
-        probs = predictor.predict_group(model, group, scratch / "probabilities" / f"{name}.npy", tile_step, tta,
-                                        resample, overwrite=True, progress=progress, devices=devices)
-        cut = threshold if threshold is not None else postprocess.top_fraction_threshold(probs, rule.value)
+        probs = predictor.predict_group(settings.models, group, scratch / "probabilities" / f"{name}.npy",
+                                        settings.tile_step, settings.tta, settings.resample, overwrite=True,
+                                        progress=progress, devices=settings.worker_devices)
+        cut = threshold if threshold is not None else postprocess.top_fraction_threshold(probs, settings.rule.value)
         mask, stats = postprocess.segment(probs, cut, scratch / "masks" / f"{name}.npy", min_component_size,
                                           progress=progress)
         rows = submission.group_rows(group, mask)
@@ -281,26 +279,29 @@ def stored_curve(model_dirs: Sequence[Path]) -> pd.DataFrame | None:
 
 
 def predict_submission(model_dir: str | Path | Sequence[str | Path] | None, data_dir: str | Path,
-                       out_dir: str | Path, threshold: float | str = "model", val_group: str | None = "kidney_3_dense",
-                       test_groups: Sequence[str] | None = None, min_component_size: int = 0,
-                       tta: bool | str = True, resample: bool = True, tile_step: float = 0.5, device: str = "auto",
-                       submission_file: str | Path | None = None, devices: Sequence[str] | None = None,
-                       budget_hours: float = 9.0) -> dict:
+                       out_dir: str | Path, **options: object) -> dict:
     """Notebook 03 without the figures: threshold, every test kidney, `submission.csv`, and its score when the
-    data root has a solution. Returns what notebook 03 writes to scores.json."""
+    data root has a solution. `options` are notebook 03's other parameters (lib.parameters; its defaults, checked
+    as the notebook checks them). Returns what notebook 03 writes to scores.json."""
+    schema = parameters.SCHEMAS["03_infer"].by_name
+    unknown = sorted(set(options) - set(schema) | set(options) & {"data_dir", "model_dir", "output_dir"})
+    if unknown:
+        raise TypeError(f"predict_submission: no option {unknown[0]!r}{parameters.suggestion(unknown[0], schema)}")
+    o = {name: p.default for name, p in schema.items()} | options
+    parameters.check("03_infer", o | {"data_dir": str(data_dir), "model_dir": model_dir, "output_dir": str(out_dir)})
     root, out = paths.resolve_path(data_dir), paths.resolve_path(out_dir)
     groups = data.discover(root)
-    tests = data.select_groups({n: g for n, g in groups.items() if g.split == "test"}, test_groups)
+    tests = data.select_groups({n: g for n, g in groups.items() if g.split == "test"}, o["test_groups"])
     submission.expected_ids(root, tests)  # no test slice or a bad sample_submission.csv: fail before the model loads
-    settings = prepare(model_dir, threshold, tta, device, devices, budget_hours, tile_step, resample)
+    settings = prepare(model_dir, o["threshold"], o["tta"], o["device"], o["devices"], o["budget_hours"],
+                       o["tile_step"], o["resample"])
     intensity_table(settings.models, tests, progress=False)  # a kidney without contrast: stop before predicting
     out.mkdir(parents=True, exist_ok=True)
     if settings.runtime_plan is not None:
         settings.runtime_plan.to_csv(out / "runtime_plan.csv", index=False)
-    chosen, tuning = choose_threshold(settings, groups[val_group] if val_group else None, out)
-    kidneys = list(predict_kidneys(settings.models, tests, settings.rule, chosen, out, min_component_size, tile_step,
-                                   settings.tta, resample, devices=settings.worker_devices))
-    target = paths.resolve_path(submission_file) if submission_file else out / "submission.csv"
+    chosen, tuning = choose_threshold(settings, groups[o["val_group"]] if o["val_group"] else None, out)
+    kidneys = list(predict_kidneys(settings, tests, chosen, out, o["min_component_size"]))
+    target = paths.resolve_path(o["submission_file"]) if o["submission_file"] else out / "submission.csv"
     submission.write_submission(rows(kidneys), target, root / "sample_submission.csv")
     return scores_record(settings, chosen, kidney_table(kidneys), target, tuning, score(root, target, list(tests)))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,12 +86,17 @@ def choice(options: Callable[[], tuple[str, ...]], sort: bool = False) -> Kind:
     return Kind(check)
 
 
+def _a_path(v: object) -> bool:
+    return isinstance(v, os.PathLike) or (isinstance(v, str) and bool(v))
+
+
 def path(exists: bool, list_ok: bool = False) -> Kind:
+    """A path (a string, or a Path from a script); `list_ok`: or a non-empty list of them."""
     def check(v: object, d: object) -> str | None:
-        if list_ok and isinstance(v, list):
-            return None if v and all(isinstance(p, str) and p for p in v) else \
+        if list_ok and isinstance(v, (list, tuple)):
+            return None if v and all(_a_path(p) for p in v) else \
                 f"takes a model folder or a list of them (an ensemble), got {v!r}"
-        return None if v is None or (isinstance(v, str) and v) else f"takes a path (or null), got {v!r}"
+        return None if v is None or _a_path(v) else f"takes a path (or null), got {v!r}"
     return Kind(check, path="exists" if exists else "any")
 
 

@@ -97,7 +97,12 @@ def test_threshold_verdict_compares_the_cut_with_the_argmax() -> None:
     assert inference.threshold_verdict(curve, 0.65, tuned_here=True) is None  # not on the curve: nothing to say
 
 
-def test_bad_settings_fail_before_prediction(model_dir: Path) -> None:
+def test_bad_settings_fail_before_prediction(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"tile_step: takes a number in \(0, 1\], got 2"):
+        inference.predict_submission(model_dir, tmp_path, tmp_path / "out", tile_step=2)  # notebook 03's schema
+    with pytest.raises(TypeError, match="no option 'thresold'; did you mean 'threshold'"):
+        inference.predict_submission(model_dir, tmp_path, tmp_path / "out", thresold=0.5)
+    assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="unknown tta 'sideways'"):
         inference.prepare(model_dir, 0.5, tta="sideways", device="cpu")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):

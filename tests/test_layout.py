@@ -1,7 +1,7 @@
 """The package's rooms follow the pipeline and imports only go down it (the README's file map).
 
 data -> normalisation -> metric -> model -> training | predictor -> postprocess -> submission -> inference_budget
--> inference | refine -> training_budget -> parameters -> explore -> notebook. tools/ (stand-ins and run tooling)
+-> parameters -> inference | refine -> training_budget -> explore -> notebook. tools/ (stand-ins and run tooling)
 sits above them all and lib never imports it.
 A module may import from its own room or from a lower layer; never from a higher layer, never sideways between
 two rooms of one layer (training and the predictor know nothing of each other). Lazy imports inside functions count.
@@ -27,9 +27,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("postprocess",),
     ("submission",),
     ("inference_budget",),  # projected hidden-test time per TTA choice and ensemble size
+    ("parameters",),  # each notebook's parameters: names, defaults, kinds, help (reads the rooms below lazily)
     ("inference", "refine"),  # notebook 03 as functions; training rounds on refined (pseudo-)labels
     ("training_budget",),  # notebook 02's stages projected within Kaggle's session
-    ("parameters",),  # each notebook's parameters: names, defaults, kinds, help (reads the rooms below lazily)
     ("explore",),
     ("notebook",),
 ]
