@@ -201,13 +201,41 @@ def summary(groups: dict[str, Group]) -> pd.DataFrame:
 
 
 def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, validate: bool) -> Group:
-    group_dir = root / split / name
     image_dir = root / split / IMAGES_FROM.get(name, name) / "images"
-    label_dir = group_dir / "labels"
+    label_dir = root / split / name / "labels"
     labels = _slice_files(label_dir) if label_dir.is_dir() else None
-    if name in IMAGES_FROM:  # labels only: take the images with the same slice numbers
+    images = _image_files(root / split / name, image_dir, name, labels)
+    numbers = tuple(images)
+    if split == "test" and numbers[0] != 0:
+        raise DataError(f"{image_dir}: first slice is {numbers[0]:04d}.tif, but test slices are numbered from "
+                        f"0000 (the submission needs every slice; is 0000.tif missing?)")
+    if labels is not None and list(labels) != list(numbers):
+        raise DataError(f"{label_dir}: {len(labels)} label slices ({_span(labels)}) do not match "
+                        f"the {len(numbers)} image slices ({_span(numbers)}) in {image_dir}")
+    ids = [f"{name}_{n:04d}" for n in numbers]
+    label_rles = _label_rles(root, name, ids, rles) if labels is None and split == "train" and rles is not None \
+        else None
+    first = slice_header(images[numbers[0]])
+    rle_file = root / "train_rles.csv" if label_rles is not None else None
+    if validate:
+        _check_slices(first, list(images.values()), list(labels.values()) if labels else [])
+        for slice_id, text in zip(ids, label_rles or ()):
+            try:
+                rle.runs(text, first.shape[0] * first.shape[1])
+            except rle.RLEError as e:
+                raise DataError(f"{rle_file}: id {slice_id} (slice {first.shape[0]}x{first.shape[1]}): {e}") from None
+    return Group(
+        name=name, split=split, slices=numbers, image_files=tuple(images.values()),
+        label_files=tuple(labels.values()) if labels is not None else None, label_rles=label_rles, rle_file=rle_file,
+        height=first.shape[0], width=first.shape[1], dtype=first.dtype,
+    )
+
+
+def _image_files(group_dir: Path, image_dir: Path, name: str, labels: dict[int, Path] | None) -> dict[int, Path]:
+    """Slice number -> image file of a group; a labels-only group takes the slices of its labels' numbers."""
+    if name in IMAGES_FROM:
         if not labels:
-            raise DataError(f"{label_dir}: {name} ships labels only, but no label slices were found")
+            raise DataError(f"{group_dir / 'labels'}: {name} ships labels only, but no label slices were found")
         all_images = _slice_files(image_dir)
         missing = [n for n in labels if n not in all_images]
         if missing:
@@ -220,53 +248,34 @@ def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, valid
         if not images:
             raise DataError(f"{image_dir}: group folder has no image slices")
     _check_contiguous(image_dir, images)
-    numbers = tuple(images)
-    if split == "test" and numbers[0] != 0:
-        raise DataError(f"{image_dir}: first slice is {numbers[0]:04d}.tif, but test slices are numbered from "
-                        f"0000 (the submission needs every slice; is 0000.tif missing?)")
+    return images
 
-    label_rles = None
-    if labels is not None:
-        if list(labels) != list(numbers):
-            raise DataError(f"{label_dir}: {len(labels)} label slices ({_span(labels)}) do not match "
-                            f"the {len(numbers)} image slices ({_span(numbers)}) in {image_dir}")
-    elif split == "train" and rles is not None:
-        ids = [f"{name}_{n:04d}" for n in numbers]
-        present = [i in rles.index for i in ids]
-        if any(present):
-            if not all(present):
-                raise DataError(f"{root / 'train_rles.csv'}: {name} has {sum(present)} RLE rows "
-                                f"for {len(ids)} image slices, e.g. {ids[present.index(False)]} is missing")
-            label_rles = tuple(rles.loc[ids].tolist())
 
-    first = slice_header(images[numbers[0]])
-    rle_file = root / "train_rles.csv" if label_rles is not None else None
-    if label_rles is not None and validate:
-        for slice_id, text in zip(ids, label_rles):
-            try:
-                rle.runs(text, first.shape[0] * first.shape[1])
-            except rle.RLEError as e:
-                raise DataError(f"{rle_file}: id {slice_id} (slice {first.shape[0]}x{first.shape[1]}): {e}") from None
-    if validate:
-        files = list(images.values()) + (list(labels.values()) if labels else [])
-        with ThreadPoolExecutor(READ_THREADS) as pool:
-            headers = list(pool.map(slice_header, files))
-        image_headers, label_headers = headers[:len(images)], headers[len(images):]
-        for path, h in zip(files, image_headers):
-            if h.shape != first.shape:
-                raise DataError(f"{path}: slice shape {h.shape} differs from {first.shape} of the first slice")
-            if h.dtype != first.dtype:
-                raise DataError(f"{path}: dtype {h.dtype} differs from {first.dtype} of the first slice")
-        for path, h in zip(files[len(images):], label_headers):
-            if h.shape != first.shape:
-                raise DataError(f"{path}: label shape {h.shape} differs from the image shape {first.shape}")
-            if h.dtype != np.uint8:
-                raise DataError(f"{path}: label dtype {h.dtype}, expected uint8 with values 0 and 255")
-    return Group(
-        name=name, split=split, slices=numbers, image_files=tuple(images.values()),
-        label_files=tuple(labels.values()) if labels is not None else None, label_rles=label_rles, rle_file=rle_file,
-        height=first.shape[0], width=first.shape[1], dtype=first.dtype,
-    )
+def _label_rles(root: Path, name: str, ids: list[str], rles: pd.Series) -> tuple[str, ...] | None:
+    """The group's rows of train_rles.csv (all of its slices or none of them), or None."""
+    present = [i in rles.index for i in ids]
+    if not any(present):
+        return None
+    if not all(present):
+        raise DataError(f"{root / 'train_rles.csv'}: {name} has {sum(present)} RLE rows "
+                        f"for {len(ids)} image slices, e.g. {ids[present.index(False)]} is missing")
+    return tuple(rles.loc[ids].tolist())
+
+
+def _check_slices(first, images: list[Path], labels: list[Path]) -> None:
+    """Every slice's header against the first image's shape and dtype; labels uint8 (read in threads)."""
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        headers = list(pool.map(slice_header, images + labels))
+    for path, h in zip(images, headers):
+        if h.shape != first.shape:
+            raise DataError(f"{path}: slice shape {h.shape} differs from {first.shape} of the first slice")
+        if h.dtype != first.dtype:
+            raise DataError(f"{path}: dtype {h.dtype} differs from {first.dtype} of the first slice")
+    for path, h in zip(labels, headers[len(images):]):
+        if h.shape != first.shape:
+            raise DataError(f"{path}: label shape {h.shape} differs from the image shape {first.shape}")
+        if h.dtype != np.uint8:
+            raise DataError(f"{path}: label dtype {h.dtype}, expected uint8 with values 0 and 255")
 
 
 def _slice_files(folder: Path) -> dict[int, Path]:
