@@ -55,6 +55,36 @@ def stage_plan(patch_size: Sequence[int], spacing: Sequence[float], median_shape
     }
 
 
+def _task008_cases(spacing: Sequence[float], median_shape: np.ndarray, num_cases: int
+                   ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Per-case spacings and sizes whose medians are exactly `spacing` and `median_shape` (odd count, symmetric
+    jitter along z), and the case names."""
+    rng = np.random.default_rng(8)
+    n = num_cases if num_cases % 2 else num_cases + 1
+    factors = np.exp(np.linspace(-0.4, 0.4, n))
+    spacings = [np.array(spacing, dtype=np.float64) * np.array([f, 1.0, 1.0]) for f in rng.permutation(factors)]
+    sizes = [np.round(median_shape * np.array([1 / f, 1.0, 1.0])).astype(int) for f in rng.permutation(factors)]
+    return spacings, sizes, [f"hepaticvessel_{i:03d}" for i in range(n)]
+
+
+def _task008_dataset_properties(sizes: list, spacings: list, cases: list[str]) -> dict:
+    """v1 `dataset_properties` with plausible liver-CT intensity statistics (not the real, unpublished ones)."""
+    intensity = OrderedDict({0: OrderedDict([
+        ("local_props", OrderedDict()),
+        ("median", np.float64(147.0)), ("mean", np.float64(143.6)), ("sd", np.float64(56.2)),
+        ("mn", np.float64(-386.0)), ("mx", np.float64(1326.0)),
+        ("percentile_99_5", np.float64(276.0)), ("percentile_00_5", np.float64(-6.0)),
+    ])})
+    return {
+        "all_sizes": sizes,
+        "all_spacings": spacings,
+        "all_classes": [1, 2],
+        "modalities": {0: "CT"},
+        "intensityproperties": intensity,
+        "size_reductions": OrderedDict((c, np.float64(1.0)) for c in cases),
+    }
+
+
 def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = (64, 192, 192),
                        pool_op_kernel_sizes: Sequence[Sequence[int]] | None = None,
                        conv_kernel_sizes: Sequence[Sequence[int]] | None = None,
@@ -74,14 +104,8 @@ def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = 
     if any(int(s) % int(d) for s, d in zip(patch_size, divisor)):
         raise ValueError(f"patch size {list(patch_size)} is not divisible by the pooling product {divisor.tolist()}")
 
-    # Per-case spacings/sizes whose median is exactly `spacing` / the median shape (odd count, symmetric jitter).
-    rng = np.random.default_rng(8)
-    n = num_cases if num_cases % 2 else num_cases + 1
-    factors = np.exp(np.linspace(-0.4, 0.4, n))
-    spacings = [np.array(spacing, dtype=np.float64) * np.array([f, 1.0, 1.0]) for f in rng.permutation(factors)]
     median_shape = np.array([150, 512, 512])
-    sizes = [np.round(median_shape * np.array([1 / f, 1.0, 1.0])).astype(int) for f in rng.permutation(factors)]
-    cases = [f"hepaticvessel_{i:03d}" for i in range(n)]
+    spacings, sizes, cases = _task008_cases(spacing, median_shape, num_cases)
 
     fullres = stage_plan(patch_size, spacing, median_shape, pools, kernels, batch_size, spacing)
     plans_per_stage: dict[int, dict] = {}
@@ -92,20 +116,7 @@ def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = 
                                          batch_size, spacing)
     plans_per_stage[len(plans_per_stage)] = fullres
 
-    intensity = OrderedDict({0: OrderedDict([
-        ("local_props", OrderedDict()),
-        ("median", np.float64(147.0)), ("mean", np.float64(143.6)), ("sd", np.float64(56.2)),
-        ("mn", np.float64(-386.0)), ("mx", np.float64(1326.0)),
-        ("percentile_99_5", np.float64(276.0)), ("percentile_00_5", np.float64(-6.0)),
-    ])})
-    dataset_properties = {
-        "all_sizes": sizes,
-        "all_spacings": spacings,
-        "all_classes": [1, 2],
-        "modalities": {0: "CT"},
-        "intensityproperties": intensity,
-        "size_reductions": OrderedDict((c, np.float64(1.0)) for c in cases),
-    }
+    dataset_properties = _task008_dataset_properties(sizes, spacings, cases)
     return {
         "num_stages": len(plans_per_stage),
         "num_modalities": 1,

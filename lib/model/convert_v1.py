@@ -428,6 +428,59 @@ def _median(values: Any, transpose: Sequence[int]) -> list[float] | None:
         return None
 
 
+def _v2_normalisation(v1_plans: Mapping, channels: list, where: str
+                      ) -> tuple[list[str], list[bool], dict[str, dict[str, float]]]:
+    """v2's normalization schemes, use_mask_for_norm and foreground intensity properties per channel from v1's."""
+    schemes = []
+    for ch in channels:
+        scheme = v1_plans["normalization_schemes"][ch]
+        if scheme not in V1_NORMALIZATION:
+            raise TransferError(f"{where}: v1 normalization scheme {scheme!r} (channel {ch}) has no v2 equivalent; "
+                                f"known: {sorted(V1_NORMALIZATION)}")
+        schemes.append(V1_NORMALIZATION[scheme])
+    mask_for_norm = v1_plans.get("use_mask_for_norm") or {}
+    use_mask = [bool(mask_for_norm.get(ch, False)) for ch in channels]
+    props = (v1_plans.get("dataset_properties") or {}).get("intensityproperties") or {}
+    intensity: dict[str, dict[str, float]] = {}
+    for ch in channels:
+        p = props.get(ch)
+        if p is None:
+            if schemes[channels.index(ch)] == "CTNormalization":
+                raise TransferError(f"{where}: CT normalization needs dataset_properties['intensityproperties']"
+                                    f"[{ch}], which these plans lack")
+            continue
+        intensity[str(ch)] = {"mean": float(p["mean"]), "median": float(p["median"]), "std": float(p["sd"]),
+                              "min": float(p["mn"]), "max": float(p["mx"]),
+                              "percentile_99_5": float(p["percentile_99_5"]),
+                              "percentile_00_5": float(p["percentile_00_5"])}
+    return schemes, use_mask, intensity
+
+
+def _v2_architecture(arch, pad_kernels: bool) -> dict:
+    """v2's PlainConvUNet description of the v1 Generic_UNet `arch`."""
+    n = arch.num_pool + 1
+    return {
+        "network_class_name": PLAIN_CONV_UNET,
+        "arch_kwargs": {
+            "n_stages": n,
+            "features_per_stage": arch.features_per_stage,
+            "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels),
+            "strides": [[1, 1, 1]] + arch.pool_op_kernel_sizes,
+            "n_conv_per_stage": [arch.conv_per_stage] * n,
+            "n_conv_per_stage_decoder": [arch.conv_per_stage] * (n - 1),
+            "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+
+
 def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_name: str | None = None,
                      plans_name: str = "nnUNetPlans", pad_kernels: bool = False, batch_dice: bool = True,
                      image_reader_writer: str = "SimpleITKIO") -> dict:
@@ -442,34 +495,11 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_nam
     where = f"v1 plans stage {stage}"
     arch = v1_architecture(v1_plans, stage, where=where)
     sp = v1_plans["plans_per_stage"][stage]
-    n = arch.num_pool + 1
     tf = [int(i) for i in (v1_plans.get("transpose_forward") or [0, 1, 2])]
     tb = [int(i) for i in (v1_plans.get("transpose_backward") or [0, 1, 2])]
 
     channels = sorted(v1_plans["normalization_schemes"])
-    schemes = []
-    for ch in channels:
-        scheme = v1_plans["normalization_schemes"][ch]
-        if scheme not in V1_NORMALIZATION:
-            raise TransferError(f"{where}: v1 normalization scheme {scheme!r} (channel {ch}) has no v2 equivalent; "
-                                f"known: {sorted(V1_NORMALIZATION)}")
-        schemes.append(V1_NORMALIZATION[scheme])
-    mask_for_norm = v1_plans.get("use_mask_for_norm") or {}
-    use_mask = [bool(mask_for_norm.get(ch, False)) for ch in channels]
-
-    props = (v1_plans.get("dataset_properties") or {}).get("intensityproperties") or {}
-    intensity: dict[str, dict[str, float]] = {}
-    for ch in channels:
-        p = props.get(ch)
-        if p is None:
-            if schemes[channels.index(ch)] == "CTNormalization":
-                raise TransferError(f"{where}: CT normalization needs dataset_properties['intensityproperties']"
-                                    f"[{ch}], which these plans lack")
-            continue
-        intensity[str(ch)] = {"mean": float(p["mean"]), "median": float(p["median"]), "std": float(p["sd"]),
-                              "min": float(p["mn"]), "max": float(p["mx"]),
-                              "percentile_99_5": float(p["percentile_99_5"]),
-                              "percentile_00_5": float(p["percentile_00_5"])}
+    schemes, use_mask, intensity = _v2_normalisation(v1_plans, channels, where)
 
     spacing = _median(v1_plans.get("original_spacings", []), tf) or arch.spacing
     shape = _median(v1_plans.get("original_sizes", []), tf) or np.asarray(sp["median_patient_size_in_voxels"]).tolist()
@@ -488,26 +518,7 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_nam
         "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
         "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
         "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "architecture": {
-            "network_class_name": PLAIN_CONV_UNET,
-            "arch_kwargs": {
-                "n_stages": n,
-                "features_per_stage": arch.features_per_stage,
-                "conv_op": "torch.nn.modules.conv.Conv3d",
-                "kernel_sizes": v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels),
-                "strides": [[1, 1, 1]] + arch.pool_op_kernel_sizes,
-                "n_conv_per_stage": [arch.conv_per_stage] * n,
-                "n_conv_per_stage_decoder": [arch.conv_per_stage] * (n - 1),
-                "conv_bias": True,
-                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                "dropout_op": None,
-                "dropout_op_kwargs": None,
-                "nonlin": "torch.nn.LeakyReLU",
-                "nonlin_kwargs": {"inplace": True},
-            },
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-        },
+        "architecture": _v2_architecture(arch, pad_kernels),
         "batch_dice": bool(batch_dice),
     }
     return {
