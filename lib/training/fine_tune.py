@@ -318,13 +318,7 @@ def new_trainer(plans: dict, dataset_json: dict, device: torch.device, settings:
     loss (`train` and the training plan's timing build it here, so both time and train the same thing)."""
     trainer = FineTuneTrainer({**plans, "continue_training": continue_training}, CONFIGURATION, 0, dataset_json,
                               device)
-    trainer.num_epochs = settings.epochs
-    trainer.num_iterations_per_epoch = settings.iterations_per_epoch
-    trainer.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
-    trainer.initial_lr, trainer.warmup_epochs = settings.initial_lr, settings.warmup_epochs
-    trainer.scale_range, trainer.seed = settings.scale_range, settings.seed
-    trainer.loss_name, trainer.loss_weight = settings.loss, settings.loss_weight
-    trainer.save_every = 1
+    trainer.apply(settings)
     seed_everything(settings.seed)  # the network's initial weights do not depend on what ran before
     trainer.initialize()
     return trainer

@@ -60,6 +60,18 @@ class FineTuneTrainer(nnUNetTrainer):
     NNUNET_TRAINER_NAME = "nnUNetTrainer"  # builds the same network; findable by nnU-Net's trainer lookup
     CHECKPOINTS_FOR_NNUNET = ("checkpoint_final.pth", "checkpoint_best.pth")
 
+    def apply(self, settings) -> None:
+        """Take a run's schedule, augmentation, seed and loss from `settings` (a `fine_tune.TrainSettings`), before
+        `initialize`. nnU-Net's constructor cannot take them: it records its own signature to rebuild trainers from
+        checkpoints. A checkpoint is written every epoch (resuming)."""
+        self.num_epochs = settings.epochs
+        self.num_iterations_per_epoch = settings.iterations_per_epoch
+        self.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
+        self.initial_lr, self.warmup_epochs = settings.initial_lr, settings.warmup_epochs
+        self.scale_range, self.seed = settings.scale_range, settings.seed
+        self.loss_name, self.loss_weight = settings.loss, settings.loss_weight
+        self.save_every = 1
+
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
         if Path(filename).name in self.CHECKPOINTS_FOR_NNUNET and Path(filename).is_file():
