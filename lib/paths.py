@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lib.inputs import COMPETITION_SLUG as COMPETITION
@@ -9,7 +11,7 @@ from lib.inputs import find_input, kaggle_input
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 __all__ = ["COMPETITION", "PROJECT_ROOT", "default_data_dir", "kaggle_input", "outputs_dir", "resolve_path",
-           "synthetic_data_dir"]
+           "restored_environment", "synthetic_data_dir"]
 
 
 def outputs_dir() -> Path:
@@ -35,3 +37,18 @@ def resolve_path(path: str | Path) -> Path:
     """`path` as given when absolute, else relative to the project root (the notebook runs from notebooks/)."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+@contextmanager
+def restored_environment(*names: str) -> Iterator[None]:
+    """The environment variables `names` as they were once the block ends, whatever it set or removed (nnU-Net
+    reads its folders and knobs from the environment)."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -220,18 +220,13 @@ def _scoped_state(work_dir: Path) -> Iterator[None]:
     """nnU-Net's folders in `work_dir` and no torch.compile while calibrating; the environment, torch's threads
     and cuDNN flags as they were afterwards."""
     names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA", "nnUNet_compile")
-    saved = {name: os.environ.get(name) for name in names}
     flags = (torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
-        nnunet_dataset.nnunet_env(work_dir)
-        os.environ["nnUNet_compile"] = saved["nnUNet_compile"] or "false"  # as fine_tune.train (unless set)
-        yield
+        with paths.restored_environment(*names):
+            nnunet_dataset.nnunet_env(work_dir)
+            os.environ.setdefault("nnUNet_compile", "false")  # as fine_tune.train (unless set)
+            yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         torch.set_num_threads(flags[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1], flags[2]
 

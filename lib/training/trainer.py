@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from tqdm.auto import tqdm
 
+from lib import paths
 from lib.training import losses
 
 NNUNET_SCALE_RANGE = (0.7, 1.4)  # nnUNetTrainer's SpatialTransform scaling (larger = smaller objects)
@@ -116,7 +116,8 @@ class FineTuneTrainer(nnUNetTrainer):
         processes = get_allowed_n_proc_DA()
         if processes == 0:
             return super().get_dataloaders()
-        with _environment(nnUNet_n_proc_DA="0"):
+        with paths.restored_environment("nnUNet_n_proc_DA"):
+            os.environ["nnUNet_n_proc_DA"] = "0"
             single_train, single_val = super().get_dataloaders()  # nnU-Net draws one batch from each: main process
         pin = self.device.type == "cuda"
         train = self._seeded(single_train.data_loader, 0, processes, max(6, processes // 2), pin)
@@ -165,21 +166,6 @@ class FineTuneTrainer(nnUNetTrainer):
     def on_train_end(self):
         self._epochs_bar.close()
         super().on_train_end()
-
-
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """These environment variables set for the block, then restored."""
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class WorkerLoader:
