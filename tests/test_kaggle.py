@@ -690,7 +690,7 @@ def test_offline_install_into_fresh_venv(bundle: kaggle.Bundle, offline_venv: Pa
         for cell in nb.cells:
             for m in re.finditer(r"^from (lib(?:\.\w+)*) import (.+)$", cell.source, re.M):
                 modules |= {f"{m.group(1)}.{s.strip()}" for s in m.group(2).split(",")}
-    assert {"lib.predictor", "lib.training.fine_tune", "lib.submission"} <= modules
+    assert {"lib.inference", "lib.parameters", "lib.training.fine_tune", "lib.submission"} <= modules
     code = ("import importlib.util, json, sys, nnunetv2, numpy, torch\n"
             f"import {', '.join(sorted(modules))}\n"
             "import lib\n"
