@@ -289,8 +289,9 @@ def problem(notebook: str, name: str, value: object) -> str | None:
 def check(notebook: str, namespace: Mapping[str, object]) -> None:
     """Every parameter of `notebook` as the notebook holds it (`globals()`), checked before any work; a ValueError
     names each bad one."""
-    bad = [f"{p.name}: {problem(notebook, p.name, namespace[p.name])}" for p in SCHEMAS[notebook].parameters
-           if p.name in namespace and problem(notebook, p.name, namespace[p.name])]
+    found = {p.name: problem(notebook, p.name, namespace[p.name]) for p in SCHEMAS[notebook].parameters
+             if p.name in namespace}
+    bad = [f"{name}: {why}" for name, why in found.items() if why]
     missing = [p.name for p in SCHEMAS[notebook].parameters if p.name not in namespace]
     if missing:
         bad.append(f"not set: {', '.join(missing)}")
