@@ -6,8 +6,8 @@ model, submission.csv) in a folder of its own, and `scores.json` (validation and
 minutes per notebook).
 
 Everything that can be checked is checked before the first notebook runs and before any output folder is
-created (the config, every parameter's name, type and range against the notebooks' `parameters` cells, paths,
-the data root, the kernel): bad input is one line and exit code 2. An earlier run is never replaced unless
+created (the config, every parameter's name, type and range against the notebooks' schemas in lib/parameters.py,
+paths, the data root, the kernel): bad input is one line and exit code 2. An earlier run is never replaced unless
 `--force`, and even then only once the new run has finished: until then it waits in `<name>.previous` and is
 put back when the new run fails or is stopped (a run killed outright is recovered by the next call).
 A failing notebook stops the pipeline, naming the cell and the error (exit code 1); its executed copy is kept.
@@ -37,6 +37,7 @@ REQUIRABLE = ("data_dir", "pretrained")  # what a config may require on the comm
 WIRED = {"data_dir": "--data-dir", "output_dir": "--name"}  # parameters the pipeline sets itself
 RUNNING = ".running"  # inside a run folder while its notebooks execute: {"pid", "host", "replaces"}
 PREVIOUS = ".previous"  # suffix of the earlier run's folder while a --force run replaces it
+
 
 class PipelineError(RuntimeError):
     """Bad input to the pipeline (config, parameters, paths, data root, kernel); nothing was run or created."""
