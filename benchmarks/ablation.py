@@ -151,12 +151,12 @@ def root_without(root: Path, kidneys: list[str], view: Path) -> Path:
 def refused_kidneys(model_dir: Path, root: Path) -> list[str]:
     """The test kidneys notebook 03 refuses for this model (no contrast left once normalised, e.g. the kidney_5 look
     under "dataset"): scored 0, as an empty submission would be (the notebook itself stops before predicting)."""
-    model = predictor.load_model(model_dir, "cpu")
+    run = predictor.Predictor(predictor.load_model(model_dir, "cpu"))
     groups = data.discover(root)
     refused = []
     for kidney in TEST_KIDNEYS:
         try:
-            inference.intensity_table([model], {kidney: groups[kidney]}, progress=False)
+            inference.intensity_table(run, {kidney: groups[kidney]}, progress=False)
         except NoContrastError:
             refused.append(kidney)
     if len(refused) == len(TEST_KIDNEYS):

@@ -10,7 +10,7 @@
 2. Depth: `predict_group` (float16 memmap, as the product writes it) on a `full`-preset synthetic kidney
    (default kidney_6, 501 x 1028 x 1257, generated once into outputs/benchmarks/ and reused) at two depths
    (the first N slices at full H x W, default 128 and 501), each in a fresh subprocess, next to the bound
-   stated in lib/predictor.py (peak ~ 18 * patch_z * H * W bytes + the network); plus nnUNetPredictor with
+   of docs/design.md (peak ~ 8 * patch_z * H * W bytes + the network); plus nnUNetPredictor with
    the same network on the smallest depth (the volume in memory). On the CPU the network is a STUB by default
    (a 1x1x1 convolution with the tiny plans' 32x64x64 patch): the predictor's own buffers, tiling and I/O are
    measured in about a minute, where the tiny network would need hours for 501 full-size slices on 2 cores.
@@ -297,7 +297,7 @@ def worker(spec: dict) -> dict:
     # Warm-up outside the measurement: one forward pass of a patch (kernel selection, lazy CUDA init) and the
     # one-off import of nnU-Net's tiling module (~0.3 s), fixed costs that a whole kidney does not notice.
     with torch.inference_mode():
-        predictor._predict_logit_difference(model, torch.zeros((1, 1, *model.patch_size), device=device), False)
+        predictor.network_logits(model)(torch.zeros((1, 1, *model.patch_size), device=device))
     predictor.Grid.of(model.patch_size, model.patch_size, 0.5)
     gc.collect()
     if device.type == "cuda":
@@ -316,9 +316,9 @@ def worker(spec: dict) -> dict:
     sampler.start()
     start = time.perf_counter()
     if spec["method"] == "ours":
-        predictor.predict_group(model, group, spec["out"], tile_step=0.5, tta=spec["tta"], resample=True,
-                                dtype=spec["dtype"], batch_size=spec["batch_size"], overwrite=True,
-                                progress=spec["progress"], devices=spec.get("devices"))
+        run = predictor.Predictor(model, 0.5, spec["tta"], True, spec["batch_size"], spec.get("devices"),
+                                  progress=spec["progress"])
+        run.predict_group(group, spec["out"], dtype=spec["dtype"], overwrite=True)
         probs = None
     else:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -375,8 +375,9 @@ def worker(spec: dict) -> dict:
                       for view in predictor.tta_views(spec["tta"]))
         x = torch.randn((1, 1, *model.patch_size), device=device)
         start = time.perf_counter()
+        network = predictor.Predictor(model, tta=spec["tta"]).tile_logits()
         for _ in range(n_tiles):
-            predictor._predict_logit_difference(model, x, spec["tta"])
+            network(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         result["forward_seconds"], result["tiles"] = time.perf_counter() - start, n_tiles
@@ -626,8 +627,7 @@ def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, sa
             r = run_worker(spec, wait_s)
             h, w = full_shape[1:]
             pz = r["patch_size"][0]
-            padded = (max(h, r["patch_size"][1]), max(w, r["patch_size"][2]))
-            r["bound_MiB"] = 18 * pz * padded[0] * padded[1] / MIB
+            r["bound_MiB"] = 8 * pz * h * w / MIB  # two float32 buffers of one patch depth
             r["bound_plus_network_MiB"] = r["bound_MiB"] + r["network_MiB"]
             r["slices_per_s"] = depth / r["seconds"]
             r["depth"] = depth
@@ -657,8 +657,8 @@ def run_depth(args, device: str, wait_s: float, progress: bool, report: dict, sa
         columns += [("other procs (cores)", "other_processes_cpu_cores", ".2f")]
     print(table(rows, columns))
     warn_contention(rows)
-    print(f"  bound (lib/predictor.py docstring): 18 * patch_z * H * W bytes + the network = 18 * {pz} * "
-          f"{padded[0]} * {padded[1]} B + {rows[0]['network_MiB']:.1f} MiB = {rows[0]['bound_plus_network_MiB']:.0f} "
+    print(f"  bound (docs/design.md): 8 * patch_z * H * W bytes + the network = 8 * {pz} * "
+          f"{h} * {w} B + {rows[0]['network_MiB']:.1f} MiB = {rows[0]['bound_plus_network_MiB']:.0f} "
           f"MiB; no resampling (plans spacing = the group's {group.voxel_um} um)")
     print("  'peak extra' = VmHWM - VmRSS before; it counts the output memmap's pages ('file-backed': page cache the "
           "kernel can write back and drop), 'anon' is the part that must fit in RAM")

@@ -83,23 +83,21 @@ def train_model(root: Path, out: Path, scheme: str, seed: int, budget: dict) -> 
     if not (model_dir / "fold_0" / "checkpoint_final.pth").is_file():
         fine_tune.train(root, out, settings, progress=False)
     if not (model_dir / postprocess.THRESHOLD_FILE).is_file():
-        model = predictor.load_model(model_dir, "cpu")
-        tuning = inference.tune_threshold(model, data.open_group(VAL_GROUP, root), ThresholdRule("tune"), out / "val",
-                                      tta=False, progress=False)
+        run = predictor.Predictor(predictor.load_model(model_dir, "cpu"), tta=False, progress=False)
+        tuning = inference.tune_threshold(run, data.open_group(VAL_GROUP, root), ThresholdRule("tune"), out / "val")
         postprocess.save_threshold(model_dir, tuning.curve, tuning.threshold, VAL_GROUP, {"tta": "none"})
     return model_dir
 
 
 def evaluate(model_dir: Path, roots: dict[tuple[str, str], Path], fraction: float, scratch: Path) -> list[dict]:
     """Every shifted kidney predicted once and scored at each rule's cut."""
-    model = predictor.load_model(model_dir, "cpu")
+    run = predictor.Predictor(predictor.load_model(model_dir, "cpu"), tta=False, progress=False)
     stored = postprocess.stored_threshold([model_dir])
     records = []
     for (kidney, shift), root in roots.items():
         group = data.open_group(kidney, root)
         try:
-            probs = predictor.predict_group(model, group, scratch / f"{kidney}_{shift}.npy".replace(" ", "_"),
-                                            tta=False, overwrite=True, progress=False)
+            probs = run.predict_group(group, scratch / f"{kidney}_{shift}.npy".replace(" ", "_"), overwrite=True)
         except NoContrastError:  # the pipeline refuses it (nothing left once normalised): scored as an empty mask
             records += [{"kidney": kidney, "shift": shift, "rule": rule, "threshold": None, "surface_dice": 0.0,
                          "refused": True} for rule in RULES]

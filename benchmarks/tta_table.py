@@ -33,16 +33,14 @@ def run_setting(name: str, model_dirs: list[Path], root: Path, out: Path, val_gr
     group is predicted only for "tune")."""
     dirs = model_dirs if name == "ensemble" else model_dirs[:1]
     tta = "none" if name == "ensemble" else name
-    models = predictor.load_models(dirs, "cpu")
+    run = predictor.Predictor(predictor.load_models(dirs, "cpu"), tta=tta, progress=False)
     groups = data.discover(root)
     tests = {n: g for n, g in groups.items() if g.split == "test"}
     scratch = out / name.replace("+", "_")
     start = time.perf_counter()
-    probs = {n: predictor.predict_group(models, g, scratch / "probabilities" / f"{n}.npy", tta=tta, overwrite=True,
-                                        progress=False) for n, g in tests.items()}
+    probs = {n: run.predict_group(g, scratch / "probabilities" / f"{n}.npy", overwrite=True) for n, g in tests.items()}
     seconds = time.perf_counter() - start
-    tuning = inference.tune_threshold(models, groups[val_group], ThresholdRule("tune"), scratch, tta=tta, progress=False) \
-        if "tune" in rules else None
+    tuning = inference.tune_threshold(run, groups[val_group], ThresholdRule("tune"), scratch) if "tune" in rules else None
     rows = []
     for spec in rules:
         rule = ThresholdRule.parse(float(spec) if spec[0].isdigit() else spec)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,88 +64,73 @@ def locate_models(model_dir: str | Path | Sequence[str | Path] | None) -> list[P
     return [locate_model(d) for d in model_dir]
 
 
-def prediction_devices(device: str = "auto", devices: Sequence[str] | None = None) -> list:
-    """Where to predict: `devices` when given; else `device` ("auto": every visible GPU, else the CPU)."""
-    return predictor.resolve_devices(devices if devices is not None else device)
-
-
 @dataclass
 class Settings:
-    """What notebook 03 predicts with, decided and checked before any prediction: the models (an ensemble when
-    several), the TTA mode, the devices, the global threshold (None for a top-fraction rule) and the runtime plan
-    (when tta="auto")."""
+    """What notebook 03 predicts with, decided and checked before any prediction: the predictor (model folders, TTA,
+    devices, tile step, resampling), the threshold rule and global cut (None for a top fraction) and the runtime
+    plan (when tta="auto")."""
 
-    models: list
+    predictor: predictor.Predictor
     model_dirs: list[Path]
-    tta: str
-    devices: list
     rule: ThresholdRule
     threshold: float | None
     runtime_plan: pd.DataFrame | None = None
-    tile_step: float = 0.5
-    resample: bool = True
 
     def describe(self, tests: Mapping[str, data.Group]) -> str:
         """The models, test kidneys, rule, TTA, devices and normalisation in a few Markdown lines."""
+        run = self.predictor
         models = [f"- model `{m.model_dir}` (epoch {m.checkpoint.get('epoch')}), patch {m.patch_size}, spacing "
-                  f"{m.spacing_mm} mm" for m in self.models]
+                  f"{m.spacing_mm} mm" for m in run.models]
         kidneys = ", ".join(f"{n} {g.shape}" for n, g in tests.items())
-        return "\n".join([*models, f"- test kidneys: {kidneys}; threshold rule: {self.rule}; tta: {self.tta}; "
-                           f"devices: {', '.join(map(str, self.devices))}",
-                           f"- **normalisation: {self.models[0].normalisation}** (raw intensities per kidney below; "
+        return "\n".join([*models, f"- test kidneys: {kidneys}; threshold rule: {self.rule}; tta: {run.tta}; "
+                           f"devices: {', '.join(run.devices)}",
+                           f"- **normalisation: {run.models[0].normalisation}** (raw intensities per kidney below; "
                            '"kidney" clips and z-scores each by its own)'])
 
     def to_json(self) -> dict:
         """What a run predicted with, as saved beside its outputs (inference_settings.json)."""
         rule = self.rule.kind if self.rule.value is None else \
             ("top:" if self.rule.kind == "top" else "") + f"{self.rule.value:g}"
-        return {"models": [str(d) for d in self.model_dirs], "tta": self.tta, "devices": [str(d) for d in self.devices],
-                "threshold_rule": rule, "threshold": self.threshold, "tile_step": self.tile_step,
-                "resample": self.resample, "normalisation": self.models[0].normalisation}
-
-    @property
-    def worker_devices(self) -> list[str] | None:
-        """`devices` for the predictor: None (in this process) for one device, else one worker per device."""
-        return [str(d) for d in self.devices] if len(self.devices) > 1 else None
+        return {**self.predictor.settings(), "models": [str(d) for d in self.model_dirs], "threshold_rule": rule,
+                "threshold": self.threshold}
 
 
 def prepare(model_dir: str | Path | Sequence[str | Path] | None, threshold: float | str = "model",
-            tta: bool | str = True, device: str = "auto", devices: Sequence[str] | None = None,
-            budget_hours: float = 9.0, tile_step: float = 0.5, resample: bool = True) -> Settings:
+            tta: bool | str = True, devices: str | Sequence[str] = "auto", budget_hours: float = 9.0,
+            tile_step: float = 0.5, resample: bool = True) -> Settings:
     """Check every setting, load the model(s) and, for tta="auto", plan the runtime (calibration, projection,
-    the strongest setting that fits `budget_hours` with a 25% margin): one-line errors before any prediction."""
+    the strongest setting that fits `budget_hours` with a 25% margin): one-line errors before any prediction.
+    `devices`: "auto" (every visible GPU, else the CPU), one device or a list (one worker process each)."""
     rule = ThresholdRule.parse(threshold)
     mode = "auto" if str(tta).strip().lower() == "auto" else predictor.parse_tta(tta)
-    targets = prediction_devices(device, devices)
+    targets = [str(d) for d in predictor.resolve_devices(devices)]
     dirs = locate_models(model_dir)
-    models = predictor.load_models(dirs, str(targets[0]))
+    models = predictor.load_models(dirs, targets[0])
     table = None
     if mode == "auto":
         table, chosen, _ = inference_budget.plan(models, budget_hours, len(targets), tile_step, resample)
         mode, models, dirs = str(chosen.tta), models[:int(chosen.models)], dirs[:int(chosen.models)]
     stored = postprocess.decide_threshold(rule, None, dirs) if rule.kind == "model" else None
-    return Settings(models, dirs, mode, targets, rule, stored, table, tile_step, resample)
+    run = predictor.Predictor(models, tile_step, mode, resample, devices=targets)
+    return Settings(run, dirs, rule, stored, table)
 
 
-def intensity_table(models: Sequence[predictor.Model], groups: Mapping[str, data.Group], progress: bool = True
+def intensity_table(run: predictor.Predictor, groups: Mapping[str, data.Group], progress: bool = True
                     ) -> pd.DataFrame:
     """Each kidney's raw intensity statistics (one streaming pass each, kept for its prediction), every kidney
     checked to keep contrast under the models' normalisation before any prediction: NoContrastError naming it."""
-    stats = normalisation.check_kidneys(list(groups.values()), [m.intensity for m in models], progress)
+    stats = normalisation.check_kidneys(list(groups.values()), [m.intensity for m in run.models], progress)
     table = pd.DataFrame(stats).T.rename_axis("kidney")
-    table.insert(0, "normalisation", models[0].normalisation)
+    table.insert(0, "normalisation", run.models[0].normalisation)
     return table
 
 
-def tune_threshold(model: predictor.Model | Sequence[predictor.Model], group: data.Group, rule: ThresholdRule,
-                   scratch: Path, tile_step: float = 0.5, tta: bool | str = True, resample: bool = True,
-                   progress: bool = True, devices: Sequence[str] | None = None) -> Tuning:
+def tune_threshold(run: predictor.Predictor, group: data.Group, rule: ThresholdRule, scratch: Path) -> Tuning:
     """Predict a labelled group like a test kidney and score every threshold of the rule's grid with the
     leaderboard metric (one streaming pass); returns the curve and the threshold the rule picks from it."""
     start = time.perf_counter()
-    probs = predictor.predict_group(model, group, Path(scratch) / "probabilities" / f"{group.name}.npy", tile_step,
-                                    tta, resample, overwrite=True, progress=progress, devices=devices)
-    curve = postprocess.threshold_curve(probs, group, postprocess.threshold_grid(rule), progress=progress)
+    probs = run.predict_group(group, Path(scratch) / "probabilities" / f"{group.name}.npy", overwrite=True)
+    curve = postprocess.threshold_curve(probs, group, postprocess.threshold_grid(rule), progress=run.progress)
     return Tuning(curve, postprocess.decide_threshold(rule, curve), time.perf_counter() - start, probs)
 
 
@@ -155,8 +140,7 @@ def choose_threshold(settings: Settings, val: data.Group | None, scratch: Path, 
     test kidney ("tune"; a fixed cut gets its curve too); None for a top fraction (decided per kidney)."""
     tuning = None
     if val is not None and settings.rule.kind in ("tune", "fixed"):
-        tuning = tune_threshold(settings.models, val, settings.rule, scratch, settings.tile_step, settings.tta,
-                                settings.resample, progress, settings.worker_devices)
+        tuning = tune_threshold(replace(settings.predictor, progress=progress), val, settings.rule, scratch)
     if settings.rule.kind == "model":
         return settings.threshold, tuning
     return postprocess.decide_threshold(settings.rule, tuning.curve if tuning else None), tuning
@@ -206,8 +190,8 @@ def validate(model_dirs: Sequence[Path], val: data.Group, folder: Path, device: 
     validations = []
     for k, model_dir in enumerate(model_dirs):
         name = model_dir.name if k else "final"
-        model = predictor.load_model(model_dir, device)
-        tuning = tune_threshold(model, val, ThresholdRule("tune"), Path(folder) / name, tta=tta)
+        run = predictor.Predictor(predictor.load_model(model_dir, device), tta=tta)
+        tuning = tune_threshold(run, val, ThresholdRule("tune"), Path(folder) / name)
         postprocess.save_threshold(model_dir, tuning.curve, tuning.threshold, val.name, {"tta": tta, "model": name})
         validations.append(Validation(name, model_dir, tuning))
     return validations
@@ -234,12 +218,10 @@ def predict_kidneys(settings: Settings, groups: Mapping[str, data.Group], thresh
                     min_component_size: int = 0, progress: bool = True) -> Iterator[KidneyPrediction]:
     """Predict, binarise (at `threshold`, or per kidney for a top-fraction rule), drop small components and
     encode every kidney, one at a time (the caller can plot each before the next starts)."""
-    scratch = Path(scratch)
+    scratch, run = Path(scratch), replace(settings.predictor, progress=progress)
     for name, group in groups.items():
         start = time.perf_counter()
-        probs = predictor.predict_group(settings.models, group, scratch / "probabilities" / f"{name}.npy",
-                                        settings.tile_step, settings.tta, settings.resample, overwrite=True,
-                                        progress=progress, devices=settings.worker_devices)
+        probs = run.predict_group(group, scratch / "probabilities" / f"{name}.npy", overwrite=True)
         cut = threshold if threshold is not None else postprocess.top_fraction_threshold(probs, settings.rule.value)
         mask, stats = postprocess.segment(probs, cut, scratch / "masks" / f"{name}.npy", min_component_size,
                                           progress=progress)
@@ -293,9 +275,9 @@ def predict_submission(model_dir: str | Path | Sequence[str | Path] | None, data
     groups = data.discover(root)
     tests = data.select_groups({n: g for n, g in groups.items() if g.split == "test"}, o["test_groups"])
     submission.expected_ids(root, tests)  # no test slice or a bad sample_submission.csv: fail before the model loads
-    settings = prepare(model_dir, o["threshold"], o["tta"], o["device"], o["devices"], o["budget_hours"],
+    settings = prepare(model_dir, o["threshold"], o["tta"], o["devices"] or o["device"], o["budget_hours"],
                        o["tile_step"], o["resample"])
-    intensity_table(settings.models, tests, progress=False)  # a kidney without contrast: stop before predicting
+    intensity_table(settings.predictor, tests, progress=False)  # a kidney without contrast: stop before predicting
     out.mkdir(parents=True, exist_ok=True)
     if settings.runtime_plan is not None:
         settings.runtime_plan.to_csv(out / "runtime_plan.csv", index=False)

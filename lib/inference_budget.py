@@ -69,8 +69,9 @@ def calibrate(model: predictor.Model, repeats: int = 3, batch_size: int = 1) -> 
     def best(fn) -> float:
         return min((timed(fn, device) for _ in range(repeats)), default=math.inf)
 
-    predictor._predict_logit_difference(model, x, False)  # warm-up (kernel selection, lazy initialisation)
-    tile = best(lambda: predictor._predict_logit_difference(model, x, False))
+    network = predictor.network_logits(model)
+    network(x)  # warm-up (kernel selection, lazy initialisation)
+    tile = best(lambda: network(x))
     rng = np.random.default_rng(0)
     if model.intensity is None:  # "kidney": the block's own statistics normalise it
         volume = rng.integers(10_000, 30_000, model.patch_size, dtype=np.uint16)
@@ -80,8 +81,8 @@ def calibrate(model: predictor.Model, repeats: int = 3, batch_size: int = 1) -> 
     voxels = block.volume.size
     with tempfile.TemporaryDirectory(prefix="sennet-plan-") as tmp:
         def run(tta: str) -> float:
-            return best(lambda: predictor.predict_group(model, block, Path(tmp) / f"{tta}.npy", tta=tta,
-                                                        batch_size=batch_size, overwrite=True, progress=False))
+            run = predictor.Predictor(model, tta=tta, batch_size=batch_size, progress=False)
+            return best(lambda: run.predict_group(block, Path(tmp) / f"{tta}.npy", overwrite=True))
         z_only, axes = run("none"), run("axes")
     return Calibration(str(device), tile, max(z_only - tile, 0.0) / voxels, max(axes - 3 * tile, 0.0) / voxels,
                        time.perf_counter() - begin)

@@ -163,7 +163,7 @@ def normalize(image: np.ndarray, intensity: dict | None) -> np.ndarray:
     form, whichever scheme gave the statistics), in float32."""
     if intensity is None:
         raise ValueError("this model normalises each kidney by its own statistics: bind it to the kidney first "
-                         "(inference.for_kidney)")
+                         "(Predictor.for_kidney)")
     out = np.clip(image.astype(np.float32), intensity["percentile_00_5"], intensity["percentile_99_5"])
     out -= np.float32(intensity["mean"])
     out /= np.float32(max(intensity["std"], 1e-8))

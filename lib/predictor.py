@@ -1,34 +1,12 @@
 """Sliding-window prediction over whole kidneys in bounded memory, streamed along z.
 
-The tile grid, Gaussian weighting and mirroring are nnU-Net's own (`compute_steps_for_sliding_window`,
-`compute_gaussian`, all flip combinations), laid over the whole volume exactly as `nnUNetPredictor` does,
-but tiles are visited one z-row at a time and a slice is written out as soon as no later tile touches it.
-So the result equals nnUNetPredictor's (no seams: the grid is global) while memory holds three float32 buffers
-of (patch_z + z-step) slices: peak ~ 12 * (patch_z + step_z) * H * W bytes, i.e. 18 * patch_z * H * W at the
-default half-patch step (+ the network and one batch of patches), whatever the number of slices.
-
-Two classes means softmax = sigmoid(logit_vessel - logit_background), and Gaussian averaging is linear, so
-one channel (the logit difference) is accumulated instead of two.
-
-Pipeline per kidney (each stage a generator of 2D slices): read -> normalise (`lib.normalisation`: the kidney's
-own statistics, or the training set's) -> resample to the training spacing (optional) -> sliding window ->
-resample back -> float16/uint8 memmap on disk.
-
-Test-time augmentation (`tta`): "none", "flips" (nnU-Net's mirroring; True/False are aliases of flips/none),
-"axes" (the network also sees the kidney with y and with x as the slicing axis, i.e. the volume transposed
-z<->y and z<->x; the three views' logits are averaged) and "axes+flips". The y- and x-views need the whole z
-extent under every tile, so they are not streamed in RAM but through disk: the normalised model-space volume is
-written once to a float16 memmap (2 B per model-space voxel), each view reads its tiles from it and adds its
-Gaussian-normalised logits (each tile divided by the overlapping tiles' Gaussian sum) into a float32 logit-sum
-memmap (4 B per voxel); a last pass along z averages, applies the sigmoid and resamples back. Host RAM stays
-O(patch + z-view buffers) = the z-view bound above plus one batch of tiles (a few patch volumes), whatever the
-number of slices; disk 6 B per model-space voxel (kidney_5 at 50 um: ~13 GB, under `scratch`).
-
-Ensembles: a list of models with the same plans (patch, classes, spacing, normalisation); every tile is read
-once and the models' logit differences are averaged. Several devices: one spawned worker process per device
-owns a contiguous z-block of the model-space volume, computes every tile that touches it (the halo the grid
-needs, computed twice at block boundaries) and writes its block of the shared logit memmap, so the result
-equals one device's; each worker's memory is the single-device bound.
+One `Predictor` (models + settings) runs one `Tiler` (nnU-Net's grid, Gaussian and mirroring, laid over the whole
+volume as `nnUNetPredictor` lays it; each tile divided by the Gaussian sum of the tiles over it) into one of two
+accumulators: `RollingSum`, one patch depth of slices in memory, for the z-view streamed from the files, and
+`MemmapSum`, a float32 logit sum on disk, for the y- and x-views of "axes" TTA (read from a float16 memmap of the
+normalised volume) and for each device's z-block when several devices share a kidney. Flips TTA and ensembles wrap
+the network's logit (`with_flips`, `ensemble`). Two classes: softmax = sigmoid(logit difference), and Gaussian
+averaging is linear, so one channel is accumulated. Memory bounds and disk use: docs/design.md.
 """
 from __future__ import annotations
 
@@ -38,8 +16,9 @@ import hashlib
 import itertools
 import json
 import math
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -210,19 +189,6 @@ def from_network(network: torch.nn.Module, plans: dict, device: str | torch.devi
                  tuple(mirror_axes), device, model_dir, checkpoint, scheme)
 
 
-def for_kidney(models: Sequence[Model], group: normalisation.Volume, progress: bool = False
-               ) -> tuple[list[Model], dict]:
-    """The models ready to normalise `group`: "kidney" models get its own statistics (one streaming pass, cached);
-    every model's normalisation is checked to leave the kidney some contrast (NoContrastError naming it otherwise).
-    Returns the models and what records the normalisation with the kidney's outputs."""
-    stats = normalisation.kidney_statistics(group, progress)
-    for model in models:
-        normalisation.check_contrast(group.name, stats, model.intensity)
-    if models[0].normalisation == "dataset":
-        return list(models), {"scheme": "dataset"}
-    return [replace(m, intensity=stats) for m in models], {"scheme": "kidney", **stats}
-
-
 def resample_input_range(z_in: int, z_out: int, start: int, stop: int) -> tuple[int, int]:
     """The input slices [first, last + 1) that output slices [start, stop) of `resample_slices` interpolate."""
     def centre(j: int) -> float:
@@ -347,12 +313,6 @@ def check_compatible(models: Sequence[Model]) -> None:
                                  "the same patch, classes, spacing and normalisation")
 
 
-def _as_models(model: Model | Sequence[Model]) -> list[Model]:
-    models = [model] if isinstance(model, Model) else list(model)
-    check_compatible(models)
-    return models
-
-
 # ------------------------------------------------------------------------------------------------- the tile grid
 
 
@@ -416,166 +376,193 @@ def _tile_weight_sum(offsets: tuple[tuple[int, ...], ...], gaussian: torch.Tenso
     return total
 
 
-# ----------------------------------------------------------------------------------------- the network on tiles
+# ----------------------------------------------------------------------------- the network on a batch of tiles
+
+Predict = Callable[[torch.Tensor], torch.Tensor]  # patches (N, 1, *patch) -> vessel-minus-background logits (N, *patch)
 
 
-@torch.inference_mode()
-def _predict_logit_difference(model: Model | Sequence[Model], x: torch.Tensor, tta: bool | str,
-                              batch_size: int = 1) -> torch.Tensor:
-    """Vessel minus background logit of a batch of patches, averaged over mirrorings as nnU-Net does
-    (the plain prediction plus every combination of flipped axes) and over the models of an ensemble,
-    `batch_size` patches per network call."""
-    models = [model] if isinstance(model, Model) else list(model)
-    flips = tta_flips(tta)
-    n = x.shape[0]
-    total = None
-    for m in models:
-        axes = [a + 2 for a in m.mirror_axes] if flips else []
-        variants = [()] + [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
-        inputs = torch.cat([torch.flip(x, c) if c else x for c in variants]) if len(variants) > 1 else x
-        autocast = torch.autocast("cuda") if m.device.type == "cuda" else contextlib.nullcontext()
-        differences = []  # the logit difference is linear: average it, not the two logits
+def network_logits(model: Model, batch_size: int = 1) -> Predict:
+    """The model's vessel minus background logit (linear, so averaging it averages the prediction), `batch_size`
+    patches per network call, under autocast on CUDA."""
+    @torch.inference_mode()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext()
         with autocast:
-            for i in range(0, len(inputs), batch_size):
-                out = m.network(inputs[i:i + batch_size])
-                differences.append(out[:, 1].float() - out[:, 0].float())
-        d = torch.cat(differences) if len(differences) > 1 else differences[0]
-        if len(variants) > 1:
-            mean = d[:n].clone()
-            for k, c in enumerate(variants[1:], start=1):
-                mean += torch.flip(d[k * n:(k + 1) * n], [a - 1 for a in c])  # no channel axis in d
-            d = mean / len(variants)
-        total = d if total is None else total + d
-    return total / len(models) if len(models) > 1 else total
+            outs = [model.network(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        d = [out[:, 1].float() - out[:, 0].float() for out in outs]
+        return torch.cat(d) if len(d) > 1 else d[0]
+    return predict
 
 
-# ------------------------------------------------------------------------------------------ the z-view, streamed
+def with_flips(predict: Predict, mirror_axes: Sequence[int]) -> Predict:
+    """`predict` averaged over nnU-Net's mirrorings: the plain patch plus every combination of flipped axes."""
+    axes = [a + 2 for a in mirror_axes]
+    variants = [()] + [c for k in range(1, len(axes) + 1) for c in itertools.combinations(axes, k)]
+
+    def mirrored(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        d = predict(torch.cat([torch.flip(x, c) if c else x for c in variants]))
+        mean = d[:n].clone()
+        for k, c in enumerate(variants[1:], start=1):
+            mean += torch.flip(d[k * n:(k + 1) * n], [a - 1 for a in c])  # no channel axis in d
+        return mean / len(variants)
+    return mirrored if len(variants) > 1 else predict
 
 
-def sliding_window(model: Model | Sequence[Model], slices: Iterable[np.ndarray], shape: tuple[int, int, int],
-                   tile_step: float = 0.5, tta: bool | str = True, batch_size: int = 1,
-                   progress: tqdm | None = None) -> Iterator[np.ndarray]:
-    """Vessel probabilities of a (Z, H, W) volume given as normalised slices, yielded slice by slice.
+def ensemble(predicts: Sequence[Predict]) -> Predict:
+    """The mean logit of several predictors on the same patches (each tile read once for all models)."""
+    if len(predicts) == 1:
+        return predicts[0]
 
-    Tiles and weights are nnUNetPredictor's; volumes smaller than the patch are zero-padded as nnU-Net pads them.
-    `batch_size` patches (tiles and their mirrorings) go through the network at once. One view (z): `tta` is
-    "none" or "flips" here; `predict_slices` adds the y- and x-views.
-    """
-    if len(tta_views(tta)) > 1:
-        raise ValueError(f"sliding_window predicts the z-view only; tta={tta!r} needs predict_slices")
-    for logit in z_view_logits(model, slices, shape, tile_step, tta, batch_size, progress):
-        yield torch.sigmoid(torch.from_numpy(logit)).numpy()
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return sum((p(x) for p in predicts[1:]), predicts[0](x)) / len(predicts)
+    return mean
 
 
-def z_view_logits(model: Model | Sequence[Model], slices: Iterable[np.ndarray], shape: tuple[int, int, int],
-                  tile_step: float = 0.5, tta: bool | str = True, batch_size: int = 1, progress: tqdm | None = None,
-                  block: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-    """Vessel-minus-background logits (float32) of slices [block) (default all), yielded in z order.
+# ------------------------------------------------------------------------------------------------- the tiler
 
-    `slices` are the normalised volume slices from `Grid.input_range(*block)[0]` on: only the z-rows of tiles that
-    touch the block are computed, so a block's logits equal the whole volume's there.
-    """
-    models = _as_models(model)
-    device, patch = models[0].device, models[0].patch_size
-    grid = Grid.of(shape, patch, tile_step)
-    padded, below, steps = grid.padded, grid.below, grid.steps
-    start, stop = block or (0, shape[0])
-    rows = grid.rows_touching(start, stop)
-    inside = (slice(below[1], below[1] + shape[1]), slice(below[2], below[2] + shape[2]))
-    gaussian = _gaussian(patch, device)
-    pz = patch[0]
-    depth = pz + max(int(np.diff(steps[0]).max(initial=0)), 1)
-    # Three rolling buffers over padded slices [base, base + depth): input, weighted logit sum, weight sum.
-    image, value, weight = (torch.zeros((depth, *padded[1:]), device=device) for _ in range(3))
-    base = loaded = steps[0][rows[0]] if rows else 0
-    source = iter(slices)
-    tiles = [(y, x) for y in steps[1] for x in steps[2]]
-    for i in rows:  # steps[0][i] == base: each z-row of tiles starts where the last flush ended
-        z0 = steps[0][i]
-        while loaded < z0 + pz:
-            row = image[loaded - base]
-            row.zero_()
-            if 0 <= loaded - below[0] < shape[0]:
-                row[inside] = torch.from_numpy(np.ascontiguousarray(next(source), dtype=np.float32)).to(device)
-            loaded += 1
-        for b in range(0, len(tiles), batch_size):
-            chunk = tiles[b:b + batch_size]
-            x = torch.stack([image[:pz, y:y + patch[1], x:x + patch[2]] for y, x in chunk])[:, None]
-            for (y, x_), d in zip(chunk, _predict_logit_difference(models, x, tta, batch_size)):
-                value[:pz, y:y + patch[1], x_:x_ + patch[2]].addcmul_(d, gaussian)
-                weight[:pz, y:y + patch[1], x_:x_ + patch[2]] += gaussian
-        done_until = steps[0][i + 1] if i + 1 < len(steps[0]) else padded[0]
-        for z in range(base, done_until):  # no later tile reaches these slices
-            if start <= z - below[0] < stop:
-                yield (value[z - base][inside] / weight[z - base][inside]).cpu().numpy()
-                if progress is not None:
-                    progress.update(1)
-        for buffer in (image, value, weight):
-            _shift_down(buffer, done_until - base)
-        base = done_until
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a view: where it lies in the volume (volume axes, clipped to it) and in the patch (view axes)."""
+
+    volume_box: tuple[slice, slice, slice]
+    patch_box: tuple[slice, slice, slice]
+    neighbours: tuple[tuple[int, ...], ...]  # what its weight sum depends on (`_neighbour_offsets`)
+
+
+class Tiler:
+    """nnU-Net's sliding window over one view of a volume (its axes swapped by `view`, (0, 1, 2) for the z-view):
+    the tiles, in rows along the volume's z, and each tile's Gaussian divided by the sum of the Gaussians of every
+    tile over it. Each tile is so normalised on its own and any accumulator just adds."""
+
+    def __init__(self, shape: Sequence[int], patch: Sequence[int], tile_step: float,
+                 view: Sequence[int] = (0, 1, 2), device: str | torch.device = "cpu") -> None:
+        self.view = tuple(view)
+        self.back = tuple(int(a) for a in np.argsort(self.view))  # volume axis a is view axis back[a]
+        self.grid = Grid.of([shape[a] for a in self.view], patch, tile_step)
+        self.z_axis = self.back[0]
+        self.gaussian = _gaussian(patch, torch.device(device))
+        self._weights: dict[tuple, torch.Tensor] = {}
+
+    def rows(self, start: int, stop: int) -> Iterator[tuple[list[Tile], int]]:
+        """The tiles touching volume slices [start, stop), a row (same start along z) at a time, each row with the
+        volume slice below which no later row adds anything."""
+        grid, za = self.grid, self.z_axis
+        steps, below, p = grid.steps[za], grid.below[za], grid.patch[za]
+        for i, z0 in enumerate(steps):
+            if z0 - below < stop and z0 + p - below > start:
+                done = (steps[i + 1] if i + 1 < len(steps) else grid.padded[za]) - below
+                others = [range(len(s)) if a != za else (i,) for a, s in enumerate(grid.steps)]
+                yield [self._tile(t) for t in itertools.product(*others)], done
+
+    def count(self, start: int, stop: int) -> int:
+        return sum(len(row) for row, _ in self.rows(start, stop))
+
+    def _tile(self, t: tuple[int, int, int]) -> Tile:
+        grid = self.grid
+        lo = [grid.steps[a][t[a]] - grid.below[a] for a in range(3)]  # view coordinates, < 0 in the padding
+        src = [slice(max(lo[a], 0), min(lo[a] + grid.patch[a], grid.shape[a])) for a in range(3)]
+        dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
+        return Tile(tuple(src[self.back[a]] for a in range(3)), dst, _neighbour_offsets(grid, t))
+
+    def weight(self, tile: Tile) -> torch.Tensor:
+        """The tile's Gaussian over the weight sum of its box: tiles with the same neighbours share one."""
+        if tile.neighbours not in self._weights:
+            self._weights[tile.neighbours] = self.gaussian / _tile_weight_sum(tile.neighbours, self.gaussian)
+        return self._weights[tile.neighbours]
+
+
+class SliceWindow:
+    """Tiles' input read from a stream of volume slices (from slice `first` on): slices are pulled as a row of tiles
+    needs them and dropped once no later row reads them, so one patch depth of slices is held."""
+
+    def __init__(self, slices: Iterable[np.ndarray], first: int, shape: Sequence[int], depth: int,
+                 device: torch.device) -> None:
+        self.source, self.lo, self.hi = iter(slices), first, first
+        self.buffer = torch.zeros((depth, *shape[1:]), device=device)
+
+    def __call__(self, box: tuple[slice, slice, slice]) -> torch.Tensor:
+        z = box[0]
+        if z.start > self.lo:
+            _shift_down(self.buffer, z.start - self.lo)
+            self.lo = z.start
+        while self.hi < z.stop:
+            plane = np.ascontiguousarray(next(self.source), dtype=np.float32)
+            self.buffer[self.hi - self.lo] = torch.from_numpy(plane).to(self.buffer.device)
+            self.hi += 1
+        return self.buffer[z.start - self.lo:z.stop - self.lo, box[1], box[2]]
+
+
+def array_reader(volume: np.ndarray, device: torch.device) -> Callable[[tuple[slice, ...]], torch.Tensor]:
+    """Tiles' input read from a whole (normalised) volume, e.g. the float16 memmap the y- and x-views share."""
+    return lambda box: torch.from_numpy(np.ascontiguousarray(volume[box], dtype=np.float32)).to(device)
+
+
+class RollingSum:
+    """Normalised tiles summed in memory over the slices one row of tiles covers; each slice handed out (in z
+    order, as float32 logits) once no later row adds to it."""
+
+    def __init__(self, start: int, shape: Sequence[int], depth: int, device: torch.device) -> None:
+        self.base = start
+        self.buffer = torch.zeros((depth, *shape[1:]), device=device)
+
+    def add(self, box: tuple[slice, slice, slice], values: torch.Tensor) -> None:
+        self.buffer[box[0].start - self.base:box[0].stop - self.base, box[1], box[2]] += values
+
+    def finished(self, until: int) -> Iterator[np.ndarray]:
+        if until <= self.base:
+            return
+        for z in range(self.base, until):
+            yield self.buffer[z - self.base].to("cpu", copy=True).numpy()  # the buffer is reused
+        _shift_down(self.buffer, until - self.base)
+        self.base = until
+
+
+class MemmapSum:
+    """Normalised tiles summed into a float32 (Z, H, W) array on disk (the off-axis views' logit sum)."""
+
+    def __init__(self, total: np.ndarray) -> None:
+        self.total = total
+
+    def add(self, box: tuple[slice, slice, slice], values: torch.Tensor) -> None:
+        self.total[box] += values.cpu().numpy()
+
+    def finished(self, until: int) -> Iterator[np.ndarray]:
+        return iter(())
+
+
+def sweep(predict: Predict, tiler: Tiler, read: Callable, accumulator: RollingSum | MemmapSum,
+          block: tuple[int, int], batch_size: int = 1, progress: tqdm | None = None) -> Iterator[np.ndarray]:
+    """Every tile of `tiler` that touches volume slices [block): read, predicted, weighted and added to
+    `accumulator`, row by row along z. Yields what the accumulator finishes (the z-view's logit slices)."""
+    start, stop = block
+    device, patch = tiler.gaussian.device, tiler.grid.patch
+    for row, done in tiler.rows(start, stop):
+        for b in range(0, len(row), batch_size):
+            chunk = row[b:b + batch_size]
+            x = torch.zeros((len(chunk), 1, *patch), device=device)
+            for n, tile in enumerate(chunk):
+                x[n, 0][tile.patch_box] = read(tile.volume_box).permute(*tiler.view)
+            for tile, logit in zip(chunk, predict(x)):
+                z = tile.volume_box[0]
+                keep = slice(max(start, z.start), min(stop, z.stop))
+                cut = list(tile.patch_box)
+                cut[tiler.z_axis] = slice(cut[tiler.z_axis].start + keep.start - z.start,
+                                          cut[tiler.z_axis].start + keep.stop - z.start)
+                values = (logit * tiler.weight(tile))[tuple(cut)].permute(*tiler.back)  # back to volume axes
+                accumulator.add((keep, *tile.volume_box[1:]), values)
+            if progress is not None:
+                progress.update(len(chunk))
+        yield from accumulator.finished(min(done, stop))
+    yield from accumulator.finished(stop)
 
 
 def _shift_down(buffer: torch.Tensor, rows: int) -> None:
     """Move rows [rows:] of a buffer to the front, one slice at a time (no whole-buffer copy), zero the rest."""
     for r in range(buffer.shape[0] - rows):
         buffer[r].copy_(buffer[r + rows])
-    buffer[buffer.shape[0] - rows:].zero_()
-
-
-# ------------------------------------------------------------------------------- the y- and x-views, through disk
-
-
-def off_axis_view(model: Model | Sequence[Model], volume: np.ndarray, total: np.ndarray, view: Sequence[int],
-                  tile_step: float = 0.5, tta: bool | str = False, batch_size: int = 1,
-                  block: tuple[int, int] | None = None, progress: tqdm | None = None) -> None:
-    """Add the logits of one transposed view of `volume` (normalised, (Z, H, W), e.g. a float16 memmap) to
-    `total` (float32, same shape, e.g. a memmap), for z in [block) only (default all).
-
-    The view is the volume transposed by `view` (a swap of axes), tiled with nnU-Net's grid over the transposed
-    shape and Gaussian-weighted; each tile is read from `volume` and normalised on its own (divided by the
-    overlapping tiles' Gaussian sum over its box), so memory holds one batch of tiles whatever the volume's size.
-    """
-    models = _as_models(model)
-    device, patch = models[0].device, models[0].patch_size
-    view = tuple(view)
-    back = tuple(int(a) for a in np.argsort(view))
-    grid = Grid.of([volume.shape[a] for a in view], patch, tile_step)
-    gaussian = _gaussian(patch, device)
-    z_axis = back[0]  # the view axis that holds the volume's z
-    start, stop = block or (0, volume.shape[0])
-    b_z, p_z = grid.below[z_axis], grid.patch[z_axis]
-    tiles = [t for t in itertools.product(*(range(len(s)) for s in grid.steps))
-             if grid.steps[z_axis][t[z_axis]] - b_z < stop and grid.steps[z_axis][t[z_axis]] + p_z - b_z > start]
-    tiles.sort(key=lambda t: t[z_axis])  # move along the volume's z: the memmaps' pages are used in order
-    tile_weights: dict[tuple, torch.Tensor] = {}  # Gaussian / weight sum, per neighbour pattern
-    for b in range(0, len(tiles), batch_size):
-        chunk = tiles[b:b + batch_size]
-        boxes, x = [], torch.empty((len(chunk), 1, *patch), device=device)
-        for n, t in enumerate(chunk):
-            lo = [grid.steps[a][t[a]] - grid.below[a] for a in range(3)]  # view coordinates, may be < 0 (padding)
-            src = [slice(max(lo[a], 0), min(lo[a] + patch[a], grid.shape[a])) for a in range(3)]
-            dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
-            if any(s.stop - s.start < p for s, p in zip(src, patch)):  # a tile over the padding: zeros there
-                x[n, 0].zero_()
-            region = volume[tuple(src[back[a]] for a in range(3))]  # volume axis a <- view axis back[a]
-            x[n, 0][dst] = torch.from_numpy(np.ascontiguousarray(region.transpose(view), dtype=np.float32)).to(device)
-            boxes.append((t, src, dst))
-        d = _predict_logit_difference(models, x, tta, batch_size)
-        for (t, src, dst), logit in zip(boxes, d):
-            key = _neighbour_offsets(grid, t)
-            if key not in tile_weights:
-                tile_weights[key] = gaussian / _tile_weight_sum(key, gaussian)
-            weighted = (logit * tile_weights[key])[dst]
-            z_src = src[z_axis]
-            keep = slice(max(start, z_src.start), min(stop, z_src.stop))
-            cut = [slice(None)] * 3
-            cut[z_axis] = slice(keep.start - z_src.start, keep.stop - z_src.start)
-            part = weighted[tuple(cut)].permute(*back).cpu().numpy()  # back to volume axes
-            target = [src[back[a]] for a in range(3)]
-            target[0] = keep
-            total[tuple(target)] += part
-        if progress is not None:
-            progress.update(len(chunk))
+    buffer[max(buffer.shape[0] - rows, 0):].zero_()
 
 
 # ---------------------------------------------------------------------------------------------- whole kidneys
@@ -608,96 +595,217 @@ def model_space_slices(model: Model, group: data.Group, work_shape: tuple[int, i
     yield from resample_slices(slices, shape, work_shape, start, stop)
 
 
-def predict_slices(model: Model | Sequence[Model], group: data.Group, tile_step: float = 0.5,
-                   tta: bool | str = True, resample: bool = True, batch_size: int = 1, progress: bool = True,
-                   devices: Sequence[str] | None = None, scratch: Path | str | None = None) -> Iterator[np.ndarray]:
-    """Vessel probability slices (float32, the group's H x W) of a whole group, in z order.
+@dataclass(frozen=True)
+class Block:
+    """One device's share of a kidney: model-space slices [start, stop), written to the logit-sum memmap."""
 
-    `model` may be a list (an ensemble, logits averaged). `devices` None: the models' own device, streamed as
-    below; one device or several (one worker process each) and `tta` with "axes" go through memmaps under
-    `scratch` (default: the system's temporary folder), removed at the end.
+    group: data.Group
+    work_shape: tuple[int, int, int]
+    start: int
+    stop: int
+    device: str
+    total_file: Path
+    volume_file: Path | None  # the normalised model-space volume (float16), when the y- and x-views read it
+    worker: int = 0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """How a kidney is predicted: the model(s) (an ensemble when several, logits averaged) and the settings, held
+    in one object that `settings()` writes beside every prediction.
+
+    `tta`: TTA_MODES (True/False are aliases of flips/none). `devices` None: the models' own device, streamed in
+    this process; else each device checked, one spawned worker process per device when several. `scratch`: where
+    memmaps go when a kidney is not streamed (default: beside the output, or the system's temporary folder).
     """
-    models = _as_models(model)
-    parse_tta(tta)
-    targets = resolve_devices(devices) if devices is not None else [models[0].device]
-    shape = group.shape
-    work_shape = model_space_shape(shape, group.voxel_um, models[0], resample)
-    views = tta_views(tta)
-    if len(targets) == 1 and len(views) == 1:
-        if targets[0] != models[0].device:
-            models = [_on_device(m, targets[0]) for m in models]
-        bar = tqdm(total=work_shape[0], desc=f"predict {group.name}", unit="slice", disable=not progress)
-        logits = z_view_logits(models, model_space_slices(models[0], group, work_shape), work_shape, tile_step, tta,
-                               batch_size, bar)
-        probs = (torch.sigmoid(torch.from_numpy(logit)).numpy() for logit in logits)
-        yield from (resample_slices(probs, work_shape, shape) if work_shape != shape else probs)
-        bar.close()
-        return
-    yield from _predict_through_disk(models, group, work_shape, tile_step, tta, batch_size, progress, targets,
-                                     scratch)
 
+    models: Sequence[Model]
+    tile_step: float = 0.5
+    tta: bool | str = "flips"
+    resample: bool = True
+    batch_size: int = 1
+    devices: Sequence[str] | None = None
+    scratch: Path | str | None = None
+    progress: bool = True
 
-def _predict_through_disk(models: list[Model], group: data.Group, work_shape: tuple[int, int, int],
-                          tile_step: float, tta: bool | str, batch_size: int, progress: bool,
-                          targets: list[torch.device], scratch: Path | str | None) -> Iterator[np.ndarray]:
-    """Views and devices through memmaps: the normalised volume (float16, for the y/x-views) and the logit sum
-    (float32); each device's worker writes its z-block; then averaged, sigmoid, resampled back slice by slice."""
-    import tempfile
+    def __post_init__(self) -> None:
+        models = (self.models,) if isinstance(self.models, Model) else tuple(self.models)
+        check_compatible(models)
+        object.__setattr__(self, "models", models)
+        object.__setattr__(self, "tta", parse_tta(self.tta))
+        if self.devices is not None:
+            object.__setattr__(self, "devices", tuple(str(d) for d in resolve_devices(self.devices)))
 
-    if scratch is not None:
-        Path(scratch).mkdir(parents=True, exist_ok=True)
-    views = tta_views(tta)
-    with tempfile.TemporaryDirectory(prefix="sennet-predict-", dir=scratch) as tmp:
-        tmp = Path(tmp)
-        volume_file = None
-        if len(views) > 1:
-            volume_file = tmp / "volume.npy"
-            save_slices(volume_file, work_shape, np.float16, tqdm(
-                model_space_slices(models[0], group, work_shape), total=work_shape[0], unit="slice",
-                desc=f"normalise {group.name}", disable=not progress))
-        total_file = tmp / "logits.npy"
-        np.lib.format.open_memmap(total_file, mode="w+", dtype=np.float32, shape=work_shape).flush()
-        edges = np.linspace(0, work_shape[0], len(targets) + 1).round().astype(int)
-        jobs = [dict(group=group, work_shape=work_shape, block=(int(a), int(b)), device=str(d),
-                     volume_file=volume_file, total_file=total_file, tile_step=tile_step, tta=tta,
-                     batch_size=batch_size, progress=progress, worker=k, workers=len(targets))
-                for k, (a, b, d) in enumerate(zip(edges[:-1], edges[1:], targets)) if b > a]
-        if len(jobs) == 1:
-            predict_block([_on_device(m, targets[0]) for m in models], **jobs[0])
+    @classmethod
+    def from_folders(cls, model_dirs: str | Path | Sequence[str | Path], checkpoint: str = "checkpoint_final.pth",
+                     **settings: object) -> Predictor:
+        """The model folder(s), checked and loaded on the first of `devices` (default: auto), and the settings."""
+        device = resolve_devices(settings.get("devices"))[0]
+        return cls(load_models(model_dirs, str(device), checkpoint), **settings)
+
+    def settings(self) -> dict:
+        """The settings as JSON, the models named by their checkpoints."""
+        return {"models": [m.checkpoint for m in self.models], "tile_step": self.tile_step, "tta": self.tta,
+                "resample": self.resample, "batch_size": self.batch_size,
+                "devices": list(self.devices or [str(self.models[0].device)]),
+                "normalisation": self.models[0].normalisation}
+
+    @property
+    def views(self) -> list[tuple[int, int, int]]:
+        return tta_views(self.tta)
+
+    def tile_logits(self) -> Predict:
+        """The logit of a batch of patches: each model (with nnU-Net's mirrorings for flips TTA), averaged."""
+        flips = tta_flips(self.tta)
+        return ensemble([with_flips(network_logits(m, self.batch_size), m.mirror_axes) if flips
+                         else network_logits(m, self.batch_size) for m in self.models])
+
+    def for_kidney(self, group: normalisation.Volume) -> tuple[Predictor, dict]:
+        """The predictor ready to normalise `group`: "kidney" models get its own statistics (one streaming pass,
+        cached); every model's normalisation is checked to leave the kidney some contrast (NoContrastError naming
+        it otherwise). Returns it and what records the normalisation with the kidney's outputs."""
+        stats = normalisation.kidney_statistics(group, self.progress)
+        for model in self.models:
+            normalisation.check_contrast(group.name, stats, model.intensity)
+        if self.models[0].normalisation == "dataset":
+            return self, {"scheme": "dataset"}
+        return replace(self, models=[replace(m, intensity=stats) for m in self.models]), {"scheme": "kidney", **stats}
+
+    def z_view_logits(self, slices: Iterable[np.ndarray], shape: tuple[int, int, int],
+                      block: tuple[int, int] | None = None, progress: tqdm | None = None) -> Iterator[np.ndarray]:
+        """Logits (float32) of the z-view of a (Z, H, W) volume, slices [block) (default all), in z order, from its
+        normalised slices given from `Grid.input_range(*block)[0]` on: only the rows of tiles touching the block are
+        computed, so a block's logits equal the whole volume's there. Memory: two buffers of one patch depth."""
+        model = self.models[0]
+        tiler = Tiler(shape, model.patch_size, self.tile_step, device=model.device)
+        start, stop = block or (0, shape[0])
+        depth = min(model.patch_size[0], shape[0])
+        window = SliceWindow(slices, tiler.grid.input_range(start, stop)[0], shape, depth, model.device)
+        rolling = RollingSum(start, shape, depth, model.device)
+        yield from sweep(self.tile_logits(), tiler, window, rolling, (start, stop), self.batch_size, progress)
+
+    def add_view(self, volume: np.ndarray, total: np.ndarray, view: Sequence[int], block: tuple[int, int] | None = None,
+                 progress: tqdm | None = None) -> None:
+        """Add the logits of one transposed view of `volume` (normalised, e.g. a float16 memmap) to `total` (float32,
+        e.g. a memmap), for z in [block) (default all); one batch of tiles in memory whatever the volume's size."""
+        model = self.models[0]
+        tiler = Tiler(volume.shape, model.patch_size, self.tile_step, view, model.device)
+        block = block or (0, volume.shape[0])
+        for _ in sweep(self.tile_logits(), tiler, array_reader(volume, model.device), MemmapSum(total), block,
+                       self.batch_size, progress):
+            pass
+
+    def slices(self, group: data.Group) -> Iterator[np.ndarray]:
+        """Vessel probability slices (float32, the group's H x W) of a whole group, in z order: streamed from its
+        files for one device and the z-view; through memmaps under `scratch` for several views or devices."""
+        work_shape = model_space_shape(group.shape, group.voxel_um, self.models[0], self.resample)
+        devices = self.devices or (str(self.models[0].device),)
+        if len(devices) == 1 and len(self.views) == 1:
+            here = self.on_device(devices[0])
+            tiler = Tiler(work_shape, here.models[0].patch_size, self.tile_step)
+            with tqdm(total=tiler.count(0, work_shape[0]), desc=f"predict {group.name}", unit="tile",
+                      disable=not self.progress) as bar:
+                logits = here.z_view_logits(model_space_slices(here.models[0], group, work_shape), work_shape,
+                                            progress=bar)
+                yield from self._probabilities(logits, work_shape, group.shape, 1)
+            return
+        yield from self._through_disk(group, work_shape, devices)
+
+    def _probabilities(self, logits: Iterable[np.ndarray], work_shape: tuple[int, int, int],
+                       shape: tuple[int, int, int], views: int) -> Iterator[np.ndarray]:
+        probs = (torch.sigmoid(torch.from_numpy(np.asarray(logit, np.float32) / views)).numpy() for logit in logits)
+        return resample_slices(probs, work_shape, shape) if work_shape != shape else probs
+
+    def _through_disk(self, group: data.Group, work_shape: tuple[int, int, int],
+                      devices: Sequence[str]) -> Iterator[np.ndarray]:
+        """Views and devices through memmaps: the normalised volume (float16, for the y/x-views) and the logit sum
+        (float32); each device's worker writes its z-block; then averaged, sigmoid, resampled back slice by slice."""
+        if self.scratch is not None:
+            Path(self.scratch).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="sennet-predict-", dir=self.scratch) as tmp:
+            tmp = Path(tmp)
+            volume_file = tmp / "volume.npy" if len(self.views) > 1 else None
+            if volume_file is not None:
+                save_slices(volume_file, work_shape, np.float16, tqdm(
+                    model_space_slices(self.models[0], group, work_shape), total=work_shape[0], unit="slice",
+                    desc=f"normalise {group.name}", disable=not self.progress))
+            total_file = tmp / "logits.npy"
+            np.lib.format.open_memmap(total_file, mode="w+", dtype=np.float32, shape=work_shape).flush()
+            edges = np.linspace(0, work_shape[0], len(devices) + 1).round().astype(int)
+            blocks = [Block(group, work_shape, int(a), int(b), d, total_file, volume_file, k, len(devices))
+                      for k, (a, b, d) in enumerate(zip(edges[:-1], edges[1:], devices)) if b > a]
+            if len(blocks) == 1:
+                self.on_device(blocks[0].device).predict_block(blocks[0])
+            else:
+                _run_workers(self.on_device("cpu"), blocks, tmp)
+            total = np.load(total_file, mmap_mode="r")
+            yield from self._probabilities((total[z] for z in range(work_shape[0])), work_shape, group.shape,
+                                           len(self.views))
+            del total
+
+    def predict_block(self, block: Block) -> None:
+        """One device's share: the logit sum of every view over its model-space slices into the block's memmap."""
+        total = np.load(block.total_file, mmap_mode="r+")
+        volume = np.load(block.volume_file, mmap_mode="r") if block.volume_file is not None else None
+        model, span = self.models[0], (block.start, block.stop)
+        first, last = Grid.of(block.work_shape, model.patch_size, self.tile_step).input_range(*span)
+        if volume is not None:  # every view reads the same float16 volume
+            slices: Iterable[np.ndarray] = (np.asarray(volume[z], np.float32) for z in range(first, last))
         else:
-            _run_workers(models, jobs, tmp)
-        total = np.load(total_file, mmap_mode="r")
-        probs = (torch.sigmoid(torch.from_numpy(np.asarray(total[z], np.float32) / len(views))).numpy()
-                 for z in range(work_shape[0]))
-        yield from (resample_slices(probs, work_shape, group.shape) if work_shape != group.shape else probs)
-        del total
+            slices = model_space_slices(model, block.group, block.work_shape, first, last)
+        label = f"predict {block.group.name}" + (f" [{block.worker + 1}/{block.workers} {model.device}]"
+                                                 if block.workers > 1 else "")
+        for name, view in zip("zyx", self.views):
+            count = Tiler(block.work_shape, model.patch_size, self.tile_step, view).count(*span)
+            with tqdm(total=count, desc=f"{label} {name}-view", unit="tile", disable=not self.progress,
+                      position=block.worker) as bar:
+                if name == "z":
+                    for z, logit in enumerate(self.z_view_logits(slices, block.work_shape, span, bar),
+                                              start=block.start):
+                        total[z] = logit
+                else:
+                    self.add_view(volume, total, view, span, bar)
+        total.flush()
 
+    def on_device(self, device: str | torch.device) -> Predictor:
+        """The predictor with its models on `device` (itself when they are already there)."""
+        device = torch.device(device)
+        if all(m.device == device for m in self.models):
+            return self
+        return replace(self, models=[_on_device(m, device) for m in self.models])
 
-def predict_block(models: list[Model], group: data.Group, work_shape: tuple[int, int, int], block: tuple[int, int],
-                  volume_file: Path | None, total_file: Path, tile_step: float, tta: bool | str, batch_size: int,
-                  progress: bool = False, worker: int = 0, workers: int = 1, **_) -> None:
-    """One device's share: the logit sum of every view over model-space slices [block) into `total_file`."""
-    views = tta_views(tta)
-    start, stop = block
-    total = np.load(total_file, mmap_mode="r+")
-    volume = np.load(volume_file, mmap_mode="r") if volume_file is not None else None
-    grid = Grid.of(work_shape, models[0].patch_size, tile_step)
-    first, last = grid.input_range(start, stop)
-    if volume is not None:  # every view reads the same float16 volume
-        slices: Iterable[np.ndarray] = (np.asarray(volume[z], np.float32) for z in range(first, last))
-    else:
-        slices = model_space_slices(models[0], group, work_shape, first, last)
-    label = f"predict {group.name}" + (f" [{worker + 1}/{workers} {models[0].device}]" if workers > 1 else "")
-    with tqdm(total=stop - start, desc=label + " z-view", unit="slice", disable=not progress,
-              position=worker) as bar:
-        for z, logit in enumerate(z_view_logits(models, slices, work_shape, tile_step, tta, batch_size, bar, block),
-                                  start=start):
-            total[z] = logit
-    for view in views[1:]:
-        name = "yx"[views.index(view) - 1]
-        with tqdm(desc=f"{label} {name}-view", unit="tile", disable=not progress, position=worker) as bar:
-            off_axis_view(models, volume, total, view, tile_step, tta, batch_size, block, bar)
-    total.flush()
+    def predict_group(self, group: data.Group, out_file: Path | str, dtype: str = "float16",
+                      overwrite: bool = False) -> np.memmap:
+        """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255).
+
+        A finished file made by the same model(s) and settings is reused; another existing file is an error
+        unless `overwrite`. Temporary memmaps (axes TTA, several devices) go under `scratch` (default: beside
+        `out_file`)."""
+        out_file = Path(out_file)
+        record = out_file.with_suffix(".json")
+        ready, normalised = self.for_kidney(group)
+        models = ready.models
+        settings = {"group": group.name, "shape": list(group.shape), "normalisation": normalised,
+                    "model": models[0].checkpoint if len(models) == 1 else [m.checkpoint for m in models],
+                    "tile_step": self.tile_step, "tta": self.tta, "dtype": dtype,  # resampling: in the shape
+                    "model_space_shape": list(model_space_shape(group.shape, group.voxel_um, models[0],
+                                                                self.resample))}
+        if out_file.exists():
+            if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
+                return np.load(out_file, mmap_mode="r")
+            if not overwrite:
+                raise FileExistsError(f"{out_file}: exists from other settings or an unfinished run; "
+                                      "pass overwrite=True to replace it")
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        record.unlink(missing_ok=True)
+        start = time.perf_counter()
+        if self.scratch is None:
+            ready = replace(ready, scratch=out_file.parent)
+        probs = ready.slices(group)
+        save_slices(out_file, group.shape, dtype, (np.round(p * 255) if dtype == "uint8" else p for p in probs))
+        record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
+        return np.load(out_file, mmap_mode="r")
 
 
 def _on_device(model: Model, device: torch.device) -> Model:
@@ -708,78 +816,39 @@ def _on_device(model: Model, device: torch.device) -> Model:
     return from_network(network, model.plans, device, model.mirror_axes, model.model_dir, model.checkpoint)
 
 
-def _run_workers(models: list[Model], jobs: list[dict], tmp: Path) -> None:
-    """One spawned process per job (device), each with its own copy of the models; fails naming the device."""
+def _run_workers(predictor: Predictor, blocks: list[Block], tmp: Path) -> None:
+    """One spawned process per block (device), each with its own copy of the models; fails naming the device."""
     import multiprocessing
 
-    cpu_models = [_on_device(m, torch.device("cpu")) for m in models]
     ctx = multiprocessing.get_context("spawn")
-    cpu_workers = sum(job["device"] == "cpu" for job in jobs)
+    cpu_workers = sum(block.device == "cpu" for block in blocks)
     threads = max(1, torch.get_num_threads() // max(cpu_workers, 1))
     processes = []
-    for job in jobs:
-        error_file = tmp / f"worker{job['worker']}.error"
-        p = ctx.Process(target=_worker_main, args=(cpu_models, job, threads, error_file), daemon=True)
+    for block in blocks:
+        error_file = tmp / f"worker{block.worker}.error"
+        p = ctx.Process(target=_worker_main, args=(predictor, block, threads, error_file), daemon=True)
         p.start()
-        processes.append((p, job, error_file))
+        processes.append((p, block, error_file))
     failures = []
-    for p, job, error_file in processes:
+    for p, block, error_file in processes:
         p.join()
         if p.exitcode != 0:
             reason = error_file.read_text().strip().splitlines()[-1] if error_file.is_file() else f"exit {p.exitcode}"
-            failures.append(f"worker on {job['device']} (slices {job['block'][0]}-{job['block'][1]}): {reason}")
+            failures.append(f"worker on {block.device} (slices {block.start}-{block.stop}): {reason}")
     if failures:
         raise RuntimeError("; ".join(failures))
 
 
-def _worker_main(models: list[Model], job: dict, threads: int, error_file: Path) -> None:
+def _worker_main(predictor: Predictor, block: Block, threads: int, error_file: Path) -> None:
     import traceback
 
     try:
-        if job["device"] == "cpu":
+        if block.device == "cpu":
             torch.set_num_threads(threads)
-        device = torch.device(job["device"])
-        predict_block([_on_device(m, device) for m in models], **job)
+        predictor.on_device(block.device).predict_block(block)
     except BaseException:
         error_file.write_text(traceback.format_exc())
         raise
-
-
-def predict_group(model: Model | Sequence[Model], group: data.Group, out_file: Path | str, tile_step: float = 0.5,
-                  tta: bool | str = True, resample: bool = True, dtype: str = "float16", batch_size: int = 1,
-                  overwrite: bool = False, progress: bool = True, devices: Sequence[str] | None = None,
-                  scratch: Path | str | None = None) -> np.memmap:
-    """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255).
-
-    A finished file made by the same model(s) and settings is reused; another existing file is an error
-    unless `overwrite`. Temporary memmaps (axes TTA, several devices) go under `scratch` (default: beside
-    `out_file`).
-    """
-    models = _as_models(model)
-    tta = parse_tta(tta)
-    if devices is not None:
-        resolve_devices(devices)
-    out_file = Path(out_file)
-    record = out_file.with_suffix(".json")
-    models, normalised = for_kidney(models, group, progress)
-    settings = {"group": group.name, "shape": list(group.shape), "normalisation": normalised,
-                "model": models[0].checkpoint if len(models) == 1 else [m.checkpoint for m in models],
-                "tile_step": tile_step, "tta": tta, "dtype": dtype,  # resampling is in the shape: none == a no-op
-                "model_space_shape": list(model_space_shape(group.shape, group.voxel_um, models[0], resample))}
-    if out_file.exists():
-        if record.is_file() and json.loads(record.read_text()).get("settings") == settings:
-            return np.load(out_file, mmap_mode="r")
-        if not overwrite:
-            raise FileExistsError(f"{out_file}: exists from other settings or an unfinished run; "
-                                  "pass overwrite=True to replace it")
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    record.unlink(missing_ok=True)
-    start = time.perf_counter()
-    probs = predict_slices(models, group, tile_step, tta, resample, batch_size, progress, devices,
-                           scratch if scratch is not None else out_file.parent)
-    save_slices(out_file, group.shape, dtype, (np.round(p * 255) if dtype == "uint8" else p for p in probs))
-    record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
-    return np.load(out_file, mmap_mode="r")
 
 
 def _read_slices(group: data.Group, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:

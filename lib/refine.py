@@ -70,7 +70,7 @@ def refine_group(model: predictor.Model, group: data.Group, share: float, out_di
     """Predict `group`, cut it at the share and write its refined labels to `out_dir`; the probabilities (float16,
     2 bytes per voxel) live in `scratch` only until the labels are written. Returns the counts and the cut."""
     probs_file = scratch / f"{group.name}_probabilities.npy"
-    probs = predictor.predict_group(model, group, probs_file, tta=False, overwrite=True, progress=progress)
+    probs = predictor.Predictor(model, tta=False, progress=progress).predict_group(group, probs_file, overwrite=True)
     threshold = postprocess.share_threshold(probs, group, share)
     counts = postprocess.write_refined_labels(probs, group, threshold, out_dir, group.slices, progress)
     del probs

@@ -69,7 +69,7 @@ def test_predict_submission_from_a_script(synthetic_tiny: Path, model_dir: Path,
 def test_stored_threshold_is_used_without_a_validation_group(synthetic_tiny: Path, model_dir: Path,
                                                               tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"threshold.json: missing; threshold='model' needs"):
-        inference.prepare(model_dir, "model", device="cpu")  # before any prediction
+        inference.prepare(model_dir, "model", devices="cpu")  # before any prediction
     curve = pd.DataFrame({"threshold": [0.3, 0.55], "surface_dice": [0.4, 0.6], "dice": [0.3, 0.5]})
     stored = tmp_path / "model"
     stored.mkdir()
@@ -104,9 +104,9 @@ def test_bad_settings_fail_before_prediction(model_dir: Path, tmp_path: Path) ->
         inference.predict_submission(model_dir, tmp_path, tmp_path / "out", thresold=0.5)
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="unknown tta 'sideways'"):
-        inference.prepare(model_dir, 0.5, tta="sideways", device="cpu")
+        inference.prepare(model_dir, 0.5, tta="sideways", devices="cpu")
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         inference.prepare(model_dir, 0.5, devices=["gpu0"])
     with pytest.raises(ValueError, match="threshold must be a number, 'tune', 'model'"):
-        inference.prepare(model_dir, "best", device="cpu")
+        inference.prepare(model_dir, "best", devices="cpu")
     assert ThresholdRule.parse("model") == ThresholdRule("model")

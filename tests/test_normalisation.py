@@ -65,9 +65,9 @@ def test_kidney_scheme_is_blind_to_an_affine_re_exposure_and_dataset_is_not(tmp_
     results = {}
     for scheme in ("kidney", "dataset"):
         model = _model(scheme)
-        results[scheme] = [np.asarray(predictor.predict_group(model, predictor.ArrayGroup("kidney_5", v),
-                                                              tmp_path / f"{scheme}_{k}.npy", tta=False,
-                                                              progress=False), dtype=np.float32)
+        run = predictor.Predictor(model, tta=False, progress=False)
+        results[scheme] = [np.asarray(run.predict_group(predictor.ArrayGroup("kidney_5", v),
+                                                        tmp_path / f"{scheme}_{k}.npy"), dtype=np.float32)
                            for k, v in enumerate((raw, exposed))]
     same, other = results["kidney"], results["dataset"]
     np.testing.assert_allclose(same[0], same[1], atol=1e-3, rtol=0)  # float16 rounding of the stored output
@@ -80,20 +80,21 @@ def test_a_kidney_without_contrast_is_refused_before_any_prediction(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     flat = predictor.ArrayGroup("kidney_6", np.full((6, 40, 44), 12345, np.uint16))
     kidney = _model("kidney")
-    monkeypatch.setattr(predictor, "predict_slices", lambda *a, **k: pytest.fail("predicted"))
+    monkeypatch.setattr(predictor.Predictor, "slices", lambda *a, **k: pytest.fail("predicted"))
     with pytest.raises(NoContrastError) as info:
-        predictor.predict_group(kidney, flat, tmp_path / "p.npy", tta=False, progress=False)
+        predictor.Predictor(kidney, tta=False, progress=False).predict_group(flat, tmp_path / "p.npy")
     message = str(info.value)
     assert message.startswith("kidney_6: no contrast") and "12345" in message and "\n" not in message
     with pytest.raises(NoContrastError, match="^kidney_6: no contrast"):
-        inference.intensity_table([kidney], {"kidney_6": flat}, progress=False)
+        inference.intensity_table(predictor.Predictor(kidney), {"kidney_6": flat}, progress=False)
     # Under "dataset" a kidney wholly above the training window clips to one value: refused too.
     dataset = _model("dataset")
     bright = predictor.ArrayGroup("kidney_5", _volume() // 2 + 50_000)
     assert bright.volume.min() > dataset.intensity["percentile_99_5"]
     with pytest.raises(NoContrastError, match="^kidney_5: no contrast under the model's dataset normalisation"):
-        inference.intensity_table([dataset], {"kidney_5": bright}, progress=False)
-    assert inference.intensity_table([kidney], {"kidney_5": bright}, progress=False).loc["kidney_5", "std"] > 0
+        inference.intensity_table(predictor.Predictor(dataset), {"kidney_5": bright}, progress=False)
+    table = inference.intensity_table(predictor.Predictor(kidney), {"kidney_5": bright}, progress=False)
+    assert table.loc["kidney_5", "std"] > 0
     assert not (tmp_path / "p.npy").exists()
 
 

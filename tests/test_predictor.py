@@ -32,9 +32,9 @@ def volume(shape, seed=0) -> np.ndarray:
 
 
 def ours(model: predictor.Model | list[predictor.Model], vol: np.ndarray, tta: bool = False, **kw) -> np.ndarray:
-    intensity = (model if isinstance(model, predictor.Model) else model[0]).intensity
-    slices = (predictor.normalize(s, intensity) for s in vol)
-    return np.stack(list(predictor.sliding_window(model, slices, vol.shape, tta=tta, **kw)))
+    run = predictor.Predictor(model, tta=tta, **kw)
+    slices = (predictor.normalize(s, run.models[0].intensity) for s in vol)
+    return torch.sigmoid(torch.from_numpy(np.stack(list(run.z_view_logits(slices, vol.shape))))).numpy()
 
 
 def nnunet_predictor_probabilities(model: predictor.Model, vol: np.ndarray, tta: bool) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_streams_with_bounded_lookahead(model: predictor.Model) -> None:
             yield predictor.normalize(s, model.intensity)
 
     lookahead = []
-    for k, _ in enumerate(predictor.sliding_window(model, counted(), vol.shape, tta=False)):
+    for k, _ in enumerate(predictor.Predictor(model, tta=False).z_view_logits(counted(), vol.shape)):
         lookahead.append(len(consumed) - k)
     assert len(lookahead) == 150
     assert max(lookahead) <= PATCH[0] + 1  # at most one patch depth of slices is held, whatever the depth
@@ -124,23 +124,24 @@ def test_predict_group_resamples_kidney_6_and_caches(synthetic_tiny: Path, tmp_p
     assert work == tuple(int(round(n * 63.08 / 50)) for n in k6.shape)  # 63.08 µm -> 50 µm grid
     assert predictor.model_space_shape(k5.shape, k5.voxel_um, model, resample=True) == k5.shape  # 50.28: within 2%
     out = tmp_path / "probs" / "kidney_6.npy"
-    probs = predictor.predict_group(model, k6, out, tta=False, progress=False)
+    plain = predictor.Predictor(model, tta=False, progress=False)
+    probs = plain.predict_group(k6, out)
     assert probs.shape == k6.shape and probs.dtype == np.float16
     assert 0 <= float(probs.min()) and float(probs.max()) <= 1 and float(probs.std()) > 0
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["settings"]["model_space_shape"] == list(work)
     mtime = out.stat().st_mtime_ns
-    predictor.predict_group(model, k6, out, tta=False, progress=False)  # same settings: reused
+    plain.predict_group(k6, out)  # same settings: reused
     assert out.stat().st_mtime_ns == mtime
     with pytest.raises(FileExistsError, match="kidney_6.npy: exists from other settings"):
-        predictor.predict_group(model, k6, out, tta=True, progress=False)
-    plain = predictor.predict_group(model, k6, tmp_path / "plain.npy", tta=False, resample=False,
-                                    dtype="uint8", progress=False)
-    assert plain.dtype == np.uint8 and plain.shape == k6.shape
+        predictor.Predictor(model, tta=True, progress=False).predict_group(k6, out)
+    native = predictor.Predictor(model, tta=False, resample=False, progress=False)
+    as_uint8 = native.predict_group(k6, tmp_path / "plain.npy", dtype="uint8")
+    assert as_uint8.dtype == np.uint8 and as_uint8.shape == k6.shape
     k5_out = tmp_path / "probs" / "kidney_5.npy"
-    predictor.predict_group(model, k5, k5_out, tta=False, resample=True, progress=False)
+    plain.predict_group(k5, k5_out)
     mtime = k5_out.stat().st_mtime_ns
-    predictor.predict_group(model, k5, k5_out, tta=False, resample=False, progress=False)  # a no-op either way: reused
+    native.predict_group(k5, k5_out)  # resampling is a no-op either way: reused
     assert k5_out.stat().st_mtime_ns == mtime
 
 
@@ -170,11 +171,11 @@ def test_axes_equal_the_mean_logit_of_the_transposed_volumes(model: predictor.Mo
     views = []
     for view in predictor.VIEWS.values():
         turned = normalised.transpose(view)
-        logits = np.stack(list(predictor.z_view_logits(model, iter(turned), turned.shape, tta=False)))
+        logits = np.stack(list(predictor.Predictor(model, tta=False).z_view_logits(iter(turned), turned.shape)))
         views.append(logits.transpose(view))  # each view is a swap of axes: its own inverse
     expected = 1 / (1 + np.exp(-np.mean(views, axis=0)))
-    got = np.stack(list(predictor.predict_slices(model, predictor.ArrayGroup("k", vol), tta="axes", progress=False,
-                                                 scratch=tmp_path)))
+    axes = predictor.Predictor(model, tta="axes", progress=False, scratch=tmp_path)
+    got = np.stack(list(axes.slices(predictor.ArrayGroup("k", vol))))
     assert got.shape == vol.shape
     assert np.abs(got - expected).max() < 1e-4
     assert np.abs(got - ours(model, vol)).max() > 1e-3  # the extra views change the prediction
@@ -206,11 +207,10 @@ def test_ensemble_of_disagreeing_plans_fails_before_predicting(tmp_path: Path) -
 
 def test_bad_tta_and_devices_are_one_line_errors(model: predictor.Model) -> None:
     assert [predictor.parse_tta(t) for t in (True, False, "AXES+flips")] == ["flips", "none", "axes+flips"]
-    group = predictor.ArrayGroup("k", volume((8, 16, 16)))
     with pytest.raises(ValueError, match="unknown tta 'rot90'"):
-        next(predictor.predict_slices(model, group, tta="rot90"))
+        predictor.Predictor(model, tta="rot90")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
-        next(predictor.predict_slices(model, group, devices=["cpu", "tpu"]))
+        predictor.Predictor(model, devices=["cpu", "tpu"])
     with pytest.raises(ValueError, match="unknown device 'cuda:7'"):
         predictor.resolve_devices(["cuda:7"])
 
@@ -221,11 +221,12 @@ def test_two_cpu_workers_equal_one_device(model: predictor.Model, tmp_path: Path
     plans = small_plans(PATCH, spacing=(0.05, 0.05, 0.05))
     coarse = predictor.from_network(model.network, plans, "cpu")
     group = predictor.ArrayGroup("k6", vol, voxel_um=63.08)  # resampled to (63, 50, 56) and back: blocks read input ranges
-    one = np.stack(list(predictor.predict_slices(coarse, group, tta=False, progress=False)))
-    two = np.stack(list(predictor.predict_slices(coarse, group, tta=False, progress=False, devices=["cpu", "cpu"],
-                                                 scratch=tmp_path)))
+    def run(**settings) -> np.ndarray:
+        return np.stack(list(predictor.Predictor(coarse, progress=False, **settings).slices(group)))
+
+    one = run(tta=False)
+    two = run(tta=False, devices=["cpu", "cpu"], scratch=tmp_path)
     assert np.abs(one - two).max() < 1e-5
-    axes_one = np.stack(list(predictor.predict_slices(coarse, group, tta="axes", progress=False, devices=["cpu"])))
-    axes_two = np.stack(list(predictor.predict_slices(coarse, group, tta="axes", progress=False,
-                                                      devices=["cpu", "cpu"])))
+    axes_one = run(tta="axes", devices=["cpu"])
+    axes_two = run(tta="axes", devices=["cpu", "cpu"])
     assert np.abs(axes_one - axes_two).max() < 1e-5
