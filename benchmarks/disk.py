@@ -43,7 +43,7 @@ def raw_and_preprocessed(root: Path, work: Path) -> tuple[int, int, int, int]:
     voxels = int((table["slices"] * table["height"] * table["width"]).sum())
     cases = nnunet_dataset.read_cases(work)
     arch, _ = fine_tune.architecture_plans("tiny", None, work)
-    fine_tune.prepare(work, arch, [32, 64, 64], 2, cases, keep_raw=True, progress=False)
+    fine_tune.prepare(arch, [32, 64, 64], 2, cases, keep_raw=True, progress=False)
     pre_dir = work / "preprocessed" / nnunet_dataset.DATASET_NAME / f"{fine_tune.PLANS_NAME}_3d_fullres"
     largest = max(table.index, key=lambda n: table.loc[n, "slices"] * table.loc[n, "height"] * table.loc[n, "width"])
     slab = sum(p.stat().st_size for p in [*nnunet_dataset.raw_files(raw_dir, largest), *pre_dir.glob(f"{largest}*")])

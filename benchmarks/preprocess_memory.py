@@ -49,11 +49,12 @@ def measure(data: Path, work: Path, slab_depth: int) -> dict:
     """Run in a fresh process: convert and preprocess with one worker; peak memory of each stage."""
     os.environ["nnUNet_def_n_proc"] = "1"
     start = time.perf_counter()
-    nnunet_dataset.write_raw_dataset(data, work, ["kidney_1_dense"], None, slab_depth, progress=False)
+    nnunet_dataset.write_raw_dataset(data, work, nnunet_dataset.Split(["kidney_1_dense"], None, slab_depth),
+                                     progress=False)
     convert = vm_hwm_mib()
     cases = nnunet_dataset.read_cases(work)
     arch, _ = fine_tune.architecture_plans("tiny", None, work)
-    fine_tune.prepare(work, arch, [32, 64, 64], 2, cases, progress=False)
+    fine_tune.prepare(arch, [32, 64, 64], 2, cases, progress=False)
     # Fingerprinting may run in worker processes; preprocessing runs here, case by case (VmHWM covers it).
     workers = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, vm_hwm_mib())
     return {"convert_MiB": convert, "workers_MiB": workers, "seconds": time.perf_counter() - start,

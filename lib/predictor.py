@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -33,6 +34,7 @@ from lib.normalisation import normalize
 from lib.volume import chunks, save_slices
 
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
+WEIGHT_CACHE = 16  # tile weights kept (one patch of float32 each)
 
 
 @dataclass(frozen=True)
@@ -443,7 +445,9 @@ class Tiler:
         self.grid = Grid.of([shape[a] for a in self.view], patch, tile_step)
         self.z_axis = self.back[0]
         self.gaussian = _gaussian(patch, torch.device(device))
-        self._weights: dict[tuple, torch.Tensor] = {}
+        # Tiles with the same neighbours share a weight; nnU-Net's rounded steps give many such patterns over a
+        # kidney, so only the recent ones are kept (memory: WEIGHT_CACHE patches).
+        self._weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight_for)
 
     def rows(self, start: int, stop: int) -> Iterator[tuple[list[Tile], int]]:
         """The tiles touching volume slices [start, stop), a row (same start along z) at a time, each row with the
@@ -467,10 +471,11 @@ class Tiler:
         return Tile(tuple(src[self.back[a]] for a in range(3)), dst, _neighbour_offsets(grid, t))
 
     def weight(self, tile: Tile) -> torch.Tensor:
-        """The tile's Gaussian over the weight sum of its box: tiles with the same neighbours share one."""
-        if tile.neighbours not in self._weights:
-            self._weights[tile.neighbours] = self.gaussian / _tile_weight_sum(tile.neighbours, self.gaussian)
-        return self._weights[tile.neighbours]
+        """The tile's Gaussian over the weight sum of its box."""
+        return self._weight(tile.neighbours)
+
+    def _weight_for(self, neighbours: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+        return self.gaussian / _tile_weight_sum(neighbours, self.gaussian)
 
 
 class SliceWindow:
@@ -636,13 +641,6 @@ class Predictor:
         object.__setattr__(self, "tta", parse_tta(self.tta))
         if self.devices is not None:
             object.__setattr__(self, "devices", tuple(str(d) for d in resolve_devices(self.devices)))
-
-    @classmethod
-    def from_folders(cls, model_dirs: str | Path | Sequence[str | Path], checkpoint: str = "checkpoint_final.pth",
-                     **settings: object) -> Predictor:
-        """The model folder(s), checked and loaded on the first of `devices` (default: auto), and the settings."""
-        device = resolve_devices(settings.get("devices"))[0]
-        return cls(load_models(model_dirs, str(device), checkpoint), **settings)
 
     def settings(self) -> dict:
         """The settings as JSON, the models named by their checkpoints."""

@@ -126,8 +126,9 @@ def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, setti
         folder = run_dir(output_dir, settings, r)
         labels = {g: round_dir(output_dir, r) / "labels" / g for g in groups} if r > 0 else None
         if r > 0:
-            rows += _refine_round(data_dir, previous, labels, r, settings, output_dir, progress,
-                                  done={(row["round"], row["group"]) for row in rows})
+            done = {(row["round"], row["group"]) for row in rows}  # refined before an interruption
+            todo = {g: folder for g, folder in labels.items() if (r, g) not in done}
+            rows += _refine_round(data_dir, previous, todo, r, settings, round_dir(output_dir, r) / "scratch", progress)
             record_file.write_text(json.dumps(rows, indent=2))
         this = round_settings(settings, r, previous)
         model_dir = fine_tune.default_model_dir(folder)
@@ -150,16 +151,14 @@ def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, setti
 
 
 def _refine_round(data_dir: Path | str, model_dir: Path, labels: dict[str, Path], r: int, settings: TrainSettings,
-                  output_dir: Path, progress: bool, done: set) -> list[dict]:
-    """Refine every sparse group's labels with the model of round r-1 (skipping groups refined earlier)."""
-    todo = [g for g in labels if (r, g) not in done]
-    if not todo:
+                  scratch: Path, progress: bool) -> list[dict]:
+    """Refine these sparse groups' labels (written to `labels`' folders) with the model of round r-1."""
+    if not labels:
         return []
     model = predictor.load_model(model_dir, settings.device)
-    scratch = round_dir(output_dir, r) / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in todo:
+    for name in labels:
         group = data.open_group(name, data_dir)
         if labels[name].exists():  # complete but unrecorded (interrupted in between): written again
             shutil.rmtree(labels[name])

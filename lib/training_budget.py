@@ -1,41 +1,10 @@
 """The training plan: will notebook 02's stages finish inside Kaggle's ~12-hour GPU session?
 
-The training-side twin of `lib.inference_budget` (which projects the hidden-test prediction inside 9 hours), one
-layer above the rooms whose code it times (tests/test_layout.py). `calibrate` times each stage's own code on the
-current device for a few seconds (CPU, "tiny") to well under a minute (GPU, "hepatic"), on a small synthetic block written as
-competition TIFF slices in a temporary folder:
-
-- conversion: `nnunet_dataset.write_raw_dataset` (TIFF slices -> nnU-Net raw slabs), seconds per voxel;
-- fingerprint: nnU-Net's `DatasetFingerprintExtractor.analyze_case` on each slab (in this process: the real run's
-  one spawned worker adds a few seconds once), seconds per voxel;
-- preprocessing: `fine_tune.prepare` (nnU-Net's DefaultPreprocessor with the kidney plans the run would use),
-  seconds per voxel;
-- training: `FineTuneTrainer` built as `fine_tune.train` builds it (network of the configuration, the patch and batch
-  size of this device, deep-supervision loss, SGD, AMP on a GPU): `train_step` and `validation_step` on a real
-  batch (warm-up steps excluded), one batch of nnU-Net's data loading + augmentation as one worker runs it
-  (torch single-threaded), the trainer's start and the checkpoints written each epoch (latest, best);
-- prediction: `lib.inference_budget.calibrate` on the configuration's network (`lib.predictor.from_network`, random weights,
-  the run's normalisation scheme): network seconds per tile, and the predictor's own seconds per voxel (reading,
-  normalising, blending, writing float16) for the z-view and for the three views;
-- refinement of pseudo-labels (`postprocess.share_threshold` + `write_refined_labels`) and the validation's
-  threshold curve (`postprocess.threshold_curve`): seconds per voxel of the block, on probabilities shaped like a
-  model's.
-
-`project` multiplies by the run's work, in the order notebook 02 runs it: round 0 (conversion, fingerprint,
-preprocessing, training), each pseudo-label round r >= 1 (prediction + refinement of every refined sparse group,
-`lib.refine.refined_groups`, conversion, preprocessing, training from the previous round's model), then the
-validation of the final model and of the best checkpoint (notebook 02 validates both when they differ; counted
-always). Prediction is counted as lib.inference_budget counts it (`inference_budget.tiles` over each TTA view of the
-model-space shape, `predictor.model_space_shape` at the training spacing). Voxels are those of the nnU-Net cases
-`nnunet_dataset.plan_cases` cuts (validation images held out of training), so a real root, the synthetic one and
-`competition_groups()` (the real shapes, for docs/kaggle.md) are projected alike.
-
-A training iteration takes max(train step, augmentation batch / workers) on a GPU (nnU-Net's workers augment beside
-the GPU step; workers = nnU-Net's count, at most the cores less the main process), train step + augmentation batch
-on the CPU (they share the cores). `check_budget` refuses, in one line, a setting whose projection x (1 + MARGIN)
-passes `budget_hours` (default 11.5 h on Kaggle, none elsewhere), naming the first stage that passes it and settings
-that fit. Not projected: nnU-Net's progress plot each epoch, the validation's mask and figures, model loading
-(seconds each). Fixed costs measured on the small block count as if per voxel: projections err long.
+The training-side twin of `lib.inference_budget`. `calibrate` times each stage's own code (conversion, nnU-Net's
+fingerprint and preprocessing, the trainer's steps, augmentation and checkpoints, prediction, pseudo-label
+refinement, the threshold curve) on the current device on a small synthetic block; `project` multiplies by the
+run's work in the order notebook 02 runs it; `check_budget` refuses, in one line, a setting whose projection
+x (1 + MARGIN) passes the budget. What each stage times and what is not projected: docs/kaggle.md.
 
     python -m lib.training_budget --data-dir ROOT [--configuration hepatic] [--epochs 15] [--pseudo-label-rounds 1]
                          [--real-shapes] [--budget-hours 11.5] [--calibration FILE.json]
@@ -242,8 +211,8 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     # The run's normalisation scheme, where the settings have one (a per-kidney scheme changes the conversion's work).
     scheme = {"normalisation": settings.normalisation} if hasattr(settings, "normalisation") else {}
     start = time.perf_counter()
-    nnunet_dataset.write_raw_dataset(root, work_dir, (CALIBRATION_GROUP,), None, settings.slab_depth, progress=False,
-                                     **scheme)
+    nnunet_dataset.write_raw_dataset(root, work_dir, nnunet_dataset.Split((CALIBRATION_GROUP,), None, settings.slab_depth),
+                                     progress=False, **scheme)
     conversion = time.perf_counter() - start
     cases = nnunet_dataset.read_cases(work_dir)
     voxels = sum(c.stop - c.start for c in cases) * math.prod(data.open_group(CALIBRATION_GROUP, root).shape[1:])
@@ -257,7 +226,7 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     fingerprint_file.write_text(json.dumps(_fingerprint(results)))
     arch, _ = fine_tune.architecture_plans(settings.configuration, None, work_dir)
     patch = fine_tune.patch_size_for(arch, device, settings.patch_size)
-    preprocessing = inference_budget.timed(lambda: fine_tune.prepare(work_dir, arch, patch, settings.batch_size, cases, True,
+    preprocessing = inference_budget.timed(lambda: fine_tune.prepare(arch, patch, settings.batch_size, cases, True,
                                                      fingerprint_file, progress=False), cpu)
     plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / nnunet_dataset.DATASET_NAME /
                         f"{fine_tune.PLANS_NAME}.json").read_text())

@@ -164,7 +164,7 @@ def test_live_frontend_is_false_outside_a_kernel(monkeypatch) -> None:
 def test_browser_callbacks_update_artists(synthetic_tiny) -> None:
     groups = data.discover(synthetic_tiny)
     g = groups["kidney_1_dense"]
-    browser = SliceBrowser(groups, group="kidney_1_dense", alpha=0.5)
+    browser = SliceBrowser(groups, group="kidney_1_dense")
     controls = BrowserWidgets(browser)
     assert controls.index_w.max == g.shape[0] - 1 and browser.axis == "xy"
 

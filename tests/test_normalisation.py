@@ -107,8 +107,8 @@ def test_unbound_kidney_model_cannot_normalise() -> None:
 
 def test_kidney_slabs_are_written_normalised_by_their_group(synthetic_tiny: Path, tmp_path: Path) -> None:
     groups = ["kidney_1_dense", "kidney_3_sparse"]
-    nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path / "work", groups, "kidney_3_dense", slab_depth=8,
-                                     progress=False, normalisation="kidney")
+    nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path / "work", nnunet_dataset.Split(groups, "kidney_3_dense", 8),
+                                     normalisation="kidney", progress=False)
     raw = tmp_path / "work" / "raw" / nnunet_dataset.DATASET_NAME
     manifest = json.loads((raw / "conversion.json").read_text())
     assert manifest["normalisation"] == "kidney" and set(manifest["statistics"]) == {*groups, "kidney_3_dense"}

@@ -3,6 +3,7 @@ archive, resuming after an interruption; plus the dataset conversion and plans i
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,8 @@ def test_cases_keep_validation_images_out_of_training(synthetic_tiny: Path) -> N
 
 
 def test_raw_dataset_slabs_equal_the_source(synthetic_tiny: Path, tmp_path: Path) -> None:
-    table = nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, ["kidney_1_dense"], "kidney_3_dense",
-                                             slab_depth=7, progress=False)
+    split = nnunet_dataset.Split(["kidney_1_dense"], "kidney_3_dense", slab_depth=7)
+    table = nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, split, progress=False)
     raw = tmp_path / "raw" / nnunet_dataset.DATASET_NAME
     group = data.open_group("kidney_1_dense", synthetic_tiny)
     stacked = np.concatenate([tifffile.imread(raw / "imagesTr" / f"{n}_0000.tif") for n in table.index
@@ -48,12 +49,12 @@ def test_raw_dataset_slabs_equal_the_source(synthetic_tiny: Path, tmp_path: Path
     assert json.loads((raw / "imagesTr" / "kidney_1_dense_z0007.json").read_text())["spacing"] == [0.05] * 3
     assert json.loads((raw / "dataset.json").read_text())["overwrite_image_reader_writer"] == "Tiff3DIO"
     with pytest.raises(FileExistsError, match="converted with other settings"):
-        nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, ["kidney_1_dense"], "kidney_3_dense", slab_depth=5)
+        nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path, replace(split, slab_depth=5))
     with tifffile.TiffFile(raw / "imagesTr" / "kidney_1_dense_z0007_0000.tif") as tif:  # compressed pages
         assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE and len(tif.pages) == 6
     # Slabs of 3 or 4 slices are grey pages too (tifffile would take a (4, H, W) stack for planar RGBA).
-    table = nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path / "thin", ["kidney_1_dense"], None, slab_depth=4,
-                                             progress=False)
+    table = nnunet_dataset.write_raw_dataset(synthetic_tiny, tmp_path / "thin",
+                                             nnunet_dataset.Split(["kidney_1_dense"], None, 4), progress=False)
     thin = tmp_path / "thin" / "raw" / nnunet_dataset.DATASET_NAME / "imagesTr"
     np.testing.assert_array_equal(np.concatenate([tifffile.imread(thin / f"{n}_0000.tif") for n in table.index]),
                                   group.read_images())
@@ -65,7 +66,8 @@ def test_training_groups_without_vessels_are_refused(tmp_path: Path) -> None:
     root = tmp_path / "root"
     write_group(root, "train", "kidney_1_dense", np.full((6, 8, 8), 100, np.uint16), np.zeros((6, 8, 8), np.uint8))
     with pytest.raises(data.DataError, match="no labelled vessel voxel in the training groups"):
-        nnunet_dataset.write_raw_dataset(root, tmp_path / "work", ["kidney_1_dense"], None, progress=False)
+        nnunet_dataset.write_raw_dataset(root, tmp_path / "work", nnunet_dataset.Split(["kidney_1_dense"], None),
+                                         progress=False)
 
 
 def test_plans_keep_the_architecture_and_take_kidney_statistics() -> None:

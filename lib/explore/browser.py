@@ -191,24 +191,25 @@ class SliceBrowser:
     group drops the cache. Overlay, opacity and window changes read nothing.
     """
 
+    FIGSIZE, DPI = (7.5, 7.0), 90
+
     def __init__(self, groups: Mapping[str, Group] | Sequence[Group], prediction: Any = None, *,
                  stats: Mapping[str, IntensityStats] | None = None, group: str | None = None,
                  point: tuple[int, int, int] | None = None, max_plane_slices: int = 128,
-                 plane_budget_mb: float = 256, alpha: float = 0.5, reader: SliceReader | None = None,
-                 figsize: tuple[float, float] = (7.5, 7.0), dpi: int = 90) -> None:
+                 plane_budget_mb: float = 256) -> None:
         self.groups = dict(groups) if isinstance(groups, Mapping) else {g.name: g for g in groups}
         if not self.groups:
             raise ValueError("SliceBrowser needs at least one group")
         self.prediction = prediction_source(prediction, self.groups)
         self.stats = dict(stats or {})
-        self.reader = reader or SliceReader()
+        self.reader = SliceReader()
         self.max_plane_slices = max_plane_slices
         self.plane_budget_mb = plane_budget_mb
-        self.dpi = dpi
+        self.dpi = self.DPI
         self.axis = "xy"
         self.show_labels = True
         self.show_prediction = self.prediction is not None
-        self.alpha = float(alpha)
+        self.alpha = 0.5  # overlay opacity
         self.window = (0.0, 1.0)  # display window (intensity at black, at white)
         self.window_range = (0.0, 1.0)  # the range a window control offers: the group's intensities
         self.group_name = group or next(iter(self.groups))
@@ -217,7 +218,7 @@ class SliceBrowser:
         self._cache: _PlaneCache | None = None
 
         with figure_style():
-            self.fig = Figure(figsize=figsize, dpi=dpi)
+            self.fig = Figure(figsize=self.FIGSIZE, dpi=self.DPI)
             self.canvas = FigureCanvasAgg(self.fig)
             self.ax = self.fig.add_axes((0.12, 0.08, 0.70, 0.79))  # fixed: room for a 4-line title above
             blank = np.zeros((2, 2))

@@ -86,17 +86,16 @@ def _task008_dataset_properties(sizes: list, spacings: list, cases: list[str]) -
 
 
 def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = (64, 192, 192),
-                       pool_op_kernel_sizes: Sequence[Sequence[int]] | None = None,
-                       conv_kernel_sizes: Sequence[Sequence[int]] | None = None,
-                       spacing: Sequence[float] = (1.5, 0.8, 0.8), batch_size: int = 2,
-                       with_lowres: bool = True, num_cases: int = 303) -> dict:
-    """A v1 `nnUNetPlansv2.1` plans dict shaped like Task008_HepaticVessel's (stage 0 lowres, 1 fullres).
+                       conv_kernel_sizes: Sequence[Sequence[int]] | None = None) -> dict:
+    """A v1 `nnUNetPlansv2.1` plans dict shaped like Task008_HepaticVessel's (stage 0 lowres, 1 fullres; 303
+    cases at 1.5 x 0.8 x 0.8 mm, batch 2).
 
     Defaults give the Task008 3d_fullres configuration; smaller `base_num_features`/`patch_size` give a fast
     variant with the same structure, `conv_kernel_sizes` an anisotropic one. Numbers that are not published
     (dataset sizes, intensity statistics) are plausible for contrast-enhanced liver CT, not the real ones.
     """
-    pools = [list(p) for p in (pool_op_kernel_sizes or TASK008_POOLS)]
+    spacing, batch_size = (1.5, 0.8, 0.8), 2
+    pools = [list(p) for p in TASK008_POOLS]
     kernels = [list(k) for k in (conv_kernel_sizes or TASK008_KERNELS)]
     if len(kernels) != len(pools) + 1:
         raise ValueError(f"need len(pools) + 1 conv kernels, got {len(kernels)} kernels for {len(pools)} pools")
@@ -105,16 +104,12 @@ def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = 
         raise ValueError(f"patch size {list(patch_size)} is not divisible by the pooling product {divisor.tolist()}")
 
     median_shape = np.array([150, 512, 512])
-    spacings, sizes, cases = _task008_cases(spacing, median_shape, num_cases)
-
-    fullres = stage_plan(patch_size, spacing, median_shape, pools, kernels, batch_size, spacing)
-    plans_per_stage: dict[int, dict] = {}
-    if with_lowres:
-        factor = 1.9
-        low_shape = np.round(median_shape / factor).astype(int)
-        plans_per_stage[0] = stage_plan(patch_size, np.array(spacing) * factor, low_shape, pools, kernels,
-                                         batch_size, spacing)
-    plans_per_stage[len(plans_per_stage)] = fullres
+    spacings, sizes, cases = _task008_cases(spacing, median_shape, 303)
+    low_shape = np.round(median_shape / 1.9).astype(int)
+    plans_per_stage = {
+        0: stage_plan(patch_size, np.array(spacing) * 1.9, low_shape, pools, kernels, batch_size, spacing),
+        1: stage_plan(patch_size, spacing, median_shape, pools, kernels, batch_size, spacing),
+    }
 
     dataset_properties = _task008_dataset_properties(sizes, spacings, cases)
     return {

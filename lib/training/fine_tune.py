@@ -86,6 +86,11 @@ class TrainSettings:
             if not isinstance(share, (int, float)) or not 0 < share <= 1:
                 raise ValueError(f"sparse_label_share[{group!r}] must lie in (0, 1], got {share!r}")
 
+    @property
+    def split(self) -> nnunet_dataset.Split:
+        """The training and validation groups and the slab depth nnU-Net's cases are cut to."""
+        return nnunet_dataset.Split(self.train_groups, self.val_group, self.slab_depth)
+
     @classmethod
     def from_parameters(cls, params: Mapping[str, Any]) -> TrainSettings:
         """Settings from notebook 02's parameters (or any mapping), each field taken by its name: lists become
@@ -179,10 +184,10 @@ def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int],
     return plans
 
 
-def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_size: int,
-            cases: Sequence[nnunet_dataset.Case], keep_raw: bool = True, fingerprint_file: Path | None = None,
-            progress: bool = True) -> dict:
-    """Fingerprint and preprocess the raw dataset with nnU-Net's own code; write plans and the split.
+def prepare(arch_plans: dict, patch_size: Sequence[int], batch_size: int, cases: Sequence[nnunet_dataset.Case],
+            keep_raw: bool = True, fingerprint_file: Path | None = None, progress: bool = True) -> dict:
+    """Fingerprint and preprocess the raw dataset (under the nnUNet_raw set by `nnunet_env`) with nnU-Net's own
+    code; write plans and the split.
 
     Cases are preprocessed one at a time (a rerun continues with the missing ones); unless `keep_raw`, each raw slab
     is deleted as soon as its preprocessed copy is written, so raw and preprocessed data never both hold the whole
@@ -221,7 +226,7 @@ def prepare(work_dir: Path, arch_plans: dict, patch_size: Sequence[int], batch_s
         image, label = nnunet_dataset.raw_files(raw, case.name)
         if not (image.is_file() and label.is_file()):
             raise FileNotFoundError(f"{image}: raw slab missing (deleted after an earlier preprocessing with other "
-                                    f"plans?); delete {work_dir} to convert the data again")
+                                    f"plans?); delete {raw.parent.parent} to convert the data again")
         (done / f"{case.name}.pkl").unlink(missing_ok=True)
         preprocessor.run_case_save(str(done / case.name), [str(image)], str(label), manager, configuration,
                                    dataset_json)
@@ -272,14 +277,12 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     os.environ.setdefault("nnUNet_compile", "false")
     seed_everything(settings.seed)
 
-    table = nnunet_dataset.write_raw_dataset(data_dir, work_dir, settings.train_groups, settings.val_group,
-                                             settings.slab_depth, progress=progress, label_dirs=label_dirs,
-                                             normalisation=settings.normalisation)
+    table = nnunet_dataset.write_raw_dataset(data_dir, work_dir, settings.split, label_dirs, settings.normalisation,
+                                             progress)
     cases = nnunet_dataset.read_cases(work_dir)
     arch, weights = architecture_plans(settings.configuration, settings.pretrained, work_dir)
     patch = patch_size_for(arch, device, settings.patch_size)
-    plans = prepare(work_dir, arch, patch, settings.batch_size, cases, settings.keep_raw_slabs, fingerprint_file,
-                    progress)
+    plans = prepare(arch, patch, settings.batch_size, cases, settings.keep_raw_slabs, fingerprint_file, progress)
     dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json").read_text())
 
     model_dir = default_model_dir(output_dir)

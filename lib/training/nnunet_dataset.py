@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,12 +96,19 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
     return cases
 
 
-def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
-                      train_groups: Sequence[str] = DEFAULT_TRAIN_GROUPS, val_group: str | None = DEFAULT_VAL_GROUP,
-                      slab_depth: int = 128, force: bool = False, progress: bool = True,
-                      label_dirs: Mapping[str, Path | str] | None = None, normalisation: str = "dataset"
-                      ) -> pd.DataFrame:
-    """Write the nnU-Net raw dataset for these groups under `work_dir/raw` and return one row per case.
+@dataclass(frozen=True)
+class Split:
+    """Which groups train and which validates, cut into z-slabs of at most `slab_depth` slices (`plan_cases`)."""
+
+    train_groups: Sequence[str] = DEFAULT_TRAIN_GROUPS
+    val_group: str | None = DEFAULT_VAL_GROUP
+    slab_depth: int = 128
+
+
+def write_raw_dataset(data_dir: Path | str, work_dir: Path | str, split: Split = Split(),
+                      label_dirs: Mapping[str, Path | str] | None = None, normalisation: str = "dataset",
+                      progress: bool = True) -> pd.DataFrame:
+    """Write the nnU-Net raw dataset of a split under `work_dir/raw` and return one row per case.
 
     `normalisation` "kidney" writes each group's image slabs already normalised by the group's own statistics
     (`lib.normalisation`, float16; nnU-Net then applies NoNormalization); "dataset" writes the raw values (nnU-Net's
@@ -110,14 +116,15 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
 
     `label_dirs` maps a group to a folder of its label masks (NNNN.tif by the group's slice numbers, nonzero =
     vessel) used instead of the competition's labels. An existing dataset written with the same request is reused
-    (even after its slabs were deleted once preprocessed); a different one is an error unless `force`.
+    (even after its slabs were deleted once preprocessed); a different one is an error.
     """
+    train_groups, val_group, slab_depth = list(split.train_groups), split.val_group, split.slab_depth
     label_dirs = {g: Path(d).resolve() for g, d in (label_dirs or {}).items()}
     folders = nnunet_env(work_dir, results=os.environ.get("nnUNet_results"))  # a run's results folder stays put
     groups = data.discover(data_dir)
     cases = plan_cases(groups, train_groups, val_group, slab_depth)
     root = folders["nnUNet_raw"] / DATASET_NAME
-    request = {"data_dir": str(Path(data_dir).resolve()), "train_groups": list(train_groups),
+    request = {"data_dir": str(Path(data_dir).resolve()), "train_groups": train_groups,
                "val_group": val_group, "slab_depth": slab_depth, "cases": [asdict(c) for c in cases],
                "normalisation": check_scheme(normalisation)}
     if label_dirs:
@@ -126,11 +133,8 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
     if manifest.is_file():
         if {k: v for k, v in json.loads(manifest.read_text()).items() if k != "statistics"} == request:
             return _case_table(cases, groups)
-        if not force:
-            raise FileExistsError(f"{root}: holds a dataset converted with other settings "
-                                  f"(see {manifest.name}); pass force=True to replace it")
-    if root.exists() and force:
-        shutil.rmtree(root)
+        raise FileExistsError(f"{root}: holds a dataset converted with other settings (see {manifest.name}); "
+                              "remove it or use another work folder")
     for sub in ("imagesTr", "labelsTr"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     used = [groups[g] for g in dict.fromkeys(c.group for c in cases)]
@@ -141,7 +145,7 @@ def write_raw_dataset(data_dir: Path | str, work_dir: Path | str,
                                           statistics.get(case.group))
                    for case in cases}
     if not any(vessels[c.name] for c in cases if c.role == "train"):
-        raise data.DataError(f"{root}: no labelled vessel voxel in the training groups {list(train_groups)}; "
+        raise data.DataError(f"{root}: no labelled vessel voxel in the training groups {train_groups}; "
                              "nnU-Net cannot fingerprint or learn from that")
     dataset_json = {
         "channel_names": {"0": "CT"},  # the plans name the scheme (CTNormalization, or NoNormalization: "kidney")
