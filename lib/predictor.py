@@ -444,24 +444,34 @@ class Tiler:
         self.back = tuple(int(a) for a in np.argsort(self.view))  # volume axis a is view axis back[a]
         self.grid = Grid.of([shape[a] for a in self.view], patch, tile_step)
         self.z_axis = self.back[0]
-        self.gaussian = _gaussian(patch, torch.device(device))
+        self.device = torch.device(device)
         # Tiles with the same neighbours share a weight; nnU-Net's rounded steps give many such patterns over a
         # kidney, so only the recent ones are kept (memory: WEIGHT_CACHE patches).
         self._weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight_for)
+
+    @functools.cached_property
+    def gaussian(self) -> torch.Tensor:
+        return _gaussian(self.grid.patch, self.device)
+
+    def _touching(self, start: int, stop: int) -> list[int]:
+        """The rows (indices of tile starts along the volume's z) whose tiles touch volume slices [start, stop)."""
+        steps, below, p = self.grid.steps[self.z_axis], self.grid.below[self.z_axis], self.grid.patch[self.z_axis]
+        return [i for i, z0 in enumerate(steps) if z0 - below < stop and z0 + p - below > start]
 
     def rows(self, start: int, stop: int) -> Iterator[tuple[list[Tile], int]]:
         """The tiles touching volume slices [start, stop), a row (same start along z) at a time, each row with the
         volume slice below which no later row adds anything."""
         grid, za = self.grid, self.z_axis
-        steps, below, p = grid.steps[za], grid.below[za], grid.patch[za]
-        for i, z0 in enumerate(steps):
-            if z0 - below < stop and z0 + p - below > start:
-                done = (steps[i + 1] if i + 1 < len(steps) else grid.padded[za]) - below
-                others = [range(len(s)) if a != za else (i,) for a, s in enumerate(grid.steps)]
-                yield [self._tile(t) for t in itertools.product(*others)], done
+        steps = grid.steps[za]
+        for i in self._touching(start, stop):
+            done = (steps[i + 1] if i + 1 < len(steps) else grid.padded[za]) - grid.below[za]
+            others = [range(len(s)) if a != za else (i,) for a, s in enumerate(grid.steps)]
+            yield [self._tile(t) for t in itertools.product(*others)], done
 
     def count(self, start: int, stop: int) -> int:
-        return sum(len(row) for row, _ in self.rows(start, stop))
+        """How many tiles `rows` gives (for progress bars), without building them."""
+        per_row = math.prod(len(s) for a, s in enumerate(self.grid.steps) if a != self.z_axis)
+        return len(self._touching(start, stop)) * per_row
 
     def _tile(self, t: tuple[int, int, int]) -> Tile:
         grid = self.grid
@@ -542,7 +552,7 @@ def sweep(predict: Predict, tiler: Tiler, read: Callable, accumulator: RollingSu
     """Every tile of `tiler` that touches volume slices [block): read, predicted, weighted and added to
     `accumulator`, row by row along z. Yields what the accumulator finishes (the z-view's logit slices)."""
     start, stop = block
-    device, patch = tiler.gaussian.device, tiler.grid.patch
+    device, patch = tiler.device, tiler.grid.patch
     for row, done in tiler.rows(start, stop):
         for b in range(0, len(row), batch_size):
             chunk = row[b:b + batch_size]
