@@ -11,17 +11,12 @@ which would poison the mean over images.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lib import errors, rle
-from lib.data import DataError, read_table
+from lib import rle
 
 # Area of the marching-cubes surface inside a 2x2x2 cube at spacing (1, 1, 1), by 8-bit neighbour code:
 # the 13 distinct values of surface-distance's table and, for each code, which one it takes.
@@ -243,31 +238,3 @@ def _decode(text, shape: tuple[int, int], file: str, slice_id: str) -> np.ndarra
     except rle.RLEError as e:
         raise SubmissionError(f"{file}: id {slice_id!r} (slice {shape[0]}x{shape[1]}): {e}") from None
 
-
-def _check_device(device: str) -> None:
-    """--device must name a torch device this machine has (a one-line error, not torch's traceback)."""
-    import torch
-
-    try:
-        torch.empty(1, device=device)
-    except (RuntimeError, AssertionError) as e:  # unknown device string, or CUDA not available
-        errors.fail(f"--device {device}: not usable here ({errors.one_line(e)})")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: `python -m lib.metric SOLUTION.csv SUBMISSION.csv` prints {"score", "per_image"} as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("solution", type=Path, help="CSV with id, rle, width, height, image, slice")
-    parser.add_argument("submission", type=Path, help="CSV with id, rle")
-    parser.add_argument("--device", default=None, help="torch device for the metric, e.g. cuda")
-    args = parser.parse_args(argv)
-    if args.device is not None:
-        _check_device(args.device)
-    with errors.expected_errors(DataError, SubmissionError):
-        frames = [read_table(args.solution, SOLUTION_COLUMNS), read_table(args.submission, ("id", "rle"))]
-        result = score_submission(*frames, device=args.device, names=(str(args.solution), str(args.submission)))
-    json.dump(result, sys.stdout, indent=2)
-    print()
-
-if __name__ == "__main__":
-    main()

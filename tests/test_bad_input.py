@@ -16,6 +16,7 @@ from helpers import random_network, small_plans, write_model_dir
 from lib import data, errors, metric, predictor, submission
 from lib.data import DataError
 from lib.model import convert_v1
+from tools import metric as metric_cli
 from tools import pipeline, synthetic, v1_checkpoint
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
@@ -204,15 +205,15 @@ def test_metric_cli_names_the_file_and_the_id(case: str, synthetic_tiny: Path, t
         else:
             path.write_text(content)
         files.append(str(path))
-    err = one_line_exit_2(metric.main, files, capsys)
+    err = one_line_exit_2(metric_cli.main, files, capsys)
     assert re.search(METRIC_CASES[case][1], err), err
 
 
 def test_metric_cli_missing_file_a_folder_and_a_bad_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert "nope.csv: file not found" in one_line_exit_2(metric.main, [str(tmp_path / "nope.csv"), "x.csv"], capsys)
-    assert f"{tmp_path}: not a file" in one_line_exit_2(metric.main, [str(tmp_path), "x.csv"], capsys)
+    assert "nope.csv: file not found" in one_line_exit_2(metric_cli.main, [str(tmp_path / "nope.csv"), "x.csv"], capsys)
+    assert f"{tmp_path}: not a file" in one_line_exit_2(metric_cli.main, [str(tmp_path), "x.csv"], capsys)
     assert "--device gpu: not usable here (Expected one of cpu, cuda" in one_line_exit_2(
-        metric.main, ["x.csv", "y.csv", "--device", "gpu"], capsys)
+        metric_cli.main, ["x.csv", "y.csv", "--device", "gpu"], capsys)
 
 
 # --- train_rles.csv and the data layer ----------------------------------------------------------------------

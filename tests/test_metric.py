@@ -155,12 +155,12 @@ def test_cli_prints_json(tmp_path: Path, scored_pair) -> None:
     solution, submission, ref5, _ = scored_pair
     solution.to_csv(tmp_path / "solution.csv", index=False)
     submission.to_csv(tmp_path / "submission.csv", index=False)
-    out = subprocess.run([sys.executable, "-m", "lib.metric", str(tmp_path / "solution.csv"),
+    out = subprocess.run([sys.executable, "-m", "tools.metric", str(tmp_path / "solution.csv"),
                           str(tmp_path / "submission.csv")], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent.parent)
     result = json.loads(out.stdout)
     assert result["per_image"]["kidney_5"] == pytest.approx(ref5, abs=1e-9)
-    bad = subprocess.run([sys.executable, "-m", "lib.metric", str(tmp_path / "solution.csv"),
+    bad = subprocess.run([sys.executable, "-m", "tools.metric", str(tmp_path / "solution.csv"),
                           str(tmp_path / "nope.csv")], capture_output=True, text=True,
                          cwd=Path(__file__).parent.parent)
     assert bad.returncode == 2 and "nope.csv: file not found" in bad.stderr
