@@ -191,13 +191,17 @@ def from_network(network: torch.nn.Module, plans: dict, device: str | torch.devi
                  tuple(mirror_axes), device, model_dir, checkpoint, scheme)
 
 
+def _source_z(j: int, z_in: int, z_out: int) -> float:
+    """Where output slice j of `resample_slices` lies among the input slices (`align_corners=False`)."""
+    return min(max((j + 0.5) * z_in / z_out - 0.5, 0.0), z_in - 1)
+
+
 def resample_input_range(z_in: int, z_out: int, start: int, stop: int) -> tuple[int, int]:
     """The input slices [first, last + 1) that output slices [start, stop) of `resample_slices` interpolate."""
-    def centre(j: int) -> float:
-        return min(max((j + 0.5) * z_in / z_out - 0.5, 0.0), z_in - 1)
     if start >= stop:
         return 0, 0
-    return int(math.floor(centre(start))), min(int(math.floor(centre(stop - 1))) + 1, z_in - 1) + 1
+    first, last = _source_z(start, z_in, z_out), _source_z(stop - 1, z_in, z_out)
+    return int(math.floor(first)), min(int(math.floor(last)) + 1, z_in - 1) + 1
 
 
 def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int], shape_out: tuple[int, int, int],
@@ -220,7 +224,7 @@ def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int]
     held: dict[int, np.ndarray] = {}  # at most the two input slices around the current output slice
     next_in = resample_input_range(z_in, z_out, start, stop)[0]
     for j in range(start, stop):
-        c = min(max((j + 0.5) * z_in / z_out - 0.5, 0.0), z_in - 1)
+        c = _source_z(j, z_in, z_out)
         k = int(math.floor(c))
         k1 = min(k + 1, z_in - 1)
         while next_in <= k1:
@@ -338,20 +342,6 @@ class Grid:
         steps = compute_steps_for_sliding_window(padded, patch, tile_step)
         return cls(shape, patch, padded, below, tuple(tuple(int(v) for v in a) for a in steps))
 
-    def rows_touching(self, start: int, stop: int) -> range:
-        """The z-rows of tiles that touch volume slices [start, stop)."""
-        s, p, b = self.steps[0], self.patch[0], self.below[0]
-        rows = [i for i, z0 in enumerate(s) if z0 < stop + b and z0 + p > start + b]
-        return range(rows[0], rows[-1] + 1) if rows else range(0)
-
-    def input_range(self, start: int, stop: int) -> tuple[int, int]:
-        """The volume slices the z-rows touching [start, stop) read."""
-        rows = self.rows_touching(start, stop)
-        if not rows:
-            return 0, 0
-        b = self.below[0]
-        return max(0, self.steps[0][rows[0]] - b), min(self.shape[0], self.steps[0][rows[-1]] + self.patch[0] - b)
-
 
 def _gaussian(patch: Sequence[int], device: torch.device) -> torch.Tensor:
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
@@ -457,6 +447,14 @@ class Tiler:
         """The rows (indices of tile starts along the volume's z) whose tiles touch volume slices [start, stop)."""
         steps, below, p = self.grid.steps[self.z_axis], self.grid.below[self.z_axis], self.grid.patch[self.z_axis]
         return [i for i, z0 in enumerate(steps) if z0 - below < stop and z0 + p - below > start]
+
+    def input_range(self, start: int, stop: int) -> tuple[int, int]:
+        """The volume slices that the rows touching slices [start, stop) read (the z-view's input)."""
+        rows = self._touching(start, stop)
+        if not rows:
+            return 0, 0
+        z0, below, p = self.grid.steps[self.z_axis], self.grid.below[self.z_axis], self.grid.patch[self.z_axis]
+        return max(0, z0[rows[0]] - below), min(self.grid.shape[self.z_axis], z0[rows[-1]] + p - below)
 
     def rows(self, start: int, stop: int) -> Iterator[tuple[list[Tile], int]]:
         """The tiles touching volume slices [start, stop), a row (same start along z) at a time, each row with the
@@ -683,13 +681,13 @@ class Predictor:
     def z_view_logits(self, slices: Iterable[np.ndarray], shape: tuple[int, int, int],
                       block: tuple[int, int] | None = None, progress: tqdm | None = None) -> Iterator[np.ndarray]:
         """Logits (float32) of the z-view of a (Z, H, W) volume, slices [block) (default all), in z order, from its
-        normalised slices given from `Grid.input_range(*block)[0]` on: only the rows of tiles touching the block are
+        normalised slices given from `Tiler.input_range(*block)[0]` on: only the rows of tiles touching the block are
         computed, so a block's logits equal the whole volume's there. Memory: two buffers of one patch depth."""
         model = self.models[0]
         tiler = Tiler(shape, model.patch_size, self.tile_step, device=model.device)
         start, stop = block or (0, shape[0])
         depth = min(model.patch_size[0], shape[0])
-        window = SliceWindow(slices, tiler.grid.input_range(start, stop)[0], shape, depth, model.device)
+        window = SliceWindow(slices, tiler.input_range(start, stop)[0], shape, depth, model.device)
         rolling = RollingSum(start, shape, depth, model.device)
         yield from sweep(self.tile_logits(), tiler, window, rolling, (start, stop), self.batch_size, progress)
 
@@ -757,7 +755,7 @@ class Predictor:
         total = np.load(block.total_file, mmap_mode="r+")
         volume = np.load(block.volume_file, mmap_mode="r") if block.volume_file is not None else None
         model, span = self.models[0], (block.start, block.stop)
-        first, last = Grid.of(block.work_shape, model.patch_size, self.tile_step).input_range(*span)
+        first, last = Tiler(block.work_shape, model.patch_size, self.tile_step).input_range(*span)
         if volume is not None:  # every view reads the same float16 volume
             slices: Iterable[np.ndarray] = (np.asarray(volume[z], np.float32) for z in range(first, last))
         else:
@@ -781,7 +779,9 @@ class Predictor:
         device = torch.device(device)
         if all(m.device == device for m in self.models):
             return self
-        return replace(self, models=[_on_device(m, device) for m in self.models])
+        # copies: the caller's models stay where they are
+        return replace(self, models=[from_network(copy.deepcopy(m.network).to("cpu"), m.plans, device, m.mirror_axes,
+                                                  m.model_dir, m.checkpoint) for m in self.models])
 
     def predict_group(self, group: data.Group, out_file: Path | str, dtype: str = "float16",
                       overwrite: bool = False) -> np.memmap:
@@ -814,14 +814,6 @@ class Predictor:
         save_slices(out_file, group.shape, dtype, (np.round(p * 255) if dtype == "uint8" else p for p in probs))
         record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
         return np.load(out_file, mmap_mode="r")
-
-
-def _on_device(model: Model, device: torch.device) -> Model:
-    """The model on `device` (itself when already there)."""
-    if model.device == device:
-        return model
-    network = copy.deepcopy(model.network).to("cpu")  # a copy: the caller's model stays where it is
-    return from_network(network, model.plans, device, model.mirror_axes, model.model_dir, model.checkpoint)
 
 
 def _run_workers(predictor: Predictor, blocks: list[Block], tmp: Path) -> None:
