@@ -64,7 +64,7 @@ def threshold_curve(probs: np.ndarray, labels, thresholds: Sequence[float] = DEF
     accs = {float(t): SurfaceDice() for t in thresholds}
     depth = probs.shape[0]
     for start, stop in tqdm(chunks(depth), desc="threshold curve", unit="chunk", disable=not progress):
-        truth = labels.read_labels(start, stop) if hasattr(labels, "read_labels") else np.asarray(labels[start:stop])
+        truth = _read_labels(labels, start, stop)
         p = probability(np.asarray(probs[start:stop]))
         for g, q in zip(truth, p):
             for t, acc in accs.items():
@@ -149,9 +149,7 @@ def share_threshold(probs: np.ndarray, labels, share: float) -> float:
     wanted = round(given * (1 / share - 1))
     above = np.cumsum(np.sum(unlabelled, axis=0)[::-1])[::-1]  # unlabelled voxels >= each stored code
     code = int(np.flatnonzero(above <= wanted)[0]) if (above <= wanted).any() else len(above)
-    if code == len(above):  # not even the most probable code fits: add nothing
-        return 2.0
-    return code / 255 if len(above) == 256 else float(np.array(code, np.uint16).view(np.float16))
+    return 2.0 if code == len(above) else _code_value(code, len(above))  # 2: not even the top code fits, add none
 
 
 def write_refined_labels(probs: np.ndarray, labels, threshold: float, out_dir: Path | str,
@@ -198,7 +196,12 @@ def _threshold_for_count(counts: np.ndarray, wanted: float) -> float:
     # Non-negative float16 values sort like their bit patterns, so the top of the histogram is the top of the data.
     above = np.cumsum(counts[::-1])[::-1]  # voxels >= each code
     code = int(np.flatnonzero(above >= wanted)[-1]) if (above >= wanted).any() else 0
-    return code / 255 if len(counts) == 256 else float(np.array(code, np.uint16).view(np.float16))
+    return _code_value(code, len(counts))
+
+
+def _code_value(code: int, bins: int) -> float:
+    """The probability a stored code stands for: uint8 x 255 (256 bins) or a float16 bit pattern."""
+    return code / 255 if bins == 256 else float(np.array(code, np.uint16).view(np.float16))
 
 
 def binarize(probs: np.ndarray, threshold: float, out_file: Path | str) -> np.memmap:
