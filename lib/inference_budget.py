@@ -5,21 +5,18 @@ network's time per tile, and the predictor's own time per voxel with and without
 prediction time of every hidden-test kidney (sizes and voxel sizes in ../shared/competition.md, resampled to the
 training spacing as inference does) for each TTA choice and ensemble size, and picks the strongest setting
 (most network passes per voxel, then most models) whose projection fits the budget with a 25% margin.
-
-    python -m lib.inference_budget MODEL_DIR [MODEL_DIR ...] --hours 9 [--devices cuda:0 cuda:1] [--out plan.csv]
+Command line: `python -m tools.budget inference`.
 
 The per-voxel overhead is measured on a one-patch block, so fixed costs count as if per voxel: projections err
 on the long side. Post-processing and the submission file (seconds per kidney) are not included.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,37 +132,3 @@ def plan(models: Sequence[predictor.Model], hours: float, devices: int = 1, tile
     chosen = choose(table, hours)
     table["chosen"] = (table["tta"] == chosen.tta) & (table["models"] == chosen.models)
     return table, chosen, calibration
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Project the hidden-test prediction time of model(s) per TTA choice "
-                                             "and ensemble size; pick the strongest that fits the budget.")
-    ap.add_argument("model_dirs", nargs="+", type=Path, help="model folder(s) written by notebook 02 (an ensemble)")
-    ap.add_argument("--hours", type=float, default=9.0, help="budget (Kaggle: 9 h); a 25%% margin is kept")
-    ap.add_argument("--devices", nargs="+", default=None,
-                    help="devices to predict on (default: every visible GPU, else the CPU); calibrated on the first")
-    ap.add_argument("--tile-step", type=float, default=0.5)
-    ap.add_argument("--out", type=Path, default=None, help="also write the table here (.csv)")
-    args = ap.parse_args(argv)
-    try:
-        devices = predictor.resolve_devices(args.devices)
-        models = predictor.load_models(args.model_dirs, str(devices[0]))
-        table, chosen, calibration = plan(models, args.hours, len(devices), args.tile_step)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"calibration on {calibration.device}: {calibration.tile_seconds * 1000:.1f} ms per tile, "
-          f"{calibration.voxel_seconds_z * 1e9:.2f} / {calibration.voxel_seconds_axes * 1e9:.2f} ns per voxel "
-          f"(z-view / axes), {len(devices)} device(s)")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"chosen: tta={chosen.tta}, {chosen.models} model(s): {chosen.total_hours:.2f} h projected "
-          f"(budget {args.hours:g} h, margin {MARGIN:.0%})")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
-        Path(args.out).with_suffix(".json").write_text(pd.Series(asdict(calibration)).to_json(indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,25 +4,21 @@ The training-side twin of `lib.inference_budget`. `calibrate` times each stage's
 fingerprint and preprocessing, the trainer's steps, augmentation and checkpoints, prediction, pseudo-label
 refinement, the threshold curve) on the current device on a small synthetic block; `project` multiplies by the
 run's work in the order notebook 02 runs it; `check_budget` refuses, in one line, a setting whose projection
-x (1 + MARGIN) passes the budget. What each stage times and what is not projected: docs/kaggle.md.
-
-    python -m lib.training_budget --data-dir ROOT [--configuration hepatic] [--epochs 15] [--pseudo-label-rounds 1]
-                         [--real-shapes] [--budget-hours 11.5] [--calibration FILE.json]
+x (1 + MARGIN) passes the budget. What each stage times and what is not projected: docs/kaggle.md. Command
+line: `python -m tools.budget training`.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import io
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,18 +90,6 @@ class TrainingCalibration:
         if self.on_gpu:
             return max(self.val_step_seconds, self.val_batch_seconds / max(self.augmentation_workers // 2, 1))
         return self.val_step_seconds + self.val_batch_seconds
-
-    def to_json(self) -> str:
-        """The calibration as JSON, to project other settings later (`--calibration`) or keep beside a run."""
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainingCalibration:
-        """A calibration saved by `to_json` (e.g. an estimate composed by benchmarks/training_budget.py)."""
-        values = json.loads(text)
-        values = {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        values["patch_size"] = tuple(values["patch_size"])
-        return cls(**{k: (math.nan if v is None else v) for k, v in values.items()})
 
     def summary(self) -> str:
         """One line: what was measured, where, and the per-stage figures."""
@@ -347,27 +331,11 @@ def _time_postprocessing(group: data.Group) -> dict:
 # ----------------------------------------------------------------------------------------------------- projection
 
 
-def competition_groups() -> dict[str, data.Group]:
-    """The competition's training groups with their real shapes (`data.COMPETITION_SHAPES`), as `data.Group`s
-    whose files are never read (kidney_3_dense's images are kidney_3_sparse's slices 0496..0996): what `project`
-    needs to project the real data from a machine that does not have it."""
-    base = Path("<competition>") / "train"
-    groups = {}
-    for name in data.LABEL_KIND:
-        depth, height, width = data.COMPETITION_SHAPES[name]
-        slices = tuple(data.KIDNEY_3_DENSE_SLICES) if name == "kidney_3_dense" else tuple(range(depth))
-        source = data.IMAGES_FROM.get(name, name)
-        groups[name] = data.Group(name, "train", slices, tuple(base / source / "images" / f"{z:04d}.tif" for z in slices),
-                                  tuple(base / name / "labels" / f"{z:04d}.tif" for z in slices), height=height,
-                                  width=width)
-    return groups
-
-
 def project(calibration: TrainingCalibration, settings: TrainSettings, groups: Mapping[str, data.Group],
             validation_tta: bool | str = False) -> pd.DataFrame:
     """Projected seconds of every stage of notebook 02 in the order it runs them (module docstring), one row each:
     round, stage, group, voxels / iterations (the work), epochs and seconds per epoch (training rows), seconds and
-    the cumulative hours at the stage's end. `groups`: `data.discover(root)` or `competition_groups()`."""
+    the cumulative hours at the stage's end. `groups`: `data.discover(root)`, or the real shapes (`tools.budget`)."""
     cases = nnunet_dataset.plan_cases(dict(groups), settings.train_groups, settings.val_group, settings.slab_depth)
     voxels = sum((c.stop - c.start) * groups[c.group].height * groups[c.group].width for c in cases)
     spacing = float(np.median([c.spacing_mm for c in cases]))  # the fingerprint's median spacing: the model's
@@ -563,53 +531,3 @@ def format_table(table: pd.DataFrame) -> str:
 def _hours(hours: float) -> str:
     """Hours for messages: one decimal, two significant digits below an hour."""
     return f"{hours:.1f}" if hours >= 1 else f"{hours:.2g}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m lib.training_budget`: calibrate here (or load a calibration), project, print, check."""
-    ap = argparse.ArgumentParser(description="Project notebook 02's training stages on this machine and check "
-                                             "them against a session budget (Kaggle: 11.5 h).")
-    ap.add_argument("--data-dir", type=Path, default=None, help="competition root (default: the project's)")
-    ap.add_argument("--real-shapes", action="store_true", help="project the real competition shapes instead")
-    ap.add_argument("--configuration", default="hepatic", choices=sorted(fine_tune.ARCHITECTURES))
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
-    ap.add_argument("--val-iterations", type=int, default=50, help="validation iterations per epoch")
-    ap.add_argument("--pseudo-label-rounds", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--patch-size", type=int, nargs=3, default=None)
-    ap.add_argument("--validation-tta", default="none", help="none, flips, axes or axes+flips")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--budget-hours", default="auto", help='"auto" (11.5 on Kaggle, none elsewhere), a number, none')
-    ap.add_argument("--calibration", type=Path, default=None, help="use this saved calibration (.json) instead")
-    ap.add_argument("--save-calibration", type=Path, default=None, help="write the calibration here (.json)")
-    args = ap.parse_args(argv)
-    try:
-        settings = TrainSettings(configuration=args.configuration, epochs=args.epochs,
-                                 iterations_per_epoch=args.iterations, val_iterations_per_epoch=args.val_iterations,
-                                 pseudo_label_rounds=args.pseudo_label_rounds, batch_size=args.batch_size,
-                                 patch_size=tuple(args.patch_size) if args.patch_size else None, device=args.device)
-        budget = resolve_budget_hours(None if args.budget_hours.lower() == "none" else args.budget_hours)
-        groups = competition_groups() if args.real_shapes else data.discover(args.data_dir or paths.default_data_dir())
-        calibration = (TrainingCalibration.from_json(args.calibration.read_text()) if args.calibration
-                       else calibrate(settings))
-        table = project(calibration, settings, groups, args.validation_tta)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.save_calibration:
-        args.save_calibration.parent.mkdir(parents=True, exist_ok=True)
-        args.save_calibration.write_text(calibration.to_json())
-    print(calibration.summary())
-    print(format_table(table))
-    try:
-        check_budget(table, budget)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"fits the {budget:g} h budget with a {MARGIN:.0%} margin" if budget else "no budget to check")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
