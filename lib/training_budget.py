@@ -1,11 +1,10 @@
 """The training plan: will notebook 02's stages finish inside Kaggle's ~12-hour GPU session?
 
-The training-side twin of `lib.inference_budget`. `calibrate` times each stage's own code (conversion, nnU-Net's
-fingerprint and preprocessing, the trainer's steps, augmentation and checkpoints, prediction, pseudo-label
-refinement, the threshold curve) on the current device on a small synthetic block; `project` multiplies by the
-run's work in the order notebook 02 runs it; `check_budget` refuses, in one line, a setting whose projection
-x (1 + MARGIN) passes the budget. What each stage times and what is not projected: docs/kaggle.md. Command
-line: `python -m tools.budget training`.
+The training-side twin of `lib.inference_budget`. `calibrate` times each stage's own code (conversion, fingerprint,
+preprocessing, training steps, augmentation, checkpoints, prediction, refinement, threshold curve) on the current
+device on a small synthetic block; `project` multiplies by the run's work in notebook 02's order; `check_budget`
+refuses, in one line, a setting whose projection x (1 + MARGIN) passes the budget. What each stage times and what is
+not projected: docs/kaggle.md. Command line: `python -m tools.budget training`.
 """
 from __future__ import annotations
 
@@ -31,11 +30,9 @@ from lib.model.network import CONFIGURATION, build_network, resolve_device
 from lib.training import fine_tune, nnunet_dataset
 from lib.training.fine_tune import TrainSettings
 
-# A setting fits when its projection x (1 + MARGIN) is within the budget. lib.inference_budget keeps 25% for the scoring run,
-# where any overrun loses the whole submission. Training writes a checkpoint every epoch and resumes from it, so an
-# overrun costs the stage in flight and a second session, not the result: 15% here, which with Kaggle's default
-# budget of 11.5 h (0.5 h below the 12 h limit, for writing the output) still leaves a projection 20% of slack
-# (10.0 h projected, killed at 12 h), close to lib.inference_budget's 25%.
+# A setting fits when its projection x (1 + MARGIN) is within the budget. Training checkpoints every epoch and resumes,
+# so an overrun costs a session, not the result (lib.inference_budget keeps 25%: there it loses the submission). With
+# the 11.5 h budget (0.5 h left for writing the output) a projection still has 20% of slack (10.0 h, killed at 12 h).
 MARGIN = 0.15
 KAGGLE_BUDGET_HOURS = 11.5  # Kaggle's GPU session lasts at most about 12 h (competition.md, "Kaggle limits")
 BLOCK_SHAPE = (64, 256, 256)  # the calibration block: 4.2 M voxels, big enough that fixed costs hardly count
@@ -105,20 +102,13 @@ class TrainingCalibration:
 # ---------------------------------------------------------------------------------------------------- calibration
 
 
-def calibrate(settings: TrainSettings | None = None, device: str | torch.device | None = None,
-              block_shape: Sequence[int] = BLOCK_SHAPE, steps: int | None = None,
+def calibrate(settings: TrainSettings, block_shape: Sequence[int] = BLOCK_SHAPE, steps: int | None = None,
               network: bool = True) -> TrainingCalibration:
-    """Time every stage's own code on `device` (default: the settings' device) on a small synthetic block.
-
-    `steps`: timed training steps, validation steps and batches (default 3 on a GPU, 1 on the CPU, where a step of
-    even the tiny network takes seconds); lib.inference_budget's calibration is the best of as many. `network=False` skips
-    what runs the network (training and validation steps, tile and the predictor's per-voxel work: NaN), e.g. the
-    hepatic network on a CPU, where one step takes minutes. The process's environment, torch's threads and cuDNN
-    flags are restored.
-    """
-    settings = settings or TrainSettings()
-    device = resolve_device(device if device is not None else settings.device)
-    steps = steps if steps is not None else (3 if device.type == "cuda" else 1)
+    """Time every stage's own code on the settings' device on a small synthetic block (the environment, torch's
+    threads and cuDNN flags are restored). `steps`: timed steps, batches and prediction repeats (default 3 on a
+    GPU, 1 on the CPU). `network=False` skips what runs the network (NaN), e.g. the hepatic network on a CPU."""
+    device = resolve_device(settings.device)
+    steps = max(steps, 1) if steps is not None else (3 if device.type == "cuda" else 1)
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sennet-budget-") as tmp, _scoped_state(Path(tmp) / "nnunet"):
         root = Path(tmp) / "root"
@@ -147,22 +137,22 @@ def calibrate(settings: TrainSettings | None = None, device: str | torch.device 
                                seconds=time.perf_counter() - begin, **timings)
 
 
-def write_block(root: Path, shape: tuple[int, int, int] = BLOCK_SHAPE, seed: int = 0) -> data.Group:
+def write_block(root: Path, shape: tuple[int, int, int] = BLOCK_SHAPE) -> data.Group:
     """A competition root holding one labelled group of `shape` (slices as the competition ships them: uint16
     images with kidney-like intensities, 0/255 labels of a few winding tubes, about 1% vessel)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     depth, height, width = shape
     yy, xx = np.mgrid[:height, :width]
     tubes = [(rng.uniform(0, height), rng.uniform(0, width), rng.uniform(-1, 1, 2), rng.uniform(2, 5))
              for _ in range(8)]
+    folder = root / "train" / CALIBRATION_GROUP
     for kind in ("images", "labels"):
-        (root / "train" / CALIBRATION_GROUP / kind).mkdir(parents=True, exist_ok=True)
+        (folder / kind).mkdir(parents=True, exist_ok=True)
     for z in range(depth):
         label = np.zeros((height, width), bool)
         for cy, cx, (dy, dx), radius in tubes:
             label |= (yy - (cy + dy * z) % height) ** 2 + (xx - (cx + dx * z) % width) ** 2 < radius ** 2
         image = rng.normal(34853, 2336, (height, width)) + 3000 * label  # kidney_2's mean and sd (competition.md)
-        folder = root / "train" / CALIBRATION_GROUP
         tifffile.imwrite(folder / "images" / f"{z:04d}.tif", np.clip(image, 0, 65535).astype(np.uint16))
         tifffile.imwrite(folder / "labels" / f"{z:04d}.tif", label.astype(np.uint8) * np.uint8(255))
     return data.open_group(CALIBRATION_GROUP, root)
@@ -192,12 +182,9 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
 
     cpu = torch.device("cpu")
-    # The run's normalisation scheme, where the settings have one (a per-kidney scheme changes the conversion's work).
-    scheme = {"normalisation": settings.normalisation} if hasattr(settings, "normalisation") else {}
-    start = time.perf_counter()
-    nnunet_dataset.write_raw_dataset(root, work_dir, nnunet_dataset.Split((CALIBRATION_GROUP,), None, settings.slab_depth),
-                                     progress=False, **scheme)
-    conversion = time.perf_counter() - start
+    split = nnunet_dataset.Split((CALIBRATION_GROUP,), None, settings.slab_depth)
+    conversion = inference_budget.timed(lambda: nnunet_dataset.write_raw_dataset(
+        root, work_dir, split, normalisation=settings.normalisation, progress=False), cpu)
     cases = nnunet_dataset.read_cases(work_dir)
     voxels = sum(c.stop - c.start for c in cases) * math.prod(data.open_group(CALIBRATION_GROUP, root).shape[1:])
     raw = Path(os.environ["nnUNet_raw"]) / nnunet_dataset.DATASET_NAME
@@ -210,10 +197,9 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     fingerprint_file.write_text(json.dumps(_fingerprint(results)))
     arch, _ = fine_tune.architecture_plans(settings.configuration, None, work_dir)
     patch = fine_tune.patch_size_for(arch, device, settings.patch_size)
-    preprocessing = inference_budget.timed(lambda: fine_tune.prepare(arch, patch, settings.batch_size, cases, True,
-                                                     fingerprint_file, progress=False), cpu)
-    plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / nnunet_dataset.DATASET_NAME /
-                        f"{fine_tune.PLANS_NAME}.json").read_text())
+    start = time.perf_counter()
+    plans = fine_tune.prepare(arch, patch, settings.batch_size, cases, True, fingerprint_file, progress=False)
+    preprocessing = time.perf_counter() - start
     return {"conversion_voxel_seconds": conversion / voxels, "fingerprint_voxel_seconds": fingerprint / voxels,
             "preprocessing_voxel_seconds": preprocessing / voxels}, plans
 
@@ -245,9 +231,8 @@ def _build_trainer(plans: dict, settings: TrainSettings,
 
 
 def _loaders(trainer: fine_tune.FineTuneTrainer) -> tuple[tuple, int]:
-    """nnU-Net's training and validation loaders built in this process (no worker processes), and how many
-    augmentation workers the real run has running in parallel here (nnU-Net's count, the main process keeps a core
-    on a GPU machine)."""
+    """nnU-Net's training and validation loaders built in this process, and how many augmentation workers the real
+    run has in parallel here (nnU-Net's count; on a GPU machine the main process keeps a core)."""
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
     workers = get_allowed_n_proc_DA()  # nnUNet_n_proc_DA as the run would see it (before it is set to 0 below)
@@ -264,33 +249,29 @@ def _loaders(trainer: fine_tune.FineTuneTrainer) -> tuple[tuple, int]:
 def _time_batches(loader, batches: int) -> tuple[dict, float]:
     """A batch and the median seconds one worker (torch single-threaded, as lib.training.trainer's workers run)
     takes to load and augment one."""
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # restored here for the steps; after an error, by calibrate's _scoped_state
     torch.set_num_threads(1)
-    try:
-        seconds = []
-        for _ in range(max(batches, 1)):
-            start = time.perf_counter()
-            batch = next(loader)
-            seconds.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
+    seconds = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        batch = next(loader)
+        seconds.append(time.perf_counter() - start)
+    torch.set_num_threads(threads)
     return batch, float(np.median(seconds))
 
 
 def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict, steps: int) -> dict:
-    """Median seconds of nnU-Net's train_step and validation_step on real batches, warm-up steps excluded."""
+    """Median seconds of nnU-Net's train_step and validation_step on real batches (warm-up excluded; left in eval)."""
     device = trainer.device
     trainer.network.train()
     for _ in range(WARMUP_STEPS.get(device.type, 2)):
         trainer.train_step(batch)
-    train = [inference_budget.timed(lambda: trainer.train_step(batch), device) for _ in range(max(steps, 1))]
+    train = [inference_budget.timed(lambda: trainer.train_step(batch), device) for _ in range(steps)]
     trainer.network.eval()
     trainer.loss.eval()  # as the run's validation epochs: dice_ce alone (lib.training.trainer)
     with torch.no_grad():
         trainer.validation_step(val_batch)
-        val = [inference_budget.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(max(steps, 1))]
-    trainer.network.train()
-    trainer.loss.train()
+        val = [inference_budget.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(steps)]
     return {"train_step_seconds": float(np.median(train)), "val_step_seconds": float(np.median(val))}
 
 
@@ -302,19 +283,17 @@ def _time_checkpoints(trainer: fine_tune.FineTuneTrainer, folder: Path) -> tuple
 
 
 def _time_prediction(plans: dict, device: torch.device, repeats: int) -> dict:
-    """lib.inference_budget's calibration of the configuration's network (random weights: speed does not depend on them) as
-    lib.predictor predicts with it: network seconds per tile, the predictor's own seconds per model-space voxel
-    (z-view; three views), best of `repeats`."""
+    """lib.inference_budget's calibration of the configuration's network (random weights: speed does not depend on
+    them): network seconds per tile, the predictor's own seconds per voxel (z-view; three views), best of `repeats`."""
     model = predictor.from_network(build_network(plans, deep_supervision=False), plans, device)
-    measured = inference_budget.calibrate(model, repeats=max(repeats, 1))
+    measured = inference_budget.calibrate(model, repeats=repeats)
     return {"tile_seconds": measured.tile_seconds, "predict_voxel_seconds_z": measured.voxel_seconds_z,
             "predict_voxel_seconds_axes": measured.voxel_seconds_axes}
 
 
 def _time_postprocessing(group: data.Group) -> dict:
-    """Seconds per group voxel of a pseudo-label refinement (lib.postprocess's share cut + refined masks, at
-    kidney_2's share) and of the validation's threshold curve, on probabilities shaped like a model's (high on the
-    labels, near 0 elsewhere). CPU work on every device."""
+    """Seconds per group voxel (CPU work on every device) of a pseudo-label refinement (share cut at kidney_2's
+    share + refined masks) and of the validation's threshold curve, on probabilities shaped like a model's."""
     cpu = torch.device("cpu")
     labels = group.read_labels() > 0
     probs = (0.9 * labels + 0.04 * np.random.default_rng(1).random(labels.shape)).astype(np.float16)
@@ -370,8 +349,7 @@ def project(calibration: TrainingCalibration, settings: TrainSettings, groups: M
 
 
 def _row(r: int, stage: str, group: str, seconds: float, **work: float) -> dict:
-    """One stage: its work (voxels, or iterations, epochs and seconds per epoch for training), its seconds and
-    (validation) its seconds without TTA."""
+    """One stage's row: its work (voxels; iterations, epochs, seconds per epoch; seconds without TTA) and seconds."""
     return {"round": r, "stage": stage, "group": group, "voxels": work.get("voxels"),
             "iterations": work.get("iterations"), "epochs": work.get("epochs"),
             "epoch_seconds": work.get("epoch_seconds"), "seconds": float(seconds),
@@ -393,22 +371,14 @@ def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, gro
 # --------------------------------------------------------------------------------------------------------- budget
 
 
-def on_kaggle() -> bool:
-    """Whether this runs in a Kaggle notebook: Kaggle sets KAGGLE_KERNEL_RUN_TYPE ("Interactive" or "Batch") in its
-    sessions, and /kaggle/working exists there (KAGGLE_WORKING_DIR relocates it, as for tools.kaggle)."""
-    working = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
-    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or working.is_dir()
-
-
-def default_budget_hours() -> float | None:
-    """11.5 h on Kaggle (its GPU session ends at about 12 h), None elsewhere (no limit to check)."""
-    return KAGGLE_BUDGET_HOURS if on_kaggle() else None
-
-
 def resolve_budget_hours(value: float | str | None) -> float | None:
-    """A notebook's `budget_hours`: "auto" -> `default_budget_hours()`, None -> no check, else a positive number."""
+    """A notebook's `budget_hours`: None -> no check, a positive number, or "auto": 11.5 h on Kaggle (which sets
+    KAGGLE_KERNEL_RUN_TYPE in its sessions and has /kaggle/working, relocated by KAGGLE_WORKING_DIR as for
+    tools.kaggle), None elsewhere."""
     if isinstance(value, str) and value.strip().lower() == "auto":
-        return default_budget_hours()
+        working = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
+        on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or working.is_dir()
+        return KAGGLE_BUDGET_HOURS if on_kaggle else None
     if value is None:
         return None
     hours = float(value)
@@ -424,21 +394,21 @@ def stage_label(row: pd.Series) -> str:
     return f"round {row['round']} {row['stage']}" + (f" of {row['group']}" if row["group"] else "")
 
 
-def check_budget(table: pd.DataFrame, budget_hours: float | None, margin: float = MARGIN) -> None:
-    """Nothing when the projection x (1 + margin) fits `budget_hours` (or there is no budget); else a one-line
+def check_budget(table: pd.DataFrame, budget_hours: float | None) -> None:
+    """Nothing when the projection x (1 + MARGIN) fits `budget_hours` (or there is no budget); else a one-line
     ValueError naming the first stage that passes it and settings that fit (from the table's own figures)."""
     if budget_hours is None:
         return
     if not budget_hours > 0:
         raise ValueError(f"budget_hours must be positive, got {budget_hours}")
-    limit = budget_hours / (1 + margin)
+    limit = budget_hours / (1 + MARGIN)
     over = table[table["cumulative_hours"] > limit]
     if over.empty:
         return
     first = over.iloc[0]
     total = float(table["cumulative_hours"].iloc[-1])
     raise ValueError(f"training is projected at {_hours(total)} h, over the {budget_hours:g} h budget with its "
-                     f"{margin:.0%} margin (projections up to {_hours(limit)} h fit): {stage_label(first)} would "
+                     f"{MARGIN:.0%} margin (projections up to {_hours(limit)} h fit): {stage_label(first)} would "
                      f"end at {_hours(first.cumulative_hours)} h; {_fitting_settings(table, limit)}")
 
 
@@ -473,13 +443,13 @@ def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
     rounds = int(table["round"].max())
     epochs = int(table.loc[table["stage"] == "training", "epochs"].iloc[0])
     options = []
-    fitting_rounds = [r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit]
-    if fitting_rounds:
-        r = fitting_rounds[0]
-        options.append(f"pseudo_label_rounds={r} ({_hours(fits_with(table, r))} h)")
+    fewer = next((r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit), None)
+    if fewer is not None:
+        options.append(f"pseudo_label_rounds={fewer} ({_hours(fits_with(table, fewer))} h)")
     validation = table[table["stage"].str.startswith("validation")]
-    if (validation["seconds"] > validation["seconds_without_tta"]).any() and fits_with(table, None, None, False) <= limit:
-        options.append(f"validation_tta=False ({_hours(fits_with(table, None, None, False))} h)")
+    plain = fits_with(table, validation_tta=False)
+    if (validation["seconds"] > validation["seconds_without_tta"]).any() and plain <= limit:
+        options.append(f"validation_tta=False ({_hours(plain)} h)")
     most = largest_epochs(table, limit)
     if 1 <= most < epochs:
         options.append(f"epochs={most} ({_hours(fits_with(table, epochs=most))} h)")
@@ -496,18 +466,17 @@ def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
 
 def plan_training(data_dir: Path | str, settings: TrainSettings, budget_hours: float | str | None = "auto",
                   validation_tta: bool | str = False, calibration: TrainingCalibration | None = None,
-                  report: Callable[[str], object] | None = print) -> tuple[pd.DataFrame, TrainingCalibration]:
+                  report: Callable[[str], object] = print) -> tuple[pd.DataFrame, TrainingCalibration]:
     """Notebook 02's call before it converts anything: calibrate on the settings' device (unless given), project
     the run on the groups in `data_dir`, `report` the calibration and the table, then check the budget ("auto":
     11.5 h on Kaggle, none elsewhere; a one-line ValueError when it does not fit)."""
     budget = resolve_budget_hours(budget_hours)
     calibration = calibration or calibrate(settings)
     table = project(calibration, settings, data.discover(data_dir), validation_tta)
-    if report is not None:
-        report(calibration.summary())
-        report(format_table(table))
-        report(f"budget: {budget:g} h with a {MARGIN:.0%} margin (projections up to {_hours(budget / (1 + MARGIN))} h "
-               "fit)" if budget else "budget: none (not on Kaggle): nothing to check")
+    report(calibration.summary())
+    report(format_table(table))
+    report(f"budget: {budget:g} h with a {MARGIN:.0%} margin (projections up to {_hours(budget / (1 + MARGIN))} h fit)"
+           if budget else "budget: none (not on Kaggle): nothing to check")
     check_budget(table, budget)
     return table, calibration
 

@@ -173,9 +173,9 @@ def test_check_budget_says_when_nothing_fits() -> None:
 def test_default_budget_is_kaggles_on_kaggle_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     monkeypatch.setenv("KAGGLE_WORKING_DIR", str(tmp_path / "absent"))
-    assert training_budget.default_budget_hours() is None and training_budget.resolve_budget_hours("auto") is None
+    assert training_budget.resolve_budget_hours("auto") is None
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
-    assert training_budget.default_budget_hours() == 11.5
+    assert training_budget.resolve_budget_hours("auto") == 11.5
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
     monkeypatch.setenv("KAGGLE_WORKING_DIR", str(tmp_path))  # a Kaggle working folder exists
     assert training_budget.resolve_budget_hours("auto") == 11.5
