@@ -23,7 +23,7 @@ On a GPU itself, `lib.training_budget.calibrate` measures all of it (the network
 lib.inference_budget.calibrate): no estimate needed.
 
 Run: `.venv/bin/python benchmarks/training_budget.py [--ratio 15.2] [--out FILE.json]` (about 20 s on 2 cores), then
-`python -m lib.training_budget --real-shapes --calibration FILE.json ...` projects other settings on the same calibration
+`python -m tools.budget training --real-shapes --calibration FILE.json ...` projects other settings on the same calibration
 (default FILE: outputs/benchmarks/training_budget_t4.json).
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pathlib import Path
 
 from lib import inference_budget, paths, training_budget
 from lib.training.fine_tune import TrainSettings
+from tools import budget
 
 H200_FILE = paths.PROJECT_ROOT / "docs" / "benchmarks" / "gpu_check_h200.json"
 T4_RATIO = 989 / 65  # H200 SXM dense FP16 tensor TFLOPS / T4 FP16 (mixed precision) TFLOPS, NVIDIA datasheets
@@ -77,11 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print(f"H200 figures ({H200_FILE.name}): {h200_figures()}")
     calibration = t4_estimate(args.ratio)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(calibration.to_json())
+    budget.write_calibration(calibration, args.out)
     print(calibration.summary())
     print(f"source: {calibration.source}\nwritten: {args.out}")
-    groups = training_budget.competition_groups()
+    groups = budget.competition_groups()
     for rounds in (0, 1):
         settings = TrainSettings(configuration="hepatic", pseudo_label_rounds=rounds)
         table = training_budget.project(calibration, settings, groups)

@@ -1,29 +1,24 @@
 """The runtime plan: will these models and TTA settings finish the hidden test inside Kaggle's 9 hours?
 
-Times the loaded model(s) on the current device with a short calibration on a synthetic block (one patch: the
-network's time per tile, and the predictor's own time per voxel with and without the y/x-views), projects the
-prediction time of every hidden-test kidney (sizes and voxel sizes in ../shared/competition.md, resampled to the
-training spacing as inference does) for each TTA choice and ensemble size, and picks the strongest setting
-(most network passes per voxel, then most models) whose projection fits the budget with a 25% margin.
-
-    python -m lib.inference_budget MODEL_DIR [MODEL_DIR ...] --hours 9 [--devices cuda:0 cuda:1] [--out plan.csv]
-
-The per-voxel overhead is measured on a one-patch block, so fixed costs count as if per voxel: projections err
-on the long side. Post-processing and the submission file (seconds per kidney) are not included.
+A short calibration on a one-patch synthetic block times the loaded model(s) on the current device (network seconds
+per tile; the predictor's own seconds per voxel, with and without the y/x-views); `project` multiplies by every
+hidden-test kidney (resampled to the training spacing as inference does) for each TTA choice and ensemble size;
+`choose` picks the strongest (most network passes per voxel, then most models) that fits with a 25% margin. Fixed
+costs count as if per voxel (projections err long); post-processing and the submission file are not included.
+Command line: `python -m tools.budget inference`.
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lib import data, predictor
 
@@ -45,10 +40,8 @@ class Calibration:
     seconds: float
 
 
-def timed(fn: Callable[[], object], device) -> float:
-    """Seconds `fn` takes on `device` (a torch.device), the device's queued work included."""
-    import torch
-
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds `fn` takes on `device`, the device's queued work included."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -58,10 +51,8 @@ def timed(fn: Callable[[], object], device) -> float:
     return time.perf_counter() - start
 
 
-def calibrate(model: predictor.Model, repeats: int = 3, batch_size: int = 1) -> Calibration:
+def calibrate(model: predictor.Model, repeats: int = 3) -> Calibration:
     """Time one model's network on a patch and the predictor on a one-patch synthetic block (seconds)."""
-    import torch
-
     begin = time.perf_counter()
     device = model.device
     x = torch.randn((1, 1, *model.patch_size), device=device)
@@ -81,8 +72,8 @@ def calibrate(model: predictor.Model, repeats: int = 3, batch_size: int = 1) -> 
     voxels = block.volume.size
     with tempfile.TemporaryDirectory(prefix="sennet-plan-") as tmp:
         def run(tta: str) -> float:
-            run = predictor.Predictor(model, tta=tta, batch_size=batch_size, progress=False)
-            return best(lambda: run.predict_group(block, Path(tmp) / f"{tta}.npy", overwrite=True))
+            job = predictor.Predictor(model, tta=tta, progress=False)
+            return best(lambda: job.predict_group(block, Path(tmp) / f"{tta}.npy", overwrite=True))
         z_only, axes = run("none"), run("axes")
     return Calibration(str(device), tile, max(z_only - tile, 0.0) / voxels, max(axes - 3 * tile, 0.0) / voxels,
                        time.perf_counter() - begin)
@@ -94,7 +85,7 @@ def tiles(shape: Sequence[int], patch: Sequence[int], tile_step: float = 0.5) ->
 
 
 def project(calibration: Calibration, model: predictor.Model, max_models: int = 1, devices: int = 1,
-            kidneys: dict = HIDDEN_TEST, tile_step: float = 0.5, resample: bool = True) -> pd.DataFrame:
+            tile_step: float = 0.5, resample: bool = True) -> pd.DataFrame:
     """Projected hours per kidney and in total for every TTA choice and ensemble size 1..max_models."""
     flips_passes = 2 ** len(model.mirror_axes)
     rows = []
@@ -104,7 +95,7 @@ def project(calibration: Calibration, model: predictor.Model, max_models: int = 
         per_voxel = calibration.voxel_seconds_axes if len(views) > 1 else calibration.voxel_seconds_z
         for k in range(1, max_models + 1):
             row = {"tta": tta, "models": k, "passes_per_voxel": len(views) * passes * k}
-            for name, (shape, voxel_um) in kidneys.items():
+            for name, (shape, voxel_um) in HIDDEN_TEST.items():
                 work = predictor.model_space_shape(tuple(shape), voxel_um, model, resample)
                 network = sum(tiles([work[a] for a in view], model.patch_size, tile_step) for view in views)
                 seconds = (network * passes * k * calibration.tile_seconds + math.prod(work) * per_voxel) / devices
@@ -114,58 +105,24 @@ def project(calibration: Calibration, model: predictor.Model, max_models: int = 
     return pd.DataFrame(rows)
 
 
-def choose(table: pd.DataFrame, hours: float, margin: float = MARGIN) -> pd.Series:
-    """The strongest setting (most passes per voxel, then most models) whose projection x (1 + margin) fits."""
-    fits = table[table["total_hours"] * (1 + margin) <= hours]
+def choose(table: pd.DataFrame, hours: float) -> pd.Series:
+    """The strongest setting (most passes per voxel, then most models) whose projection x (1 + MARGIN) fits."""
+    fits = table[table["total_hours"] * (1 + MARGIN) <= hours]
     if fits.empty:
         fastest = table.sort_values("total_hours").iloc[0]
-        raise ValueError(f"no setting fits {hours:g} h with a {margin:.0%} margin: the fastest, tta={fastest.tta} "
+        raise ValueError(f"no setting fits {hours:g} h with a {MARGIN:.0%} margin: the fastest, tta={fastest.tta} "
                          f"with {fastest.models} model(s), projects {fastest.total_hours:.2f} h")
     return fits.sort_values(["passes_per_voxel", "models", "total_hours"], ascending=[False, False, True]).iloc[0]
 
 
 def plan(models: Sequence[predictor.Model], hours: float, devices: int = 1, tile_step: float = 0.5,
-         resample: bool = True, batch_size: int = 1) -> tuple[pd.DataFrame, pd.Series, Calibration]:
+         resample: bool = True) -> tuple[pd.DataFrame, pd.Series, Calibration]:
     """Calibrate on the first model's device, project every setting, pick the strongest that fits `hours`."""
     if not hours > 0:
         raise ValueError(f"budget_hours must be positive, got {hours}")
-    calibration = calibrate(models[0], batch_size=batch_size)
+    calibration = calibrate(models[0])
     table = project(calibration, models[0], len(models), devices, tile_step=tile_step, resample=resample)
     table["fits"] = table["total_hours"] * (1 + MARGIN) <= hours
     chosen = choose(table, hours)
     table["chosen"] = (table["tta"] == chosen.tta) & (table["models"] == chosen.models)
     return table, chosen, calibration
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Project the hidden-test prediction time of model(s) per TTA choice "
-                                             "and ensemble size; pick the strongest that fits the budget.")
-    ap.add_argument("model_dirs", nargs="+", type=Path, help="model folder(s) written by notebook 02 (an ensemble)")
-    ap.add_argument("--hours", type=float, default=9.0, help="budget (Kaggle: 9 h); a 25%% margin is kept")
-    ap.add_argument("--devices", nargs="+", default=None,
-                    help="devices to predict on (default: every visible GPU, else the CPU); calibrated on the first")
-    ap.add_argument("--tile-step", type=float, default=0.5)
-    ap.add_argument("--out", type=Path, default=None, help="also write the table here (.csv)")
-    args = ap.parse_args(argv)
-    try:
-        devices = predictor.resolve_devices(args.devices)
-        models = predictor.load_models(args.model_dirs, str(devices[0]))
-        table, chosen, calibration = plan(models, args.hours, len(devices), args.tile_step)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"calibration on {calibration.device}: {calibration.tile_seconds * 1000:.1f} ms per tile, "
-          f"{calibration.voxel_seconds_z * 1e9:.2f} / {calibration.voxel_seconds_axes * 1e9:.2f} ns per voxel "
-          f"(z-view / axes), {len(devices)} device(s)")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"chosen: tta={chosen.tta}, {chosen.models} model(s): {chosen.total_hours:.2f} h projected "
-          f"(budget {args.hours:g} h, margin {MARGIN:.0%})")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
-        Path(args.out).with_suffix(".json").write_text(pd.Series(asdict(calibration)).to_json(indent=2) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

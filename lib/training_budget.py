@@ -1,28 +1,23 @@
 """The training plan: will notebook 02's stages finish inside Kaggle's ~12-hour GPU session?
 
-The training-side twin of `lib.inference_budget`. `calibrate` times each stage's own code (conversion, nnU-Net's
-fingerprint and preprocessing, the trainer's steps, augmentation and checkpoints, prediction, pseudo-label
-refinement, the threshold curve) on the current device on a small synthetic block; `project` multiplies by the
-run's work in the order notebook 02 runs it; `check_budget` refuses, in one line, a setting whose projection
-x (1 + MARGIN) passes the budget. What each stage times and what is not projected: docs/kaggle.md.
-
-    python -m lib.training_budget --data-dir ROOT [--configuration hepatic] [--epochs 15] [--pseudo-label-rounds 1]
-                         [--real-shapes] [--budget-hours 11.5] [--calibration FILE.json]
+The training-side twin of `lib.inference_budget`. `calibrate` times each stage's own code (conversion, fingerprint,
+preprocessing, training steps, augmentation, checkpoints, prediction, refinement, threshold curve) on the current
+device on a small synthetic block; `project` multiplies by the run's work in notebook 02's order; `check_budget`
+refuses, in one line, a setting whose projection x (1 + MARGIN) passes the budget. What each stage times and what is
+not projected: docs/kaggle.md. Command line: `python -m tools.budget training`.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import io
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +30,9 @@ from lib.model.network import CONFIGURATION, build_network, resolve_device
 from lib.training import fine_tune, nnunet_dataset
 from lib.training.fine_tune import TrainSettings
 
-# A setting fits when its projection x (1 + MARGIN) is within the budget. lib.inference_budget keeps 25% for the scoring run,
-# where any overrun loses the whole submission. Training writes a checkpoint every epoch and resumes from it, so an
-# overrun costs the stage in flight and a second session, not the result: 15% here, which with Kaggle's default
-# budget of 11.5 h (0.5 h below the 12 h limit, for writing the output) still leaves a projection 20% of slack
-# (10.0 h projected, killed at 12 h), close to lib.inference_budget's 25%.
+# A setting fits when its projection x (1 + MARGIN) is within the budget. Training checkpoints every epoch and resumes,
+# so an overrun costs a session, not the result (lib.inference_budget keeps 25%: there it loses the submission). With
+# the 11.5 h budget (0.5 h left for writing the output) a projection still has 20% of slack (10.0 h, killed at 12 h).
 MARGIN = 0.15
 KAGGLE_BUDGET_HOURS = 11.5  # Kaggle's GPU session lasts at most about 12 h (competition.md, "Kaggle limits")
 BLOCK_SHAPE = (64, 256, 256)  # the calibration block: 4.2 M voxels, big enough that fixed costs hardly count
@@ -95,18 +88,6 @@ class TrainingCalibration:
             return max(self.val_step_seconds, self.val_batch_seconds / max(self.augmentation_workers // 2, 1))
         return self.val_step_seconds + self.val_batch_seconds
 
-    def to_json(self) -> str:
-        """The calibration as JSON, to project other settings later (`--calibration`) or keep beside a run."""
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainingCalibration:
-        """A calibration saved by `to_json` (e.g. an estimate composed by benchmarks/training_budget.py)."""
-        values = json.loads(text)
-        values = {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        values["patch_size"] = tuple(values["patch_size"])
-        return cls(**{k: (math.nan if v is None else v) for k, v in values.items()})
-
     def summary(self) -> str:
         """One line: what was measured, where, and the per-stage figures."""
         return (f"calibration ({self.source}) on {self.device}, {self.configuration} patch {list(self.patch_size)} "
@@ -121,20 +102,13 @@ class TrainingCalibration:
 # ---------------------------------------------------------------------------------------------------- calibration
 
 
-def calibrate(settings: TrainSettings | None = None, device: str | torch.device | None = None,
-              block_shape: Sequence[int] = BLOCK_SHAPE, steps: int | None = None,
+def calibrate(settings: TrainSettings, block_shape: Sequence[int] = BLOCK_SHAPE, steps: int | None = None,
               network: bool = True) -> TrainingCalibration:
-    """Time every stage's own code on `device` (default: the settings' device) on a small synthetic block.
-
-    `steps`: timed training steps, validation steps and batches (default 3 on a GPU, 1 on the CPU, where a step of
-    even the tiny network takes seconds); lib.inference_budget's calibration is the best of as many. `network=False` skips
-    what runs the network (training and validation steps, tile and the predictor's per-voxel work: NaN), e.g. the
-    hepatic network on a CPU, where one step takes minutes. The process's environment, torch's threads and cuDNN
-    flags are restored.
-    """
-    settings = settings or TrainSettings()
-    device = resolve_device(device if device is not None else settings.device)
-    steps = steps if steps is not None else (3 if device.type == "cuda" else 1)
+    """Time every stage's own code on the settings' device on a small synthetic block (the environment, torch's
+    threads and cuDNN flags are restored). `steps`: timed steps, batches and prediction repeats (default 3 on a
+    GPU, 1 on the CPU). `network=False` skips what runs the network (NaN), e.g. the hepatic network on a CPU."""
+    device = resolve_device(settings.device)
+    steps = max(steps, 1) if steps is not None else (3 if device.type == "cuda" else 1)
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sennet-budget-") as tmp, _scoped_state(Path(tmp) / "nnunet"):
         root = Path(tmp) / "root"
@@ -163,22 +137,22 @@ def calibrate(settings: TrainSettings | None = None, device: str | torch.device 
                                seconds=time.perf_counter() - begin, **timings)
 
 
-def write_block(root: Path, shape: tuple[int, int, int] = BLOCK_SHAPE, seed: int = 0) -> data.Group:
+def write_block(root: Path, shape: tuple[int, int, int] = BLOCK_SHAPE) -> data.Group:
     """A competition root holding one labelled group of `shape` (slices as the competition ships them: uint16
     images with kidney-like intensities, 0/255 labels of a few winding tubes, about 1% vessel)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     depth, height, width = shape
     yy, xx = np.mgrid[:height, :width]
     tubes = [(rng.uniform(0, height), rng.uniform(0, width), rng.uniform(-1, 1, 2), rng.uniform(2, 5))
              for _ in range(8)]
+    folder = root / "train" / CALIBRATION_GROUP
     for kind in ("images", "labels"):
-        (root / "train" / CALIBRATION_GROUP / kind).mkdir(parents=True, exist_ok=True)
+        (folder / kind).mkdir(parents=True, exist_ok=True)
     for z in range(depth):
         label = np.zeros((height, width), bool)
         for cy, cx, (dy, dx), radius in tubes:
             label |= (yy - (cy + dy * z) % height) ** 2 + (xx - (cx + dx * z) % width) ** 2 < radius ** 2
         image = rng.normal(34853, 2336, (height, width)) + 3000 * label  # kidney_2's mean and sd (competition.md)
-        folder = root / "train" / CALIBRATION_GROUP
         tifffile.imwrite(folder / "images" / f"{z:04d}.tif", np.clip(image, 0, 65535).astype(np.uint16))
         tifffile.imwrite(folder / "labels" / f"{z:04d}.tif", label.astype(np.uint8) * np.uint8(255))
     return data.open_group(CALIBRATION_GROUP, root)
@@ -208,12 +182,9 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
 
     cpu = torch.device("cpu")
-    # The run's normalisation scheme, where the settings have one (a per-kidney scheme changes the conversion's work).
-    scheme = {"normalisation": settings.normalisation} if hasattr(settings, "normalisation") else {}
-    start = time.perf_counter()
-    nnunet_dataset.write_raw_dataset(root, work_dir, nnunet_dataset.Split((CALIBRATION_GROUP,), None, settings.slab_depth),
-                                     progress=False, **scheme)
-    conversion = time.perf_counter() - start
+    split = nnunet_dataset.Split((CALIBRATION_GROUP,), None, settings.slab_depth)
+    conversion = inference_budget.timed(lambda: nnunet_dataset.write_raw_dataset(
+        root, work_dir, split, normalisation=settings.normalisation, progress=False), cpu)
     cases = nnunet_dataset.read_cases(work_dir)
     voxels = sum(c.stop - c.start for c in cases) * math.prod(data.open_group(CALIBRATION_GROUP, root).shape[1:])
     raw = Path(os.environ["nnUNet_raw"]) / nnunet_dataset.DATASET_NAME
@@ -226,10 +197,9 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     fingerprint_file.write_text(json.dumps(_fingerprint(results)))
     arch, _ = fine_tune.architecture_plans(settings.configuration, None, work_dir)
     patch = fine_tune.patch_size_for(arch, device, settings.patch_size)
-    preprocessing = inference_budget.timed(lambda: fine_tune.prepare(arch, patch, settings.batch_size, cases, True,
-                                                     fingerprint_file, progress=False), cpu)
-    plans = json.loads((Path(os.environ["nnUNet_preprocessed"]) / nnunet_dataset.DATASET_NAME /
-                        f"{fine_tune.PLANS_NAME}.json").read_text())
+    start = time.perf_counter()
+    plans = fine_tune.prepare(arch, patch, settings.batch_size, cases, True, fingerprint_file, progress=False)
+    preprocessing = time.perf_counter() - start
     return {"conversion_voxel_seconds": conversion / voxels, "fingerprint_voxel_seconds": fingerprint / voxels,
             "preprocessing_voxel_seconds": preprocessing / voxels}, plans
 
@@ -261,9 +231,8 @@ def _build_trainer(plans: dict, settings: TrainSettings,
 
 
 def _loaders(trainer: fine_tune.FineTuneTrainer) -> tuple[tuple, int]:
-    """nnU-Net's training and validation loaders built in this process (no worker processes), and how many
-    augmentation workers the real run has running in parallel here (nnU-Net's count, the main process keeps a core
-    on a GPU machine)."""
+    """nnU-Net's training and validation loaders built in this process, and how many augmentation workers the real
+    run has in parallel here (nnU-Net's count; on a GPU machine the main process keeps a core)."""
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
     workers = get_allowed_n_proc_DA()  # nnUNet_n_proc_DA as the run would see it (before it is set to 0 below)
@@ -280,33 +249,29 @@ def _loaders(trainer: fine_tune.FineTuneTrainer) -> tuple[tuple, int]:
 def _time_batches(loader, batches: int) -> tuple[dict, float]:
     """A batch and the median seconds one worker (torch single-threaded, as lib.training.trainer's workers run)
     takes to load and augment one."""
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # restored here for the steps; after an error, by calibrate's _scoped_state
     torch.set_num_threads(1)
-    try:
-        seconds = []
-        for _ in range(max(batches, 1)):
-            start = time.perf_counter()
-            batch = next(loader)
-            seconds.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
+    seconds = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        batch = next(loader)
+        seconds.append(time.perf_counter() - start)
+    torch.set_num_threads(threads)
     return batch, float(np.median(seconds))
 
 
 def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict, steps: int) -> dict:
-    """Median seconds of nnU-Net's train_step and validation_step on real batches, warm-up steps excluded."""
+    """Median seconds of nnU-Net's train_step and validation_step on real batches (warm-up excluded; left in eval)."""
     device = trainer.device
     trainer.network.train()
     for _ in range(WARMUP_STEPS.get(device.type, 2)):
         trainer.train_step(batch)
-    train = [inference_budget.timed(lambda: trainer.train_step(batch), device) for _ in range(max(steps, 1))]
+    train = [inference_budget.timed(lambda: trainer.train_step(batch), device) for _ in range(steps)]
     trainer.network.eval()
     trainer.loss.eval()  # as the run's validation epochs: dice_ce alone (lib.training.trainer)
     with torch.no_grad():
         trainer.validation_step(val_batch)
-        val = [inference_budget.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(max(steps, 1))]
-    trainer.network.train()
-    trainer.loss.train()
+        val = [inference_budget.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(steps)]
     return {"train_step_seconds": float(np.median(train)), "val_step_seconds": float(np.median(val))}
 
 
@@ -318,19 +283,17 @@ def _time_checkpoints(trainer: fine_tune.FineTuneTrainer, folder: Path) -> tuple
 
 
 def _time_prediction(plans: dict, device: torch.device, repeats: int) -> dict:
-    """lib.inference_budget's calibration of the configuration's network (random weights: speed does not depend on them) as
-    lib.predictor predicts with it: network seconds per tile, the predictor's own seconds per model-space voxel
-    (z-view; three views), best of `repeats`."""
+    """lib.inference_budget's calibration of the configuration's network (random weights: speed does not depend on
+    them): network seconds per tile, the predictor's own seconds per voxel (z-view; three views), best of `repeats`."""
     model = predictor.from_network(build_network(plans, deep_supervision=False), plans, device)
-    measured = inference_budget.calibrate(model, repeats=max(repeats, 1))
+    measured = inference_budget.calibrate(model, repeats=repeats)
     return {"tile_seconds": measured.tile_seconds, "predict_voxel_seconds_z": measured.voxel_seconds_z,
             "predict_voxel_seconds_axes": measured.voxel_seconds_axes}
 
 
 def _time_postprocessing(group: data.Group) -> dict:
-    """Seconds per group voxel of a pseudo-label refinement (lib.postprocess's share cut + refined masks, at
-    kidney_2's share) and of the validation's threshold curve, on probabilities shaped like a model's (high on the
-    labels, near 0 elsewhere). CPU work on every device."""
+    """Seconds per group voxel (CPU work on every device) of a pseudo-label refinement (share cut at kidney_2's
+    share + refined masks) and of the validation's threshold curve, on probabilities shaped like a model's."""
     cpu = torch.device("cpu")
     labels = group.read_labels() > 0
     probs = (0.9 * labels + 0.04 * np.random.default_rng(1).random(labels.shape)).astype(np.float16)
@@ -347,27 +310,11 @@ def _time_postprocessing(group: data.Group) -> dict:
 # ----------------------------------------------------------------------------------------------------- projection
 
 
-def competition_groups() -> dict[str, data.Group]:
-    """The competition's training groups with their real shapes (`data.COMPETITION_SHAPES`), as `data.Group`s
-    whose files are never read (kidney_3_dense's images are kidney_3_sparse's slices 0496..0996): what `project`
-    needs to project the real data from a machine that does not have it."""
-    base = Path("<competition>") / "train"
-    groups = {}
-    for name in data.LABEL_KIND:
-        depth, height, width = data.COMPETITION_SHAPES[name]
-        slices = tuple(data.KIDNEY_3_DENSE_SLICES) if name == "kidney_3_dense" else tuple(range(depth))
-        source = data.IMAGES_FROM.get(name, name)
-        groups[name] = data.Group(name, "train", slices, tuple(base / source / "images" / f"{z:04d}.tif" for z in slices),
-                                  tuple(base / name / "labels" / f"{z:04d}.tif" for z in slices), height=height,
-                                  width=width)
-    return groups
-
-
 def project(calibration: TrainingCalibration, settings: TrainSettings, groups: Mapping[str, data.Group],
             validation_tta: bool | str = False) -> pd.DataFrame:
     """Projected seconds of every stage of notebook 02 in the order it runs them (module docstring), one row each:
     round, stage, group, voxels / iterations (the work), epochs and seconds per epoch (training rows), seconds and
-    the cumulative hours at the stage's end. `groups`: `data.discover(root)` or `competition_groups()`."""
+    the cumulative hours at the stage's end. `groups`: `data.discover(root)`, or the real shapes (`tools.budget`)."""
     cases = nnunet_dataset.plan_cases(dict(groups), settings.train_groups, settings.val_group, settings.slab_depth)
     voxels = sum((c.stop - c.start) * groups[c.group].height * groups[c.group].width for c in cases)
     spacing = float(np.median([c.spacing_mm for c in cases]))  # the fingerprint's median spacing: the model's
@@ -402,8 +349,7 @@ def project(calibration: TrainingCalibration, settings: TrainSettings, groups: M
 
 
 def _row(r: int, stage: str, group: str, seconds: float, **work: float) -> dict:
-    """One stage: its work (voxels, or iterations, epochs and seconds per epoch for training), its seconds and
-    (validation) its seconds without TTA."""
+    """One stage's row: its work (voxels; iterations, epochs, seconds per epoch; seconds without TTA) and seconds."""
     return {"round": r, "stage": stage, "group": group, "voxels": work.get("voxels"),
             "iterations": work.get("iterations"), "epochs": work.get("epochs"),
             "epoch_seconds": work.get("epoch_seconds"), "seconds": float(seconds),
@@ -425,22 +371,14 @@ def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, gro
 # --------------------------------------------------------------------------------------------------------- budget
 
 
-def on_kaggle() -> bool:
-    """Whether this runs in a Kaggle notebook: Kaggle sets KAGGLE_KERNEL_RUN_TYPE ("Interactive" or "Batch") in its
-    sessions, and /kaggle/working exists there (KAGGLE_WORKING_DIR relocates it, as for tools.kaggle)."""
-    working = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
-    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or working.is_dir()
-
-
-def default_budget_hours() -> float | None:
-    """11.5 h on Kaggle (its GPU session ends at about 12 h), None elsewhere (no limit to check)."""
-    return KAGGLE_BUDGET_HOURS if on_kaggle() else None
-
-
 def resolve_budget_hours(value: float | str | None) -> float | None:
-    """A notebook's `budget_hours`: "auto" -> `default_budget_hours()`, None -> no check, else a positive number."""
+    """A notebook's `budget_hours`: None -> no check, a positive number, or "auto": 11.5 h on Kaggle (which sets
+    KAGGLE_KERNEL_RUN_TYPE in its sessions and has /kaggle/working, relocated by KAGGLE_WORKING_DIR as for
+    tools.kaggle), None elsewhere."""
     if isinstance(value, str) and value.strip().lower() == "auto":
-        return default_budget_hours()
+        working = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
+        on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or working.is_dir()
+        return KAGGLE_BUDGET_HOURS if on_kaggle else None
     if value is None:
         return None
     hours = float(value)
@@ -456,21 +394,21 @@ def stage_label(row: pd.Series) -> str:
     return f"round {row['round']} {row['stage']}" + (f" of {row['group']}" if row["group"] else "")
 
 
-def check_budget(table: pd.DataFrame, budget_hours: float | None, margin: float = MARGIN) -> None:
-    """Nothing when the projection x (1 + margin) fits `budget_hours` (or there is no budget); else a one-line
+def check_budget(table: pd.DataFrame, budget_hours: float | None) -> None:
+    """Nothing when the projection x (1 + MARGIN) fits `budget_hours` (or there is no budget); else a one-line
     ValueError naming the first stage that passes it and settings that fit (from the table's own figures)."""
     if budget_hours is None:
         return
     if not budget_hours > 0:
         raise ValueError(f"budget_hours must be positive, got {budget_hours}")
-    limit = budget_hours / (1 + margin)
+    limit = budget_hours / (1 + MARGIN)
     over = table[table["cumulative_hours"] > limit]
     if over.empty:
         return
     first = over.iloc[0]
     total = float(table["cumulative_hours"].iloc[-1])
     raise ValueError(f"training is projected at {_hours(total)} h, over the {budget_hours:g} h budget with its "
-                     f"{margin:.0%} margin (projections up to {_hours(limit)} h fit): {stage_label(first)} would "
+                     f"{MARGIN:.0%} margin (projections up to {_hours(limit)} h fit): {stage_label(first)} would "
                      f"end at {_hours(first.cumulative_hours)} h; {_fitting_settings(table, limit)}")
 
 
@@ -505,13 +443,13 @@ def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
     rounds = int(table["round"].max())
     epochs = int(table.loc[table["stage"] == "training", "epochs"].iloc[0])
     options = []
-    fitting_rounds = [r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit]
-    if fitting_rounds:
-        r = fitting_rounds[0]
-        options.append(f"pseudo_label_rounds={r} ({_hours(fits_with(table, r))} h)")
+    fewer = next((r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit), None)
+    if fewer is not None:
+        options.append(f"pseudo_label_rounds={fewer} ({_hours(fits_with(table, fewer))} h)")
     validation = table[table["stage"].str.startswith("validation")]
-    if (validation["seconds"] > validation["seconds_without_tta"]).any() and fits_with(table, None, None, False) <= limit:
-        options.append(f"validation_tta=False ({_hours(fits_with(table, None, None, False))} h)")
+    plain = fits_with(table, validation_tta=False)
+    if (validation["seconds"] > validation["seconds_without_tta"]).any() and plain <= limit:
+        options.append(f"validation_tta=False ({_hours(plain)} h)")
     most = largest_epochs(table, limit)
     if 1 <= most < epochs:
         options.append(f"epochs={most} ({_hours(fits_with(table, epochs=most))} h)")
@@ -528,18 +466,17 @@ def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
 
 def plan_training(data_dir: Path | str, settings: TrainSettings, budget_hours: float | str | None = "auto",
                   validation_tta: bool | str = False, calibration: TrainingCalibration | None = None,
-                  report: Callable[[str], object] | None = print) -> tuple[pd.DataFrame, TrainingCalibration]:
+                  report: Callable[[str], object] = print) -> tuple[pd.DataFrame, TrainingCalibration]:
     """Notebook 02's call before it converts anything: calibrate on the settings' device (unless given), project
     the run on the groups in `data_dir`, `report` the calibration and the table, then check the budget ("auto":
     11.5 h on Kaggle, none elsewhere; a one-line ValueError when it does not fit)."""
     budget = resolve_budget_hours(budget_hours)
     calibration = calibration or calibrate(settings)
     table = project(calibration, settings, data.discover(data_dir), validation_tta)
-    if report is not None:
-        report(calibration.summary())
-        report(format_table(table))
-        report(f"budget: {budget:g} h with a {MARGIN:.0%} margin (projections up to {_hours(budget / (1 + MARGIN))} h "
-               "fit)" if budget else "budget: none (not on Kaggle): nothing to check")
+    report(calibration.summary())
+    report(format_table(table))
+    report(f"budget: {budget:g} h with a {MARGIN:.0%} margin (projections up to {_hours(budget / (1 + MARGIN))} h fit)"
+           if budget else "budget: none (not on Kaggle): nothing to check")
     check_budget(table, budget)
     return table, calibration
 
@@ -563,53 +500,3 @@ def format_table(table: pd.DataFrame) -> str:
 def _hours(hours: float) -> str:
     """Hours for messages: one decimal, two significant digits below an hour."""
     return f"{hours:.1f}" if hours >= 1 else f"{hours:.2g}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m lib.training_budget`: calibrate here (or load a calibration), project, print, check."""
-    ap = argparse.ArgumentParser(description="Project notebook 02's training stages on this machine and check "
-                                             "them against a session budget (Kaggle: 11.5 h).")
-    ap.add_argument("--data-dir", type=Path, default=None, help="competition root (default: the project's)")
-    ap.add_argument("--real-shapes", action="store_true", help="project the real competition shapes instead")
-    ap.add_argument("--configuration", default="hepatic", choices=sorted(fine_tune.ARCHITECTURES))
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--iterations", type=int, default=250, help="iterations per epoch")
-    ap.add_argument("--val-iterations", type=int, default=50, help="validation iterations per epoch")
-    ap.add_argument("--pseudo-label-rounds", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--patch-size", type=int, nargs=3, default=None)
-    ap.add_argument("--validation-tta", default="none", help="none, flips, axes or axes+flips")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--budget-hours", default="auto", help='"auto" (11.5 on Kaggle, none elsewhere), a number, none')
-    ap.add_argument("--calibration", type=Path, default=None, help="use this saved calibration (.json) instead")
-    ap.add_argument("--save-calibration", type=Path, default=None, help="write the calibration here (.json)")
-    args = ap.parse_args(argv)
-    try:
-        settings = TrainSettings(configuration=args.configuration, epochs=args.epochs,
-                                 iterations_per_epoch=args.iterations, val_iterations_per_epoch=args.val_iterations,
-                                 pseudo_label_rounds=args.pseudo_label_rounds, batch_size=args.batch_size,
-                                 patch_size=tuple(args.patch_size) if args.patch_size else None, device=args.device)
-        budget = resolve_budget_hours(None if args.budget_hours.lower() == "none" else args.budget_hours)
-        groups = competition_groups() if args.real_shapes else data.discover(args.data_dir or paths.default_data_dir())
-        calibration = (TrainingCalibration.from_json(args.calibration.read_text()) if args.calibration
-                       else calibrate(settings))
-        table = project(calibration, settings, groups, args.validation_tta)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.save_calibration:
-        args.save_calibration.parent.mkdir(parents=True, exist_ok=True)
-        args.save_calibration.write_text(calibration.to_json())
-    print(calibration.summary())
-    print(format_table(table))
-    try:
-        check_budget(table, budget)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"fits the {budget:g} h budget with a {MARGIN:.0%} margin" if budget else "no budget to check")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The runtime plan: calibration with the tiny network on the CPU, projection of the hidden test, the choice."""
+"""The runtime plan: calibration with the tiny network on the CPU, projection of the hidden test, the choice, the CLI
+(tools.budget)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 from helpers import random_network, small_plans, write_model_dir
 
 from lib import inference_budget, predictor
+from tools import budget
 
 PATCH = (32, 64, 64)
 
@@ -52,18 +54,18 @@ def test_choice_is_the_strongest_that_fits_with_a_margin(table: pd.DataFrame) ->
 
 
 def test_cli_errors_are_one_line_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert inference_budget.main([str(tmp_path / "nothing"), "--hours", "9"]) == 2
+    assert budget.main(["inference", str(tmp_path / "nothing"), "--hours", "9"]) == 2
     err = capsys.readouterr().err.strip()
     assert "nothing: model folder not found" in err and len(err.splitlines()) == 1
-    assert inference_budget.main([str(tmp_path), "--devices", "tpu"]) == 2
+    assert budget.main(["inference", str(tmp_path), "--devices", "tpu"]) == 2
     assert "unknown device 'tpu'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_cli_prints_and_saves_the_table(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "inference_budget.csv"
-    args = [str(model_dir), str(model_dir), "--hours", "1e6", "--devices", "cpu", "--out", str(out)]
-    assert inference_budget.main(args) == 0
+    args = ["inference", str(model_dir), str(model_dir), "--hours", "1e6", "--devices", "cpu", "--out", str(out)]
+    assert budget.main(args) == 0
     printed = capsys.readouterr().out
     assert "chosen: tta=axes+flips, 2 model(s)" in printed  # everything fits a huge budget: the strongest
     saved = pd.read_csv(out)

@@ -1,5 +1,5 @@
 """The training plan: calibration on the CPU, the projection of notebook 02's stages (arithmetic against a hand-made
-calibration, never timings), the budget check and its suggested settings, Kaggle detection, the CLI."""
+calibration, never timings), the budget check and its suggested settings, Kaggle detection, the CLI (tools.budget)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +15,7 @@ import torch
 from lib import data, inference_budget, predictor, training_budget
 from lib.training import nnunet_dataset
 from lib.training.fine_tune import TrainSettings
+from tools import budget
 
 PATCH = (64, 192, 192)  # the hepatic patch on a GPU
 HAND = training_budget.TrainingCalibration(
@@ -49,14 +50,15 @@ def test_calibration_without_the_network_is_positive_finite_and_leaves_the_proce
 
 
 @pytest.mark.slow  # a few steps and tiles of the tiny network: tens of seconds on 2 cores
-def test_calibration_on_the_cpu_with_tiny_gives_positive_finite_numbers() -> None:
+def test_calibration_on_the_cpu_with_tiny_gives_positive_finite_numbers(tmp_path: Path) -> None:
     c = training_budget.calibrate(settings(), block_shape=(16, 96, 80))
     for name in ("train_step_seconds", "val_step_seconds", "tile_seconds", "conversion_voxel_seconds",
                  "preprocessing_voxel_seconds", "augmentation_batch_seconds"):
         assert 0 < getattr(c, name) < math.inf, name
     assert 0 <= c.predict_voxel_seconds_z < math.inf and 0 <= c.predict_voxel_seconds_axes < math.inf
     assert c.iteration_seconds() == pytest.approx(c.train_step_seconds + c.augmentation_batch_seconds)  # CPU: shared
-    assert training_budget.TrainingCalibration.from_json(c.to_json()) == c
+    budget.write_calibration(c, tmp_path / "calibration.json")
+    assert budget.read_calibration(tmp_path / "calibration.json") == c
 
 
 def test_projection_follows_notebook_02_and_a_round_predicts_the_sparse_groups(synthetic_tiny: Path) -> None:
@@ -103,7 +105,7 @@ def test_projection_arithmetic_against_a_hand_made_calibration(synthetic_tiny: P
 
 
 def test_real_competition_shapes_give_the_real_work() -> None:
-    groups = training_budget.competition_groups()
+    groups = budget.competition_groups()
     assert {g: groups[g].shape for g in groups} == {g: data.COMPETITION_SHAPES[g] for g in data.LABEL_KIND}
     table = training_budget.project(HAND, settings(pseudo_label_rounds=1), groups)
     # kidney_3_sparse trains on its slices outside kidney_3_dense's 0496..0996 (534 of 1035).
@@ -122,7 +124,7 @@ def fitting(message: str) -> dict:
 
 @pytest.mark.parametrize("rounds", [0, 2])
 def test_check_budget_names_the_stage_and_a_setting_that_fits(rounds: int) -> None:
-    groups = training_budget.competition_groups()
+    groups = budget.competition_groups()
     s = settings(pseudo_label_rounds=rounds)
     table = training_budget.project(HAND, s, groups)
     total = table["cumulative_hours"].iloc[-1]
@@ -148,7 +150,7 @@ def test_check_budget_names_the_stage_and_a_setting_that_fits(rounds: int) -> No
 
 
 def test_validation_tta_that_breaks_the_budget_is_named_and_dropping_it_fits() -> None:
-    groups = training_budget.competition_groups()
+    groups = budget.competition_groups()
     s = settings(pseudo_label_rounds=1)
     plain = training_budget.project(HAND, s, groups)
     flips = training_budget.project(HAND, s, groups, validation_tta=True)
@@ -160,7 +162,7 @@ def test_validation_tta_that_breaks_the_budget_is_named_and_dropping_it_fits() -
 
 
 def test_check_budget_says_when_nothing_fits() -> None:
-    table = training_budget.project(HAND, settings(pseudo_label_rounds=1), training_budget.competition_groups())
+    table = training_budget.project(HAND, settings(pseudo_label_rounds=1), budget.competition_groups())
     with pytest.raises(ValueError, match=r"would end at .*no setting of pseudo_label_rounds and epochs fits") as e:
         training_budget.check_budget(table, 0.01)
     assert "\n" not in str(e.value)
@@ -171,9 +173,9 @@ def test_check_budget_says_when_nothing_fits() -> None:
 def test_default_budget_is_kaggles_on_kaggle_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     monkeypatch.setenv("KAGGLE_WORKING_DIR", str(tmp_path / "absent"))
-    assert training_budget.default_budget_hours() is None and training_budget.resolve_budget_hours("auto") is None
+    assert training_budget.resolve_budget_hours("auto") is None
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
-    assert training_budget.default_budget_hours() == 11.5
+    assert training_budget.resolve_budget_hours("auto") == 11.5
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
     monkeypatch.setenv("KAGGLE_WORKING_DIR", str(tmp_path))  # a Kaggle working folder exists
     assert training_budget.resolve_budget_hours("auto") == 11.5
@@ -185,21 +187,24 @@ def test_default_budget_is_kaggles_on_kaggle_only(monkeypatch: pytest.MonkeyPatc
 def test_cli_projects_a_saved_calibration_and_refuses_in_one_line(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     saved = tmp_path / "calibration.json"
-    saved.write_text(HAND.to_json())
-    assert training_budget.TrainingCalibration.from_json(saved.read_text()) == HAND
-    common = ["--real-shapes", "--calibration", str(saved), "--pseudo-label-rounds", "1"]
-    assert training_budget.main(common + ["--budget-hours", "none"]) == 0
+    budget.write_calibration(HAND, saved)
+    assert budget.read_calibration(saved) == HAND
+    common = ["training", "--real-shapes", "--calibration", str(saved), "--pseudo-label-rounds", "1"]
+    assert budget.main(common + ["--budget-hours", "none"]) == 0
     out = capsys.readouterr().out
     assert "hand-made" in out and "pseudo-label prediction" in out and "kidney_2" in out
-    assert training_budget.main(common + ["--budget-hours", "0.01"]) == 2
+    assert budget.main(common + ["--budget-hours", "0.01"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: training is projected at") and len(err.splitlines()) == 1
-    assert training_budget.main(["--data-dir", str(tmp_path / "nothing"), "--calibration", str(saved)]) == 2
+    assert budget.main(["training", "--data-dir", str(tmp_path / "nothing"), "--calibration", str(saved)]) == 2
     assert "competition root not found" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text('{"device": "cpu"}')
+    assert budget.main(["training", "--real-shapes", "--calibration", str(tmp_path / "other.json")]) == 2
+    assert "other.json: not a training calibration" in capsys.readouterr().err
 
 
 def test_tta_modes_cost_what_lib_plan_counts() -> None:
-    group = training_budget.competition_groups()["kidney_3_dense"]
+    group = budget.competition_groups()["kidney_3_dense"]
     none = training_budget._prediction_seconds(HAND, 0.05, group, "none")
     axes = training_budget._prediction_seconds(HAND, 0.05, group, "axes")
     tiles = sum(inference_budget.tiles([group.shape[a] for a in v], PATCH) for v in predictor.tta_views("axes"))
