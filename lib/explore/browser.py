@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -25,7 +24,7 @@ from lib.explore.figures import (
     AXES,
     PREDICTION_COLOR,
     IntensityStats,
-    block_any,
+    block_reduce,
     display_interpolation,
     figure_style,
     image_slice,
@@ -35,6 +34,8 @@ from lib.explore.figures import (
     ordinal,
     overlay_rgba,
     plane_positions,
+    read_ahead,
+    show_plane,
     stretch_note,
     z_note,
     z_stretch,
@@ -47,25 +48,17 @@ from lib.paths import resolve_path
 
 
 class SliceReader:
-    """Reads single xy slices and counts them: the browser's reading cost meter (injectable in tests)."""
+    """Reads single xy slices and counts them (`reads`): the browser's reading cost meter."""
 
     def __init__(self) -> None:
         self.reads = 0
-        self.log: list[tuple[str, str, int]] = []  # (group, "image"/"label", position)
         self._lock = threading.Lock()  # plane caches are read on threads
 
-    def _count(self, group: Group, kind: str, index: int) -> None:
+    def __call__(self, group: Group, index: int, layer: str = "image") -> np.ndarray:
+        """The "image" or "label" slice at position `index` of `group`."""
         with self._lock:
             self.reads += 1
-            self.log.append((group.name, kind, index))
-
-    def image(self, group: Group, index: int) -> np.ndarray:
-        self._count(group, "image", index)
-        return image_slice(group, index)
-
-    def label(self, group: Group, index: int) -> np.ndarray:
-        self._count(group, "label", index)
-        return label_slice(group, index)
+        return label_slice(group, index) if layer == "label" else image_slice(group, index)
 
 
 Prediction = Callable[[str, str, int], "np.ndarray | None"]
@@ -141,19 +134,6 @@ class ThresholdPrediction:
 
 
 
-def block_mean(image: np.ndarray, d: int) -> np.ndarray:
-    """Mean of d x d blocks (edges padded by repetition): an image brought to display resolution."""
-    if d == 1:
-        return image
-    h, w = image.shape
-    padded = np.pad(image, ((0, -h % d), (0, -w % d)), mode="edge")
-    out = np.zeros((padded.shape[0] // d, padded.shape[1] // d), np.float32)
-    for i in range(d):  # d * d strided views: much faster than reducing a (h/d, d, w/d, d) reshape
-        for j in range(d):
-            out += padded[i::d, j::d]
-    return out / (d * d)
-
-
 @dataclass
 class _PlaneCache:
     """The current group's z-subsampled, in-plane strided stack from which xz/yz planes are cut."""
@@ -174,21 +154,15 @@ class SliceBrowser:
     """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid.
 
     State: `group_name`, `axis`, `cursor` (z, y, x; the slider moves `index`, the cursor coordinate of the axis),
-    `show_labels`, `show_prediction`, `alpha`, `window`. Change it with the `set_*` methods: each reads what
-    the new state shows and updates the figure's artists; `png()` renders the figure, `displayed` holds the
-    arrays shown (image, label, prediction) and `reader.reads` counts the slices read.
+    `show_labels`, `show_prediction`, `alpha`, `window`. Each `set_*` method reads what the new state shows and
+    updates the figure's artists; `png()` renders it, `displayed` holds the arrays shown, `reader.reads` counts
+    the slices read.
 
-    Drawing cost: planes larger than the axes are drawn at display resolution (block means of the image,
-    max-pooled masks so one-pixel vessels stay visible), the layout is fixed (no layout pass per step) and the
-    PNG is encoded with light compression: an xy step of a 1303 x 912 slice stays under 300 ms on 2 cores
-    (benchmarks/browser.py).
-
-    Reading cost per update: xy reads one image slice, one label slice and asks the prediction for one slice,
-    whatever the kidney size. xz/yz need one row/column of every slice: the first xz/yz view of a group reads
-    every k-th slice (at most `max_plane_slices`, strided in-plane to fit `plane_budget_mb`) into a cache, after
-    which moving through xz/yz planes reads nothing. On a 2279 x 1303 x 912 kidney with the defaults that is
-    127 reads per layer once (every 18th slice, every 2nd pixel in-plane, about 75 MB of images). Switching
-    group drops the cache. Overlay, opacity and window changes read nothing.
+    An xy step reads one image and one label slice and asks the prediction for one, whatever the kidney size.
+    The first xz/yz view of a group reads every k-th slice (at most `max_plane_slices`, strided in-plane to fit
+    `plane_budget_mb`) into a cache that serves every later xz/yz plane of the group. Planes are drawn at
+    display resolution over a fixed layout: an xy step of a 1303 x 912 slice stays under 300 ms on 2 cores
+    (benchmarks/browser.py, docs/explorer.md).
     """
 
     FIGSIZE, DPI = (7.5, 7.0), 90
@@ -205,7 +179,6 @@ class SliceBrowser:
         self.reader = SliceReader()
         self.max_plane_slices = max_plane_slices
         self.plane_budget_mb = plane_budget_mb
-        self.dpi = self.DPI
         self.axis = "xy"
         self.show_labels = True
         self.show_prediction = self.prediction is not None
@@ -231,7 +204,6 @@ class SliceBrowser:
             artist.set_animated(True)  # drawn over a cached background (ticks, labels, colorbar): see render()
         self._background: Any = None
         self._background_key: tuple | None = None
-        self._legend: tuple | None = None  # (alpha, labels shown, prediction shown) the legend was built for
         self.set_group(self.group_name, point)
 
     # --- state ------------------------------------------------------------------------------------------
@@ -327,13 +299,11 @@ class SliceBrowser:
             g, s = self.group, cache.stride
             if layer == "label" and not g.has_labels:
                 return None
-            positions = [int(z) for z in cache.positions]
             if layer != "prediction":
-                read = self.reader.image if layer == "image" else self.reader.label
-                with ThreadPoolExecutor(data.READ_THREADS) as pool:  # TIFF reads overlap (I/O, decoding)
-                    cache.layers[layer] = np.stack(list(pool.map(lambda z: read(g, z)[::s, ::s], positions)))
+                slices = read_ahead(lambda z: self.reader(g, z, layer), cache.positions)
+                cache.layers[layer] = np.stack([a[::s, ::s] for a in slices])
             else:  # a prediction callable need not be thread-safe: asked in order
-                planes = [self.prediction(g.name, "xy", z) for z in positions]
+                planes = [self.prediction(g.name, "xy", z) for z in cache.positions.tolist()]
                 empty = np.zeros((-(-g.height // s), -(-g.width // s)), bool)
                 cache.missing_predictions = sum(p is None for p in planes)
                 if cache.missing_predictions == len(planes):
@@ -376,8 +346,8 @@ class SliceBrowser:
         z, y, x = self.cursor
         notes: list[str] = []
         if axis == "xy":
-            image = self.reader.image(g, z)
-            label = self.reader.label(g, z) if g.has_labels else None
+            image = self.reader(g, z)
+            label = self.reader(g, z, "label") if g.has_labels else None
             extent = (-0.5, w - 0.5, h - 0.5, -0.5)
             stretch = 1.0
             title = f"{g.name}  xy  z={z} of {z_n} (slice {g.slices[z]:04d})"
@@ -413,7 +383,7 @@ class SliceBrowser:
     def _display_step(self, shape: tuple[int, int]) -> int:
         """Block size bringing a (rows, cols) plane down to about the axes' size in pixels (1: drawn as is)."""
         box = self.ax.get_position()
-        width, height = box.width * self.fig.get_figwidth() * self.dpi, box.height * self.fig.get_figheight() * self.dpi
+        width, height = box.width * self.fig.get_figwidth() * self.DPI, box.height * self.fig.get_figheight() * self.DPI
         return max(1, int(min(shape[0] / height, shape[1] / width)))
 
     def _update(self, window_from_image: bool = False) -> None:
@@ -421,7 +391,7 @@ class SliceBrowser:
         v = self.view()
         self.displayed = v
         v["step"] = self._display_step(v["image"].shape)
-        self.image_artist.set_data(block_mean(v["image"], v["step"]))
+        self.image_artist.set_data(block_reduce(v["image"], v["step"]))
         for artist in (self.image_artist, self.label_artist, self.prediction_artist):
             artist.set_extent(v["extent"])
             artist.set_interpolation(display_interpolation(v["aspect"]))
@@ -430,11 +400,7 @@ class SliceBrowser:
             self.window_range = (float(v["image"].min()), float(max(v["image"].max(), lo + 1)))
             self.window = (lo, max(hi, lo + 1))
         self.image_artist.set_clim(*self.window)
-        self.ax.set_xlim(v["extent"][0], v["extent"][1])
-        self.ax.set_ylim(v["extent"][2], v["extent"][3])
-        self.ax.set_xlabel(v["xlabel"])
-        self.ax.set_ylabel(v["ylabel"])
-        self.ax.set_aspect(v["aspect"])
+        self.ax.set(xlim=v["extent"][:2], ylim=v["extent"][2:], xlabel=v["xlabel"], ylabel=v["ylabel"], aspect=v["aspect"])
         self._apply_overlays()
 
     def _apply_overlays(self) -> None:
@@ -447,21 +413,18 @@ class SliceBrowser:
             v["prediction_read"] = True
         show_label = self.show_labels and v["label"] is not None
         show_pred = self.show_prediction and v["prediction"] is not None
-        label_rgba, pred_rgba = mask_layers(block_any(v["label"], v["step"]) if show_label else None,
-                                            block_any(v["prediction"], v["step"]) if show_pred else None, self.alpha)
+        label_rgba, pred_rgba = mask_layers(block_reduce(v["label"], v["step"]) if show_label else None,
+                                            block_reduce(v["prediction"], v["step"]) if show_pred else None, self.alpha)
         empty = np.zeros((2, 2, 4), np.float32)
         self.label_artist.set_data(empty if label_rgba is None else label_rgba)
         self.label_artist.set_visible(show_label)
         self.prediction_artist.set_data(empty if pred_rgba is None else pred_rgba)
         self.prediction_artist.set_visible(show_pred)
-        legend = (self.alpha, show_label, show_pred)
-        if legend != self._legend:  # rebuilt only when what it says changes
-            if self.ax.get_legend() is not None:
-                self.ax.get_legend().remove()
-            handles = legend_handles(*legend)
-            if handles:
-                self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7).set_animated(True)
-            self._legend = legend
+        if self.ax.get_legend() is not None:
+            self.ax.get_legend().remove()
+        handles = legend_handles(self.alpha, show_label, show_pred)
+        if handles:
+            self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7).set_animated(True)
         notes = [n for n in v["notes"] if "prediction" not in n or self.show_prediction]
         self.ax.set_title(v["title"] + "".join(f"\n{n}" for n in notes), fontsize=10)
 
@@ -499,19 +462,15 @@ class SliceBrowser:
     def static_figure(self) -> Figure:
         """xy, xz and yz at the cursor, as the browser shows them, in one figure (for runs without a frontend)."""
         views = [self.view(a) for a in AXES]
-        lo, hi = self.window
         with figure_style():
             fig = Figure(figsize=(16, 5.6), layout="constrained")
             axes = fig.subplots(1, 3)
             shown = (False, False)
             for ax, v in zip(axes, views):
-                kw = dict(extent=v["extent"], aspect=v["aspect"], interpolation=display_interpolation(v["aspect"]))
-                im = ax.imshow(v["image"], cmap="gray", vmin=lo, vmax=hi, **kw)
                 label = v["label"] if self.show_labels else None
                 pred = v["prediction"] if self.show_prediction else None
-                for layer in mask_layers(label, pred, self.alpha):
-                    if layer is not None:
-                        ax.imshow(layer, **kw)
+                im = show_plane(ax, v["image"], self.window, mask_layers(label, pred, self.alpha), extent=v["extent"],
+                                aspect=v["aspect"], interpolation=display_interpolation(v["aspect"]))
                 shown = (shown[0] or label is not None, shown[1] or pred is not None)
                 ax.set_title(v["title"] + "".join(f"\n{n}" for n in v["notes"]), fontsize=10)
                 ax.set(xlabel=v["xlabel"], ylabel=v["ylabel"])

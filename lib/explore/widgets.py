@@ -34,7 +34,7 @@ class BrowserWidgets:
                                            continuous_update=False, layout=W.Layout(width="95%"))
         self.info_w = W.HTML()
         self.error_w = W.HTML()
-        width = round(model.fig.get_figwidth() * model.dpi)  # shown pixel for pixel, not stretched by the page
+        width = round(model.fig.get_figwidth() * model.DPI)  # shown pixel for pixel, not stretched by the page
         self.image_w = W.Image(format="png", layout=W.Layout(width=f"{width}px", max_width="100%"))
         for name in ("group", "axis", "index", "labels", "prediction", "alpha", "window", "info", "error", "image"):
             getattr(self, f"{name}_w").add_class(f"sennet-{name}")
