@@ -266,7 +266,7 @@ def test_browser_reads_one_slice_per_layer_per_xy_step(volume_root, monkeypatch)
     browser.set_axis("yz")
     browser.set_index(4)
     assert reads.n == before  # the cached z-subsampled stack serves every xz/yz plane of the group
-    assert browser.reader.reads == reads.n
+    assert browser.reads == reads.n
 
 
 def test_browser_plane_cache_fits_the_memory_budget(volume_root) -> None:

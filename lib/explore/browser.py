@@ -42,25 +42,6 @@ from lib.explore.figures import (
 )
 from lib.paths import resolve_path
 
-# ----------------------------------------------------------------------------------------------------------
-# Reading slices and predictions
-# ----------------------------------------------------------------------------------------------------------
-
-
-class SliceReader:
-    """Reads single xy slices and counts them (`reads`): the browser's reading cost meter."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-        self._lock = threading.Lock()  # plane caches are read on threads
-
-    def __call__(self, group: Group, index: int, layer: str = "image") -> np.ndarray:
-        """The "image" or "label" slice at position `index` of `group`."""
-        with self._lock:
-            self.reads += 1
-        return label_slice(group, index) if layer == "label" else image_slice(group, index)
-
-
 Prediction = Callable[[str, str, int], "np.ndarray | None"]
 """`(group_name, axis, index) -> 2D mask or None`. For "xy", index is the slice position and the mask is (H, W).
 For "xz"/"yz", index is y/x; return None to let the browser build the plane from xy calls (cached, z-subsampled
@@ -113,16 +94,14 @@ class ThresholdPrediction:
     bright: bool = True
 
     @classmethod
-    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, IntensityStats],
-                   share_percent: float | None = None) -> ThresholdPrediction:
-        """Keep the brightest `share_percent` % voxels of each group (the darkest if vessels are darker than the
-        rest); default share: the labelled vessel share of the first densely labelled group (else 1%)."""
+    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, IntensityStats]) -> ThresholdPrediction:
+        """Keep as many of the brightest voxels of each group (the darkest if vessels are darker than the rest) as
+        the labelled vessel share of the first densely labelled group (else 1%)."""
         labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
         labelled.sort(key=lambda s: s.label_kind != "dense")
         ref = labelled[0] if labelled else None
         bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
-        if share_percent is None:
-            share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
+        share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
         q = 100 - share_percent if bright else share_percent
         return cls(groups, {n: s.percentile(q) for n, s in stats.items()}, bright)
 
@@ -131,7 +110,6 @@ class ThresholdPrediction:
             return None
         img = image_slice(self.groups[name], index)
         return img > self.thresholds[name] if self.bright else img < self.thresholds[name]
-
 
 
 @dataclass
@@ -145,17 +123,12 @@ class _PlaneCache:
     missing_predictions: int = 0  # cached slices the prediction had nothing for (shown as empty rows)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The view model
-# ----------------------------------------------------------------------------------------------------------
-
-
 class SliceBrowser:
     """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid.
 
     State: `group_name`, `axis`, `cursor` (z, y, x; the slider moves `index`, the cursor coordinate of the axis),
     `show_labels`, `show_prediction`, `alpha`, `window`. Each `set_*` method reads what the new state shows and
-    updates the figure's artists; `png()` renders it, `displayed` holds the arrays shown, `reader.reads` counts
+    updates the figure's artists; `png()` renders it, `displayed` holds the arrays shown, `reads` counts
     the slices read.
 
     An xy step reads one image and one label slice and asks the prediction for one, whatever the kidney size.
@@ -176,7 +149,8 @@ class SliceBrowser:
             raise ValueError("SliceBrowser needs at least one group")
         self.prediction = prediction_source(prediction, self.groups)
         self.stats = dict(stats or {})
-        self.reader = SliceReader()
+        self.reads = 0  # slices read so far: the browser's reading cost meter
+        self._reads_lock = threading.Lock()  # plane caches are read on threads
         self.max_plane_slices = max_plane_slices
         self.plane_budget_mb = plane_budget_mb
         self.axis = "xy"
@@ -198,15 +172,13 @@ class SliceBrowser:
             self.image_artist = self.ax.imshow(blank, cmap="gray", vmin=0, vmax=1, aspect="equal")
             self.label_artist = self.ax.imshow(overlay_rgba(blank > 0), aspect="equal")
             self.prediction_artist = self.ax.imshow(overlay_rgba(blank > 0, PREDICTION_COLOR), aspect="equal")
-            self.colorbar = self.fig.colorbar(self.image_artist, cax=self.fig.add_axes((0.86, 0.08, 0.03, 0.79)),
-                                              label="intensity")
+            self.fig.colorbar(self.image_artist, cax=self.fig.add_axes((0.86, 0.08, 0.03, 0.79)), label="intensity")
         for artist in (self.image_artist, self.label_artist, self.prediction_artist, self.ax.title):
             artist.set_animated(True)  # drawn over a cached background (ticks, labels, colorbar): see render()
         self._background: Any = None
         self._background_key: tuple | None = None
         self.set_group(self.group_name, point)
 
-    # --- state ------------------------------------------------------------------------------------------
     @property
     def group(self) -> Group:
         return self.groups[self.group_name]
@@ -227,10 +199,6 @@ class SliceBrowser:
     @property
     def index_name(self) -> str:
         return ("z", "y", "x")[self.dim]
-
-    @property
-    def has_prediction(self) -> bool:
-        return self.prediction is not None
 
     def set_group(self, name: str, point: tuple[int, int, int] | None = None) -> None:
         """Show group `name` at `point` (z, y, x; default the centre), keeping the axis; drops the plane cache."""
@@ -268,7 +236,7 @@ class SliceBrowser:
 
     def set_prediction(self, show: bool) -> None:
         """Show or hide the prediction (asks the prediction for the current view when first shown)."""
-        self.show_prediction = bool(show) and self.has_prediction
+        self.show_prediction = bool(show) and self.prediction is not None
         self._apply_overlays()
 
     def set_alpha(self, alpha: float) -> None:
@@ -280,7 +248,12 @@ class SliceBrowser:
         self.window = (float(low), float(max(high, low + 1e-6)))
         self.image_artist.set_clim(*self.window)
 
-    # --- data -----------------------------------------------------------------------------------------------
+    def _read(self, group: Group, index: int, layer: str = "image") -> np.ndarray:
+        """The "image" or "label" slice at position `index` of `group`, counted in `reads`."""
+        with self._reads_lock:
+            self.reads += 1
+        return label_slice(group, index) if layer == "label" else image_slice(group, index)
+
     def _plane_cache(self) -> _PlaneCache:
         if self._cache is None:
             z_n, h, w = self.group.shape
@@ -297,10 +270,8 @@ class SliceBrowser:
         cache = self._plane_cache()
         if layer not in cache.layers:
             g, s = self.group, cache.stride
-            if layer == "label" and not g.has_labels:
-                return None
             if layer != "prediction":
-                slices = read_ahead(lambda z: self.reader(g, z, layer), cache.positions)
+                slices = read_ahead(lambda z: self._read(g, z, layer), cache.positions)
                 cache.layers[layer] = np.stack([a[::s, ::s] for a in slices])
             else:  # a prediction callable need not be thread-safe: asked in order
                 planes = [self.prediction(g.name, "xy", z) for z in cache.positions.tolist()]
@@ -336,18 +307,17 @@ class SliceBrowser:
             f"prediction missing for {cache.missing_predictions} of {len(cache.positions)} slices (empty rows)"
         return (stack[:, k, :] if axis == "xz" else stack[:, :, k]), note
 
-    def view(self, axis: str | None = None, with_prediction: bool | None = None) -> dict[str, Any]:
+    def view(self, axis: str | None = None) -> dict[str, Any]:
         """Arrays for `axis` (default: current) at the cursor: image, label, prediction (None when hidden or
         missing), extent, title, axis labels, aspect and `notes` (what is missing)."""
         axis = axis or self.axis
-        with_prediction = self.show_prediction if with_prediction is None else with_prediction
         g = self.group
         z_n, h, w = g.shape
         z, y, x = self.cursor
         notes: list[str] = []
         if axis == "xy":
-            image = self.reader(g, z)
-            label = self.reader(g, z, "label") if g.has_labels else None
+            image = self._read(g, z)
+            label = self._read(g, z, "label") if g.has_labels else None
             extent = (-0.5, w - 0.5, h - 0.5, -0.5)
             stretch = 1.0
             title = f"{g.name}  xy  z={z} of {z_n} (slice {g.slices[z]:04d})"
@@ -360,8 +330,7 @@ class SliceBrowser:
             k = index // s
             cut = (lambda a: a[:, k, :]) if axis == "xz" else (lambda a: a[:, :, k])
             image = cut(self._stack("image"))
-            labels = self._stack("label") if g.has_labels else None
-            label = None if labels is None else cut(labels)
+            label = cut(self._stack("label")) if g.has_labels else None
             span = h if axis == "xz" else w
             extent = (-s / 2, image.shape[1] * s - s / 2, zs[-1] + step / 2, zs[0] - step / 2)
             name = "y" if axis == "xz" else "x"
@@ -370,16 +339,15 @@ class SliceBrowser:
             title = f"{g.name}  {axis}  {name}={k * s} of {span}{stretch_note(stretch)}\n{sub}"
             xlabel, ylabel = ("x" if axis == "xz" else "y"), "z (slice position)"
         prediction = None
-        if with_prediction and self.prediction is not None:
+        if self.show_prediction:
             prediction, note = self._prediction_plane(axis, index, *image.shape)
             notes += [note] if note else []
         if label is None:
             notes.append(f"{g.name} has no labels")
         return {"axis": axis, "image": image, "label": label, "prediction": prediction, "extent": extent,
-                "title": title, "xlabel": xlabel, "ylabel": ylabel, "aspect": 1.0 if axis == "xy" else stretch,
-                "notes": notes, "prediction_read": bool(with_prediction and self.prediction is not None)}
+                "title": title, "xlabel": xlabel, "ylabel": ylabel, "aspect": stretch, "notes": notes,
+                "prediction_read": self.show_prediction}
 
-    # --- the figure -----------------------------------------------------------------------------------------
     def _display_step(self, shape: tuple[int, int]) -> int:
         """Block size bringing a (rows, cols) plane down to about the axes' size in pixels (1: drawn as is)."""
         box = self.ax.get_position()
@@ -457,7 +425,7 @@ class SliceBrowser:
         """One line on the group, the cursor and the reading cost so far."""
         g = self.group
         return (f"{g.name} {g.shape[0]} x {g.shape[1]} x {g.shape[2]}, cursor (z, y, x) = {tuple(self.cursor)}, "
-                f"slices read so far: {self.reader.reads}")
+                f"slices read so far: {self.reads}")
 
     def static_figure(self) -> Figure:
         """xy, xz and yz at the cursor, as the browser shows them, in one figure (for runs without a frontend)."""

@@ -40,10 +40,6 @@ STYLE = {
     "figure.facecolor": "white", "savefig.facecolor": "white",
 }
 
-# ----------------------------------------------------------------------------------------------------------
-# Reading single slices, choosing slices
-# ----------------------------------------------------------------------------------------------------------
-
 
 def image_slice(group: Group, index: int) -> np.ndarray:
     """The xy image at slice position `index` (one TIFF read), in the stored dtype."""
@@ -103,11 +99,6 @@ def summary_table(groups: Mapping[str, Group]) -> pd.DataFrame:
     table = data.summary(dict(groups))
     table.insert(2, "H x W", [f"{h} x {w}" for h, w in zip(table["height"], table["width"])])
     return table.drop(columns=["height", "width"])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Intensities
-# ----------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -233,11 +224,6 @@ def plot_intensity_histograms(stats: Mapping[str, IntensityStats], bins: int = 2
         fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), frameon=False)
         fig.suptitle("Intensity histograms of sampled slices")
     return fig
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Labels along z: vessel fraction and projections, one streamed pass
-# ----------------------------------------------------------------------------------------------------------
 
 
 def block_reduce(plane: np.ndarray, d: int) -> np.ndarray:
@@ -413,11 +399,6 @@ def plot_projections(scan: LabelScan) -> Figure:
     return fig
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Orthogonal views through a point
-# ----------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class OrthoViews:
     """xy, xz and yz planes through `point` (z, y, x); xz/yz hold every `step`-th slice (`z_positions`)."""
@@ -559,11 +540,6 @@ def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None
     return fig
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Train/test domain shift
-# ----------------------------------------------------------------------------------------------------------
-
-
 def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, IntensityStats], reference: str,
                       others: Sequence[str], bins: int = 200) -> Figure:
     """Middle xy slice of `reference` and each of `others`, at the reference's window and at their own,
@@ -614,11 +590,6 @@ def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, Intensity
             ax.grid(alpha=0.25)
         fig.suptitle(f"Domain shift: test kidneys next to {reference} (top row: one display window for all)")
     return fig
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Threshold and prediction summaries (notebook 03)
-# ----------------------------------------------------------------------------------------------------------
 
 
 def plot_threshold_curve(curve: pd.DataFrame, chosen: float | None, group: str) -> Figure:

@@ -27,7 +27,7 @@ class BrowserWidgets:
                                    layout=W.Layout(width="95%"))
         self.labels_w = W.Checkbox(model.show_labels, description="labels (red)", indent=False)
         self.prediction_w = W.Checkbox(model.show_prediction, description="prediction (cyan)", indent=False,
-                                       disabled=not model.has_prediction)
+                                       disabled=model.prediction is None)
         self.alpha_w = W.FloatSlider(model.alpha, min=0.0, max=1.0, step=0.05, description="opacity",
                                      continuous_update=False)
         self.window_w = W.FloatRangeSlider(value=(0, 1), min=0, max=1, step=1, description="window",
