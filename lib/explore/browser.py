@@ -1,13 +1,10 @@
-"""The slice browser's view model: which group, axis (xy/xz/yz), slice, overlays, opacity and contrast window
-are shown, and the figure that shows them, reading O(1) slices per xy step.
-
-No widgets here: `lib.explore.widgets` binds ipywidgets to this model for a live frontend (Jupyter, Voilà);
-tests and benchmarks drive the model directly, and papermill runs render `static_figure()` once.
-"""
+"""The slice browser's view model: which group, axis (xy/xz/yz), slice, overlays, opacity and contrast window are
+shown, and the figure that shows them. No widgets here (`lib.explore.widgets` binds ipywidgets to it): tests and
+benchmarks drive it directly, and runs without a live frontend render `static_figure()` once."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -51,11 +48,8 @@ returns None means "no prediction for this slice": the browser shows it as missi
 
 def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndarray] | None,
                       groups: Mapping[str, Group]) -> Prediction | None:
-    """Turn a callable, a folder of predicted slice TIFFs or a mapping group -> 3D array into a `Prediction`.
-
-    A folder holds `<group>/NNNN.tif` or `<group>/labels/NNNN.tif` (nonzero = vessel), numbered as the group's
-    slices; a mapping's arrays may be `np.memmap`s / `np.load(..., mmap_mode="r")` (planes then cost Z rows).
-    """
+    """Turn a callable, a folder of predicted slice TIFFs (`<group>/NNNN.tif` or `<group>/labels/NNNN.tif`,
+    nonzero = vessel, numbered as the group's slices) or a mapping group -> 3D array or memmap into a `Prediction`."""
     if prediction is None or callable(prediction):
         return prediction
     if isinstance(prediction, Mapping):
@@ -98,8 +92,7 @@ class ThresholdPrediction:
         """Keep as many of the brightest voxels of each group (the darkest if vessels are darker than the rest) as
         the labelled vessel share of the first densely labelled group (else 1%)."""
         labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
-        labelled.sort(key=lambda s: s.label_kind != "dense")
-        ref = labelled[0] if labelled else None
+        ref = min(labelled, key=lambda s: s.label_kind != "dense", default=None)  # the first dense one
         bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
         share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
         q = 100 - share_percent if bright else share_percent
@@ -128,23 +121,19 @@ class SliceBrowser:
 
     State: `group_name`, `axis`, `cursor` (z, y, x; the slider moves `index`, the cursor coordinate of the axis),
     `show_labels`, `show_prediction`, `alpha`, `window`. Each `set_*` method reads what the new state shows and
-    updates the figure's artists; `png()` renders it, `displayed` holds the arrays shown, `reads` counts
-    the slices read.
-
-    An xy step reads one image and one label slice and asks the prediction for one, whatever the kidney size.
-    The first xz/yz view of a group reads every k-th slice (at most `max_plane_slices`, strided in-plane to fit
-    `plane_budget_mb`) into a cache that serves every later xz/yz plane of the group. Planes are drawn at
-    display resolution over a fixed layout: an xy step of a 1303 x 912 slice stays under 300 ms on 2 cores
-    (benchmarks/browser.py, docs/explorer.md).
+    updates the figure's artists; `png()` renders it, `displayed` holds the arrays shown, `reads` counts the
+    slices read: one image, one label slice and one prediction call per xy step; the first xz/yz view of a group
+    reads every k-th slice (at most `max_plane_slices`, strided in-plane to fit `plane_budget_mb`) into a cache
+    serving every later xz/yz plane of the group (reading costs and timings: docs/explorer.md).
     """
 
     FIGSIZE, DPI = (7.5, 7.0), 90
 
-    def __init__(self, groups: Mapping[str, Group] | Sequence[Group], prediction: Any = None, *,
+    def __init__(self, groups: Mapping[str, Group], prediction: Any = None, *,
                  stats: Mapping[str, IntensityStats] | None = None, group: str | None = None,
                  point: tuple[int, int, int] | None = None, max_plane_slices: int = 128,
                  plane_budget_mb: float = 256) -> None:
-        self.groups = dict(groups) if isinstance(groups, Mapping) else {g.name: g for g in groups}
+        self.groups = dict(groups)
         if not self.groups:
             raise ValueError("SliceBrowser needs at least one group")
         self.prediction = prediction_source(prediction, self.groups)
@@ -214,9 +203,7 @@ class SliceBrowser:
             lo, hi = s.percentile(0), s.percentile(100)
             self.window_range = (float(lo), float(max(hi, lo + 1)))
             self.window = s.window()
-            self._update(window_from_image=False)
-        else:  # no statistics: the window comes from the first slice shown (no extra read)
-            self._update(window_from_image=True)
+        self._update(window_from_image=s is None)  # no statistics: the window from the first slice shown
 
     def set_axis(self, axis: str) -> None:
         """Cut along "xy", "xz" or "yz" through the cursor."""
@@ -383,11 +370,10 @@ class SliceBrowser:
         show_pred = self.show_prediction and v["prediction"] is not None
         label_rgba, pred_rgba = mask_layers(block_reduce(v["label"], v["step"]) if show_label else None,
                                             block_reduce(v["prediction"], v["step"]) if show_pred else None, self.alpha)
-        empty = np.zeros((2, 2, 4), np.float32)
-        self.label_artist.set_data(empty if label_rgba is None else label_rgba)
-        self.label_artist.set_visible(show_label)
-        self.prediction_artist.set_data(empty if pred_rgba is None else pred_rgba)
-        self.prediction_artist.set_visible(show_pred)
+        for artist, rgba in ((self.label_artist, label_rgba), (self.prediction_artist, pred_rgba)):
+            artist.set_visible(rgba is not None)
+            if rgba is not None:
+                artist.set_data(rgba)
         if self.ax.get_legend() is not None:
             self.ax.get_legend().remove()
         handles = legend_handles(self.alpha, show_label, show_pred)
@@ -397,11 +383,8 @@ class SliceBrowser:
         self.ax.set_title(v["title"] + "".join(f"\n{n}" for n in notes), fontsize=10)
 
     def render(self) -> np.ndarray:
-        """The figure as it is shown: an (H, W, 3) uint8 RGB array.
-
-        Ticks, axis labels and the colorbar (most of the drawing time) are drawn once per plane geometry and
-        window and kept as a background; each step draws only the images, the title and the legend over it.
-        """
+        """The figure as an (H, W, 3) uint8 RGB array. Ticks, labels and colorbar (most of the drawing time) are
+        drawn once per plane geometry and window as a background; a step draws images, title and legend over it."""
         key = (self.group_name, self.axis, tuple(self.displayed["extent"]), self.window)
         if key != self._background_key:
             self.canvas.draw()  # everything but the animated artists

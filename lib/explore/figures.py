@@ -1,10 +1,6 @@
-"""Figures of slices and masks: the static views of notebooks/01_explore.ipynb (and the prediction planes
-notebooks 02 and 03 show).
-
-Plain functions, arrays in, matplotlib figures out (made without pyplot; `lib.notebook.publish` saves and shows
-them). Every reader here touches one xy slice at a time: whole-volume views are built from evenly spaced or
-streamed slices, so a 2279-slice kidney is never held in memory at full resolution.
-"""
+"""Figures of slices and masks: notebook 01's static views and the prediction planes of notebooks 02 and 03,
+made without pyplot (`lib.notebook.publish` saves and shows them). Readers touch one xy slice at a time, so a
+2279-slice kidney is never held in memory at full resolution."""
 from __future__ import annotations
 
 import math
@@ -244,11 +240,8 @@ def block_reduce(plane: np.ndarray, d: int) -> np.ndarray:
 
 @dataclass
 class LabelScan:
-    """What one pass over a group's label slices gives: vessel fraction per slice, projections, centroid.
-
-    Projections count vessel voxels along each ray of a grid downsampled `downsample` times per axis by
-    max-pooling (1 = full resolution); their maximum-intensity projection (MIP) is `count > 0`.
-    """
+    """One pass over a group's label slices: vessel fraction per slice, centroid, and projections (vessel voxels
+    per ray on a grid max-pooled `downsample` times per axis; the maximum-intensity projection is `count > 0`)."""
 
     group: str
     label_kind: str | None
@@ -263,11 +256,8 @@ class LabelScan:
 
 
 def scan_labels(group: Group, max_size: int = 1024, downsample: int | None = None) -> LabelScan:
-    """Read every label slice of `group` once (streaming): fraction per slice, projections, centroid.
-
-    `downsample` (default: the smallest factor bringing every axis to at most `max_size`) max-pools the
-    projections in-plane and along z; the fraction and the centroid are always full resolution.
-    """
+    """Read every label slice of `group` once (streaming). `downsample` (default: the smallest factor bringing
+    every axis to at most `max_size`) max-pools the projections; fraction and centroid are full resolution."""
     if not group.has_labels:
         raise data.DataError(f"{group.name}: this group has no labels")
     z_n, h, w = group.shape
@@ -331,13 +321,9 @@ AXIS_LABELS = {"xy": ("x", "y"), "yz": ("z (slice position)", "y"), "xz": ("x", 
 
 def _ortho_figure(shape: tuple[int, int, int], z_span: tuple[float, float], titles: Mapping[str, str]
                   ) -> tuple[Figure, dict[str, tuple[Axes, tuple, float]], Axes, float]:
-    """A figure in the classic orthogonal layout: xy top-left, yz (z horizontal) top-right, xz below xy, an info
-    panel bottom-right; xz/yz cover `z_span` along z.
-
-    Returns the figure, (axes, extent, aspect) per plane, the info axes and the z stretch: a thin volume (the
-    public test kidneys hold 3 slices) is drawn with z stretched to a quarter of the in-plane size, so the
-    xz/yz panels stay readable.
-    """
+    """The orthogonal layout: xy top-left, yz (z horizontal) top-right, xz below xy (covering `z_span` along z),
+    an info panel bottom-right. Returns the figure, (axes, extent, aspect) per plane, the info axes and the z
+    stretch (`z_stretch`: the 3-slice public test kidneys stay readable)."""
     z_n, h, w = shape
     zz = max(z_n, 0.25 * max(h, w))
     total_w, total_h = w + zz, h + zz
@@ -408,17 +394,11 @@ class OrthoViews:
     point: tuple[int, int, int]
     z_positions: np.ndarray
     step: int
-    xy: np.ndarray  # (H, W)
-    xz: np.ndarray  # (N, W) at y = point[1]
-    yz: np.ndarray  # (N, H) at x = point[2]
-    xy_label: np.ndarray | None = None
-    xz_label: np.ndarray | None = None
-    yz_label: np.ndarray | None = None
+    images: dict[str, np.ndarray]  # "xy": (H, W), "xz": (N, W) at y = point[1], "yz": (N, H) at x = point[2]
+    labels: dict[str, np.ndarray] | None = None  # the same planes of the labels (bool)
+    predictions: dict[str, np.ndarray] | None = None  # and of a predicted mask
     voxel_um: float | None = None
     slice_numbers: tuple[int, ...] = field(default=(), repr=False)
-    xy_prediction: np.ndarray | None = None
-    xz_prediction: np.ndarray | None = None
-    yz_prediction: np.ndarray | None = None
 
 
 def default_point(group: Group, scan: LabelScan | None = None) -> tuple[int, int, int]:
@@ -431,32 +411,28 @@ def default_point(group: Group, scan: LabelScan | None = None) -> tuple[int, int
 
 def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, max_slices: int = 128,
                      prediction: np.ndarray | None = None) -> OrthoViews:
-    """Planes through `point` (default: centre). Reads 1 + N slices, N <= `max_slices` (z subsampled).
-
-    Only one row and one column of each z-subsampled slice are kept: memory O(N * (H + W)). `prediction`,
-    a (Z, H, W) mask (array or memmap), adds the same planes of a predicted mask.
-    """
+    """Planes through `point` (default: centre) from 1 + N slice reads, N <= `max_slices` (z subsampled), keeping
+    one row and one column of each: memory O(N * (H + W)). `prediction`, a (Z, H, W) mask or memmap, adds its
+    planes."""
     z_n, h, w = group.shape
     z0, y0, x0 = point if point is not None else default_point(group)
     z0, y0, x0 = int(np.clip(z0, 0, z_n - 1)), int(np.clip(y0, 0, h - 1)), int(np.clip(x0, 0, w - 1))
     positions, step = plane_positions(z_n, max_slices)
-    labelled = group.has_labels
-    xz = np.empty((len(positions), w), group.dtype)
-    yz = np.empty((len(positions), h), group.dtype)
-    xz_l = np.zeros((len(positions), w), bool) if labelled else None
-    yz_l = np.zeros((len(positions), h), bool) if labelled else None
+    images = {"xz": np.empty((len(positions), w), group.dtype), "yz": np.empty((len(positions), h), group.dtype)}
+    labels = {"xz": np.zeros((len(positions), w), bool), "yz": np.zeros((len(positions), h), bool)} \
+        if group.has_labels else None
     for i, (img, lab) in enumerate(_images_and_labels(group, positions)):
-        xz[i], yz[i] = img[y0], img[:, x0]
-        if labelled:
-            xz_l[i], yz_l[i] = lab[y0], lab[:, x0]
-    planes = {}
-    if prediction is not None:
-        planes = {"xy_prediction": np.asarray(prediction[z0]) > 0,
-                  "xz_prediction": np.asarray(prediction[positions, y0, :]) > 0,
-                  "yz_prediction": np.asarray(prediction[positions, :, x0]) > 0}
-    return OrthoViews(group.name, group.shape, (z0, y0, x0), positions, step, image_slice(group, z0), xz, yz,
-                      label_slice(group, z0) if labelled else None, xz_l, yz_l, group.voxel_um, group.slices,
-                      **planes)
+        images["xz"][i], images["yz"][i] = img[y0], img[:, x0]
+        if labels is not None:
+            labels["xz"][i], labels["yz"][i] = lab[y0], lab[:, x0]
+    images["xy"] = image_slice(group, z0)
+    if labels is not None:
+        labels["xy"] = label_slice(group, z0)
+    predictions = None if prediction is None else {"xy": np.asarray(prediction[z0]) > 0,
+                                                   "xz": np.asarray(prediction[positions, y0, :]) > 0,
+                                                   "yz": np.asarray(prediction[positions, :, x0]) > 0}
+    return OrthoViews(group.name, group.shape, (z0, y0, x0), positions, step, images, labels, predictions,
+                      group.voxel_um, group.slices)
 
 
 def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float] = LABEL_COLOR, alpha: float = 0.5) -> np.ndarray:
@@ -512,13 +488,13 @@ def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None
     """xy / yz / xz planes in the orthogonal layout, grey image, red mask overlay, dashed cross-hairs."""
     z_n, h, w = views.shape
     z0, y0, x0 = views.point
-    lo, hi = window if window is not None else tuple(np.percentile(views.xy, [0.5, 99.5]))
+    lo, hi = window if window is not None else tuple(np.percentile(views.images["xy"], [0.5, 99.5]))
     zs, step = views.z_positions, views.step
     number = views.slice_numbers[z0] if views.slice_numbers else z0
     titles = {"xy": f"xy at z={z0} (slice {number:04d})", "yz": f"yz at x={x0}", "xz": f"xz at y={y0}"}
-    planes = {"xy": (views.xy, views.xy_label, views.xy_prediction),
-              "yz": tuple(None if a is None else a.T for a in (views.yz, views.yz_label, views.yz_prediction)),
-              "xz": (views.xz, views.xz_label, views.xz_prediction)}
+    planes = {name: [None if layer is None else layer[name] for layer in (views.images, views.labels, views.predictions)]
+              for name in AXES}
+    planes["yz"] = [None if a is None else a.T for a in planes["yz"]]  # z horizontal
     crosshairs = {"xy": (y0, x0), "yz": (y0, z0), "xz": (z0, x0)}  # where the other planes cut: (row, column)
     with figure_style():
         fig, panels, ax_info, stretch = _ortho_figure(views.shape, (zs[0] - step / 2, zs[-1] + step / 2), titles)
@@ -529,7 +505,7 @@ def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None
                             interpolation=interpolation)
             ax.axhline(crosshairs[name][0], color="yellow", ls="--", lw=0.8)
             ax.axvline(crosshairs[name][1], color="yellow", ls="--", lw=0.8)
-        handles = legend_handles(alpha, views.xy_label is not None, views.xy_prediction is not None)
+        handles = legend_handles(alpha, views.labels is not None, views.predictions is not None)
         handles.append(Line2D([], [], color="yellow", ls="--", label="other planes"))
         ax_info.legend(handles=handles, loc="upper right", frameon=False)
         voxel = f"{views.voxel_um:g} µm voxels\n" if views.voxel_um else ""
@@ -542,11 +518,8 @@ def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None
 
 def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, IntensityStats], reference: str,
                       others: Sequence[str], bins: int = 200) -> Figure:
-    """Middle xy slice of `reference` and each of `others`, at the reference's window and at their own,
-    axes in mm; below, intensity densities raw and after per-kidney percentile scaling (p0.5 -> 0, p99.5 -> 1).
-
-    Reads one slice per kidney (the stats come from `intensity_stats`).
-    """
+    """Middle xy slice (one read) of `reference` and each of `others`, at the reference's window and at their own,
+    axes in mm; below, intensity densities raw and after per-kidney percentile scaling (p0.5 -> 0, p99.5 -> 1)."""
     names = [reference, *[o for o in others if o != reference]]
     n = len(names)
     ref_window = stats[reference].window()

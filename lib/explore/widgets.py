@@ -1,9 +1,6 @@
-"""The slice browser's widget layer: ipywidgets bound to a `lib.explore.browser.SliceBrowser` view model.
-
-Each control calls one setter of the model, then the panel shows the model's figure again as a PNG in an
-`ipywidgets.Image` (independent of the matplotlib backend: no ipympl needed, works in Jupyter and Voilà).
-Every widget carries a CSS class `sennet-<name>` so a browser test can find it.
-"""
+"""The slice browser's widget layer: each control calls one setter of a `lib.explore.browser.SliceBrowser`, then
+the panel shows the model's figure again as a PNG in an `ipywidgets.Image` (no ipympl needed: works in Jupyter and
+Voilà). Every widget carries a CSS class `sennet-<name>` so a browser test can find it."""
 from __future__ import annotations
 
 import html
