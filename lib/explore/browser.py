@@ -17,26 +17,7 @@ from PIL import Image
 
 from lib import data
 from lib.data import Group
-from lib.explore.figures import (
-    AXES,
-    PREDICTION_COLOR,
-    IntensityStats,
-    block_reduce,
-    display_interpolation,
-    figure_style,
-    image_slice,
-    label_slice,
-    legend_handles,
-    mask_layers,
-    ordinal,
-    overlay_rgba,
-    plane_positions,
-    read_ahead,
-    show_plane,
-    stretch_note,
-    z_note,
-    z_stretch,
-)
+from lib.explore import figures
 from lib.paths import resolve_path
 
 Prediction = Callable[[str, str, int], "np.ndarray | None"]
@@ -88,7 +69,7 @@ class ThresholdPrediction:
     bright: bool = True
 
     @classmethod
-    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, IntensityStats]) -> ThresholdPrediction:
+    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, figures.IntensityStats]) -> ThresholdPrediction:
         """Keep as many of the brightest voxels of each group (the darkest if vessels are darker than the rest) as
         the labelled vessel share of the first densely labelled group (else 1%)."""
         labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
@@ -101,7 +82,7 @@ class ThresholdPrediction:
     def __call__(self, name: str, axis: str, index: int) -> np.ndarray | None:
         if axis != "xy" or name not in self.thresholds:
             return None
-        img = image_slice(self.groups[name], index)
+        img = figures.image_slice(self.groups[name], index)
         return img > self.thresholds[name] if self.bright else img < self.thresholds[name]
 
 
@@ -130,7 +111,7 @@ class SliceBrowser:
     FIGSIZE, DPI = (7.5, 7.0), 90
 
     def __init__(self, groups: Mapping[str, Group], prediction: Any = None, *,
-                 stats: Mapping[str, IntensityStats] | None = None, group: str | None = None,
+                 stats: Mapping[str, figures.IntensityStats] | None = None, group: str | None = None,
                  point: tuple[int, int, int] | None = None, max_plane_slices: int = 128,
                  plane_budget_mb: float = 256) -> None:
         self.groups = dict(groups)
@@ -153,14 +134,15 @@ class SliceBrowser:
         self.displayed: dict[str, Any] = {}
         self._cache: _PlaneCache | None = None
 
-        with figure_style():
+        with figures.figure_style():
             self.fig = Figure(figsize=self.FIGSIZE, dpi=self.DPI)
             self.canvas = FigureCanvasAgg(self.fig)
             self.ax = self.fig.add_axes((0.12, 0.08, 0.70, 0.79))  # fixed: room for a 4-line title above
             blank = np.zeros((2, 2))
             self.image_artist = self.ax.imshow(blank, cmap="gray", vmin=0, vmax=1, aspect="equal")
-            self.label_artist = self.ax.imshow(overlay_rgba(blank > 0), aspect="equal")
-            self.prediction_artist = self.ax.imshow(overlay_rgba(blank > 0, PREDICTION_COLOR), aspect="equal")
+            self.label_artist = self.ax.imshow(figures.overlay_rgba(blank > 0), aspect="equal")
+            self.prediction_artist = self.ax.imshow(figures.overlay_rgba(blank > 0, figures.PREDICTION_COLOR),
+                                                    aspect="equal")
             self.fig.colorbar(self.image_artist, cax=self.fig.add_axes((0.86, 0.08, 0.03, 0.79)), label="intensity")
         for artist in (self.image_artist, self.label_artist, self.prediction_artist, self.ax.title):
             artist.set_animated(True)  # drawn over a cached background (ticks, labels, colorbar): see render()
@@ -175,7 +157,7 @@ class SliceBrowser:
     @property
     def dim(self) -> int:
         """Which cursor coordinate the slider moves: 0 (z) for xy, 1 (y) for xz, 2 (x) for yz."""
-        return AXES.index(self.axis)
+        return figures.AXES.index(self.axis)
 
     @property
     def index(self) -> int:
@@ -207,8 +189,8 @@ class SliceBrowser:
 
     def set_axis(self, axis: str) -> None:
         """Cut along "xy", "xz" or "yz" through the cursor."""
-        if axis not in AXES:
-            raise ValueError(f"axis must be one of {AXES}, not {axis!r}")
+        if axis not in figures.AXES:
+            raise ValueError(f"axis must be one of {figures.AXES}, not {axis!r}")
         self.axis = axis
         self._update()
 
@@ -239,12 +221,12 @@ class SliceBrowser:
         """The "image" or "label" slice at position `index` of `group`, counted in `reads`."""
         with self._reads_lock:
             self.reads += 1
-        return label_slice(group, index) if layer == "label" else image_slice(group, index)
+        return figures.label_slice(group, index) if layer == "label" else figures.image_slice(group, index)
 
     def _plane_cache(self) -> _PlaneCache:
         if self._cache is None:
             z_n, h, w = self.group.shape
-            positions, step = plane_positions(z_n, self.max_plane_slices)
+            positions, step = figures.plane_positions(z_n, self.max_plane_slices)
             per_pixel = self.group.dtype.itemsize + (1 if self.group.has_labels else 0) + 1
             stride = 1
             while len(positions) * -(-h // stride) * -(-w // stride) * per_pixel > self.plane_budget_mb * 1e6:
@@ -258,7 +240,7 @@ class SliceBrowser:
         if layer not in cache.layers:
             g, s = self.group, cache.stride
             if layer != "prediction":
-                slices = read_ahead(lambda z: self._read(g, z, layer), cache.positions)
+                slices = figures.read_ahead(lambda z: self._read(g, z, layer), cache.positions)
                 cache.layers[layer] = np.stack([a[::s, ::s] for a in slices])
             else:  # a prediction callable need not be thread-safe: asked in order
                 planes = [self.prediction(g.name, "xy", z) for z in cache.positions.tolist()]
@@ -321,9 +303,9 @@ class SliceBrowser:
             span = h if axis == "xz" else w
             extent = (-s / 2, image.shape[1] * s - s / 2, zs[-1] + step / 2, zs[0] - step / 2)
             name = "y" if axis == "xz" else "x"
-            sub = z_note(step, len(zs), z_n) + ("" if s == 1 else f", in-plane every {ordinal(s)} pixel")
-            stretch = z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
-            title = f"{g.name}  {axis}  {name}={k * s} of {span}{stretch_note(stretch)}\n{sub}"
+            sub = figures.z_note(step, len(zs), z_n) + ("" if s == 1 else f", in-plane every {figures.ordinal(s)} pixel")
+            stretch = figures.z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
+            title = f"{g.name}  {axis}  {name}={k * s} of {span}{figures.stretch_note(stretch)}\n{sub}"
             xlabel, ylabel = ("x" if axis == "xz" else "y"), "z (slice position)"
         prediction = None
         if self.show_prediction:
@@ -346,10 +328,10 @@ class SliceBrowser:
         v = self.view()
         self.displayed = v
         v["step"] = self._display_step(v["image"].shape)
-        self.image_artist.set_data(block_reduce(v["image"], v["step"]))
+        self.image_artist.set_data(figures.block_reduce(v["image"], v["step"]))
         for artist in (self.image_artist, self.label_artist, self.prediction_artist):
             artist.set_extent(v["extent"])
-            artist.set_interpolation(display_interpolation(v["aspect"]))
+            artist.set_interpolation(figures.display_interpolation(v["aspect"]))
         if window_from_image:
             lo, hi = (float(a) for a in np.percentile(v["image"], [0.5, 99.5]))
             self.window_range = (float(v["image"].min()), float(max(v["image"].max(), lo + 1)))
@@ -366,17 +348,16 @@ class SliceBrowser:
             v["prediction"], note = self._prediction_plane(self.axis, self.index, *v["image"].shape)
             v["notes"] += [note] if note else []
             v["prediction_read"] = True
-        show_label = self.show_labels and v["label"] is not None
-        show_pred = self.show_prediction and v["prediction"] is not None
-        label_rgba, pred_rgba = mask_layers(block_reduce(v["label"], v["step"]) if show_label else None,
-                                            block_reduce(v["prediction"], v["step"]) if show_pred else None, self.alpha)
-        for artist, rgba in ((self.label_artist, label_rgba), (self.prediction_artist, pred_rgba)):
+        label = v["label"] if self.show_labels else None
+        pred = v["prediction"] if self.show_prediction else None
+        masks = [None if m is None else figures.block_reduce(m, v["step"]) for m in (label, pred)]
+        for artist, rgba in zip((self.label_artist, self.prediction_artist), figures.mask_layers(*masks, self.alpha)):
             artist.set_visible(rgba is not None)
             if rgba is not None:
                 artist.set_data(rgba)
         if self.ax.get_legend() is not None:
             self.ax.get_legend().remove()
-        handles = legend_handles(self.alpha, show_label, show_pred)
+        handles = figures.legend_handles(self.alpha, label is not None, pred is not None)
         if handles:
             self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7).set_animated(True)
         notes = [n for n in v["notes"] if "prediction" not in n or self.show_prediction]
@@ -412,21 +393,22 @@ class SliceBrowser:
 
     def static_figure(self) -> Figure:
         """xy, xz and yz at the cursor, as the browser shows them, in one figure (for runs without a frontend)."""
-        views = [self.view(a) for a in AXES]
-        with figure_style():
+        views = [self.view(a) for a in figures.AXES]
+        with figures.figure_style():
             fig = Figure(figsize=(16, 5.6), layout="constrained")
             axes = fig.subplots(1, 3)
             shown = (False, False)
             for ax, v in zip(axes, views):
                 label = v["label"] if self.show_labels else None
                 pred = v["prediction"] if self.show_prediction else None
-                im = show_plane(ax, v["image"], self.window, mask_layers(label, pred, self.alpha), extent=v["extent"],
-                                aspect=v["aspect"], interpolation=display_interpolation(v["aspect"]))
+                im = figures.show_plane(ax, v["image"], self.window, figures.mask_layers(label, pred, self.alpha),
+                                        extent=v["extent"], aspect=v["aspect"],
+                                        interpolation=figures.display_interpolation(v["aspect"]))
                 shown = (shown[0] or label is not None, shown[1] or pred is not None)
                 ax.set_title(v["title"] + "".join(f"\n{n}" for n in v["notes"]), fontsize=10)
                 ax.set(xlabel=v["xlabel"], ylabel=v["ylabel"])
             fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="intensity")
-            handles = legend_handles(self.alpha, *shown)
+            handles = figures.legend_handles(self.alpha, *shown)
             if handles:
                 fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
             fig.suptitle("Slice browser, rendered once (no live frontend): xy, xz, yz at cursor "

@@ -49,8 +49,6 @@ def label_slice(group: Group, index: int) -> np.ndarray:
 
 def sample_positions(n: int, max_count: int) -> np.ndarray:
     """At most `max_count` evenly spaced positions in [0, n), first and last included."""
-    if n <= 0 or max_count <= 0:
-        return np.zeros(0, np.int64)
     return np.unique(np.linspace(0, n - 1, min(n, max_count)).round().astype(np.int64))
 
 

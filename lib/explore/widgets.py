@@ -8,7 +8,8 @@ from typing import Any
 
 import ipywidgets as W
 
-from lib.explore.browser import AXES, SliceBrowser
+from lib.explore.browser import SliceBrowser
+from lib.explore.figures import AXES
 
 
 class BrowserWidgets:
