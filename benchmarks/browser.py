@@ -56,13 +56,13 @@ def write_crop(root: Path, n: int, seed: int) -> Path:
 def step(model: SliceBrowser, panel: BrowserWidgets | None, setter: str, control: str, value) -> tuple[float, int]:
     """(milliseconds, slices read) of one change: the model's setter and its PNG, or a control's value set
     (its observer calls the setter, renders the PNG and hands it to the Image widget)."""
-    before, t = model.reader.reads, time.perf_counter()
+    before, t = model.reads, time.perf_counter()
     if panel is None:
         getattr(model, setter)(value)
         model.png()
     else:
         getattr(panel, control).value = value
-    return 1000 * (time.perf_counter() - t), model.reader.reads - before
+    return 1000 * (time.perf_counter() - t), model.reads - before
 
 
 def measure(root: Path, repeats: int, widgets: bool) -> dict[str, list[tuple[float, int]]]:

@@ -34,7 +34,7 @@ def test_view_model_state_renders_and_counts_reads(synthetic_tiny: Path) -> None
     assert (model.axis, model.index, model.index_name, model.index_max) == ("xy", 3, "z", g.shape[0] - 1)
     np.testing.assert_array_equal(model.displayed["image"], tifffile.imread(g.image_files[3]))
     np.testing.assert_array_equal(model.displayed["label"], tifffile.imread(g.label_files[3]) > 0)
-    assert model.reader.reads == 2 and "slices read so far: 2" in model.info()
+    assert model.reads == 2 and "slices read so far: 2" in model.info()
 
     model.set_index(10_000)  # clipped to the last slice
     assert model.index == g.shape[0] - 1 and "slice 0019" in model.ax.get_title()
@@ -42,7 +42,7 @@ def test_view_model_state_renders_and_counts_reads(synthetic_tiny: Path) -> None
     with_labels = model.png()
     model.set_labels(False)
     without = pixels(model.png())
-    assert model.reader.reads == 6 and not model.label_artist.get_visible()
+    assert model.reads == 6 and not model.label_artist.get_visible()
     changed = np.abs(pixels(with_labels) - without).max(-1) > 0
     assert 0 < changed.mean() < 0.2  # the labelled vessels (and the legend) changed, not the whole picture
     model.set_window(0, 1)  # everything above 1 is white
@@ -77,10 +77,10 @@ def test_test_kidney_without_labels(mini_root: Path) -> None:
     groups = data.discover(mini_root)
     model = SliceBrowser(groups, group="kidney_5")
     assert model.displayed["label"] is None and not model.label_artist.get_visible()
-    assert "kidney_5 has no labels" in model.ax.get_title() and model.reader.reads == 1  # image only
+    assert "kidney_5 has no labels" in model.ax.get_title() and model.reads == 1  # image only
     model.set_labels(True)
     model.set_axis("xz")  # a 3-slice kidney: every slice, one image read each
-    assert model.displayed["image"].shape == (3, 6) and model.reader.reads == 1 + 3
+    assert model.displayed["image"].shape == (3, 6) and model.reads == 1 + 3
     assert model.static_figure() is not None
 
 

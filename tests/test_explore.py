@@ -97,7 +97,7 @@ def test_scan_labels_streams_fraction_projections_centroid(volume_root) -> None:
     pooled[:40, :12, :10] = mask
     pooled = pooled.reshape(14, 3, 4, 3, 4, 3).any(axis=(1, 3, 5))
     np.testing.assert_array_equal(coarse.along_z, pooled.sum(0))
-    np.testing.assert_array_equal(coarse.mip("y"), pooled.any(1))
+    np.testing.assert_array_equal(coarse.along_y > 0, pooled.any(1))  # the MIP along y
     np.testing.assert_allclose(coarse.fraction, full.fraction)
 
 
@@ -107,9 +107,9 @@ def test_orthogonal_views_read_subsampled_planes(volume_root, monkeypatch) -> No
     reads = CountingReads(monkeypatch)
     v = figures.orthogonal_views(g, (12, 4, 3), max_slices=8)
     assert len(v.z_positions) <= 8 and reads.n == 2 * (len(v.z_positions) + 1)  # images + labels, + the xy slice
-    np.testing.assert_array_equal(v.xy, images[12])
-    np.testing.assert_array_equal(v.xz, images[v.z_positions, 4, :])
-    np.testing.assert_array_equal(v.yz_label, labels[v.z_positions, :, 3] > 0)
+    np.testing.assert_array_equal(v.images["xy"], images[12])
+    np.testing.assert_array_equal(v.images["xz"], images[v.z_positions, 4, :])
+    np.testing.assert_array_equal(v.labels["yz"], labels[v.z_positions, :, 3] > 0)
     fig = figures.plot_orthogonal(v, (0, 60000))
     assert "every 5th slice" in fig.get_suptitle()
 
@@ -120,8 +120,8 @@ def test_orthogonal_views_carry_a_prediction(volume_root) -> None:
     prediction = np.zeros(g.shape, np.uint8)
     prediction[10:20, 4:6, 3] = 1
     v = figures.orthogonal_views(g, (12, 4, 3), max_slices=8, prediction=prediction)
-    np.testing.assert_array_equal(v.xy_prediction, prediction[12] > 0)
-    np.testing.assert_array_equal(v.yz_prediction, prediction[v.z_positions, :, 3] > 0)
+    np.testing.assert_array_equal(v.predictions["xy"], prediction[12] > 0)
+    np.testing.assert_array_equal(v.predictions["yz"], prediction[v.z_positions, :, 3] > 0)
     fig = figures.plot_orthogonal(v)
     legend = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert {"labels only (missed)", "prediction only", "both"} <= set(legend)
@@ -266,7 +266,7 @@ def test_browser_reads_one_slice_per_layer_per_xy_step(volume_root, monkeypatch)
     browser.set_axis("yz")
     browser.set_index(4)
     assert reads.n == before  # the cached z-subsampled stack serves every xz/yz plane of the group
-    assert browser.reader.reads == reads.n
+    assert browser.reads == reads.n
 
 
 def test_browser_plane_cache_fits_the_memory_budget(volume_root) -> None:

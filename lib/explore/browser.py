@@ -1,14 +1,10 @@
-"""The slice browser's view model: which group, axis (xy/xz/yz), slice, overlays, opacity and contrast window
-are shown, and the figure that shows them, reading O(1) slices per xy step.
-
-No widgets here: `lib.explore.widgets` binds ipywidgets to this model for a live frontend (Jupyter, Voilà);
-tests and benchmarks drive the model directly, and papermill runs render `static_figure()` once.
-"""
+"""The slice browser's view model: which group, axis (xy/xz/yz), slice, overlays, opacity and contrast window are
+shown, and the figure that shows them. No widgets here (`lib.explore.widgets` binds ipywidgets to it): tests and
+benchmarks drive it directly, and runs without a live frontend render `static_figure()` once."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -21,52 +17,8 @@ from PIL import Image
 
 from lib import data
 from lib.data import Group
-from lib.explore.figures import (
-    AXES,
-    PREDICTION_COLOR,
-    IntensityStats,
-    block_any,
-    display_interpolation,
-    figure_style,
-    image_slice,
-    label_slice,
-    legend_handles,
-    mask_layers,
-    ordinal,
-    overlay_rgba,
-    plane_positions,
-    stretch_note,
-    z_note,
-    z_stretch,
-)
+from lib.explore import figures
 from lib.paths import resolve_path
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading slices and predictions
-# ----------------------------------------------------------------------------------------------------------
-
-
-class SliceReader:
-    """Reads single xy slices and counts them: the browser's reading cost meter (injectable in tests)."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-        self.log: list[tuple[str, str, int]] = []  # (group, "image"/"label", position)
-        self._lock = threading.Lock()  # plane caches are read on threads
-
-    def _count(self, group: Group, kind: str, index: int) -> None:
-        with self._lock:
-            self.reads += 1
-            self.log.append((group.name, kind, index))
-
-    def image(self, group: Group, index: int) -> np.ndarray:
-        self._count(group, "image", index)
-        return image_slice(group, index)
-
-    def label(self, group: Group, index: int) -> np.ndarray:
-        self._count(group, "label", index)
-        return label_slice(group, index)
-
 
 Prediction = Callable[[str, str, int], "np.ndarray | None"]
 """`(group_name, axis, index) -> 2D mask or None`. For "xy", index is the slice position and the mask is (H, W).
@@ -77,11 +29,8 @@ returns None means "no prediction for this slice": the browser shows it as missi
 
 def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndarray] | None,
                       groups: Mapping[str, Group]) -> Prediction | None:
-    """Turn a callable, a folder of predicted slice TIFFs or a mapping group -> 3D array into a `Prediction`.
-
-    A folder holds `<group>/NNNN.tif` or `<group>/labels/NNNN.tif` (nonzero = vessel), numbered as the group's
-    slices; a mapping's arrays may be `np.memmap`s / `np.load(..., mmap_mode="r")` (planes then cost Z rows).
-    """
+    """Turn a callable, a folder of predicted slice TIFFs (`<group>/NNNN.tif` or `<group>/labels/NNNN.tif`,
+    nonzero = vessel, numbered as the group's slices) or a mapping group -> 3D array or memmap into a `Prediction`."""
     if prediction is None or callable(prediction):
         return prediction
     if isinstance(prediction, Mapping):
@@ -120,38 +69,21 @@ class ThresholdPrediction:
     bright: bool = True
 
     @classmethod
-    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, IntensityStats],
-                   share_percent: float | None = None) -> ThresholdPrediction:
-        """Keep the brightest `share_percent` % voxels of each group (the darkest if vessels are darker than the
-        rest); default share: the labelled vessel share of the first densely labelled group (else 1%)."""
+    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, figures.IntensityStats]) -> ThresholdPrediction:
+        """Keep as many of the brightest voxels of each group (the darkest if vessels are darker than the rest) as
+        the labelled vessel share of the first densely labelled group (else 1%)."""
         labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
-        labelled.sort(key=lambda s: s.label_kind != "dense")
-        ref = labelled[0] if labelled else None
+        ref = min(labelled, key=lambda s: s.label_kind != "dense", default=None)  # the first dense one
         bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
-        if share_percent is None:
-            share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
+        share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
         q = 100 - share_percent if bright else share_percent
         return cls(groups, {n: s.percentile(q) for n, s in stats.items()}, bright)
 
     def __call__(self, name: str, axis: str, index: int) -> np.ndarray | None:
         if axis != "xy" or name not in self.thresholds:
             return None
-        img = image_slice(self.groups[name], index)
+        img = figures.image_slice(self.groups[name], index)
         return img > self.thresholds[name] if self.bright else img < self.thresholds[name]
-
-
-
-def block_mean(image: np.ndarray, d: int) -> np.ndarray:
-    """Mean of d x d blocks (edges padded by repetition): an image brought to display resolution."""
-    if d == 1:
-        return image
-    h, w = image.shape
-    padded = np.pad(image, ((0, -h % d), (0, -w % d)), mode="edge")
-    out = np.zeros((padded.shape[0] // d, padded.shape[1] // d), np.float32)
-    for i in range(d):  # d * d strided views: much faster than reducing a (h/d, d, w/d, d) reshape
-        for j in range(d):
-            out += padded[i::d, j::d]
-    return out / (d * d)
 
 
 @dataclass
@@ -165,47 +97,32 @@ class _PlaneCache:
     missing_predictions: int = 0  # cached slices the prediction had nothing for (shown as empty rows)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The view model
-# ----------------------------------------------------------------------------------------------------------
-
-
 class SliceBrowser:
     """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid.
 
     State: `group_name`, `axis`, `cursor` (z, y, x; the slider moves `index`, the cursor coordinate of the axis),
-    `show_labels`, `show_prediction`, `alpha`, `window`. Change it with the `set_*` methods: each reads what
-    the new state shows and updates the figure's artists; `png()` renders the figure, `displayed` holds the
-    arrays shown (image, label, prediction) and `reader.reads` counts the slices read.
-
-    Drawing cost: planes larger than the axes are drawn at display resolution (block means of the image,
-    max-pooled masks so one-pixel vessels stay visible), the layout is fixed (no layout pass per step) and the
-    PNG is encoded with light compression: an xy step of a 1303 x 912 slice stays under 300 ms on 2 cores
-    (benchmarks/browser.py).
-
-    Reading cost per update: xy reads one image slice, one label slice and asks the prediction for one slice,
-    whatever the kidney size. xz/yz need one row/column of every slice: the first xz/yz view of a group reads
-    every k-th slice (at most `max_plane_slices`, strided in-plane to fit `plane_budget_mb`) into a cache, after
-    which moving through xz/yz planes reads nothing. On a 2279 x 1303 x 912 kidney with the defaults that is
-    127 reads per layer once (every 18th slice, every 2nd pixel in-plane, about 75 MB of images). Switching
-    group drops the cache. Overlay, opacity and window changes read nothing.
+    `show_labels`, `show_prediction`, `alpha`, `window`. Each `set_*` method reads what the new state shows and
+    updates the figure's artists; `png()` renders it, `displayed` holds the arrays shown, `reads` counts the
+    slices read: one image, one label slice and one prediction call per xy step; the first xz/yz view of a group
+    reads every k-th slice (at most `max_plane_slices`, strided in-plane to fit `plane_budget_mb`) into a cache
+    serving every later xz/yz plane of the group (reading costs and timings: docs/explorer.md).
     """
 
     FIGSIZE, DPI = (7.5, 7.0), 90
 
-    def __init__(self, groups: Mapping[str, Group] | Sequence[Group], prediction: Any = None, *,
-                 stats: Mapping[str, IntensityStats] | None = None, group: str | None = None,
+    def __init__(self, groups: Mapping[str, Group], prediction: Any = None, *,
+                 stats: Mapping[str, figures.IntensityStats] | None = None, group: str | None = None,
                  point: tuple[int, int, int] | None = None, max_plane_slices: int = 128,
                  plane_budget_mb: float = 256) -> None:
-        self.groups = dict(groups) if isinstance(groups, Mapping) else {g.name: g for g in groups}
+        self.groups = dict(groups)
         if not self.groups:
             raise ValueError("SliceBrowser needs at least one group")
         self.prediction = prediction_source(prediction, self.groups)
         self.stats = dict(stats or {})
-        self.reader = SliceReader()
+        self.reads = 0  # slices read so far: the browser's reading cost meter
+        self._reads_lock = threading.Lock()  # plane caches are read on threads
         self.max_plane_slices = max_plane_slices
         self.plane_budget_mb = plane_budget_mb
-        self.dpi = self.DPI
         self.axis = "xy"
         self.show_labels = True
         self.show_prediction = self.prediction is not None
@@ -217,24 +134,22 @@ class SliceBrowser:
         self.displayed: dict[str, Any] = {}
         self._cache: _PlaneCache | None = None
 
-        with figure_style():
+        with figures.figure_style():
             self.fig = Figure(figsize=self.FIGSIZE, dpi=self.DPI)
             self.canvas = FigureCanvasAgg(self.fig)
             self.ax = self.fig.add_axes((0.12, 0.08, 0.70, 0.79))  # fixed: room for a 4-line title above
             blank = np.zeros((2, 2))
             self.image_artist = self.ax.imshow(blank, cmap="gray", vmin=0, vmax=1, aspect="equal")
-            self.label_artist = self.ax.imshow(overlay_rgba(blank > 0), aspect="equal")
-            self.prediction_artist = self.ax.imshow(overlay_rgba(blank > 0, PREDICTION_COLOR), aspect="equal")
-            self.colorbar = self.fig.colorbar(self.image_artist, cax=self.fig.add_axes((0.86, 0.08, 0.03, 0.79)),
-                                              label="intensity")
+            self.label_artist = self.ax.imshow(figures.overlay_rgba(blank > 0), aspect="equal")
+            self.prediction_artist = self.ax.imshow(figures.overlay_rgba(blank > 0, figures.PREDICTION_COLOR),
+                                                    aspect="equal")
+            self.fig.colorbar(self.image_artist, cax=self.fig.add_axes((0.86, 0.08, 0.03, 0.79)), label="intensity")
         for artist in (self.image_artist, self.label_artist, self.prediction_artist, self.ax.title):
             artist.set_animated(True)  # drawn over a cached background (ticks, labels, colorbar): see render()
         self._background: Any = None
         self._background_key: tuple | None = None
-        self._legend: tuple | None = None  # (alpha, labels shown, prediction shown) the legend was built for
         self.set_group(self.group_name, point)
 
-    # --- state ------------------------------------------------------------------------------------------
     @property
     def group(self) -> Group:
         return self.groups[self.group_name]
@@ -242,7 +157,7 @@ class SliceBrowser:
     @property
     def dim(self) -> int:
         """Which cursor coordinate the slider moves: 0 (z) for xy, 1 (y) for xz, 2 (x) for yz."""
-        return AXES.index(self.axis)
+        return figures.AXES.index(self.axis)
 
     @property
     def index(self) -> int:
@@ -255,10 +170,6 @@ class SliceBrowser:
     @property
     def index_name(self) -> str:
         return ("z", "y", "x")[self.dim]
-
-    @property
-    def has_prediction(self) -> bool:
-        return self.prediction is not None
 
     def set_group(self, name: str, point: tuple[int, int, int] | None = None) -> None:
         """Show group `name` at `point` (z, y, x; default the centre), keeping the axis; drops the plane cache."""
@@ -274,14 +185,12 @@ class SliceBrowser:
             lo, hi = s.percentile(0), s.percentile(100)
             self.window_range = (float(lo), float(max(hi, lo + 1)))
             self.window = s.window()
-            self._update(window_from_image=False)
-        else:  # no statistics: the window comes from the first slice shown (no extra read)
-            self._update(window_from_image=True)
+        self._update(window_from_image=s is None)  # no statistics: the window from the first slice shown
 
     def set_axis(self, axis: str) -> None:
         """Cut along "xy", "xz" or "yz" through the cursor."""
-        if axis not in AXES:
-            raise ValueError(f"axis must be one of {AXES}, not {axis!r}")
+        if axis not in figures.AXES:
+            raise ValueError(f"axis must be one of {figures.AXES}, not {axis!r}")
         self.axis = axis
         self._update()
 
@@ -296,7 +205,7 @@ class SliceBrowser:
 
     def set_prediction(self, show: bool) -> None:
         """Show or hide the prediction (asks the prediction for the current view when first shown)."""
-        self.show_prediction = bool(show) and self.has_prediction
+        self.show_prediction = bool(show) and self.prediction is not None
         self._apply_overlays()
 
     def set_alpha(self, alpha: float) -> None:
@@ -308,11 +217,16 @@ class SliceBrowser:
         self.window = (float(low), float(max(high, low + 1e-6)))
         self.image_artist.set_clim(*self.window)
 
-    # --- data -----------------------------------------------------------------------------------------------
+    def _read(self, group: Group, index: int, layer: str = "image") -> np.ndarray:
+        """The "image" or "label" slice at position `index` of `group`, counted in `reads`."""
+        with self._reads_lock:
+            self.reads += 1
+        return figures.label_slice(group, index) if layer == "label" else figures.image_slice(group, index)
+
     def _plane_cache(self) -> _PlaneCache:
         if self._cache is None:
             z_n, h, w = self.group.shape
-            positions, step = plane_positions(z_n, self.max_plane_slices)
+            positions, step = figures.plane_positions(z_n, self.max_plane_slices)
             per_pixel = self.group.dtype.itemsize + (1 if self.group.has_labels else 0) + 1
             stride = 1
             while len(positions) * -(-h // stride) * -(-w // stride) * per_pixel > self.plane_budget_mb * 1e6:
@@ -325,15 +239,11 @@ class SliceBrowser:
         cache = self._plane_cache()
         if layer not in cache.layers:
             g, s = self.group, cache.stride
-            if layer == "label" and not g.has_labels:
-                return None
-            positions = [int(z) for z in cache.positions]
             if layer != "prediction":
-                read = self.reader.image if layer == "image" else self.reader.label
-                with ThreadPoolExecutor(data.READ_THREADS) as pool:  # TIFF reads overlap (I/O, decoding)
-                    cache.layers[layer] = np.stack(list(pool.map(lambda z: read(g, z)[::s, ::s], positions)))
+                slices = figures.read_ahead(lambda z: self._read(g, z, layer), cache.positions)
+                cache.layers[layer] = np.stack([a[::s, ::s] for a in slices])
             else:  # a prediction callable need not be thread-safe: asked in order
-                planes = [self.prediction(g.name, "xy", z) for z in positions]
+                planes = [self.prediction(g.name, "xy", z) for z in cache.positions.tolist()]
                 empty = np.zeros((-(-g.height // s), -(-g.width // s)), bool)
                 cache.missing_predictions = sum(p is None for p in planes)
                 if cache.missing_predictions == len(planes):
@@ -366,18 +276,17 @@ class SliceBrowser:
             f"prediction missing for {cache.missing_predictions} of {len(cache.positions)} slices (empty rows)"
         return (stack[:, k, :] if axis == "xz" else stack[:, :, k]), note
 
-    def view(self, axis: str | None = None, with_prediction: bool | None = None) -> dict[str, Any]:
+    def view(self, axis: str | None = None) -> dict[str, Any]:
         """Arrays for `axis` (default: current) at the cursor: image, label, prediction (None when hidden or
         missing), extent, title, axis labels, aspect and `notes` (what is missing)."""
         axis = axis or self.axis
-        with_prediction = self.show_prediction if with_prediction is None else with_prediction
         g = self.group
         z_n, h, w = g.shape
         z, y, x = self.cursor
         notes: list[str] = []
         if axis == "xy":
-            image = self.reader.image(g, z)
-            label = self.reader.label(g, z) if g.has_labels else None
+            image = self._read(g, z)
+            label = self._read(g, z, "label") if g.has_labels else None
             extent = (-0.5, w - 0.5, h - 0.5, -0.5)
             stretch = 1.0
             title = f"{g.name}  xy  z={z} of {z_n} (slice {g.slices[z]:04d})"
@@ -390,30 +299,28 @@ class SliceBrowser:
             k = index // s
             cut = (lambda a: a[:, k, :]) if axis == "xz" else (lambda a: a[:, :, k])
             image = cut(self._stack("image"))
-            labels = self._stack("label") if g.has_labels else None
-            label = None if labels is None else cut(labels)
+            label = cut(self._stack("label")) if g.has_labels else None
             span = h if axis == "xz" else w
             extent = (-s / 2, image.shape[1] * s - s / 2, zs[-1] + step / 2, zs[0] - step / 2)
             name = "y" if axis == "xz" else "x"
-            sub = z_note(step, len(zs), z_n) + ("" if s == 1 else f", in-plane every {ordinal(s)} pixel")
-            stretch = z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
-            title = f"{g.name}  {axis}  {name}={k * s} of {span}{stretch_note(stretch)}\n{sub}"
+            sub = figures.z_note(step, len(zs), z_n) + ("" if s == 1 else f", in-plane every {figures.ordinal(s)} pixel")
+            stretch = figures.z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
+            title = f"{g.name}  {axis}  {name}={k * s} of {span}{figures.stretch_note(stretch)}\n{sub}"
             xlabel, ylabel = ("x" if axis == "xz" else "y"), "z (slice position)"
         prediction = None
-        if with_prediction and self.prediction is not None:
+        if self.show_prediction:
             prediction, note = self._prediction_plane(axis, index, *image.shape)
             notes += [note] if note else []
         if label is None:
             notes.append(f"{g.name} has no labels")
         return {"axis": axis, "image": image, "label": label, "prediction": prediction, "extent": extent,
-                "title": title, "xlabel": xlabel, "ylabel": ylabel, "aspect": 1.0 if axis == "xy" else stretch,
-                "notes": notes, "prediction_read": bool(with_prediction and self.prediction is not None)}
+                "title": title, "xlabel": xlabel, "ylabel": ylabel, "aspect": stretch, "notes": notes,
+                "prediction_read": self.show_prediction}
 
-    # --- the figure -----------------------------------------------------------------------------------------
     def _display_step(self, shape: tuple[int, int]) -> int:
         """Block size bringing a (rows, cols) plane down to about the axes' size in pixels (1: drawn as is)."""
         box = self.ax.get_position()
-        width, height = box.width * self.fig.get_figwidth() * self.dpi, box.height * self.fig.get_figheight() * self.dpi
+        width, height = box.width * self.fig.get_figwidth() * self.DPI, box.height * self.fig.get_figheight() * self.DPI
         return max(1, int(min(shape[0] / height, shape[1] / width)))
 
     def _update(self, window_from_image: bool = False) -> None:
@@ -421,20 +328,16 @@ class SliceBrowser:
         v = self.view()
         self.displayed = v
         v["step"] = self._display_step(v["image"].shape)
-        self.image_artist.set_data(block_mean(v["image"], v["step"]))
+        self.image_artist.set_data(figures.block_reduce(v["image"], v["step"]))
         for artist in (self.image_artist, self.label_artist, self.prediction_artist):
             artist.set_extent(v["extent"])
-            artist.set_interpolation(display_interpolation(v["aspect"]))
+            artist.set_interpolation(figures.display_interpolation(v["aspect"]))
         if window_from_image:
             lo, hi = (float(a) for a in np.percentile(v["image"], [0.5, 99.5]))
             self.window_range = (float(v["image"].min()), float(max(v["image"].max(), lo + 1)))
             self.window = (lo, max(hi, lo + 1))
         self.image_artist.set_clim(*self.window)
-        self.ax.set_xlim(v["extent"][0], v["extent"][1])
-        self.ax.set_ylim(v["extent"][2], v["extent"][3])
-        self.ax.set_xlabel(v["xlabel"])
-        self.ax.set_ylabel(v["ylabel"])
-        self.ax.set_aspect(v["aspect"])
+        self.ax.set(xlim=v["extent"][:2], ylim=v["extent"][2:], xlabel=v["xlabel"], ylabel=v["ylabel"], aspect=v["aspect"])
         self._apply_overlays()
 
     def _apply_overlays(self) -> None:
@@ -445,32 +348,24 @@ class SliceBrowser:
             v["prediction"], note = self._prediction_plane(self.axis, self.index, *v["image"].shape)
             v["notes"] += [note] if note else []
             v["prediction_read"] = True
-        show_label = self.show_labels and v["label"] is not None
-        show_pred = self.show_prediction and v["prediction"] is not None
-        label_rgba, pred_rgba = mask_layers(block_any(v["label"], v["step"]) if show_label else None,
-                                            block_any(v["prediction"], v["step"]) if show_pred else None, self.alpha)
-        empty = np.zeros((2, 2, 4), np.float32)
-        self.label_artist.set_data(empty if label_rgba is None else label_rgba)
-        self.label_artist.set_visible(show_label)
-        self.prediction_artist.set_data(empty if pred_rgba is None else pred_rgba)
-        self.prediction_artist.set_visible(show_pred)
-        legend = (self.alpha, show_label, show_pred)
-        if legend != self._legend:  # rebuilt only when what it says changes
-            if self.ax.get_legend() is not None:
-                self.ax.get_legend().remove()
-            handles = legend_handles(*legend)
-            if handles:
-                self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7).set_animated(True)
-            self._legend = legend
+        label = v["label"] if self.show_labels else None
+        pred = v["prediction"] if self.show_prediction else None
+        masks = [None if m is None else figures.block_reduce(m, v["step"]) for m in (label, pred)]
+        for artist, rgba in zip((self.label_artist, self.prediction_artist), figures.mask_layers(*masks, self.alpha)):
+            artist.set_visible(rgba is not None)
+            if rgba is not None:
+                artist.set_data(rgba)
+        if self.ax.get_legend() is not None:
+            self.ax.get_legend().remove()
+        handles = figures.legend_handles(self.alpha, label is not None, pred is not None)
+        if handles:
+            self.ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7).set_animated(True)
         notes = [n for n in v["notes"] if "prediction" not in n or self.show_prediction]
         self.ax.set_title(v["title"] + "".join(f"\n{n}" for n in notes), fontsize=10)
 
     def render(self) -> np.ndarray:
-        """The figure as it is shown: an (H, W, 3) uint8 RGB array.
-
-        Ticks, axis labels and the colorbar (most of the drawing time) are drawn once per plane geometry and
-        window and kept as a background; each step draws only the images, the title and the legend over it.
-        """
+        """The figure as an (H, W, 3) uint8 RGB array. Ticks, labels and colorbar (most of the drawing time) are
+        drawn once per plane geometry and window as a background; a step draws images, title and legend over it."""
         key = (self.group_name, self.axis, tuple(self.displayed["extent"]), self.window)
         if key != self._background_key:
             self.canvas.draw()  # everything but the animated artists
@@ -494,29 +389,26 @@ class SliceBrowser:
         """One line on the group, the cursor and the reading cost so far."""
         g = self.group
         return (f"{g.name} {g.shape[0]} x {g.shape[1]} x {g.shape[2]}, cursor (z, y, x) = {tuple(self.cursor)}, "
-                f"slices read so far: {self.reader.reads}")
+                f"slices read so far: {self.reads}")
 
     def static_figure(self) -> Figure:
         """xy, xz and yz at the cursor, as the browser shows them, in one figure (for runs without a frontend)."""
-        views = [self.view(a) for a in AXES]
-        lo, hi = self.window
-        with figure_style():
+        views = [self.view(a) for a in figures.AXES]
+        with figures.figure_style():
             fig = Figure(figsize=(16, 5.6), layout="constrained")
             axes = fig.subplots(1, 3)
             shown = (False, False)
             for ax, v in zip(axes, views):
-                kw = dict(extent=v["extent"], aspect=v["aspect"], interpolation=display_interpolation(v["aspect"]))
-                im = ax.imshow(v["image"], cmap="gray", vmin=lo, vmax=hi, **kw)
                 label = v["label"] if self.show_labels else None
                 pred = v["prediction"] if self.show_prediction else None
-                for layer in mask_layers(label, pred, self.alpha):
-                    if layer is not None:
-                        ax.imshow(layer, **kw)
+                im = figures.show_plane(ax, v["image"], self.window, figures.mask_layers(label, pred, self.alpha),
+                                        extent=v["extent"], aspect=v["aspect"],
+                                        interpolation=figures.display_interpolation(v["aspect"]))
                 shown = (shown[0] or label is not None, shown[1] or pred is not None)
                 ax.set_title(v["title"] + "".join(f"\n{n}" for n in v["notes"]), fontsize=10)
                 ax.set(xlabel=v["xlabel"], ylabel=v["ylabel"])
             fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="intensity")
-            handles = legend_handles(self.alpha, *shown)
+            handles = figures.legend_handles(self.alpha, *shown)
             if handles:
                 fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
             fig.suptitle("Slice browser, rendered once (no live frontend): xy, xz, yz at cursor "

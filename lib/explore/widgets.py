@@ -1,9 +1,6 @@
-"""The slice browser's widget layer: ipywidgets bound to a `lib.explore.browser.SliceBrowser` view model.
-
-Each control calls one setter of the model, then the panel shows the model's figure again as a PNG in an
-`ipywidgets.Image` (independent of the matplotlib backend: no ipympl needed, works in Jupyter and Voilà).
-Every widget carries a CSS class `sennet-<name>` so a browser test can find it.
-"""
+"""The slice browser's widget layer: each control calls one setter of a `lib.explore.browser.SliceBrowser`, then
+the panel shows the model's figure again as a PNG in an `ipywidgets.Image` (no ipympl needed: works in Jupyter and
+Voilà). Every widget carries a CSS class `sennet-<name>` so a browser test can find it."""
 from __future__ import annotations
 
 import html
@@ -11,7 +8,8 @@ from typing import Any
 
 import ipywidgets as W
 
-from lib.explore.browser import AXES, SliceBrowser
+from lib.explore.browser import SliceBrowser
+from lib.explore.figures import AXES
 
 
 class BrowserWidgets:
@@ -27,14 +25,14 @@ class BrowserWidgets:
                                    layout=W.Layout(width="95%"))
         self.labels_w = W.Checkbox(model.show_labels, description="labels (red)", indent=False)
         self.prediction_w = W.Checkbox(model.show_prediction, description="prediction (cyan)", indent=False,
-                                       disabled=not model.has_prediction)
+                                       disabled=model.prediction is None)
         self.alpha_w = W.FloatSlider(model.alpha, min=0.0, max=1.0, step=0.05, description="opacity",
                                      continuous_update=False)
         self.window_w = W.FloatRangeSlider(value=(0, 1), min=0, max=1, step=1, description="window",
                                            continuous_update=False, layout=W.Layout(width="95%"))
         self.info_w = W.HTML()
         self.error_w = W.HTML()
-        width = round(model.fig.get_figwidth() * model.dpi)  # shown pixel for pixel, not stretched by the page
+        width = round(model.fig.get_figwidth() * model.DPI)  # shown pixel for pixel, not stretched by the page
         self.image_w = W.Image(format="png", layout=W.Layout(width=f"{width}px", max_width="100%"))
         for name in ("group", "axis", "index", "labels", "prediction", "alpha", "window", "info", "error", "image"):
             getattr(self, f"{name}_w").add_class(f"sennet-{name}")
