@@ -240,8 +240,9 @@ class SliceBrowser:
         if layer not in cache.layers:
             g, s = self.group, cache.stride
             if layer != "prediction":
-                slices = figures.read_ahead(lambda z: self._read(g, z, layer), cache.positions)
-                cache.layers[layer] = np.stack([a[::s, ::s] for a in slices])
+                # strided copies, so each full slice is freed as soon as it is read (peak: the budgeted stack)
+                slices = figures.read_ahead(lambda z: self._read(g, z, layer)[::s, ::s].copy(), cache.positions)
+                cache.layers[layer] = np.stack(list(slices))
             else:  # a prediction callable need not be thread-safe: asked in order
                 planes = [self.prediction(g.name, "xy", z) for z in cache.positions.tolist()]
                 empty = np.zeros((-(-g.height // s), -(-g.width // s)), bool)
