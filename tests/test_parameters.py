@@ -1,5 +1,6 @@
 """One schema per notebook (lib/parameters.py): the notebooks' parameters cells are generated from it
-(tools.kaggle.parameters_cell), the notebooks check their values with it before any work, and the pipeline and the Kaggle bundle read it."""
+(tools.kaggle.parameters_cell), the notebooks check their values with it before any work, and the pipeline and the
+Kaggle bundle read it."""
 from __future__ import annotations
 
 import nbformat
