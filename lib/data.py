@@ -270,12 +270,8 @@ def _check_slices(shape: tuple[int, int], dtype: np.dtype, images: list[Path], l
 
 def _slice_files(folder: Path) -> dict[int, Path]:
     """Slice number -> path for the NNNN.tif files of a folder, in slice order."""
-    found = {}
-    for p in folder.iterdir():
-        m = _SLICE_NAME.match(p.name)
-        if m:
-            found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
+    matches = ((_SLICE_NAME.match(p.name), p) for p in folder.iterdir())
+    return dict(sorted((int(m.group(1)), p) for m, p in matches if m))
 
 
 def _check_contiguous(folder: Path, files: dict[int, Path]) -> None:
@@ -317,10 +313,10 @@ def _train_rles(root: Path) -> pd.Series | None:
     return _RLE_CACHE[key]
 
 
-def read_table(path: Path | str, columns: Sequence[str], unique: str | None = "id",
-               allow_empty: bool = False) -> pd.DataFrame:
-    """A competition CSV (train_rles, sample_submission, solution, submission) as strings, checked first: a
-    DataError names the file and the line (the header is line 1); a repeated id would shift every later slice."""
+def read_table(path: Path | str, columns: Sequence[str], allow_empty: bool = False) -> pd.DataFrame:
+    """A competition CSV (train_rles, sample_submission, solution, submission; `columns` include "id") as strings,
+    checked first: a DataError names the file and the line (the header is line 1); a repeated id would shift every
+    later slice."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}")
@@ -348,16 +344,14 @@ def read_table(path: Path | str, columns: Sequence[str], unique: str | None = "i
                         f"(missing {','.join(missing)})")
     if frame.empty and not allow_empty:
         raise DataError(f"{path}: no rows after the header")
-    if unique is not None:
-        values = frame[unique].str.strip()
-        empty = np.flatnonzero((values == "").to_numpy())
-        if empty.size:
-            raise DataError(f"{path}: line {empty[0] + 2} has an empty {unique}")
-        repeated = values[values.duplicated(keep=False)]
-        if len(repeated):
-            first = repeated.iloc[0]
-            lines = [str(i + 2) for i in np.flatnonzero((values == first).to_numpy())]
-            raise DataError(f"{path}: {unique} {first!r} appears {len(lines)} times (lines {', '.join(lines)}); "
-                            f"every slice needs exactly one row")
-        frame[unique] = values
+    ids = frame["id"].str.strip()
+    empty = np.flatnonzero((ids == "").to_numpy())
+    if empty.size:
+        raise DataError(f"{path}: line {empty[0] + 2} has an empty id")
+    repeated = ids[ids.duplicated(keep=False)]
+    if len(repeated):
+        lines = [str(i + 2) for i in np.flatnonzero((ids == repeated.iloc[0]).to_numpy())]
+        raise DataError(f"{path}: id {repeated.iloc[0]!r} appears {len(lines)} times (lines {', '.join(lines)}); "
+                        f"every slice needs exactly one row")
+    frame["id"] = ids
     return frame

@@ -86,11 +86,9 @@ def truth_report(root: Path | str, group: data.Group, refined_dir: Path) -> dict
 
 def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings | None = None,
                              progress: bool = True) -> tuple[TrainResult, pd.DataFrame]:
-    """Train `1 + settings.pseudo_label_rounds` rounds (see the module docstring); returns the last round's
-    result and one row per refined group and round (empty for the seed recipe, which is one plain round).
-
-    Rerunning continues: finished rounds (their final checkpoint) and written labels are reused, never rewritten.
-    """
+    """Train `1 + settings.pseudo_label_rounds` rounds (see the module docstring): the last round's result and one
+    row per refined group and round (none for the seed recipe's one plain round). A rerun reuses finished rounds
+    (their final checkpoint) and written labels, never rewriting them."""
     settings = settings or TrainSettings()
     output_dir = Path(output_dir)
     rounds = settings.pseudo_label_rounds
