@@ -70,7 +70,7 @@ def _entries(folder: Path) -> tuple[list[str], set[str]]:
     return sorted(dirs), files
 
 
-def scan_inputs(root: Path | str | None = None, max_depth: int = MAX_DEPTH) -> dict[str, list[Path]]:
+def scan_inputs(root: Path | str | None = None) -> dict[str, list[Path]]:
     """{kind: [paths]} of everything under `root` (default: the Kaggle input), each kind in the documented order."""
     root = Path(root) if root is not None else kaggle_input()
     found = {kind: [] for kind in INPUT_KINDS}
@@ -88,7 +88,7 @@ def scan_inputs(root: Path | str | None = None, max_depth: int = MAX_DEPTH) -> d
                 continue  # a round inside a run: the run is what resumes
             if path not in found[kind]:
                 found[kind].append(path)
-        if depth < max_depth and not any(kind in LEAVES for kind, _ in kinds):
+        if depth < MAX_DEPTH and not any(kind in LEAVES for kind, _ in kinds):
             stack += [(folder / d, depth + 1) for d in reversed(dirs) if d not in PRUNED and not d.startswith(".")]
     for kind, paths in found.items():
         paths.sort(key=lambda p: (kind == "competition" and p.name != COMPETITION_SLUG, len(p.parts), str(p)))
