@@ -48,14 +48,6 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class SliceInfo:
-    """What a TIFF header says about one slice."""
-
-    shape: tuple[int, int]
-    dtype: np.dtype
-
-
-@dataclass(frozen=True)
 class Group:
     """One kidney (volume) of the competition: its slice files, labels if any, shape and voxel size."""
 
@@ -127,8 +119,8 @@ def read_slice(path: Path, shape: tuple[int, int] | None = None, dtype: np.dtype
     return image
 
 
-def slice_header(path: Path) -> SliceInfo:
-    """Shape and dtype of a slice TIFF from its header, checking it is a complete 2D integer image."""
+def slice_header(path: Path) -> tuple[tuple[int, int], np.dtype]:
+    """(shape, dtype) of a slice TIFF from its header, checking it is a complete 2D integer image."""
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
@@ -143,14 +135,12 @@ def slice_header(path: Path) -> SliceInfo:
         raise DataError(f"{path}: expected an integer image (uint8/uint16), found dtype {dtype}")
     if end > path.stat().st_size:
         raise DataError(f"{path}: truncated TIFF (pixel data ends at byte {end}, file has {path.stat().st_size})")
-    return SliceInfo(shape, dtype)
+    return shape, dtype
 
 
 def discover(root: Path | str | None = None, validate: bool = True) -> dict[str, Group]:
-    """All groups under `root/train` and `root/test` (default: `paths.default_data_dir()`), by name.
-
-    With `validate`, every slice header is read to check shapes, dtypes and completeness (threaded, no pixels).
-    """
+    """All groups under `root/train` and `root/test` (default: `paths.default_data_dir()`), by name; `validate`
+    reads every slice header to check shapes, dtypes and completeness (threaded, no pixels)."""
     root = Path(root) if root is not None else paths.default_data_dir()
     if not root.is_dir():
         raise DataError(f"{root}: competition root not found")
@@ -215,19 +205,19 @@ def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, valid
     ids = [f"{name}_{n:04d}" for n in numbers]
     label_rles = _label_rles(root, name, ids, rles) if labels is None and split == "train" and rles is not None \
         else None
-    first = slice_header(images[numbers[0]])
+    (height, width), dtype = slice_header(images[numbers[0]])
     rle_file = root / "train_rles.csv" if label_rles is not None else None
     if validate:
-        _check_slices(first, list(images.values()), list(labels.values()) if labels else [])
+        _check_slices((height, width), dtype, list(images.values()), list(labels.values()) if labels else [])
         for slice_id, text in zip(ids, label_rles or ()):
             try:
-                rle.runs(text, first.shape[0] * first.shape[1])
+                rle.runs(text, height * width)
             except rle.RLEError as e:
-                raise DataError(f"{rle_file}: id {slice_id} (slice {first.shape[0]}x{first.shape[1]}): {e}") from None
+                raise DataError(f"{rle_file}: id {slice_id} (slice {height}x{width}): {e}") from None
     return Group(
         name=name, split=split, slices=numbers, image_files=tuple(images.values()),
         label_files=tuple(labels.values()) if labels is not None else None, label_rles=label_rles, rle_file=rle_file,
-        height=first.shape[0], width=first.shape[1], dtype=first.dtype,
+        height=height, width=width, dtype=dtype,
     )
 
 
@@ -262,30 +252,26 @@ def _label_rles(root: Path, name: str, ids: list[str], rles: pd.Series) -> tuple
     return tuple(rles.loc[ids].tolist())
 
 
-def _check_slices(first, images: list[Path], labels: list[Path]) -> None:
+def _check_slices(shape: tuple[int, int], dtype: np.dtype, images: list[Path], labels: list[Path]) -> None:
     """Every slice's header against the first image's shape and dtype; labels uint8 (read in threads)."""
     with ThreadPoolExecutor(READ_THREADS) as pool:
         headers = list(pool.map(slice_header, images + labels))
-    for path, h in zip(images, headers):
-        if h.shape != first.shape:
-            raise DataError(f"{path}: slice shape {h.shape} differs from {first.shape} of the first slice")
-        if h.dtype != first.dtype:
-            raise DataError(f"{path}: dtype {h.dtype} differs from {first.dtype} of the first slice")
-    for path, h in zip(labels, headers[len(images):]):
-        if h.shape != first.shape:
-            raise DataError(f"{path}: label shape {h.shape} differs from the image shape {first.shape}")
-        if h.dtype != np.uint8:
-            raise DataError(f"{path}: label dtype {h.dtype}, expected uint8 with values 0 and 255")
+    for path, (h_shape, h_dtype) in zip(images, headers):
+        if h_shape != shape:
+            raise DataError(f"{path}: slice shape {h_shape} differs from {shape} of the first slice")
+        if h_dtype != dtype:
+            raise DataError(f"{path}: dtype {h_dtype} differs from {dtype} of the first slice")
+    for path, (h_shape, h_dtype) in zip(labels, headers[len(images):]):
+        if h_shape != shape:
+            raise DataError(f"{path}: label shape {h_shape} differs from the image shape {shape}")
+        if h_dtype != np.uint8:
+            raise DataError(f"{path}: label dtype {h_dtype}, expected uint8 with values 0 and 255")
 
 
 def _slice_files(folder: Path) -> dict[int, Path]:
     """Slice number -> path for the NNNN.tif files of a folder, in slice order."""
-    found = {}
-    for p in folder.iterdir():
-        m = _SLICE_NAME.match(p.name)
-        if m:
-            found[int(m.group(1))] = p
-    return dict(sorted(found.items()))
+    matches = ((_SLICE_NAME.match(p.name), p) for p in folder.iterdir())
+    return dict(sorted((int(m.group(1)), p) for m, p in matches if m))
 
 
 def _check_contiguous(folder: Path, files: dict[int, Path]) -> None:
@@ -327,14 +313,10 @@ def _train_rles(root: Path) -> pd.Series | None:
     return _RLE_CACHE[key]
 
 
-def read_table(path: Path | str, columns: Sequence[str], unique: str | None = "id",
-               allow_empty: bool = False) -> pd.DataFrame:
-    """A competition CSV (train_rles, sample_submission, solution, submission) as strings, checked first.
-
-    Refused with a DataError naming the file and the line: a missing, empty, binary or unparsable file, a header
-    without `columns`, no rows (unless `allow_empty`), an empty or repeated `unique` value (a repeated id would
-    shift every later slice). Line numbers count the header as line 1.
-    """
+def read_table(path: Path | str, columns: Sequence[str], allow_empty: bool = False) -> pd.DataFrame:
+    """A competition CSV (train_rles, sample_submission, solution, submission; `columns` include "id") as strings,
+    checked first: a DataError names the file and the line (the header is line 1); a repeated id would shift every
+    later slice."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}")
@@ -362,16 +344,14 @@ def read_table(path: Path | str, columns: Sequence[str], unique: str | None = "i
                         f"(missing {','.join(missing)})")
     if frame.empty and not allow_empty:
         raise DataError(f"{path}: no rows after the header")
-    if unique is not None:
-        values = frame[unique].str.strip()
-        empty = np.flatnonzero((values == "").to_numpy())
-        if empty.size:
-            raise DataError(f"{path}: line {empty[0] + 2} has an empty {unique}")
-        repeated = values[values.duplicated(keep=False)]
-        if len(repeated):
-            first = repeated.iloc[0]
-            lines = [str(i + 2) for i in np.flatnonzero((values == first).to_numpy())]
-            raise DataError(f"{path}: {unique} {first!r} appears {len(lines)} times (lines {', '.join(lines)}); "
-                            f"every slice needs exactly one row")
-        frame[unique] = values
+    ids = frame["id"].str.strip()
+    empty = np.flatnonzero((ids == "").to_numpy())
+    if empty.size:
+        raise DataError(f"{path}: line {empty[0] + 2} has an empty id")
+    repeated = ids[ids.duplicated(keep=False)]
+    if len(repeated):
+        lines = [str(i + 2) for i in np.flatnonzero((ids == repeated.iloc[0]).to_numpy())]
+        raise DataError(f"{path}: id {repeated.iloc[0]!r} appears {len(lines)} times (lines {', '.join(lines)}); "
+                        f"every slice needs exactly one row")
+    frame["id"] = ids
     return frame

@@ -1,9 +1,5 @@
-"""What every command line of the package shares: an expected failure is one line on stderr and exit code 2.
-
-Expected failures are bad input (a missing or malformed file, a wrong value) or the file system refusing (no
-permission, no space: OSError); their message names the file, row or id and the problem. Anything else is a bug
-and keeps its traceback.
-"""
+"""What every command line shares: an expected failure (bad input, or the file system refusing: OSError) is one
+line on stderr naming the file and the problem, and exit code 2; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import sys

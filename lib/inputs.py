@@ -1,19 +1,9 @@
-"""Kaggle inputs found by what they contain, not by where Kaggle mounts them.
+"""Kaggle inputs found by what they contain, not by where Kaggle mounts them (docs/kaggle.md).
 
-Kaggle has mounted inputs at several depths: the competition at `/kaggle/input/competitions/<slug>/` (2026) or
-`/kaggle/input/<slug>/` (legacy), datasets at `/kaggle/input/datasets/<owner>/<slug>/` (or `/kaggle/input/<slug>/`),
-Kaggle Models at `/kaggle/input/models/<owner>/<model>/<framework>/<variation>/<version>/`, and a notebook's output
-at `/kaggle/input/notebooks/<owner>/<slug>/`. One walk of the input folder, bounded in depth, following symlinked
-folders once each and never entering the competition's image folders, sorts what it meets into kinds:
-
-    competition  a folder holding sample_submission.csv and test/
-    wheels       a folder holding sennet-wheels.json (the offline wheels dataset)
-    pretrained   Task008_HepaticVessel.zip, a folder of that name, or a folder holding 3d_fullres/Task008_HepaticVessel
-    model        a folder holding plans.json and fold_0/checkpoint_final.pth (a trained model folder)
-    run          a training run of notebook 02 (a folder holding nnunet/results/ or rounds/): to resume from
-
-Several candidates of a kind: the competition folder named `blood-vessel-segmentation` first, then the shallowest,
-then by path; every other kind the shallowest first, then by path. `find_input` prints its choice.
+Kaggle has mounted the competition, datasets, Models and notebook outputs at several depths under `/kaggle/input`.
+One walk of it, bounded in depth, following symlinked folders once each and never entering the competition's image
+folders, sorts what it meets into the kinds of INPUT_KINDS. Several candidates of a kind: the competition folder
+named `blood-vessel-segmentation` first; then the shallowest, then by path.
 
 Only the standard library: the Kaggle setup cell embeds this file's source to find the wheels before the project
 is installed (so there is one implementation). `KAGGLE_INPUT_DIR` relocates `/kaggle/input` (tests).
@@ -80,7 +70,7 @@ def _entries(folder: Path) -> tuple[list[str], set[str]]:
     return sorted(dirs), files
 
 
-def scan_inputs(root: Path | str | None = None, max_depth: int = MAX_DEPTH) -> dict[str, list[Path]]:
+def scan_inputs(root: Path | str | None = None) -> dict[str, list[Path]]:
     """{kind: [paths]} of everything under `root` (default: the Kaggle input), each kind in the documented order."""
     root = Path(root) if root is not None else kaggle_input()
     found = {kind: [] for kind in INPUT_KINDS}
@@ -98,7 +88,7 @@ def scan_inputs(root: Path | str | None = None, max_depth: int = MAX_DEPTH) -> d
                 continue  # a round inside a run: the run is what resumes
             if path not in found[kind]:
                 found[kind].append(path)
-        if depth < max_depth and not any(kind in LEAVES for kind, _ in kinds):
+        if depth < MAX_DEPTH and not any(kind in LEAVES for kind, _ in kinds):
             stack += [(folder / d, depth + 1) for d in reversed(dirs) if d not in PRUNED and not d.startswith(".")]
     for kind, paths in found.items():
         paths.sort(key=lambda p: (kind == "competition" and p.name != COMPETITION_SLUG, len(p.parts), str(p)))

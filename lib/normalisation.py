@@ -1,16 +1,9 @@
 """Intensity normalisation: every kidney by its own statistics ("kidney"), or by the training set's ("dataset").
 
-The real kidneys' raw intensities barely overlap (../shared/competition.md: kidney_5, the public test, has mean 8422
-where the training kidneys have 20355-34853), so nnU-Net's CTNormalization with the training set's statistics
-(clip to its foreground 0.5/99.5 percentiles, z-score with its mean and sd: "dataset", the seed's recipe) clips
-kidney_5 to nearly one value. The winners normalised each volume by itself; "kidney" does the same, one rule for
-training, validation, pseudo-labels and test:
-
-    clip the kidney to its own 0.5 and 99.5 percentiles, z-score with the mean and sd of its clipped voxels,
-
-all exact from a histogram of its uint16 values gathered in one streaming pass (`kidney_statistics`). The scheme
-is recorded in the model folder's plans.json (`PLANS_KEY`); a "kidney" model folder has nnU-Net's NoNormalization
-scheme, so nnU-Net's own predictor expects input already normalised this way.
+The real kidneys' raw intensities barely overlap, so the training set's clip window (nnU-Net's CTNormalization, the
+seed's recipe) can clip a test kidney to one value (docs/normalisation.md). "kidney" clips each kidney to its own
+0.5/99.5 percentiles and z-scores it by its clipped voxels, exact from a histogram streamed once
+(`kidney_statistics`). The scheme is recorded in the model's plans.json (`PLANS_KEY`).
 """
 from __future__ import annotations
 
@@ -131,8 +124,7 @@ def kidney_statistics(volume: Volume, progress: bool = False) -> dict:
 def check_contrast(name: str, stats: dict, window: dict | None = None) -> None:
     """NoContrastError naming the kidney when its voxels are one value, or leave sd 0 once clipped to its own
     percentiles or to `window` (a "dataset" model's training percentiles)."""
-    own = stats["percentile_99_5"] <= stats["percentile_00_5"] or stats["std"] == 0
-    if own:
+    if stats["percentile_99_5"] <= stats["percentile_00_5"] or stats["std"] == 0:
         raise NoContrastError(f"{name}: no contrast: its voxels are {stats['percentile_00_5']:g} after the "
                               f"{PERCENTILES[0]}-{PERCENTILES[1]} percentile clip (min {stats['min']:g}, max "
                               f"{stats['max']:g}); refusing to predict it")

@@ -1,23 +1,21 @@
 """Each notebook's parameters in one place: name, default, kind (type and range) and help.
 
 Read by the notebooks (`check(notebook, globals())` right after the parameters cell: a bad value stops before any
-work), by the pipeline (`problem` for every config value and `-p` override), by the Kaggle bundle (`cell` with its
-own defaults) and by tests/test_parameters.py, which holds each notebook's `parameters` cell equal to `cell(notebook)`.
+work), by the pipeline (`problem` for every config value and `-p` override) and by the Kaggle bundle, whose
+`tools.kaggle.parameters_cell` generates each notebook's `parameters` cell from it (tests/test_parameters.py).
 """
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-__all__ = ["Parameter", "Expression", "SCHEMAS", "problem", "check", "cell", "suggestion"]
+__all__ = ["Parameter", "Expression", "SCHEMAS", "problem", "check", "suggestion"]
 
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-HEADER = "# Parameters (papermill overrides these)"
 
 
 @dataclass(frozen=True)
@@ -176,10 +174,10 @@ class Schema:
 
     notebook: str
     parameters: tuple[Parameter, ...]
-    by_name: dict[str, Parameter] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "by_name", {p.name: p for p in self.parameters})
+    @property
+    def by_name(self) -> dict[str, Parameter]:
+        return {p.name: p for p in self.parameters}
 
 
 SCHEMAS: dict[str, Schema] = {s.notebook: s for s in (
@@ -297,32 +295,3 @@ def check(notebook: str, namespace: Mapping[str, object]) -> None:
         bad.append(f"not set: {', '.join(missing)}")
     if bad:
         raise ValueError(f"notebook {notebook}'s parameters: " + "; ".join(bad))
-
-
-def literal(value: object) -> str:
-    """`value` as the parameters cell writes it: Python literals with double-quoted strings."""
-    if isinstance(value, Expression):
-        return value.code
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no literal for {value!r}")
-
-
-def cell(notebook: str, replace: Mapping[str, tuple[str, str]] | None = None,
-         header: str = HEADER) -> str:
-    """The parameters cell of `notebook`, generated from its schema; `replace` maps a name to (code, comment)."""
-    replace = replace or {}
-    unknown = sorted(set(replace) - set(SCHEMAS[notebook].by_name))
-    if unknown:
-        raise KeyError(f"notebook {notebook} has no parameter {unknown[0]!r}")
-    lines = [header]
-    for p in SCHEMAS[notebook].parameters:
-        code, comment = replace.get(p.name, (literal(p.default), p.help))
-        lines.append(f"{p.name} = {code}" + (f"  # {comment}" if comment else ""))
-    return "\n".join(lines)

@@ -1,24 +1,9 @@
-"""Training in rounds with refined sparse labels (pseudo-labels), as the 3rd-place team did.
+"""Training in rounds with refined sparse labels (pseudo-labels), as the 3rd-place team did (docs/training.md).
 
-kidney_2 and kidney_3_sparse label only part of their vessels (about 65% and 85%): the rest is 0, so the network
-is taught that those vessels are background. With `pseudo_label_rounds = R > 0`:
-
-round 0: fine-tune as usual (`lib.training.fine_tune.train`);
-round r = 1..R: predict each sparse training group with round r-1's model (the streaming predictor, bounded
-memory), refine its labels to `given OR probability >= t`, with t cut per group so that the given labels make up
-the group's `sparse_label_share` of the refined ones (`lib.postprocess.share_threshold`), write them beside the run
-one compressed mask per slice (never over the competition root; given vessel voxels are never removed), rebuild the
-nnU-Net dataset from them (round 0's fingerprint, so the same normalisation) and fine-tune again from round r-1's
-model.
-
-Layout under `output_dir`: `rounds/round_<r>/` holds round r's run (r < R: its model folder; its nnU-Net scratch
-data is deleted once the next round no longer needs it) and `rounds/round_<r>/labels/<group>/NNNN.tif` the labels
-round r trains on; the last round's model is where a plain run puts it (`fine_tune.default_model_dir(output_dir)`),
-so notebook 03 finds it as always. `refinement.json` records each round.
-
-The report of a run on the synthetic dataset also scores the refined labels against the whole vessel tree, which
-`tools.synthetic` writes outside the competition layout (`<root>/synthetic_truth/<group>/NNNN.tif`); it is read
-here as files, for the report only, never for training.
+Round 0 fine-tunes as usual; each round r = 1..R predicts the sparse training groups with round r-1's model, refines
+their labels to `given OR probability >= t` (t cut per group at its `sparse_label_share`) and fine-tunes again from
+that model. Round r lives in `rounds/round_<r>/` (its labels in `labels/<group>/NNNN.tif`); the last round's model
+is where a plain run puts it, and `refinement.json` records each round.
 """
 from __future__ import annotations
 
@@ -86,30 +71,24 @@ def truth_report(root: Path | str, group: data.Group, refined_dir: Path) -> dict
     truth_dir = Path(root) / TRUTH_FOLDER / group.name
     if not truth_dir.is_dir():
         return None
-    n = {"true": 0, "given_true": 0, "refined_true": 0, "added": 0, "added_true": 0}
+    counts = np.zeros(5, np.int64)  # true, given & true, refined & true, added, added & true
     for start, stop in chunks(group.shape[0]):
         numbers = group.slices[start:stop]
         truth = np.stack(list(nnunet_dataset.read_mask_slices(truth_dir, numbers))).astype(bool)
         refined = np.stack(list(nnunet_dataset.read_mask_slices(refined_dir, numbers))).astype(bool)
         given = group.read_labels(start, stop) > 0
         added = refined & ~given
-        n["true"] += int(truth.sum())
-        n["given_true"] += int((given & truth).sum())
-        n["refined_true"] += int((refined & truth).sum())
-        n["added"] += int(added.sum())
-        n["added_true"] += int((added & truth).sum())
-    return {"true_labelled_before": n["given_true"] / max(n["true"], 1),
-            "true_labelled_after": n["refined_true"] / max(n["true"], 1),
-            "added_that_is_true": n["added_true"] / n["added"] if n["added"] else float("nan")}
+        counts += [truth.sum(), (given & truth).sum(), (refined & truth).sum(), added.sum(), (added & truth).sum()]
+    true, given_true, refined_true, added, added_true = counts.tolist()
+    return {"true_labelled_before": given_true / max(true, 1), "true_labelled_after": refined_true / max(true, 1),
+            "added_that_is_true": added_true / added if added else float("nan")}
 
 
 def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings | None = None,
                              progress: bool = True) -> tuple[TrainResult, pd.DataFrame]:
-    """Train `1 + settings.pseudo_label_rounds` rounds (see the module docstring); returns the last round's
-    result and one row per refined group and round (empty for the seed recipe, which is one plain round).
-
-    Rerunning continues: finished rounds (their final checkpoint) and written labels are reused, never rewritten.
-    """
+    """Train `1 + settings.pseudo_label_rounds` rounds (see the module docstring): the last round's result and one
+    row per refined group and round (none for the seed recipe's one plain round). A rerun reuses finished rounds
+    (their final checkpoint) and written labels, never rewriting them."""
     settings = settings or TrainSettings()
     output_dir = Path(output_dir)
     rounds = settings.pseudo_label_rounds

@@ -18,12 +18,9 @@ from lib.metric import SubmissionError
 
 
 def expected_ids(root: Path | str, tests: Mapping[str, data.Group]) -> list[str]:
-    """The submission's ids, checked before a model is loaded: notebook 03 calls this first.
-
-    Refuses (SubmissionError naming the file) a run with no test slice, a missing sample_submission.csv,
-    a malformed one (header, empty, empty or repeated ids: `data.read_table`'s checks) and one whose ids are
-    not exactly the test groups' slices. Returns the ids in sample_submission.csv's order.
-    """
+    """The submission's ids in sample_submission.csv's order, checked before a model is loaded (notebook 03 calls
+    this first): a SubmissionError names the file when there is no test slice, or the sample is missing, malformed
+    (`data.read_table`'s checks) or lists other ids than the test groups' slices."""
     sample = Path(root) / "sample_submission.csv"
     slices = [g.slice_id(z) for g in tests.values() for z in range(g.shape[0])]
     if not slices:
@@ -31,21 +28,21 @@ def expected_ids(root: Path | str, tests: Mapping[str, data.Group]) -> list[str]
                                    "a submission needs at least one row")
     if not sample.is_file():
         raise SubmissionError(f"{sample}: missing; it lists the ids the submission must have")
+    return list(_sample_ids(sample, slices, f"the test slices ({', '.join(tests)})"))
+
+
+def _sample_ids(sample: Path | str, ids: Iterable[str], what: str) -> pd.Series:
+    """The ids of `sample`, checked to be exactly `ids` (`what`, for the message)."""
     try:
         expected = data.read_table(sample, ("id", "rle"))["id"]
     except data.DataError as e:
         raise SubmissionError(str(e)) from None
-    _check_same_ids(slices, expected, f"the test slices ({', '.join(tests)})", sample)
-    return list(expected)
-
-
-def _check_same_ids(ids: Iterable[str], expected: Iterable[str], what: str, sample: Path | str) -> None:
-    ids, expected = set(ids), set(expected)
-    missing, extra = sorted(expected - ids), sorted(ids - expected)
+    missing, extra = sorted(set(expected) - set(ids)), sorted(set(ids) - set(expected))
     if missing or extra:
         raise SubmissionError(
             f"{sample}: ids differ from {what}: {len(missing)} missing (e.g. {missing[:3]}), "
             f"{len(extra)} not expected (e.g. {extra[:3]})")
+    return expected
 
 
 def group_rows(group: data.Group, masks: np.ndarray) -> list[tuple[str, str]]:
@@ -57,11 +54,9 @@ def group_rows(group: data.Group, masks: np.ndarray) -> list[tuple[str, str]]:
 
 def write_submission(rows: Iterable[tuple[str, str]], path: Path | str,
                      sample_submission: Path | str | None = None) -> pd.DataFrame:
-    """Check and write `rows` as submission.csv; returns the frame written.
-
-    Checks: at least one row, every id once, every rle a non-empty string ("1 0" for an empty slice), and, when a
-    sample_submission is given (it must exist), exactly its ids (written in its order).
-    """
+    """Check and write `rows` as submission.csv; returns the frame written. Checks: at least one row, every id once,
+    every rle a non-empty string ("1 0" for an empty slice) and, given a sample_submission, exactly its ids (in its
+    order)."""
     path = Path(path)
     frame = pd.DataFrame(list(rows), columns=["id", "rle"])
     if frame.empty:
@@ -73,11 +68,7 @@ def write_submission(rows: Iterable[tuple[str, str]], path: Path | str,
     if len(bad):
         raise SubmissionError(f"{len(bad)} rows without an RLE string (NaN or empty), e.g. {bad['id'].iloc[0]!r}")
     if sample_submission is not None:
-        try:
-            expected = data.read_table(sample_submission, ("id", "rle"))["id"]
-        except data.DataError as e:
-            raise SubmissionError(str(e)) from None
-        _check_same_ids(frame["id"], expected, "the rows to write", sample_submission)
+        expected = _sample_ids(sample_submission, frame["id"], "the rows to write")
         frame = frame.set_index("id").loc[expected].reset_index()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

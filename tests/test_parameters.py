@@ -1,5 +1,6 @@
-"""One schema per notebook (lib/parameters.py): the notebooks' parameters cells are generated from it, the notebooks
-check their values with it before any work, and the pipeline and the Kaggle bundle read it."""
+"""One schema per notebook (lib/parameters.py): the notebooks' parameters cells are generated from it
+(tools.kaggle.parameters_cell), the notebooks check their values with it before any work, and the pipeline and the
+Kaggle bundle read it."""
 from __future__ import annotations
 
 import nbformat
@@ -10,7 +11,7 @@ from lib.parameters import Expression
 from tools import kaggle
 
 
-def parameters_cell(notebook: str) -> str:
+def notebook_cell(notebook: str) -> str:
     nb = nbformat.read(paths.PROJECT_ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     return cell.source
@@ -18,8 +19,8 @@ def parameters_cell(notebook: str) -> str:
 
 @pytest.mark.parametrize("notebook", sorted(parameters.SCHEMAS))
 def test_each_parameters_cell_is_generated_from_the_schema(notebook: str) -> None:
-    generated = parameters.cell(notebook)
-    assert parameters_cell(notebook) == generated, f"paste into notebooks/{notebook}.ipynb:\n{generated}"
+    generated = kaggle.parameters_cell(notebook)
+    assert notebook_cell(notebook) == generated, f"paste into notebooks/{notebook}.ipynb:\n{generated}"
 
 
 def defaults(notebook: str) -> dict[str, object]:
@@ -77,7 +78,7 @@ def test_the_schema_says_which_paths_must_exist_and_which_groups_are_named() -> 
 def test_the_kaggle_bundle_generates_its_cells_from_the_schema() -> None:
     source = kaggle.override_parameters("03_infer", kaggle.INFER_PARAMETERS)
     expected = [f"{name} = {code}  # Kaggle: {comment}" if name in kaggle.INFER_PARAMETERS else line
-                for line in parameters.cell("03_infer").splitlines()[1:]
+                for line in kaggle.parameters_cell("03_infer").splitlines()[1:]
                 for name in [line.split(" = ")[0]] for code, comment in [kaggle.INFER_PARAMETERS.get(name, ("", ""))]]
     assert source.splitlines() == [*kaggle.KAGGLE_HEADER.splitlines(), *expected]
     assert 'data_dir = str(find_input("competition", required=True))  # Kaggle: ' in source

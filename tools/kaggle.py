@@ -217,8 +217,9 @@ def setup_cell_source(wheels_slug: str = WHEELS_SLUG) -> str:
 
 
 
+HEADER = "# Parameters (papermill overrides these)"
 KAGGLE_HEADER = ("# Kaggle defaults (set by tools.kaggle): inputs under KAGGLE_INPUT, outputs under KAGGLE_WORKING\n"
-                 + parameters.HEADER)
+                 + HEADER)
 # name -> (new right-hand side, new comment); the names of the setup cell (find_input, KAGGLE_WORKING, ...) are in
 # scope. Inputs are found by content (lib.inputs), under any mount layout.
 COMPETITION_ROOT = 'str(find_input("competition", required=True))'
@@ -247,14 +248,43 @@ def config_parameters(notebook: str, paths_set_here: Mapping[str, object], confi
     from tools.pipeline import load_config
 
     settings = load_config(config).get("notebooks", {}).get(notebook, {})
-    return {k: (parameters.literal(v), f"from {config.name}") for k, v in settings.items() if k not in paths_set_here}
+    return {k: (literal(v), f"from {config.name}") for k, v in settings.items() if k not in paths_set_here}
+
+
+def literal(value: object) -> str:
+    """`value` as the parameters cell writes it: Python literals with double-quoted strings."""
+    if isinstance(value, parameters.Expression):
+        return value.code
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no literal for {value!r}")
+
+
+def parameters_cell(notebook: str, replace: Mapping[str, tuple[str, str]] | None = None, header: str = HEADER) -> str:
+    """The parameters cell of `notebook`, generated from its schema (lib.parameters); `replace` maps a name to
+    (code, comment). Each notebook's own cell is this one with no replacements (tests/test_parameters.py)."""
+    replace = replace or {}
+    unknown = sorted(set(replace) - set(parameters.SCHEMAS[notebook].by_name))
+    if unknown:
+        raise KeyError(f"notebook {notebook} has no parameter {unknown[0]!r}")
+    lines = [header]
+    for p in parameters.SCHEMAS[notebook].parameters:
+        code, comment = replace.get(p.name, (literal(p.default), p.help))
+        lines.append(f"{p.name} = {code}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines)
 
 
 def override_parameters(notebook: str, overrides: Mapping[str, tuple[str, str]]) -> str:
     """`notebook`'s parameters cell generated from its schema (lib.parameters), `overrides` as (code, comment)."""
     try:
         replace = {name: (code, f"Kaggle: {comment}") for name, (code, comment) in overrides.items()}
-        return parameters.cell(notebook, replace, header=KAGGLE_HEADER)
+        return parameters_cell(notebook, replace, header=KAGGLE_HEADER)
     except KeyError as e:
         raise BundleError(f"parameters cell: {e.args[0]}") from None
 
