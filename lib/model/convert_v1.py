@@ -535,87 +535,43 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_nam
 
 
 def _embed_kernel(weight: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
-    """Zero-pad a conv weight (out, in, *k) to the centred larger `kernel` (odd sizes)."""
+    """Zero-pad a conv weight (out, in, *k) to the centred larger `kernel` (sizes 1 and 3: even padding)."""
     pad: list[int] = []
     for have, want in reversed(list(zip(weight.shape[2:], kernel))):
-        extra = int(want) - int(have)
-        if extra < 0 or extra % 2:
-            raise TransferError(f"cannot embed a kernel of size {tuple(weight.shape[2:])} into {list(kernel)}")
-        pad += [extra // 2, extra // 2]
+        pad += [(int(want) - int(have)) // 2] * 2
     return F.pad(weight, pad) if any(pad) else weight
 
 
-def _with_aliases(canonical: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
-    """Add the aliases PlainConvUNet's state_dict also lists (same tensors, so the file stays one copy).
-
-    `...convs.{c}.conv.*` is also `...convs.{c}.all_modules.0.*`, `...norm.*` also `...all_modules.1.*`
-    (no dropout), and the encoder appears again under `decoder.encoder.*`.
-    """
-    def expand(items: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-        out, block, current = [], [], None
-        for key, value in items:
-            m = re.fullmatch(r"(.*\.convs\.\d+)\.(conv|norm)\.(weight|bias)", key)
-            prefix = m.group(1) if m else None
-            if prefix != current and block:
-                out += block + [(k.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1."), v)
-                                for k, v in block]
-                block = []
-            current = prefix
-            if m:
-                block.append((key, value))
-            else:
-                out.append((key, value))
-        if block:
-            out += block + [(k.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1."), v)
-                            for k, v in block]
-        return out
-
-    enc = expand([(k, v) for k, v in canonical.items() if k.startswith("encoder.")])
-    dec = expand([(k, v) for k, v in canonical.items() if k.startswith("decoder.")])
-    return OrderedDict(enc + [("decoder." + k, v) for k, v in enc] + dec)
-
-
 def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Architecture, *,
-                       keep_channels: Sequence[int] = KEEP_CHANNELS,
                        pad_kernels: bool = False) -> OrderedDict[str, torch.Tensor]:
-    """Map a v1 Generic_UNet state_dict onto PlainConvUNet keys, aliases included.
+    """Map a v1 Generic_UNet state_dict (checked against `arch` by `v1_architecture`) onto PlainConvUNet keys.
 
-    Context/bottleneck convs -> encoder stages, localization -> decoder stages, `tu` -> transpconvs
-    (bias zeros: v1 has none), `seg_outputs` -> seg_layers keeping v1 output channels `keep_channels`
-    (bias zeros). Every v1 key must be used exactly once.
+    Context/bottleneck convs -> encoder stages, localization -> decoder stages, `tu` -> transpconvs, `seg_outputs`
+    -> seg_layers keeping v1 output channels `KEEP_CHANNELS`; v1 has no bias there, so those biases are zeros.
+    PlainConvUNet's state_dict also lists each conv/norm as `all_modules.0/1` and the encoder again under
+    `decoder.encoder`: the same tensors, so the file holds one copy.
     """
     v2_kernels = v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels)
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in v1_state_dict.items()}
-    used: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        if key not in sd:
-            raise TransferError(f"v1 state_dict has no {key!r}; it does not match the architecture "
-                                f"{arch.summary()}")
-        used.add(key)
-        return sd[key].detach().to("cpu", torch.float32).contiguous()
-
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in v1_state_dict.items()}
+    encoder: OrderedDict[str, torch.Tensor] = OrderedDict()
+    decoder: OrderedDict[str, torch.Tensor] = OrderedDict()
     for v2, v1, level, _ in _v1_conv_keys(arch):
-        out[f"{v2}.conv.weight"] = _embed_kernel(take(f"{v1}.conv.weight"), v2_kernels[level]).contiguous()
-        out[f"{v2}.conv.bias"] = take(f"{v1}.conv.bias")
-        out[f"{v2}.norm.weight"] = take(f"{v1}.instnorm.weight")
-        out[f"{v2}.norm.bias"] = take(f"{v1}.instnorm.bias")
+        conv = (_embed_kernel(sd[f"{v1}.conv.weight"], v2_kernels[level]).contiguous(), sd[f"{v1}.conv.bias"])
+        norm = (sd[f"{v1}.instnorm.weight"], sd[f"{v1}.instnorm.bias"])
+        target = encoder if v2.startswith("encoder.") else decoder
+        for names in (("conv", "norm"), ("all_modules.0", "all_modules.1")):
+            for name, (weight, bias) in zip(names, (conv, norm)):
+                target[f"{v2}.{name}.weight"], target[f"{v2}.{name}.bias"] = weight, bias
+    out = OrderedDict(encoder)
+    out.update((f"decoder.{k}", v) for k, v in encoder.items())
+    out.update(decoder)
     for u in range(arch.num_pool):
-        w = take(f"tu.{u}.weight")
-        out[f"decoder.transpconvs.{u}.weight"] = w
-        out[f"decoder.transpconvs.{u}.bias"] = torch.zeros(w.shape[1])
+        w = sd[f"tu.{u}.weight"]
+        out[f"decoder.transpconvs.{u}.weight"], out[f"decoder.transpconvs.{u}.bias"] = w, torch.zeros(w.shape[1])
     for u in range(arch.num_pool):
-        w = take(f"seg_outputs.{u}.weight")
-        if max(keep_channels) >= w.shape[0]:
-            raise TransferError(f"keep_channels {list(keep_channels)}: the v1 network has {w.shape[0]} outputs")
-        out[f"decoder.seg_layers.{u}.weight"] = w[list(keep_channels)].contiguous()
-        out[f"decoder.seg_layers.{u}.bias"] = torch.zeros(len(keep_channels))
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise TransferError(f"v1 state_dict has keys this conversion does not know ({len(unused)}): "
-                            f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
-    return _with_aliases(out)
+        out[f"decoder.seg_layers.{u}.weight"] = sd[f"seg_outputs.{u}.weight"][list(KEEP_CHANNELS)].contiguous()
+        out[f"decoder.seg_layers.{u}.bias"] = torch.zeros(len(KEEP_CHANNELS))
+    return out
 
 
 def load_converted_weights(network: torch.nn.Module, path: str | Path,
@@ -653,7 +609,6 @@ def _check_against_network(weights: Mapping[str, torch.Tensor], plans: dict, arc
         raise TransferError(f"converted weights do not fit the v2 network built from the plans (missing {missing[:3]}, "
                             f"unexpected {extra[:3]}, wrong shape {wrong[:3]}); dynamic_network_architectures "
                             "may have changed its module layout")
-    net.load_state_dict(weights, strict=True)
     return len(own)
 
 
