@@ -34,7 +34,7 @@ import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -277,23 +277,6 @@ class V1Architecture:
     def num_pool(self) -> int:
         return len(self.pool_op_kernel_sizes)
 
-    def summary(self) -> dict:
-        """JSON-friendly description (for conversion.json)."""
-        return {"stages": self.num_pool + 1, "features_per_stage": self.features_per_stage,
-                "conv_kernel_sizes": self.conv_kernel_sizes, "pool_op_kernel_sizes": self.pool_op_kernel_sizes,
-                "conv_per_stage": self.conv_per_stage, "patch_size": self.patch_size, "spacing": self.spacing,
-                "batch_size": self.batch_size, "base_num_features": self.base_num_features,
-                "num_input_channels": self.num_input_channels, "num_outputs": self.num_outputs}
-
-
-def _v1_features(base: int, num_pool: int, max_features: int = V1_MAX_NUM_FEATURES_3D) -> list[int]:
-    """Features per stage exactly as Generic_UNet computes them (x2 per stage, rounded, capped)."""
-    feats, out = [], base
-    for _ in range(num_pool + 1):
-        feats.append(int(out))
-        out = min(int(np.round(out * 2)), max_features)
-    return feats
-
 
 def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.Tensor] | None = None,
                     where: str = "checkpoint") -> V1Architecture:
@@ -314,7 +297,8 @@ def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.T
         raise TransferError(f"{where}: conv kernel sizes {bad} in {kernels}: v1 pads only size-3 kernels "
                             "(padding 1 if k == 3 else 0), v2 pads (k - 1) // 2; only 1 and 3 convert exactly")
     base = int(plans["base_num_features"])
-    feats = _v1_features(base, len(pools))
+    # As Generic_UNet: doubled per stage, capped at 320 from the second stage on.
+    feats = [base] + [min(base * 2**d, V1_MAX_NUM_FEATURES_3D) for d in range(1, len(pools) + 1)]
     arch = V1Architecture(num_input_channels=int(plans.get("num_modalities", 1)),
                           num_outputs=int(plans["num_classes"]) + 1, features_per_stage=feats,
                           conv_kernel_sizes=kernels, pool_op_kernel_sizes=pools, conv_per_stage=cps,
@@ -331,31 +315,24 @@ def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.T
                                                    ("wrong shape", wrong)) if keys)
             raise TransferError(f"{where}: the state_dict is not the Generic_UNet its plans stage {stage} describe "
                                 f"(stages {len(pools) + 1}, features {feats}, kernels {kernels}); {detail}")
-        arch = V1Architecture(**{**arch.__dict__,
-                                 "num_input_channels": int(state_dict[_ctx(0, 0) + ".conv.weight"].shape[1]),
-                                 "num_outputs": int(state_dict["seg_outputs.0.weight"].shape[0])})
     return arch
 
 
-def _ctx(d: int, c: int) -> str:
-    return f"conv_blocks_context.{d}.blocks.{c}"
-
-
-def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, list[int]]]:
-    """(v2 canonical conv prefix, v1 prefix, level, v1 kernel) for every conv, in v2 order."""
-    P, c = arch.num_pool, arch.conv_per_stage
-    k = arch.conv_kernel_sizes
+def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, tuple[int, ...]]]:
+    """(v2 canonical conv prefix, v1 prefix, resolution level, v1 weight shape) for every conv, in v2 order."""
+    P, c, f, k = arch.num_pool, arch.conv_per_stage, arch.features_per_stage, arch.conv_kernel_sizes
     out = []
-    for d in range(P):
-        out += [(f"encoder.stages.{d}.0.convs.{j}", _ctx(d, j), d, k[d]) for j in range(c)]
-    out += [(f"encoder.stages.{P}.0.convs.{j}", f"conv_blocks_context.{P}.0.blocks.{j}", P, k[P]) for j in range(c - 1)]
-    out.append((f"encoder.stages.{P}.0.convs.{c - 1}", f"conv_blocks_context.{P}.1.blocks.0", P, k[P]))
+    for d in range(P + 1):
+        v1 = ([f"conv_blocks_context.{d}.blocks.{j}" for j in range(c)] if d < P else  # bottleneck: c - 1 convs + 1
+              [f"conv_blocks_context.{P}.0.blocks.{j}" for j in range(c - 1)] + [f"conv_blocks_context.{P}.1.blocks.0"])
+        cin = [arch.num_input_channels if d == 0 else f[d - 1]] + [f[d]] * (c - 1)
+        out += [(f"encoder.stages.{d}.0.convs.{j}", v1[j], d, (f[d], cin[j], *k[d])) for j in range(c)]
     for u in range(P):
-        level = P - 1 - u  # v1 uses conv_kernel_sizes[-(u + 1)] = kernel of level + 1 here
-        out += [(f"decoder.stages.{u}.convs.{j}", f"conv_blocks_localization.{u}.0.blocks.{j}", level, k[level + 1])
-                for j in range(c - 1)]
-        out.append((f"decoder.stages.{u}.convs.{c - 1}", f"conv_blocks_localization.{u}.1.blocks.0", level,
-                    k[level + 1]))
+        level = P - 1 - u  # v1 uses conv_kernel_sizes[-(u + 1)] = the kernel of level + 1 here
+        v1 = [f"conv_blocks_localization.{u}.0.blocks.{j}" for j in range(c - 1)]
+        v1.append(f"conv_blocks_localization.{u}.1.blocks.0")
+        cin = [2 * f[level]] + [f[level]] * (c - 1)  # upsampled + skip connection, then the stage's own
+        out += [(f"decoder.stages.{u}.convs.{j}", v1[j], level, (f[level], cin[j], *k[level + 1])) for j in range(c)]
     return out
 
 
@@ -363,20 +340,10 @@ def _v1_expected_shapes(arch: V1Architecture) -> dict[str, tuple[int, ...]]:
     """Every key of the v1 Generic_UNet state_dict with its shape (for validating a loaded checkpoint)."""
     f, P = arch.features_per_stage, arch.num_pool
     shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv(prefix: str, cin: int, cout: int, kernel: Sequence[int]) -> None:
-        shapes[f"{prefix}.conv.weight"] = (cout, cin, *kernel)
-        shapes[f"{prefix}.conv.bias"] = (cout,)
-        shapes[f"{prefix}.instnorm.weight"] = (cout,)
-        shapes[f"{prefix}.instnorm.bias"] = (cout,)
-
-    for v2, v1, level, kernel in _v1_conv_keys(arch):
-        j = int(v2.rsplit(".", 1)[1])
-        if v2.startswith("encoder"):
-            cin = (arch.num_input_channels if level == 0 else f[level - 1]) if j == 0 else f[level]
-        else:
-            cin = 2 * f[level] if j == 0 else f[level]
-        conv(v1, cin, f[level], kernel)
+    for _, v1, _, shape in _v1_conv_keys(arch):
+        shapes[f"{v1}.conv.weight"] = shape
+        for key in ("conv.bias", "instnorm.weight", "instnorm.bias"):
+            shapes[f"{v1}.{key}"] = shape[:1]
     for u in range(P):
         level = P - 1 - u
         shapes[f"tu.{u}.weight"] = (f[level + 1], f[level], *arch.pool_op_kernel_sizes[level])
@@ -646,7 +613,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
         "trainer_class": ckpt.trainer_class,
         "plans_stage": ckpt.stage,
         "epoch": ckpt.epoch,
-        "v1_architecture": arch.summary(),
+        "v1_architecture": {"stages": arch.num_pool + 1, **asdict(arch)},
         "v2_network": PLAIN_CONV_UNET,
         "v2_kernel_sizes": v2_kernels,
         "kernels_zero_padded": v2_kernels != arch.conv_kernel_sizes,
