@@ -1,25 +1,13 @@
 """Convert an nnU-Net v1 3d_fullres checkpoint (e.g. Task008_HepaticVessel) into nnU-Net v2 files.
 
-SOURCE is the downloaded zip or its extracted folder, with any member prefix: the checkpoint is found by
-searching for `**/3d_fullres/**/fold_<k>/model_final_checkpoint.model` (`3d_cascade_fullres`, `3d_lowres`
-and `2d` are not taken). The v1 plans come from `plans.pkl` beside the fold folder, else from the
-`plans` entry of `model_final_checkpoint.model.pkl`. OUT_DIR receives:
-
-- `plans.json`: nnU-Net v2 plans (the 2.8.1 ExperimentPlanner format) with one `3d_fullres` configuration
-  whose `PlainConvUNet` has exactly the v1 network's shapes (stages, features, kernels, strides), the v1
-  patch size, spacing, batch size, CT normalisation and foreground intensity statistics;
-- `pretrained_weights.pth`: `{"network_weights": state_dict}` covering every key of that v2 network
-  (the `all_modules.*` and `decoder.encoder.*` aliases included), built for 1 input channel and 2 outputs
-  (background, vessel = v1 output channels 0 and 1), so nnunetv2's `load_pretrained_weights` accepts it
-  and `load_converted_weights` also restores the segmentation heads;
-- `conversion.json`: where it came from and what was mapped.
-
-The v1 network and the v2 network built from `plans.json` give the same logits (tested against v1's own
-`Generic_UNet`). One v1 quirk has no PlainConvUNet equivalent: v1's decoder at resolution level L uses the
-conv kernel of level L+1 (`conv_kernel_sizes[-(u+1)]`), v2's the kernel of level L (`kernel_sizes[-(u+2)]`).
-With unequal kernels (e.g. a first [1, 3, 3]) conversion raises `TransferError`, unless `pad_kernels=True`:
-then each v2 level gets the larger of the two kernels and the smaller v1 kernels are zero-padded, which is
-exact at conversion time (the padded taps are zero) but gives the v2 network a few more trainable weights.
+The source is the downloaded zip or its extracted folder, any member prefix: the checkpoint is found as
+`**/3d_fullres/**/fold_<k>/model_final_checkpoint.model`, the v1 plans in `plans.pkl` beside the fold folder, else in
+the `plans` entry of `model_final_checkpoint.model.pkl`. `convert` writes `plans.json` (v2 plans whose one `3d_fullres`
+PlainConvUNet has the v1 network's shapes, with v1's patch, spacing, batch size and CT normalisation),
+`pretrained_weights.pth` (`{"network_weights": ...}` with every key of that network, aliases included, so nnunetv2's
+`load_pretrained_weights` accepts it; 2 outputs: v1's channels 0 and 1, background and vessel) and `conversion.json`
+(where it came from, what was mapped). Both networks give the same logits (tested against v1's own `Generic_UNet`).
+The command line is `python -m tools.convert_v1`.
 
 v1 checkpoints are pickles (`torch.load(weights_only=False)`): only convert files from a trusted source.
 """
@@ -30,11 +18,12 @@ import io
 import json
 import os
 import pickle
+import posixpath
 import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -42,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.model.network import build_network
+from lib.model.network import CONFIGURATION, build_network
 
 CONFIG_NAMES = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
 MODEL_NAME = "model_final_checkpoint.model"
@@ -69,7 +58,6 @@ class V1Location:
     is_zip: bool
     model: str
     fold: str
-    configuration: str
     task: str
     trainer: str
     plans: str  # where plans.pkl is (or would be): beside the fold folder
@@ -114,61 +102,47 @@ def _list_source(source: Path) -> tuple[bool, list[str], tuple[str, ...]]:
     return True, names, ()
 
 
-def _configuration_of(parts: Sequence[str]) -> str | None:
-    """The nearest enclosing v1 configuration folder name (`3d_fullres`, ...) of a path, if any."""
-    for part in reversed(parts):
-        if part in CONFIG_NAMES:
-            return part
-    return None
-
-
-def find_v1_checkpoint(source: str | Path, fold: int | str = 0, configuration: str = "3d_fullres") -> V1Location:
-    """Find `**/<configuration>/**/<fold>/model_final_checkpoint.model` in a zip or folder.
-
-    Raises `TransferError` listing what was found when the configuration or fold is absent.
-    """
+def find_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Location:
+    """Find `**/3d_fullres/**/<fold>/model_final_checkpoint.model` in a zip or folder; a `TransferError` lists
+    what was found when the configuration or fold is absent."""
     source = Path(source)
     fold_name = _fold_dir_name(fold)
     is_zip, names, context = _list_source(source)
-    models = []  # (member, configuration, fold folder)
+    models = []  # (member, nearest enclosing v1 configuration folder, fold folder)
     for name in names:
-        parts = PurePosixPath(name).parts
-        if parts[-1].endswith(".model"):
-            full = context + parts
-            models.append((name, _configuration_of(full[:-1]), full[-2] if len(full) > 1 else ""))
-    in_config = [m for m in models if m[1] == configuration]
+        full = context + PurePosixPath(name).parts  # absolute for folders: names above `source` count too
+        if name.endswith(".model"):
+            config = next((part for part in reversed(full[:-1]) if part in CONFIG_NAMES), None)
+            models.append((name, config, full[-2] if len(full) > 1 else ""))
+    in_config = [m for m in models if m[1] == CONFIGURATION]
     if not in_config:
         found = sorted({f"{c or '(no configuration folder)'}/{f}" for _, c, f in models})
         what = ", ".join(found) if found else "no v1 .model files at all"
         zips = [n for n in names if n.lower().endswith(".zip")] if not is_zip else []
         if zips and not found:
             what += f" (the folder holds {', '.join(zips[:3])}: pass the zip itself)"
-        raise TransferError(f"{source}: no {configuration} model in this "
+        raise TransferError(f"{source}: no {CONFIGURATION} model in this "
                             f"{'archive' if is_zip else 'folder'}; found: {what}")
     in_fold = [m for m in in_config if m[2] == fold_name]
     if not in_fold:
         folds = sorted({f for _, _, f in in_config})
-        raise TransferError(f"{source}: {configuration} has no {fold_name}; available folds: {', '.join(folds)}")
-    final = [m for m in in_fold if PurePosixPath(m[0]).name == MODEL_NAME]
+        raise TransferError(f"{source}: {CONFIGURATION} has no {fold_name}; available folds: {', '.join(folds)}")
+    final = [m[0] for m in in_fold if PurePosixPath(m[0]).name == MODEL_NAME]
     if not final:
-        raise TransferError(f"{source}: {configuration}/{fold_name} holds "
+        raise TransferError(f"{source}: {CONFIGURATION}/{fold_name} holds "
                             f"{', '.join(PurePosixPath(m[0]).name for m in in_fold)} but no {MODEL_NAME}")
     if len(final) > 1:
-        preferred = [m for m in final if PurePosixPath(m[0]).parent.parent.name.startswith("nnUNetTrainerV2__")]
-        if len(preferred) != 1:
-            raise TransferError(f"{source}: several {configuration} {fold_name} checkpoints, cannot choose: "
-                                + ", ".join(m[0] for m in final))
-        final = preferred
-    model = final[0][0]
-    full = context + PurePosixPath(model).parts  # absolute for folders: names above `source` count too
+        raise TransferError(f"{source}: several {CONFIGURATION} {fold_name} checkpoints, cannot choose: "
+                            + ", ".join(final))
+    model = final[0]
+    full = context + PurePosixPath(model).parts
     trainer_dir, task = full[-3] if len(full) > 2 else "", full[-4] if len(full) > 3 else ""
+    plans = posixpath.normpath(posixpath.join(model, "..", "..", "plans.pkl"))  # '../plans.pkl' from a fold folder
     if is_zip:
-        plans = str(PurePosixPath(model).parent.parent / "plans.pkl")
-        plans_ok, pkl_ok = plans in set(names), model + ".pkl" in set(names)
+        plans_ok, pkl_ok = plans in names, model + ".pkl" in names
     else:
-        plans = os.path.relpath(Path(source.resolve(), model).parent.parent / "plans.pkl", source.resolve())
         plans_ok, pkl_ok = (source / plans).is_file(), (source / (model + ".pkl")).is_file()
-    return V1Location(source=source, is_zip=is_zip, model=model, fold=fold_name, configuration=configuration,
+    return V1Location(source=source, is_zip=is_zip, model=model, fold=fold_name,
                       task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0],
                       plans=plans, has_plans=plans_ok, model_pkl=model + ".pkl" if pkl_ok else None)
 
@@ -185,11 +159,11 @@ class V1Checkpoint:
     plans: dict
     stage: int
     plans_source: str
-    epoch: int | None = None
-    init: tuple | None = None
-    trainer_class: str | None = None
-    sha256: str = ""
-    notes: list[str] = field(default_factory=list)
+    epoch: int | None
+    batch_dice: bool
+    trainer_class: str | None
+    sha256: str
+    notes: list[str]  # what could not be read but was not needed
 
 
 def _unpickle(loc: V1Location, member: str) -> Any:
@@ -199,13 +173,13 @@ def _unpickle(loc: V1Location, member: str) -> Any:
         raise TransferError(f"{loc.describe(member)}: cannot read this pickle ({type(exc).__name__}: {exc})") from exc
 
 
-def load_v1_checkpoint(source: str | Path | V1Location, fold: int | str = 0) -> V1Checkpoint:
-    """Load a v1 3d_fullres checkpoint and its plans from a zip/folder (or a `V1Location`).
+def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
+    """Load a v1 3d_fullres checkpoint and its plans from a zip or folder.
 
     Uses `torch.load(map_location="cpu", weights_only=False)`: v1 files hold numpy scalars, which
     torch >= 2.6's default `weights_only=True` refuses.
     """
-    loc = source if isinstance(source, V1Location) else find_v1_checkpoint(source, fold)
+    loc = find_v1_checkpoint(source, fold)
     desc = loc.describe()
     try:
         raw = loc.read(loc.model)
@@ -226,7 +200,7 @@ def load_v1_checkpoint(source: str | Path | V1Location, fold: int | str = 0) -> 
         state_dict[key[len("module."):] if key.startswith("module.") else key] = value
 
     notes: list[str] = []
-    info: Mapping | None = None
+    info: Any = {}
     info_error = ""
     if loc.model_pkl is not None:
         try:
@@ -234,24 +208,26 @@ def load_v1_checkpoint(source: str | Path | V1Location, fold: int | str = 0) -> 
         except TransferError as exc:
             info_error = f" ({exc})"
             notes.append(str(exc))
+    info = info if isinstance(info, Mapping) else {}
     if loc.has_plans:
         plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
-    elif isinstance(info, Mapping) and isinstance(info.get("plans"), Mapping):
+    elif isinstance(info.get("plans"), Mapping):
         plans, plans_source = info["plans"], f"{loc.describe(loc.model_pkl)}['plans']"
     else:
         raise TransferError(f"{desc}: no v1 plans: neither {loc.describe(loc.plans)} "
                             f"nor a 'plans' entry in {loc.describe(loc.model + '.pkl')}{info_error}")
     if not isinstance(plans, Mapping) or "plans_per_stage" not in plans:
         raise TransferError(f"{plans_source}: not v1 nnU-Net plans (no 'plans_per_stage')")
-    init = tuple(info["init"]) if isinstance(info, Mapping) and isinstance(info.get("init"), (tuple, list)) else None
+    # The trainer's constructor arguments: (plans_file, fold, output_folder, dataset_directory, batch_dice, stage, ...)
+    init = info["init"] if isinstance(info.get("init"), (tuple, list)) else ()
     stages = sorted(plans["plans_per_stage"])
     # v1 trains 3d_fullres on the last stage (stage 1 when a cascade exists); init[5] records it.
-    stage = init[5] if init is not None and len(init) > 5 and init[5] is not None else stages[-1]
+    stage = init[5] if len(init) > 5 and init[5] is not None else stages[-1]
     if stage not in plans["plans_per_stage"]:
         raise TransferError(f"{desc}: trained on plans stage {stage}, but {plans_source} has stages {stages}")
     return V1Checkpoint(location=loc, state_dict=state_dict, plans=dict(plans), stage=int(stage),
-                        plans_source=plans_source, epoch=ckpt.get("epoch"), init=init,
-                        trainer_class=info.get("class") if isinstance(info, Mapping) else None,
+                        plans_source=plans_source, epoch=ckpt.get("epoch"),
+                        batch_dice=bool(init[4]) if len(init) > 4 else True, trainer_class=info.get("class"),
                         sha256=hashlib.sha256(raw).hexdigest(), notes=notes)
 
 
@@ -594,9 +570,8 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
     ckpt = load_v1_checkpoint(source, fold)
     loc = ckpt.location
     arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe())
-    batch_dice = bool(ckpt.init[4]) if ckpt.init is not None and len(ckpt.init) > 4 else True
     plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, dataset_name=_dataset_name(loc.task),
-                             pad_kernels=pad_kernels, batch_dice=batch_dice)
+                             pad_kernels=pad_kernels, batch_dice=ckpt.batch_dice)
     weights = convert_state_dict(ckpt.state_dict, arch, pad_kernels=pad_kernels)
     n_keys = _check_against_network(weights, plans, arch, len(KEEP_CHANNELS))
 
@@ -606,7 +581,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
         "checkpoint": loc.model,
         "checkpoint_sha256": ckpt.sha256,
         "plans_from": ckpt.plans_source,
-        "configuration": loc.configuration,
+        "configuration": CONFIGURATION,
         "fold": loc.fold,
         "task": loc.task,
         "trainer": loc.trainer,
