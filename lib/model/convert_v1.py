@@ -38,6 +38,7 @@ MODEL_NAME = "model_final_checkpoint.model"
 OUTPUT_FILES = ("plans.json", "pretrained_weights.pth", "conversion.json")
 KEEP_CHANNELS = (0, 1)  # v1 Task008 outputs: 0 background, 1 vessel, 2 tumour
 V1_MAX_NUM_FEATURES_3D = 320  # Generic_UNet.MAX_NUM_FILTERS_3D, used by nnUNetTrainerV2
+PLANS_NAME = "nnUNetPlans"
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 V1_NORMALIZATION = {"CT": "CTNormalization", "nonCT": "ZScoreNormalization", "noNorm": "NoNormalization"}
 
@@ -331,8 +332,8 @@ def v2_kernel_sizes(v1_kernels: Sequence[Sequence[int]], pad_kernels: bool = Fal
     """PlainConvUNet `kernel_sizes` reproducing v1's network, or `TransferError` if none does.
 
     v1's decoder at level L uses v1_kernels[L + 1], PlainConvUNet's uses kernel_sizes[L] (the encoder's).
-    Equal kernels: identical. Otherwise, with `pad_kernels`, level L gets the per-axis maximum of both
-    (the smaller kernels are zero-padded by `convert_state_dict`).
+    Equal kernels: identical. Otherwise, with `pad_kernels`, level L gets the per-axis maximum of both (the
+    smaller kernels are zero-padded by `convert_state_dict`: exact, but a few more weights to fine-tune).
     """
     kernels = [[int(i) for i in k] for k in v1_kernels]
     if all(k == kernels[0] for k in kernels):
@@ -351,39 +352,31 @@ def v2_kernel_sizes(v1_kernels: Sequence[Sequence[int]], pad_kernels: bool = Fal
 # ---------------------------------------------------------------------------------------------- plans
 
 
-def _dataset_name(task: str) -> str:
-    m = re.fullmatch(r"Task(\d+)_(.+)", task or "")
-    return f"Dataset{int(m.group(1)):03d}_{m.group(2)}" if m else "Dataset999_V1Converted"
-
-
 def _median(values: Any, transpose: Sequence[int]) -> list[float] | None:
     try:
         arr = np.asarray([np.asarray(v, dtype=np.float64) for v in values])
-        if arr.ndim != 2 or arr.shape[1] != len(transpose) or len(arr) == 0:
+        if arr.ndim != 2 or arr.shape[1] != len(transpose):
             return None
         return np.median(arr, 0)[list(transpose)].tolist()
     except (TypeError, ValueError):
         return None
 
 
-def _v2_normalisation(v1_plans: Mapping, channels: list, where: str
-                      ) -> tuple[list[str], list[bool], dict[str, dict[str, float]]]:
+def _v2_normalisation(v1_plans: Mapping, where: str) -> tuple[list[str], list[bool], dict[str, dict[str, float]]]:
     """v2's normalization schemes, use_mask_for_norm and foreground intensity properties per channel from v1's."""
-    schemes = []
-    for ch in channels:
+    mask_for_norm = v1_plans.get("use_mask_for_norm") or {}
+    props = (v1_plans.get("dataset_properties") or {}).get("intensityproperties") or {}
+    schemes, use_mask, intensity = [], [], {}
+    for ch in sorted(v1_plans["normalization_schemes"]):
         scheme = v1_plans["normalization_schemes"][ch]
         if scheme not in V1_NORMALIZATION:
             raise TransferError(f"{where}: v1 normalization scheme {scheme!r} (channel {ch}) has no v2 equivalent; "
                                 f"known: {sorted(V1_NORMALIZATION)}")
         schemes.append(V1_NORMALIZATION[scheme])
-    mask_for_norm = v1_plans.get("use_mask_for_norm") or {}
-    use_mask = [bool(mask_for_norm.get(ch, False)) for ch in channels]
-    props = (v1_plans.get("dataset_properties") or {}).get("intensityproperties") or {}
-    intensity: dict[str, dict[str, float]] = {}
-    for ch in channels:
+        use_mask.append(bool(mask_for_norm.get(ch, False)))
         p = props.get(ch)
         if p is None:
-            if schemes[channels.index(ch)] == "CTNormalization":
+            if scheme == "CT":
                 raise TransferError(f"{where}: CT normalization needs dataset_properties['intensityproperties']"
                                     f"[{ch}], which these plans lack")
             continue
@@ -394,7 +387,7 @@ def _v2_normalisation(v1_plans: Mapping, channels: list, where: str
     return schemes, use_mask, intensity
 
 
-def _v2_architecture(arch, pad_kernels: bool) -> dict:
+def _v2_architecture(arch: V1Architecture, pad_kernels: bool) -> dict:
     """v2's PlainConvUNet description of the v1 Generic_UNet `arch`."""
     n = arch.num_pool + 1
     return {
@@ -419,12 +412,12 @@ def _v2_architecture(arch, pad_kernels: bool) -> dict:
     }
 
 
-def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_name: str | None = None,
-                     plans_name: str = "nnUNetPlans", pad_kernels: bool = False, batch_dice: bool = True,
-                     image_reader_writer: str = "SimpleITKIO") -> dict:
+def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, task: str = "", pad_kernels: bool = False,
+                     batch_dice: bool = True) -> dict:
     """nnU-Net v2 plans (2.8.1 planner format) with one `3d_fullres` configuration equal to the v1 stage.
 
-    `stage` defaults to the last plans stage (v1's 3d_fullres). The architecture mirrors v1 (see
+    `stage` defaults to the last plans stage (v1's 3d_fullres); the v1 `task` (`Task008_HepaticVessel`) names the
+    dataset (`Dataset008_HepaticVessel`; else `Dataset999_V1Converted`). The architecture mirrors v1 (see
     `v2_kernel_sizes` for unequal kernels); normalisation maps v1 'CT' -> 'CTNormalization' with v1's
     foreground intensity statistics (`sd`/`mn`/`mx` renamed `std`/`min`/`max`).
     """
@@ -435,14 +428,13 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_nam
     sp = v1_plans["plans_per_stage"][stage]
     tf = [int(i) for i in (v1_plans.get("transpose_forward") or [0, 1, 2])]
     tb = [int(i) for i in (v1_plans.get("transpose_backward") or [0, 1, 2])]
-
-    channels = sorted(v1_plans["normalization_schemes"])
-    schemes, use_mask, intensity = _v2_normalisation(v1_plans, channels, where)
+    schemes, use_mask, intensity = _v2_normalisation(v1_plans, where)
+    task_match = re.fullmatch(r"Task(\d+)_(.+)", task)
 
     spacing = _median(v1_plans.get("original_spacings", []), tf) or arch.spacing
     shape = _median(v1_plans.get("original_sizes", []), tf) or np.asarray(sp["median_patient_size_in_voxels"]).tolist()
     configuration = {
-        "data_identifier": f"{plans_name}_3d_fullres",
+        "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}",
         "preprocessor_name": "DefaultPreprocessor",
         "batch_size": arch.batch_size,
         "patch_size": arch.patch_size,
@@ -460,14 +452,14 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_nam
         "batch_dice": bool(batch_dice),
     }
     return {
-        "dataset_name": dataset_name or "Dataset999_V1Converted",
-        "plans_name": plans_name,
+        "dataset_name": f"Dataset{int(task_match[1]):03d}_{task_match[2]}" if task_match else "Dataset999_V1Converted",
+        "plans_name": PLANS_NAME,
         "original_median_spacing_after_transp": [float(i) for i in spacing],
         "original_median_shape_after_transp": [int(round(float(i))) for i in shape],
-        "image_reader_writer": image_reader_writer,
+        "image_reader_writer": "SimpleITKIO",
         "transpose_forward": tf,
         "transpose_backward": tb,
-        "configurations": {"3d_fullres": configuration},
+        "configurations": {CONFIGURATION: configuration},
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": intensity,
@@ -570,12 +562,11 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
     ckpt = load_v1_checkpoint(source, fold)
     loc = ckpt.location
     arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe())
-    plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, dataset_name=_dataset_name(loc.task),
-                             pad_kernels=pad_kernels, batch_dice=ckpt.batch_dice)
+    plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, task=loc.task, pad_kernels=pad_kernels, batch_dice=ckpt.batch_dice)
     weights = convert_state_dict(ckpt.state_dict, arch, pad_kernels=pad_kernels)
     n_keys = _check_against_network(weights, plans, arch, len(KEEP_CHANNELS))
 
-    v2_kernels = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["kernel_sizes"]
+    v2_kernels = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["kernel_sizes"]
     report = {
         "source": str(Path(source).resolve()),
         "checkpoint": loc.model,
