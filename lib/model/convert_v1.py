@@ -62,20 +62,19 @@ class V1Location:
     task: str
     trainer: str
     plans: str  # where plans.pkl is (or would be): beside the fold folder
-    has_plans: bool
-    model_pkl: str | None
 
     def describe(self, member: str | None = None) -> str:
         """A human-readable path: `archive.zip!member` or the file path."""
         member = self.model if member is None else member
         return f"{self.source}!{member}" if self.is_zip else os.path.normpath(self.source / member)
 
-    def read(self, member: str) -> bytes:
-        """The bytes of one member/file."""
+    def read(self, member: str) -> bytes | None:
+        """The bytes of one member/file; None when there is none."""
         if self.is_zip:
             with zipfile.ZipFile(self.source) as zf:
-                return zf.read(member)
-        return (self.source / member).read_bytes()
+                return zf.read(member) if member in zf.NameToInfo else None
+        path = self.source / member
+        return path.read_bytes() if path.is_file() else None
 
 
 def _fold_dir_name(fold: int | str) -> str:
@@ -138,14 +137,9 @@ def find_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Location:
     model = final[0]
     full = context + PurePosixPath(model).parts
     trainer_dir, task = full[-3] if len(full) > 2 else "", full[-4] if len(full) > 3 else ""
-    plans = posixpath.normpath(posixpath.join(model, "..", "..", "plans.pkl"))  # '../plans.pkl' from a fold folder
-    if is_zip:
-        plans_ok, pkl_ok = plans in names, model + ".pkl" in names
-    else:
-        plans_ok, pkl_ok = (source / plans).is_file(), (source / (model + ".pkl")).is_file()
     return V1Location(source=source, is_zip=is_zip, model=model, fold=fold_name,
                       task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0],
-                      plans=plans, has_plans=plans_ok, model_pkl=model + ".pkl" if pkl_ok else None)
+                      plans=posixpath.normpath(posixpath.join(model, "..", "..", "plans.pkl")))  # may be ../plans.pkl
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -168,8 +162,10 @@ class V1Checkpoint:
 
 
 def _unpickle(loc: V1Location, member: str) -> Any:
+    """The object pickled in `member`; None when there is no such file."""
     try:
-        return pickle.loads(loc.read(member))
+        raw = loc.read(member)
+        return None if raw is None else pickle.loads(raw)
     except Exception as exc:  # any unpickling/IO failure is a broken file
         raise TransferError(f"{loc.describe(member)}: cannot read this pickle ({type(exc).__name__}: {exc})") from exc
 
@@ -198,25 +194,22 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
     for key, value in ckpt["state_dict"].items():
         if not isinstance(value, torch.Tensor):
             raise TransferError(f"{desc}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        state_dict[key[len("module."):] if key.startswith("module.") else key] = value
+        state_dict[key.removeprefix("module.")] = value
 
     notes: list[str] = []
-    info: Any = {}
-    info_error = ""
-    if loc.model_pkl is not None:
-        try:
-            info = _unpickle(loc, loc.model_pkl)
-        except TransferError as exc:
-            info_error = f" ({exc})"
-            notes.append(str(exc))
+    info, info_error, model_pkl = None, "", loc.model + ".pkl"
+    try:
+        info = _unpickle(loc, model_pkl)
+    except TransferError as exc:
+        info_error = f" ({exc})"
+        notes.append(str(exc))
     info = info if isinstance(info, Mapping) else {}
-    if loc.has_plans:
-        plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
-    elif isinstance(info.get("plans"), Mapping):
-        plans, plans_source = info["plans"], f"{loc.describe(loc.model_pkl)}['plans']"
-    else:
-        raise TransferError(f"{desc}: no v1 plans: neither {loc.describe(loc.plans)} "
-                            f"nor a 'plans' entry in {loc.describe(loc.model + '.pkl')}{info_error}")
+    plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
+    if plans is None:
+        if not isinstance(info.get("plans"), Mapping):
+            raise TransferError(f"{desc}: no v1 plans: neither {loc.describe(loc.plans)} "
+                                f"nor a 'plans' entry in {loc.describe(model_pkl)}{info_error}")
+        plans, plans_source = info["plans"], f"{loc.describe(model_pkl)}['plans']"
     if not isinstance(plans, Mapping) or "plans_per_stage" not in plans:
         raise TransferError(f"{plans_source}: not v1 nnU-Net plans (no 'plans_per_stage')")
     # The trainer's constructor arguments: (plans_file, fold, output_folder, dataset_directory, batch_dice, stage, ...)
@@ -532,10 +525,9 @@ def load_converted_weights(network: torch.nn.Module, path: str | Path,
 # ------------------------------------------------------------------------------------------ convert
 
 
-def _check_against_network(weights: Mapping[str, torch.Tensor], plans: dict, arch: V1Architecture,
-                           n_out: int) -> int:
-    """Build the v2 network from `plans` and require exactly its keys and shapes; returns the key count."""
-    net = build_network(plans, num_input_channels=arch.num_input_channels, num_outputs=n_out, allow_init=False)
+def _check_against_network(weights: Mapping[str, torch.Tensor], plans: dict, num_input_channels: int) -> None:
+    """Build the v2 network from `plans` and require exactly its keys and shapes."""
+    net = build_network(plans, num_input_channels=num_input_channels, num_outputs=len(KEEP_CHANNELS), allow_init=False)
     own = net.state_dict()
     missing = sorted(set(own) - set(weights))
     extra = sorted(set(weights) - set(own))
@@ -544,7 +536,6 @@ def _check_against_network(weights: Mapping[str, torch.Tensor], plans: dict, arc
         raise TransferError(f"converted weights do not fit the v2 network built from the plans (missing {missing[:3]}, "
                             f"unexpected {extra[:3]}, wrong shape {wrong[:3]}); dynamic_network_architectures "
                             "may have changed its module layout")
-    return len(own)
 
 
 def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force: bool = False, *,
@@ -564,7 +555,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
     arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe())
     plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, task=loc.task, pad_kernels=pad_kernels, batch_dice=ckpt.batch_dice)
     weights = convert_state_dict(ckpt.state_dict, arch, pad_kernels=pad_kernels)
-    n_keys = _check_against_network(weights, plans, arch, len(KEEP_CHANNELS))
+    _check_against_network(weights, plans, arch.num_input_channels)
 
     v2_kernels = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["kernel_sizes"]
     report = {
@@ -587,7 +578,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
         "keys": {"v1_state_dict": len(ckpt.state_dict),
                  "v2_canonical": sum(1 for k in weights if ".all_modules." not in k
                                      and not k.startswith("decoder.encoder.")),
-                 "v2_with_aliases": n_keys},
+                 "v2_with_aliases": len(weights)},
         "notes": ckpt.notes,
         "versions": {"torch": torch.__version__, "nnunetv2": _version("nnunetv2"),
                      "dynamic_network_architectures": _version("dynamic-network-architectures")},
