@@ -274,18 +274,20 @@ def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.T
                           conv_kernel_sizes=kernels, pool_op_kernel_sizes=pools, conv_per_stage=cps,
                           patch_size=patch, spacing=[float(s) for s in np.asarray(sp["current_spacing"]).tolist()],
                           batch_size=int(sp["batch_size"]), base_num_features=base)
-    if state_dict is not None:
-        expected = _v1_expected_shapes(arch)
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != expected[k])
-        if missing or unexpected or wrong:
-            detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                               for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                   ("wrong shape", wrong)) if keys)
-            raise TransferError(f"{where}: the state_dict is not the Generic_UNet its plans stage {stage} describe "
-                                f"(stages {len(pools) + 1}, features {feats}, kernels {kernels}); {detail}")
+    detail = _mismatch(_v1_expected_shapes(arch), state_dict) if state_dict is not None else ""
+    if detail:
+        raise TransferError(f"{where}: the state_dict is not the Generic_UNet its plans stage {stage} describe "
+                            f"(stages {len(pools) + 1}, features {feats}, kernels {kernels}); {detail}")
     return arch
+
+
+def _mismatch(expected: Mapping[str, Sequence[int]], tensors: Mapping[str, torch.Tensor]) -> str:
+    """Which keys of `tensors` are missing, unexpected or of the wrong shape against `expected`; '' if none."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k]))
+    return "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
 
 
 def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, tuple[int, ...]]]:
@@ -525,19 +527,6 @@ def load_converted_weights(network: torch.nn.Module, path: str | Path,
 # ------------------------------------------------------------------------------------------ convert
 
 
-def _check_against_network(weights: Mapping[str, torch.Tensor], plans: dict, num_input_channels: int) -> None:
-    """Build the v2 network from `plans` and require exactly its keys and shapes."""
-    net = build_network(plans, num_input_channels=num_input_channels, num_outputs=len(KEEP_CHANNELS), allow_init=False)
-    own = net.state_dict()
-    missing = sorted(set(own) - set(weights))
-    extra = sorted(set(weights) - set(own))
-    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-    if missing or extra or wrong:
-        raise TransferError(f"converted weights do not fit the v2 network built from the plans (missing {missing[:3]}, "
-                            f"unexpected {extra[:3]}, wrong shape {wrong[:3]}); dynamic_network_architectures "
-                            "may have changed its module layout")
-
-
 def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force: bool = False, *,
             pad_kernels: bool = False) -> Path:
     """Convert the v1 3d_fullres checkpoint of `fold` in `source` into OUT_DIR/{plans.json,
@@ -555,7 +544,12 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
     arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe())
     plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, task=loc.task, pad_kernels=pad_kernels, batch_dice=ckpt.batch_dice)
     weights = convert_state_dict(ckpt.state_dict, arch, pad_kernels=pad_kernels)
-    _check_against_network(weights, plans, arch.num_input_channels)
+    net = build_network(plans, num_input_channels=arch.num_input_channels, num_outputs=len(KEEP_CHANNELS),
+                        allow_init=False)
+    detail = _mismatch({k: v.shape for k, v in net.state_dict().items()}, weights)
+    if detail:
+        raise TransferError(f"converted weights do not fit the v2 network built from the plans ({detail}); "
+                            "dynamic_network_architectures may have changed its module layout")
 
     v2_kernels = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["kernel_sizes"]
     report = {
