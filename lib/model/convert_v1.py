@@ -234,14 +234,13 @@ class V1Architecture:
 
     num_input_channels: int
     num_outputs: int
-    features_per_stage: list[int]
+    features_per_stage: list[int]  # [0] is the plans' base_num_features
     conv_kernel_sizes: list[list[int]]
     pool_op_kernel_sizes: list[list[int]]
     conv_per_stage: int
     patch_size: list[int]
     spacing: list[float]
     batch_size: int
-    base_num_features: int
 
     @property
     def num_pool(self) -> int:
@@ -273,7 +272,7 @@ def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.T
                           num_outputs=int(plans["num_classes"]) + 1, features_per_stage=feats,
                           conv_kernel_sizes=kernels, pool_op_kernel_sizes=pools, conv_per_stage=cps,
                           patch_size=patch, spacing=[float(s) for s in np.asarray(sp["current_spacing"]).tolist()],
-                          batch_size=int(sp["batch_size"]), base_num_features=base)
+                          batch_size=int(sp["batch_size"]))
     detail = _mismatch(_v1_expected_shapes(arch), state_dict) if state_dict is not None else ""
     if detail:
         raise TransferError(f"{where}: the state_dict is not the Generic_UNet its plans stage {stage} describe "
@@ -476,10 +475,8 @@ def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Archit
                        pad_kernels: bool = False) -> OrderedDict[str, torch.Tensor]:
     """Map a v1 Generic_UNet state_dict (checked against `arch` by `v1_architecture`) onto PlainConvUNet keys.
 
-    Context/bottleneck convs -> encoder stages, localization -> decoder stages, `tu` -> transpconvs, `seg_outputs`
-    -> seg_layers keeping v1 output channels `KEEP_CHANNELS`; v1 has no bias there, so those biases are zeros.
-    PlainConvUNet's state_dict also lists each conv/norm as `all_modules.0/1` and the encoder again under
-    `decoder.encoder`: the same tensors, so the file holds one copy.
+    v1's `tu` and `seg_outputs` have no bias: v2's are zeros; seg_layers keep v1 output channels `KEEP_CHANNELS`.
+    The aliases PlainConvUNet also lists (`all_modules.0/1`, `decoder.encoder`) are the same tensors: one copy on disk.
     """
     v2_kernels = v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels)
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in v1_state_dict.items()}
@@ -513,14 +510,12 @@ def load_converted_weights(network: torch.nn.Module, path: str | Path,
     load_pretrained_weights(network, str(path))
     if include_seg_layers:
         weights = torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
-        own = network.state_dict()
         seg = {k: v for k, v in weights.items() if ".seg_layers." in k}
-        bad = [k for k in own if ".seg_layers." in k and (k not in seg or seg[k].shape != own[k].shape)]
-        if bad:
-            raise TransferError(f"{path}: segmentation heads do not fit this network ({', '.join(bad[:3])}); "
+        detail = _mismatch({k: v.shape for k, v in network.state_dict().items() if ".seg_layers." in k}, seg)
+        if detail:
+            raise TransferError(f"{path}: segmentation heads do not fit this network ({detail}); "
                                 "build it with num_outputs=2 or pass include_seg_layers=False")
-        own.update(seg)
-        network.load_state_dict(own)
+        network.load_state_dict(seg, strict=False)
     return network
 
 
