@@ -63,9 +63,8 @@ class V1Location:
     trainer: str
     plans: str  # where plans.pkl is (or would be): beside the fold folder
 
-    def describe(self, member: str | None = None) -> str:
+    def describe(self, member: str) -> str:
         """A human-readable path: `archive.zip!member` or the file path."""
-        member = self.model if member is None else member
         return f"{self.source}!{member}" if self.is_zip else os.path.normpath(self.source / member)
 
     def read(self, member: str) -> bytes | None:
@@ -177,7 +176,7 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
     torch >= 2.6's default `weights_only=True` refuses.
     """
     loc = find_v1_checkpoint(source, fold)
-    desc = loc.describe()
+    desc = loc.describe(loc.model)
     try:
         raw = loc.read(loc.model)
     except Exception as exc:
@@ -207,7 +206,7 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
     plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
     if plans is None:
         if not isinstance(info.get("plans"), Mapping):
-            raise TransferError(f"{desc}: no v1 plans: neither {loc.describe(loc.plans)} "
+            raise TransferError(f"{desc}: no v1 plans: neither {plans_source} "
                                 f"nor a 'plans' entry in {loc.describe(model_pkl)}{info_error}")
         plans, plans_source = info["plans"], f"{loc.describe(model_pkl)}['plans']"
     if not isinstance(plans, Mapping) or "plans_per_stage" not in plans:
@@ -410,13 +409,11 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, task: str =
                      batch_dice: bool = True) -> dict:
     """nnU-Net v2 plans (2.8.1 planner format) with one `3d_fullres` configuration equal to the v1 stage.
 
-    `stage` defaults to the last plans stage (v1's 3d_fullres); the v1 `task` (`Task008_HepaticVessel`) names the
-    dataset (`Dataset008_HepaticVessel`; else `Dataset999_V1Converted`). The architecture mirrors v1 (see
-    `v2_kernel_sizes` for unequal kernels); normalisation maps v1 'CT' -> 'CTNormalization' with v1's
-    foreground intensity statistics (`sd`/`mn`/`mx` renamed `std`/`min`/`max`).
+    `stage` defaults to the last plans stage (v1's 3d_fullres); the v1 `task` names the dataset (Task008_X ->
+    Dataset008_X, else Dataset999_V1Converted). Normalisation maps v1 'CT' -> 'CTNormalization' with v1's foreground
+    intensity statistics (`sd`/`mn`/`mx` renamed `std`/`min`/`max`); unequal kernels: see `v2_kernel_sizes`.
     """
-    stages = sorted(v1_plans["plans_per_stage"])
-    stage = stages[-1] if stage is None else stage
+    stage = max(v1_plans["plans_per_stage"]) if stage is None else stage
     where = f"v1 plans stage {stage}"
     arch = v1_architecture(v1_plans, stage, where=where)
     sp = v1_plans["plans_per_stage"][stage]
@@ -536,7 +533,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
 
     ckpt = load_v1_checkpoint(source, fold)
     loc = ckpt.location
-    arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe())
+    arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe(loc.model))
     plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, task=loc.task, pad_kernels=pad_kernels, batch_dice=ckpt.batch_dice)
     weights = convert_state_dict(ckpt.state_dict, arch, pad_kernels=pad_kernels)
     net = build_network(plans, num_input_channels=arch.num_input_channels, num_outputs=len(KEEP_CHANNELS),
