@@ -90,7 +90,8 @@ def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = 
     (dataset sizes, intensity statistics) are plausible for contrast-enhanced liver CT, not the real ones.
     """
     spacing, batch_size = (1.5, 0.8, 0.8), 2
-    pools, kernels = TASK008_POOLS, conv_kernel_sizes or TASK008_KERNELS  # stage_plan copies them
+    pools = TASK008_POOLS  # stage_plan copies pools and kernels
+    kernels = conv_kernel_sizes or TASK008_KERNELS
     median_shape = np.array([150, 512, 512])
     spacings, sizes, cases = _task008_cases(spacing, median_shape, 303)
     low_shape = np.round(median_shape / 1.9).astype(int)

@@ -195,19 +195,19 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
             raise TransferError(f"{desc}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
         state_dict[key.removeprefix("module.")] = value
 
+    model_pkl = loc.model + ".pkl"
+    info: Any = None
     notes: list[str] = []
-    info, info_error, model_pkl = None, "", loc.model + ".pkl"
     try:
         info = _unpickle(loc, model_pkl)
-    except TransferError as exc:
-        info_error = f" ({exc})"
+    except TransferError as exc:  # only needed without plans.pkl
         notes.append(str(exc))
     info = info if isinstance(info, Mapping) else {}
     plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
     if plans is None:
         if not isinstance(info.get("plans"), Mapping):
-            raise TransferError(f"{desc}: no v1 plans: neither {plans_source} "
-                                f"nor a 'plans' entry in {loc.describe(model_pkl)}{info_error}")
+            raise TransferError(f"{desc}: no v1 plans: neither {plans_source} nor a 'plans' entry in "
+                                f"{loc.describe(model_pkl)}{f' ({notes[0]})' if notes else ''}")
         plans, plans_source = info["plans"], f"{loc.describe(model_pkl)}['plans']"
     if not isinstance(plans, Mapping) or "plans_per_stage" not in plans:
         raise TransferError(f"{plans_source}: not v1 nnU-Net plans (no 'plans_per_stage')")
@@ -346,13 +346,9 @@ def v2_kernel_sizes(v1_kernels: Sequence[Sequence[int]], pad_kernels: bool = Fal
 
 
 def _median(values: Any, transpose: Sequence[int]) -> list[float] | None:
-    try:
-        arr = np.asarray([np.asarray(v, dtype=np.float64) for v in values])
-        if arr.ndim != 2 or arr.shape[1] != len(transpose):
-            return None
-        return np.median(arr, 0)[list(transpose)].tolist()
-    except (TypeError, ValueError):
-        return None
+    """The per-axis median of v1's per-case spacings or sizes (3-vectors), transposed; None without any."""
+    arr = np.asarray(values, dtype=np.float64)
+    return np.median(arr, 0)[list(transpose)].tolist() if arr.ndim == 2 and len(arr) else None
 
 
 def _v2_normalisation(v1_plans: Mapping, where: str) -> tuple[list[str], list[bool], dict[str, dict[str, float]]]:
@@ -485,13 +481,14 @@ def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Archit
         target = encoder if v2.startswith("encoder.") else decoder
         for names in (("conv", "norm"), ("all_modules.0", "all_modules.1")):
             for name, (weight, bias) in zip(names, (conv, norm)):
-                target[f"{v2}.{name}.weight"], target[f"{v2}.{name}.bias"] = weight, bias
+                target[f"{v2}.{name}.weight"] = weight
+                target[f"{v2}.{name}.bias"] = bias
     out = OrderedDict(encoder)
     out.update((f"decoder.{k}", v) for k, v in encoder.items())
     out.update(decoder)
     for u in range(arch.num_pool):
-        w = sd[f"tu.{u}.weight"]
-        out[f"decoder.transpconvs.{u}.weight"], out[f"decoder.transpconvs.{u}.bias"] = w, torch.zeros(w.shape[1])
+        out[f"decoder.transpconvs.{u}.weight"] = sd[f"tu.{u}.weight"]
+        out[f"decoder.transpconvs.{u}.bias"] = torch.zeros(sd[f"tu.{u}.weight"].shape[1])
     for u in range(arch.num_pool):
         out[f"decoder.seg_layers.{u}.weight"] = sd[f"seg_outputs.{u}.weight"][list(KEEP_CHANNELS)].contiguous()
         out[f"decoder.seg_layers.{u}.bias"] = torch.zeros(len(KEEP_CHANNELS))
