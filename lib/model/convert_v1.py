@@ -293,8 +293,10 @@ def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, tuple[int, 
     P, c, f, k = arch.num_pool, arch.conv_per_stage, arch.features_per_stage, arch.conv_kernel_sizes
     out = []
     for d in range(P + 1):
-        v1 = ([f"conv_blocks_context.{d}.blocks.{j}" for j in range(c)] if d < P else  # bottleneck: c - 1 convs + 1
-              [f"conv_blocks_context.{P}.0.blocks.{j}" for j in range(c - 1)] + [f"conv_blocks_context.{P}.1.blocks.0"])
+        if d < P:
+            v1 = [f"conv_blocks_context.{d}.blocks.{j}" for j in range(c)]
+        else:  # the bottleneck: c - 1 convs, then one in a block of its own
+            v1 = [f"conv_blocks_context.{P}.0.blocks.{j}" for j in range(c - 1)] + [f"conv_blocks_context.{P}.1.blocks.0"]
         cin = [arch.num_input_channels if d == 0 else f[d - 1]] + [f[d]] * (c - 1)
         out += [(f"encoder.stages.{d}.0.convs.{j}", v1[j], d, (f[d], cin[j], *k[d])) for j in range(c)]
     for u in range(P):
