@@ -15,9 +15,8 @@ from helpers import random_network, small_plans, write_model_dir
 
 from lib import data, errors, metric, predictor, submission
 from lib.data import DataError
-from lib.model import convert_v1
+from tools import convert_v1, pipeline, synthetic, v1_checkpoint
 from tools import metric as metric_cli
-from tools import pipeline, synthetic, v1_checkpoint
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 

@@ -18,6 +18,7 @@ import torch
 
 from lib.model import architectures, convert_v1, network
 from lib.model.convert_v1 import TransferError
+from tools import convert_v1 as convert_v1_cli
 from tools import v1_checkpoint
 
 FULLRES = "3d_fullres/Task008_HepaticVessel/nnUNetTrainerV2__nnUNetPlansv2.1"
@@ -195,11 +196,11 @@ def test_cli(tmp_path: Path, capsys) -> None:
     src = v1_checkpoint.main([str(tmp_path / "v1.zip"), "--variant", "small", "--seed", "5", "--folds", "0", "1"])
     assert "RANDOM weights" in capsys.readouterr().out
     out = tmp_path / "cli"
-    assert convert_v1.main([str(src), str(out), "--fold", "1"]) == 0
+    assert convert_v1_cli.main([str(src), str(out), "--fold", "1"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["conversion.json", "plans.json", "pretrained_weights.pth"]
-    assert convert_v1.main([str(src), str(out)]) == 2
+    assert convert_v1_cli.main([str(src), str(out)]) == 2
     assert "already holds" in capsys.readouterr().err
-    assert convert_v1.main([str(src), str(out), "--force"]) == 0
+    assert convert_v1_cli.main([str(src), str(out), "--force"]) == 0
     assert json.loads((out / "conversion.json").read_text())["fold"] == "fold_0"
 
 

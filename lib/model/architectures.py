@@ -2,8 +2,7 @@
 
 Each architecture is written as the v1 `nnUNetPlansv2.1` plans dict that nnU-Net v1 made for Task008, so the
 same converter (`lib.model.convert_v1.v2_plans_from_v1`) turns it into v2 plans whether the weights come from
-the real hepatic checkpoint or training starts from scratch. The plans numbers that are not published (dataset
-sizes, intensity statistics) are plausible for liver CT, not the real ones; the network shapes are Task008's.
+the real hepatic checkpoint or training starts from scratch.
 """
 from __future__ import annotations
 
@@ -33,10 +32,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _num_pool_per_axis(pools: Sequence[Sequence[int]]) -> list[int]:
-    return [int(sum(int(np.log2(p[a])) for p in pools)) for a in range(len(pools[0]))]
-
-
 def stage_plan(patch_size: Sequence[int], spacing: Sequence[float], median_shape: Sequence[float],
                 pools: Sequence[Sequence[int]], kernels: Sequence[Sequence[int]], batch_size: int,
                 original_spacing: Sequence[float]) -> dict:
@@ -44,7 +39,7 @@ def stage_plan(patch_size: Sequence[int], spacing: Sequence[float], median_shape
     patch = np.array(patch_size, dtype=np.int64)
     return {
         "batch_size": int(batch_size),
-        "num_pool_per_axis": _num_pool_per_axis(pools),
+        "num_pool_per_axis": [int(sum(int(np.log2(p[a])) for p in pools)) for a in range(len(pools[0]))],
         "patch_size": patch,
         "median_patient_size_in_voxels": np.array(median_shape, dtype=np.int64),
         "current_spacing": np.array(spacing, dtype=np.float64),
@@ -95,14 +90,8 @@ def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = 
     (dataset sizes, intensity statistics) are plausible for contrast-enhanced liver CT, not the real ones.
     """
     spacing, batch_size = (1.5, 0.8, 0.8), 2
-    pools = [list(p) for p in TASK008_POOLS]
-    kernels = [list(k) for k in (conv_kernel_sizes or TASK008_KERNELS)]
-    if len(kernels) != len(pools) + 1:
-        raise ValueError(f"need len(pools) + 1 conv kernels, got {len(kernels)} kernels for {len(pools)} pools")
-    divisor = np.prod(np.array(pools), axis=0)
-    if any(int(s) % int(d) for s, d in zip(patch_size, divisor)):
-        raise ValueError(f"patch size {list(patch_size)} is not divisible by the pooling product {divisor.tolist()}")
-
+    pools = TASK008_POOLS  # stage_plan copies pools and kernels
+    kernels = conv_kernel_sizes or TASK008_KERNELS
     median_shape = np.array([150, 512, 512])
     spacings, sizes, cases = _task008_cases(spacing, median_shape, 303)
     low_shape = np.round(median_shape / 1.9).astype(int)
@@ -139,11 +128,10 @@ def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = 
 
 
 def variant_plans(variant: str) -> dict:
-    """Plans for one of `VARIANTS` ("task008", "small", "anisotropic")."""
+    """Plans for one of `VARIANTS`."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
     return task008_like_plans(**VARIANTS[variant])
-
 
 
 def v2_plans(variant: str) -> dict:

@@ -1,44 +1,29 @@
 """Convert an nnU-Net v1 3d_fullres checkpoint (e.g. Task008_HepaticVessel) into nnU-Net v2 files.
 
-`python -m lib.model.convert_v1 SOURCE OUT_DIR [--fold 0] [--force] [--pad-kernels]`
-
-SOURCE is the downloaded zip or its extracted folder, with any member prefix: the checkpoint is found by
-searching for `**/3d_fullres/**/fold_<k>/model_final_checkpoint.model` (`3d_cascade_fullres`, `3d_lowres`
-and `2d` are not taken). The v1 plans come from `plans.pkl` beside the fold folder, else from the
-`plans` entry of `model_final_checkpoint.model.pkl`. OUT_DIR receives:
-
-- `plans.json`: nnU-Net v2 plans (the 2.8.1 ExperimentPlanner format) with one `3d_fullres` configuration
-  whose `PlainConvUNet` has exactly the v1 network's shapes (stages, features, kernels, strides), the v1
-  patch size, spacing, batch size, CT normalisation and foreground intensity statistics;
-- `pretrained_weights.pth`: `{"network_weights": state_dict}` covering every key of that v2 network
-  (the `all_modules.*` and `decoder.encoder.*` aliases included), built for 1 input channel and 2 outputs
-  (background, vessel = v1 output channels 0 and 1), so nnunetv2's `load_pretrained_weights` accepts it
-  and `load_converted_weights` also restores the segmentation heads;
-- `conversion.json`: where it came from and what was mapped.
-
-The v1 network and the v2 network built from `plans.json` give the same logits (tested against v1's own
-`Generic_UNet`). One v1 quirk has no PlainConvUNet equivalent: v1's decoder at resolution level L uses the
-conv kernel of level L+1 (`conv_kernel_sizes[-(u+1)]`), v2's the kernel of level L (`kernel_sizes[-(u+2)]`).
-With unequal kernels (e.g. a first [1, 3, 3]) conversion raises `TransferError`, unless `pad_kernels=True`:
-then each v2 level gets the larger of the two kernels and the smaller v1 kernels are zero-padded, which is
-exact at conversion time (the padded taps are zero) but gives the v2 network a few more trainable weights.
+The source is the downloaded zip or its extracted folder, any member prefix: the checkpoint is found as
+`**/3d_fullres/**/fold_<k>/model_final_checkpoint.model`, the v1 plans in `plans.pkl` beside the fold folder, else in
+the `plans` entry of `model_final_checkpoint.model.pkl`. `convert` writes `plans.json` (v2 plans whose one `3d_fullres`
+PlainConvUNet has the v1 network's shapes, with v1's patch, spacing, batch size and CT normalisation),
+`pretrained_weights.pth` (`{"network_weights": ...}` with every key of that network, aliases included, so nnunetv2's
+`load_pretrained_weights` accepts it; 2 outputs: v1's channels 0 and 1, background and vessel) and `conversion.json`
+(where it came from, what was mapped). Both networks give the same logits (tested against v1's own `Generic_UNet`).
+The command line is `python -m tools.convert_v1`.
 
 v1 checkpoints are pickles (`torch.load(weights_only=False)`): only convert files from a trusted source.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import os
 import pickle
+import posixpath
 import re
-import sys
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -46,14 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import errors
-from lib.model.network import build_network
+from lib.model.network import CONFIGURATION, build_network
 
 CONFIG_NAMES = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
 MODEL_NAME = "model_final_checkpoint.model"
 OUTPUT_FILES = ("plans.json", "pretrained_weights.pth", "conversion.json")
 KEEP_CHANNELS = (0, 1)  # v1 Task008 outputs: 0 background, 1 vessel, 2 tumour
 V1_MAX_NUM_FEATURES_3D = 320  # Generic_UNet.MAX_NUM_FILTERS_3D, used by nnUNetTrainerV2
+PLANS_NAME = "nnUNetPlans"
 PLAIN_CONV_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 V1_NORMALIZATION = {"CT": "CTNormalization", "nonCT": "ZScoreNormalization", "noNorm": "NoNormalization"}
 
@@ -74,24 +59,21 @@ class V1Location:
     is_zip: bool
     model: str
     fold: str
-    configuration: str
     task: str
     trainer: str
     plans: str  # where plans.pkl is (or would be): beside the fold folder
-    has_plans: bool
-    model_pkl: str | None
 
-    def describe(self, member: str | None = None) -> str:
+    def describe(self, member: str) -> str:
         """A human-readable path: `archive.zip!member` or the file path."""
-        member = self.model if member is None else member
         return f"{self.source}!{member}" if self.is_zip else os.path.normpath(self.source / member)
 
-    def read(self, member: str) -> bytes:
-        """The bytes of one member/file."""
+    def read(self, member: str) -> bytes | None:
+        """The bytes of one member/file; None when there is none."""
         if self.is_zip:
             with zipfile.ZipFile(self.source) as zf:
-                return zf.read(member)
-        return (self.source / member).read_bytes()
+                return zf.read(member) if member in zf.NameToInfo else None
+        path = self.source / member
+        return path.read_bytes() if path.is_file() else None
 
 
 def _fold_dir_name(fold: int | str) -> str:
@@ -119,63 +101,44 @@ def _list_source(source: Path) -> tuple[bool, list[str], tuple[str, ...]]:
     return True, names, ()
 
 
-def _configuration_of(parts: Sequence[str]) -> str | None:
-    """The nearest enclosing v1 configuration folder name (`3d_fullres`, ...) of a path, if any."""
-    for part in reversed(parts):
-        if part in CONFIG_NAMES:
-            return part
-    return None
-
-
-def find_v1_checkpoint(source: str | Path, fold: int | str = 0, configuration: str = "3d_fullres") -> V1Location:
-    """Find `**/<configuration>/**/<fold>/model_final_checkpoint.model` in a zip or folder.
-
-    Raises `TransferError` listing what was found when the configuration or fold is absent.
-    """
+def find_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Location:
+    """Find `**/3d_fullres/**/<fold>/model_final_checkpoint.model` in a zip or folder; a `TransferError` lists
+    what was found when the configuration or fold is absent."""
     source = Path(source)
     fold_name = _fold_dir_name(fold)
     is_zip, names, context = _list_source(source)
-    models = []  # (member, configuration, fold folder)
+    models = []  # (member, nearest enclosing v1 configuration folder, fold folder)
     for name in names:
-        parts = PurePosixPath(name).parts
-        if parts[-1].endswith(".model"):
-            full = context + parts
-            models.append((name, _configuration_of(full[:-1]), full[-2] if len(full) > 1 else ""))
-    in_config = [m for m in models if m[1] == configuration]
+        full = context + PurePosixPath(name).parts  # absolute for folders: names above `source` count too
+        if name.endswith(".model"):
+            config = next((part for part in reversed(full[:-1]) if part in CONFIG_NAMES), None)
+            models.append((name, config, full[-2] if len(full) > 1 else ""))
+    in_config = [m for m in models if m[1] == CONFIGURATION]
     if not in_config:
         found = sorted({f"{c or '(no configuration folder)'}/{f}" for _, c, f in models})
         what = ", ".join(found) if found else "no v1 .model files at all"
         zips = [n for n in names if n.lower().endswith(".zip")] if not is_zip else []
         if zips and not found:
             what += f" (the folder holds {', '.join(zips[:3])}: pass the zip itself)"
-        raise TransferError(f"{source}: no {configuration} model in this "
+        raise TransferError(f"{source}: no {CONFIGURATION} model in this "
                             f"{'archive' if is_zip else 'folder'}; found: {what}")
     in_fold = [m for m in in_config if m[2] == fold_name]
     if not in_fold:
         folds = sorted({f for _, _, f in in_config})
-        raise TransferError(f"{source}: {configuration} has no {fold_name}; available folds: {', '.join(folds)}")
-    final = [m for m in in_fold if PurePosixPath(m[0]).name == MODEL_NAME]
+        raise TransferError(f"{source}: {CONFIGURATION} has no {fold_name}; available folds: {', '.join(folds)}")
+    final = [m[0] for m in in_fold if PurePosixPath(m[0]).name == MODEL_NAME]
     if not final:
-        raise TransferError(f"{source}: {configuration}/{fold_name} holds "
+        raise TransferError(f"{source}: {CONFIGURATION}/{fold_name} holds "
                             f"{', '.join(PurePosixPath(m[0]).name for m in in_fold)} but no {MODEL_NAME}")
     if len(final) > 1:
-        preferred = [m for m in final if PurePosixPath(m[0]).parent.parent.name.startswith("nnUNetTrainerV2__")]
-        if len(preferred) != 1:
-            raise TransferError(f"{source}: several {configuration} {fold_name} checkpoints, cannot choose: "
-                                + ", ".join(m[0] for m in final))
-        final = preferred
-    model = final[0][0]
-    full = context + PurePosixPath(model).parts  # absolute for folders: names above `source` count too
+        raise TransferError(f"{source}: several {CONFIGURATION} {fold_name} checkpoints, cannot choose: "
+                            + ", ".join(final))
+    model = final[0]
+    full = context + PurePosixPath(model).parts
     trainer_dir, task = full[-3] if len(full) > 2 else "", full[-4] if len(full) > 3 else ""
-    if is_zip:
-        plans = str(PurePosixPath(model).parent.parent / "plans.pkl")
-        plans_ok, pkl_ok = plans in set(names), model + ".pkl" in set(names)
-    else:
-        plans = os.path.relpath(Path(source.resolve(), model).parent.parent / "plans.pkl", source.resolve())
-        plans_ok, pkl_ok = (source / plans).is_file(), (source / (model + ".pkl")).is_file()
-    return V1Location(source=source, is_zip=is_zip, model=model, fold=fold_name, configuration=configuration,
+    return V1Location(source=source, is_zip=is_zip, model=model, fold=fold_name,
                       task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0],
-                      plans=plans, has_plans=plans_ok, model_pkl=model + ".pkl" if pkl_ok else None)
+                      plans=posixpath.normpath(posixpath.join(model, "..", "..", "plans.pkl")))  # may be ../plans.pkl
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -190,28 +153,30 @@ class V1Checkpoint:
     plans: dict
     stage: int
     plans_source: str
-    epoch: int | None = None
-    init: tuple | None = None
-    trainer_class: str | None = None
-    sha256: str = ""
-    notes: list[str] = field(default_factory=list)
+    epoch: int | None
+    batch_dice: bool
+    trainer_class: str | None
+    sha256: str
+    notes: list[str]  # what could not be read but was not needed
 
 
 def _unpickle(loc: V1Location, member: str) -> Any:
+    """The object pickled in `member`; None when there is no such file."""
     try:
-        return pickle.loads(loc.read(member))
+        raw = loc.read(member)
+        return None if raw is None else pickle.loads(raw)
     except Exception as exc:  # any unpickling/IO failure is a broken file
         raise TransferError(f"{loc.describe(member)}: cannot read this pickle ({type(exc).__name__}: {exc})") from exc
 
 
-def load_v1_checkpoint(source: str | Path | V1Location, fold: int | str = 0) -> V1Checkpoint:
-    """Load a v1 3d_fullres checkpoint and its plans from a zip/folder (or a `V1Location`).
+def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
+    """Load a v1 3d_fullres checkpoint and its plans from a zip or folder.
 
     Uses `torch.load(map_location="cpu", weights_only=False)`: v1 files hold numpy scalars, which
     torch >= 2.6's default `weights_only=True` refuses.
     """
-    loc = source if isinstance(source, V1Location) else find_v1_checkpoint(source, fold)
-    desc = loc.describe()
+    loc = find_v1_checkpoint(source, fold)
+    desc = loc.describe(loc.model)
     try:
         raw = loc.read(loc.model)
     except Exception as exc:
@@ -228,35 +193,34 @@ def load_v1_checkpoint(source: str | Path | V1Location, fold: int | str = 0) -> 
     for key, value in ckpt["state_dict"].items():
         if not isinstance(value, torch.Tensor):
             raise TransferError(f"{desc}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        state_dict[key[len("module."):] if key.startswith("module.") else key] = value
+        state_dict[key.removeprefix("module.")] = value
 
+    model_pkl = loc.model + ".pkl"
+    info: Any = None
     notes: list[str] = []
-    info: Mapping | None = None
-    info_error = ""
-    if loc.model_pkl is not None:
-        try:
-            info = _unpickle(loc, loc.model_pkl)
-        except TransferError as exc:
-            info_error = f" ({exc})"
-            notes.append(str(exc))
-    if loc.has_plans:
-        plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
-    elif isinstance(info, Mapping) and isinstance(info.get("plans"), Mapping):
-        plans, plans_source = info["plans"], f"{loc.describe(loc.model_pkl)}['plans']"
-    else:
-        raise TransferError(f"{desc}: no v1 plans: neither {loc.describe(loc.plans)} "
-                            f"nor a 'plans' entry in {loc.describe(loc.model + '.pkl')}{info_error}")
+    try:
+        info = _unpickle(loc, model_pkl)
+    except TransferError as exc:  # only needed without plans.pkl
+        notes.append(str(exc))
+    info = info if isinstance(info, Mapping) else {}
+    plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
+    if plans is None:
+        if not isinstance(info.get("plans"), Mapping):
+            raise TransferError(f"{desc}: no v1 plans: neither {plans_source} nor a 'plans' entry in "
+                                f"{loc.describe(model_pkl)}{f' ({notes[0]})' if notes else ''}")
+        plans, plans_source = info["plans"], f"{loc.describe(model_pkl)}['plans']"
     if not isinstance(plans, Mapping) or "plans_per_stage" not in plans:
         raise TransferError(f"{plans_source}: not v1 nnU-Net plans (no 'plans_per_stage')")
-    init = tuple(info["init"]) if isinstance(info, Mapping) and isinstance(info.get("init"), (tuple, list)) else None
+    # The trainer's constructor arguments: (plans_file, fold, output_folder, dataset_directory, batch_dice, stage, ...)
+    init = info["init"] if isinstance(info.get("init"), (tuple, list)) else ()
     stages = sorted(plans["plans_per_stage"])
     # v1 trains 3d_fullres on the last stage (stage 1 when a cascade exists); init[5] records it.
-    stage = init[5] if init is not None and len(init) > 5 and init[5] is not None else stages[-1]
+    stage = init[5] if len(init) > 5 and init[5] is not None else stages[-1]
     if stage not in plans["plans_per_stage"]:
         raise TransferError(f"{desc}: trained on plans stage {stage}, but {plans_source} has stages {stages}")
     return V1Checkpoint(location=loc, state_dict=state_dict, plans=dict(plans), stage=int(stage),
-                        plans_source=plans_source, epoch=ckpt.get("epoch"), init=init,
-                        trainer_class=info.get("class") if isinstance(info, Mapping) else None,
+                        plans_source=plans_source, epoch=ckpt.get("epoch"),
+                        batch_dice=bool(init[4]) if len(init) > 4 else True, trainer_class=info.get("class"),
                         sha256=hashlib.sha256(raw).hexdigest(), notes=notes)
 
 
@@ -269,35 +233,17 @@ class V1Architecture:
 
     num_input_channels: int
     num_outputs: int
-    features_per_stage: list[int]
+    features_per_stage: list[int]  # [0] is the plans' base_num_features
     conv_kernel_sizes: list[list[int]]
     pool_op_kernel_sizes: list[list[int]]
     conv_per_stage: int
     patch_size: list[int]
     spacing: list[float]
     batch_size: int
-    base_num_features: int
 
     @property
     def num_pool(self) -> int:
         return len(self.pool_op_kernel_sizes)
-
-    def summary(self) -> dict:
-        """JSON-friendly description (for conversion.json)."""
-        return {"stages": self.num_pool + 1, "features_per_stage": self.features_per_stage,
-                "conv_kernel_sizes": self.conv_kernel_sizes, "pool_op_kernel_sizes": self.pool_op_kernel_sizes,
-                "conv_per_stage": self.conv_per_stage, "patch_size": self.patch_size, "spacing": self.spacing,
-                "batch_size": self.batch_size, "base_num_features": self.base_num_features,
-                "num_input_channels": self.num_input_channels, "num_outputs": self.num_outputs}
-
-
-def _v1_features(base: int, num_pool: int, max_features: int = V1_MAX_NUM_FEATURES_3D) -> list[int]:
-    """Features per stage exactly as Generic_UNet computes them (x2 per stage, rounded, capped)."""
-    feats, out = [], base
-    for _ in range(num_pool + 1):
-        feats.append(int(out))
-        out = min(int(np.round(out * 2)), max_features)
-    return feats
 
 
 def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.Tensor] | None = None,
@@ -319,48 +265,46 @@ def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.T
         raise TransferError(f"{where}: conv kernel sizes {bad} in {kernels}: v1 pads only size-3 kernels "
                             "(padding 1 if k == 3 else 0), v2 pads (k - 1) // 2; only 1 and 3 convert exactly")
     base = int(plans["base_num_features"])
-    feats = _v1_features(base, len(pools))
+    # As Generic_UNet: doubled per stage, capped at 320 from the second stage on.
+    feats = [base] + [min(base * 2**d, V1_MAX_NUM_FEATURES_3D) for d in range(1, len(pools) + 1)]
     arch = V1Architecture(num_input_channels=int(plans.get("num_modalities", 1)),
                           num_outputs=int(plans["num_classes"]) + 1, features_per_stage=feats,
                           conv_kernel_sizes=kernels, pool_op_kernel_sizes=pools, conv_per_stage=cps,
                           patch_size=patch, spacing=[float(s) for s in np.asarray(sp["current_spacing"]).tolist()],
-                          batch_size=int(sp["batch_size"]), base_num_features=base)
-    if state_dict is not None:
-        expected = _v1_expected_shapes(arch)
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != expected[k])
-        if missing or unexpected or wrong:
-            detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                               for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                   ("wrong shape", wrong)) if keys)
-            raise TransferError(f"{where}: the state_dict is not the Generic_UNet its plans stage {stage} describe "
-                                f"(stages {len(pools) + 1}, features {feats}, kernels {kernels}); {detail}")
-        arch = V1Architecture(**{**arch.__dict__,
-                                 "num_input_channels": int(state_dict[_ctx(0, 0) + ".conv.weight"].shape[1]),
-                                 "num_outputs": int(state_dict["seg_outputs.0.weight"].shape[0])})
+                          batch_size=int(sp["batch_size"]))
+    detail = _mismatch(_v1_expected_shapes(arch), state_dict) if state_dict is not None else ""
+    if detail:
+        raise TransferError(f"{where}: the state_dict is not the Generic_UNet its plans stage {stage} describe "
+                            f"(stages {len(pools) + 1}, features {feats}, kernels {kernels}); {detail}")
     return arch
 
 
-def _ctx(d: int, c: int) -> str:
-    return f"conv_blocks_context.{d}.blocks.{c}"
+def _mismatch(expected: Mapping[str, Sequence[int]], tensors: Mapping[str, torch.Tensor]) -> str:
+    """Which keys of `tensors` are missing, unexpected or of the wrong shape against `expected`; '' if none."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k]))
+    return "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
 
 
-def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, list[int]]]:
-    """(v2 canonical conv prefix, v1 prefix, level, v1 kernel) for every conv, in v2 order."""
-    P, c = arch.num_pool, arch.conv_per_stage
-    k = arch.conv_kernel_sizes
+def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, tuple[int, ...]]]:
+    """(v2 canonical conv prefix, v1 prefix, resolution level, v1 weight shape) for every conv, in v2 order."""
+    P, c, f, k = arch.num_pool, arch.conv_per_stage, arch.features_per_stage, arch.conv_kernel_sizes
     out = []
-    for d in range(P):
-        out += [(f"encoder.stages.{d}.0.convs.{j}", _ctx(d, j), d, k[d]) for j in range(c)]
-    out += [(f"encoder.stages.{P}.0.convs.{j}", f"conv_blocks_context.{P}.0.blocks.{j}", P, k[P]) for j in range(c - 1)]
-    out.append((f"encoder.stages.{P}.0.convs.{c - 1}", f"conv_blocks_context.{P}.1.blocks.0", P, k[P]))
+    for d in range(P + 1):
+        if d < P:
+            v1 = [f"conv_blocks_context.{d}.blocks.{j}" for j in range(c)]
+        else:  # the bottleneck: c - 1 convs, then one in a block of its own
+            v1 = [f"conv_blocks_context.{P}.0.blocks.{j}" for j in range(c - 1)] + [f"conv_blocks_context.{P}.1.blocks.0"]
+        cin = [arch.num_input_channels if d == 0 else f[d - 1]] + [f[d]] * (c - 1)
+        out += [(f"encoder.stages.{d}.0.convs.{j}", v1[j], d, (f[d], cin[j], *k[d])) for j in range(c)]
     for u in range(P):
-        level = P - 1 - u  # v1 uses conv_kernel_sizes[-(u + 1)] = kernel of level + 1 here
-        out += [(f"decoder.stages.{u}.convs.{j}", f"conv_blocks_localization.{u}.0.blocks.{j}", level, k[level + 1])
-                for j in range(c - 1)]
-        out.append((f"decoder.stages.{u}.convs.{c - 1}", f"conv_blocks_localization.{u}.1.blocks.0", level,
-                    k[level + 1]))
+        level = P - 1 - u  # v1 uses conv_kernel_sizes[-(u + 1)] = the kernel of level + 1 here
+        v1 = [f"conv_blocks_localization.{u}.0.blocks.{j}" for j in range(c - 1)]
+        v1.append(f"conv_blocks_localization.{u}.1.blocks.0")
+        cin = [2 * f[level]] + [f[level]] * (c - 1)  # upsampled + skip connection, then the stage's own
+        out += [(f"decoder.stages.{u}.convs.{j}", v1[j], level, (f[level], cin[j], *k[level + 1])) for j in range(c)]
     return out
 
 
@@ -368,20 +312,10 @@ def _v1_expected_shapes(arch: V1Architecture) -> dict[str, tuple[int, ...]]:
     """Every key of the v1 Generic_UNet state_dict with its shape (for validating a loaded checkpoint)."""
     f, P = arch.features_per_stage, arch.num_pool
     shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv(prefix: str, cin: int, cout: int, kernel: Sequence[int]) -> None:
-        shapes[f"{prefix}.conv.weight"] = (cout, cin, *kernel)
-        shapes[f"{prefix}.conv.bias"] = (cout,)
-        shapes[f"{prefix}.instnorm.weight"] = (cout,)
-        shapes[f"{prefix}.instnorm.bias"] = (cout,)
-
-    for v2, v1, level, kernel in _v1_conv_keys(arch):
-        j = int(v2.rsplit(".", 1)[1])
-        if v2.startswith("encoder"):
-            cin = (arch.num_input_channels if level == 0 else f[level - 1]) if j == 0 else f[level]
-        else:
-            cin = 2 * f[level] if j == 0 else f[level]
-        conv(v1, cin, f[level], kernel)
+    for _, v1, _, shape in _v1_conv_keys(arch):
+        shapes[f"{v1}.conv.weight"] = shape
+        for key in ("conv.bias", "instnorm.weight", "instnorm.bias"):
+            shapes[f"{v1}.{key}"] = shape[:1]
     for u in range(P):
         level = P - 1 - u
         shapes[f"tu.{u}.weight"] = (f[level + 1], f[level], *arch.pool_op_kernel_sizes[level])
@@ -393,8 +327,8 @@ def v2_kernel_sizes(v1_kernels: Sequence[Sequence[int]], pad_kernels: bool = Fal
     """PlainConvUNet `kernel_sizes` reproducing v1's network, or `TransferError` if none does.
 
     v1's decoder at level L uses v1_kernels[L + 1], PlainConvUNet's uses kernel_sizes[L] (the encoder's).
-    Equal kernels: identical. Otherwise, with `pad_kernels`, level L gets the per-axis maximum of both
-    (the smaller kernels are zero-padded by `convert_state_dict`).
+    Equal kernels: identical. Otherwise, with `pad_kernels`, level L gets the per-axis maximum of both (the
+    smaller kernels are zero-padded by `convert_state_dict`: exact, but a few more weights to fine-tune).
     """
     kernels = [[int(i) for i in k] for k in v1_kernels]
     if all(k == kernels[0] for k in kernels):
@@ -413,39 +347,27 @@ def v2_kernel_sizes(v1_kernels: Sequence[Sequence[int]], pad_kernels: bool = Fal
 # ---------------------------------------------------------------------------------------------- plans
 
 
-def _dataset_name(task: str) -> str:
-    m = re.fullmatch(r"Task(\d+)_(.+)", task or "")
-    return f"Dataset{int(m.group(1)):03d}_{m.group(2)}" if m else "Dataset999_V1Converted"
-
-
 def _median(values: Any, transpose: Sequence[int]) -> list[float] | None:
-    try:
-        arr = np.asarray([np.asarray(v, dtype=np.float64) for v in values])
-        if arr.ndim != 2 or arr.shape[1] != len(transpose) or len(arr) == 0:
-            return None
-        return np.median(arr, 0)[list(transpose)].tolist()
-    except (TypeError, ValueError):
-        return None
+    """The per-axis median of v1's per-case spacings or sizes (3-vectors), transposed; None without any."""
+    arr = np.asarray(values, dtype=np.float64)
+    return np.median(arr, 0)[list(transpose)].tolist() if arr.ndim == 2 and len(arr) else None
 
 
-def _v2_normalisation(v1_plans: Mapping, channels: list, where: str
-                      ) -> tuple[list[str], list[bool], dict[str, dict[str, float]]]:
+def _v2_normalisation(v1_plans: Mapping, where: str) -> tuple[list[str], list[bool], dict[str, dict[str, float]]]:
     """v2's normalization schemes, use_mask_for_norm and foreground intensity properties per channel from v1's."""
-    schemes = []
-    for ch in channels:
+    mask_for_norm = v1_plans.get("use_mask_for_norm") or {}
+    props = (v1_plans.get("dataset_properties") or {}).get("intensityproperties") or {}
+    schemes, use_mask, intensity = [], [], {}
+    for ch in sorted(v1_plans["normalization_schemes"]):
         scheme = v1_plans["normalization_schemes"][ch]
         if scheme not in V1_NORMALIZATION:
             raise TransferError(f"{where}: v1 normalization scheme {scheme!r} (channel {ch}) has no v2 equivalent; "
                                 f"known: {sorted(V1_NORMALIZATION)}")
         schemes.append(V1_NORMALIZATION[scheme])
-    mask_for_norm = v1_plans.get("use_mask_for_norm") or {}
-    use_mask = [bool(mask_for_norm.get(ch, False)) for ch in channels]
-    props = (v1_plans.get("dataset_properties") or {}).get("intensityproperties") or {}
-    intensity: dict[str, dict[str, float]] = {}
-    for ch in channels:
+        use_mask.append(bool(mask_for_norm.get(ch, False)))
         p = props.get(ch)
         if p is None:
-            if schemes[channels.index(ch)] == "CTNormalization":
+            if scheme == "CT":
                 raise TransferError(f"{where}: CT normalization needs dataset_properties['intensityproperties']"
                                     f"[{ch}], which these plans lack")
             continue
@@ -456,7 +378,7 @@ def _v2_normalisation(v1_plans: Mapping, channels: list, where: str
     return schemes, use_mask, intensity
 
 
-def _v2_architecture(arch, pad_kernels: bool) -> dict:
+def _v2_architecture(arch: V1Architecture, pad_kernels: bool) -> dict:
     """v2's PlainConvUNet description of the v1 Generic_UNet `arch`."""
     n = arch.num_pool + 1
     return {
@@ -481,30 +403,27 @@ def _v2_architecture(arch, pad_kernels: bool) -> dict:
     }
 
 
-def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_name: str | None = None,
-                     plans_name: str = "nnUNetPlans", pad_kernels: bool = False, batch_dice: bool = True,
-                     image_reader_writer: str = "SimpleITKIO") -> dict:
+def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, task: str = "", pad_kernels: bool = False,
+                     batch_dice: bool = True) -> dict:
     """nnU-Net v2 plans (2.8.1 planner format) with one `3d_fullres` configuration equal to the v1 stage.
 
-    `stage` defaults to the last plans stage (v1's 3d_fullres). The architecture mirrors v1 (see
-    `v2_kernel_sizes` for unequal kernels); normalisation maps v1 'CT' -> 'CTNormalization' with v1's
-    foreground intensity statistics (`sd`/`mn`/`mx` renamed `std`/`min`/`max`).
+    `stage` defaults to the last plans stage (v1's 3d_fullres); the v1 `task` names the dataset (Task008_X ->
+    Dataset008_X, else Dataset999_V1Converted). Normalisation maps v1 'CT' -> 'CTNormalization' with v1's foreground
+    intensity statistics (`sd`/`mn`/`mx` renamed `std`/`min`/`max`); unequal kernels: see `v2_kernel_sizes`.
     """
-    stages = sorted(v1_plans["plans_per_stage"])
-    stage = stages[-1] if stage is None else stage
+    stage = max(v1_plans["plans_per_stage"]) if stage is None else stage
     where = f"v1 plans stage {stage}"
     arch = v1_architecture(v1_plans, stage, where=where)
     sp = v1_plans["plans_per_stage"][stage]
     tf = [int(i) for i in (v1_plans.get("transpose_forward") or [0, 1, 2])]
     tb = [int(i) for i in (v1_plans.get("transpose_backward") or [0, 1, 2])]
-
-    channels = sorted(v1_plans["normalization_schemes"])
-    schemes, use_mask, intensity = _v2_normalisation(v1_plans, channels, where)
+    schemes, use_mask, intensity = _v2_normalisation(v1_plans, where)
+    task_match = re.fullmatch(r"Task(\d+)_(.+)", task)
 
     spacing = _median(v1_plans.get("original_spacings", []), tf) or arch.spacing
     shape = _median(v1_plans.get("original_sizes", []), tf) or np.asarray(sp["median_patient_size_in_voxels"]).tolist()
     configuration = {
-        "data_identifier": f"{plans_name}_3d_fullres",
+        "data_identifier": f"{PLANS_NAME}_{CONFIGURATION}",
         "preprocessor_name": "DefaultPreprocessor",
         "batch_size": arch.batch_size,
         "patch_size": arch.patch_size,
@@ -522,14 +441,14 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_nam
         "batch_dice": bool(batch_dice),
     }
     return {
-        "dataset_name": dataset_name or "Dataset999_V1Converted",
-        "plans_name": plans_name,
+        "dataset_name": f"Dataset{int(task_match[1]):03d}_{task_match[2]}" if task_match else "Dataset999_V1Converted",
+        "plans_name": PLANS_NAME,
         "original_median_spacing_after_transp": [float(i) for i in spacing],
         "original_median_shape_after_transp": [int(round(float(i))) for i in shape],
-        "image_reader_writer": image_reader_writer,
+        "image_reader_writer": "SimpleITKIO",
         "transpose_forward": tf,
         "transpose_backward": tb,
-        "configurations": {"3d_fullres": configuration},
+        "configurations": {CONFIGURATION: configuration},
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": intensity,
@@ -540,87 +459,42 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, dataset_nam
 
 
 def _embed_kernel(weight: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
-    """Zero-pad a conv weight (out, in, *k) to the centred larger `kernel` (odd sizes)."""
+    """Zero-pad a conv weight (out, in, *k) to the centred larger `kernel` (sizes 1 and 3: even padding)."""
     pad: list[int] = []
     for have, want in reversed(list(zip(weight.shape[2:], kernel))):
-        extra = int(want) - int(have)
-        if extra < 0 or extra % 2:
-            raise TransferError(f"cannot embed a kernel of size {tuple(weight.shape[2:])} into {list(kernel)}")
-        pad += [extra // 2, extra // 2]
+        pad += [(int(want) - int(have)) // 2] * 2
     return F.pad(weight, pad) if any(pad) else weight
 
 
-def _with_aliases(canonical: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
-    """Add the aliases PlainConvUNet's state_dict also lists (same tensors, so the file stays one copy).
-
-    `...convs.{c}.conv.*` is also `...convs.{c}.all_modules.0.*`, `...norm.*` also `...all_modules.1.*`
-    (no dropout), and the encoder appears again under `decoder.encoder.*`.
-    """
-    def expand(items: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-        out, block, current = [], [], None
-        for key, value in items:
-            m = re.fullmatch(r"(.*\.convs\.\d+)\.(conv|norm)\.(weight|bias)", key)
-            prefix = m.group(1) if m else None
-            if prefix != current and block:
-                out += block + [(k.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1."), v)
-                                for k, v in block]
-                block = []
-            current = prefix
-            if m:
-                block.append((key, value))
-            else:
-                out.append((key, value))
-        if block:
-            out += block + [(k.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1."), v)
-                            for k, v in block]
-        return out
-
-    enc = expand([(k, v) for k, v in canonical.items() if k.startswith("encoder.")])
-    dec = expand([(k, v) for k, v in canonical.items() if k.startswith("decoder.")])
-    return OrderedDict(enc + [("decoder." + k, v) for k, v in enc] + dec)
-
-
 def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Architecture, *,
-                       keep_channels: Sequence[int] = KEEP_CHANNELS,
                        pad_kernels: bool = False) -> OrderedDict[str, torch.Tensor]:
-    """Map a v1 Generic_UNet state_dict onto PlainConvUNet keys, aliases included.
+    """Map a v1 Generic_UNet state_dict (checked against `arch` by `v1_architecture`) onto PlainConvUNet keys.
 
-    Context/bottleneck convs -> encoder stages, localization -> decoder stages, `tu` -> transpconvs
-    (bias zeros: v1 has none), `seg_outputs` -> seg_layers keeping v1 output channels `keep_channels`
-    (bias zeros). Every v1 key must be used exactly once.
+    v1's `tu` and `seg_outputs` have no bias: v2's are zeros; seg_layers keep v1 output channels `KEEP_CHANNELS`.
+    The aliases PlainConvUNet also lists (`all_modules.0/1`, `decoder.encoder`) are the same tensors: one copy on disk.
     """
     v2_kernels = v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels)
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in v1_state_dict.items()}
-    used: set[str] = set()
-
-    def take(key: str) -> torch.Tensor:
-        if key not in sd:
-            raise TransferError(f"v1 state_dict has no {key!r}; it does not match the architecture "
-                                f"{arch.summary()}")
-        used.add(key)
-        return sd[key].detach().to("cpu", torch.float32).contiguous()
-
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in v1_state_dict.items()}
+    encoder: OrderedDict[str, torch.Tensor] = OrderedDict()
+    decoder: OrderedDict[str, torch.Tensor] = OrderedDict()
     for v2, v1, level, _ in _v1_conv_keys(arch):
-        out[f"{v2}.conv.weight"] = _embed_kernel(take(f"{v1}.conv.weight"), v2_kernels[level]).contiguous()
-        out[f"{v2}.conv.bias"] = take(f"{v1}.conv.bias")
-        out[f"{v2}.norm.weight"] = take(f"{v1}.instnorm.weight")
-        out[f"{v2}.norm.bias"] = take(f"{v1}.instnorm.bias")
+        conv = (_embed_kernel(sd[f"{v1}.conv.weight"], v2_kernels[level]).contiguous(), sd[f"{v1}.conv.bias"])
+        norm = (sd[f"{v1}.instnorm.weight"], sd[f"{v1}.instnorm.bias"])
+        target = encoder if v2.startswith("encoder.") else decoder
+        for names in (("conv", "norm"), ("all_modules.0", "all_modules.1")):
+            for name, (weight, bias) in zip(names, (conv, norm)):
+                target[f"{v2}.{name}.weight"] = weight
+                target[f"{v2}.{name}.bias"] = bias
+    out = OrderedDict(encoder)
+    out.update((f"decoder.{k}", v) for k, v in encoder.items())
+    out.update(decoder)
     for u in range(arch.num_pool):
-        w = take(f"tu.{u}.weight")
-        out[f"decoder.transpconvs.{u}.weight"] = w
-        out[f"decoder.transpconvs.{u}.bias"] = torch.zeros(w.shape[1])
+        out[f"decoder.transpconvs.{u}.weight"] = sd[f"tu.{u}.weight"]
+        out[f"decoder.transpconvs.{u}.bias"] = torch.zeros(sd[f"tu.{u}.weight"].shape[1])
     for u in range(arch.num_pool):
-        w = take(f"seg_outputs.{u}.weight")
-        if max(keep_channels) >= w.shape[0]:
-            raise TransferError(f"keep_channels {list(keep_channels)}: the v1 network has {w.shape[0]} outputs")
-        out[f"decoder.seg_layers.{u}.weight"] = w[list(keep_channels)].contiguous()
-        out[f"decoder.seg_layers.{u}.bias"] = torch.zeros(len(keep_channels))
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise TransferError(f"v1 state_dict has keys this conversion does not know ({len(unused)}): "
-                            f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
-    return _with_aliases(out)
+        out[f"decoder.seg_layers.{u}.weight"] = sd[f"seg_outputs.{u}.weight"][list(KEEP_CHANNELS)].contiguous()
+        out[f"decoder.seg_layers.{u}.bias"] = torch.zeros(len(KEEP_CHANNELS))
+    return out
 
 
 def load_converted_weights(network: torch.nn.Module, path: str | Path,
@@ -632,34 +506,16 @@ def load_converted_weights(network: torch.nn.Module, path: str | Path,
     load_pretrained_weights(network, str(path))
     if include_seg_layers:
         weights = torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
-        own = network.state_dict()
         seg = {k: v for k, v in weights.items() if ".seg_layers." in k}
-        bad = [k for k in own if ".seg_layers." in k and (k not in seg or seg[k].shape != own[k].shape)]
-        if bad:
-            raise TransferError(f"{path}: segmentation heads do not fit this network ({', '.join(bad[:3])}); "
+        detail = _mismatch({k: v.shape for k, v in network.state_dict().items() if ".seg_layers." in k}, seg)
+        if detail:
+            raise TransferError(f"{path}: segmentation heads do not fit this network ({detail}); "
                                 "build it with num_outputs=2 or pass include_seg_layers=False")
-        own.update(seg)
-        network.load_state_dict(own)
+        network.load_state_dict(seg, strict=False)
     return network
 
 
 # ------------------------------------------------------------------------------------------ convert
-
-
-def _check_against_network(weights: Mapping[str, torch.Tensor], plans: dict, arch: V1Architecture,
-                           n_out: int) -> int:
-    """Build the v2 network from `plans` and require exactly its keys and shapes; returns the key count."""
-    net = build_network(plans, num_input_channels=arch.num_input_channels, num_outputs=n_out, allow_init=False)
-    own = net.state_dict()
-    missing = sorted(set(own) - set(weights))
-    extra = sorted(set(weights) - set(own))
-    wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-    if missing or extra or wrong:
-        raise TransferError(f"converted weights do not fit the v2 network built from the plans (missing {missing[:3]}, "
-                            f"unexpected {extra[:3]}, wrong shape {wrong[:3]}); dynamic_network_architectures "
-                            "may have changed its module layout")
-    net.load_state_dict(weights, strict=True)
-    return len(own)
 
 
 def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force: bool = False, *,
@@ -676,27 +532,30 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
 
     ckpt = load_v1_checkpoint(source, fold)
     loc = ckpt.location
-    arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe())
-    batch_dice = bool(ckpt.init[4]) if ckpt.init is not None and len(ckpt.init) > 4 else True
-    plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, dataset_name=_dataset_name(loc.task),
-                             pad_kernels=pad_kernels, batch_dice=batch_dice)
+    arch = v1_architecture(ckpt.plans, ckpt.stage, ckpt.state_dict, where=loc.describe(loc.model))
+    plans = v2_plans_from_v1(ckpt.plans, ckpt.stage, task=loc.task, pad_kernels=pad_kernels, batch_dice=ckpt.batch_dice)
     weights = convert_state_dict(ckpt.state_dict, arch, pad_kernels=pad_kernels)
-    n_keys = _check_against_network(weights, plans, arch, len(KEEP_CHANNELS))
+    net = build_network(plans, num_input_channels=arch.num_input_channels, num_outputs=len(KEEP_CHANNELS),
+                        allow_init=False)
+    detail = _mismatch({k: v.shape for k, v in net.state_dict().items()}, weights)
+    if detail:
+        raise TransferError(f"converted weights do not fit the v2 network built from the plans ({detail}); "
+                            "dynamic_network_architectures may have changed its module layout")
 
-    v2_kernels = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["kernel_sizes"]
+    v2_kernels = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["kernel_sizes"]
     report = {
         "source": str(Path(source).resolve()),
         "checkpoint": loc.model,
         "checkpoint_sha256": ckpt.sha256,
         "plans_from": ckpt.plans_source,
-        "configuration": loc.configuration,
+        "configuration": CONFIGURATION,
         "fold": loc.fold,
         "task": loc.task,
         "trainer": loc.trainer,
         "trainer_class": ckpt.trainer_class,
         "plans_stage": ckpt.stage,
         "epoch": ckpt.epoch,
-        "v1_architecture": arch.summary(),
+        "v1_architecture": {"stages": arch.num_pool + 1, **asdict(arch)},
         "v2_network": PLAIN_CONV_UNET,
         "v2_kernel_sizes": v2_kernels,
         "kernels_zero_padded": v2_kernels != arch.conv_kernel_sizes,
@@ -704,7 +563,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
         "keys": {"v1_state_dict": len(ckpt.state_dict),
                  "v2_canonical": sum(1 for k in weights if ".all_modules." not in k
                                      and not k.startswith("decoder.encoder.")),
-                 "v2_with_aliases": n_keys},
+                 "v2_with_aliases": len(weights)},
         "notes": ckpt.notes,
         "versions": {"torch": torch.__version__, "nnunetv2": _version("nnunetv2"),
                      "dynamic_network_architectures": _version("dynamic-network-architectures")},
@@ -731,29 +590,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 on a `TransferError`, printed to stderr)."""
-    ap = argparse.ArgumentParser(prog="python -m lib.model.convert_v1",
-                                 description="Convert an nnU-Net v1 3d_fullres checkpoint to nnU-Net v2 files.")
-    ap.add_argument("source", type=Path, help="the v1 model zip (e.g. Task008_HepaticVessel.zip) or its folder")
-    ap.add_argument("out_dir", type=Path, help="folder for plans.json, pretrained_weights.pth, conversion.json")
-    ap.add_argument("--fold", default="0", help="fold to convert: 0-4 or 'all' (default 0)")
-    ap.add_argument("--force", action="store_true", help="overwrite existing output files")
-    ap.add_argument("--pad-kernels", action="store_true",
-                    help="convert unequal v1 kernels by zero-padding to the larger kernel per level")
-    args = ap.parse_args(argv)
-    try:
-        out = convert(args.source, args.out_dir, fold=args.fold, force=args.force, pad_kernels=args.pad_kernels)
-    except (TransferError, OSError) as exc:  # bad input, or the output folder cannot be written
-        print(f"error: {errors.one_line(exc)}", file=sys.stderr)
-        return errors.EXIT_BAD_INPUT
-    report = json.loads((out / "conversion.json").read_text())
-    print(f"converted {report['checkpoint']} ({report['fold']}, epoch {report['epoch']}) -> {out}: "
-          f"{report['keys']['v2_with_aliases']} v2 keys from {report['keys']['v1_state_dict']} v1 keys")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

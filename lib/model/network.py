@@ -1,10 +1,8 @@
-"""The v2 network of a plans file, and the device it runs on: what training and inference both build on."""
+"""The v2 network of a plans dict, and the device it runs on: what training and inference both build on."""
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 
@@ -18,14 +16,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def build_network(plans: Mapping | str | Path, configuration: str = CONFIGURATION, num_input_channels: int = 1,
+def build_network(plans: Mapping, configuration: str = CONFIGURATION, num_input_channels: int = 1,
                   num_outputs: int = 2, deep_supervision: bool = True, allow_init: bool = True) -> torch.nn.Module:
-    """The v2 network of a plans dict/file, through nnunetv2's own `get_network_from_plans`."""
+    """The v2 network of a plans dict, through nnunetv2's own `get_network_from_plans`."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    if not isinstance(plans, Mapping):
-        plans = json.loads(Path(plans).read_text())
     cm = PlansManager(copy.deepcopy(dict(plans))).get_configuration(configuration)
     return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                   cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
