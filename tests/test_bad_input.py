@@ -13,9 +13,9 @@ import pytest
 import torch
 from helpers import random_network, small_plans, write_model_dir
 
-from lib import data, errors, metric, predictor, submission
+from lib import data, metric, predictor, submission
 from lib.data import DataError
-from tools import convert_v1, pipeline, synthetic, v1_checkpoint
+from tools import convert_v1, errors, pipeline, synthetic, v1_checkpoint
 from tools import metric as metric_cli
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"

@@ -18,7 +18,7 @@ import lib
 LIB = Path(lib.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("inputs",),  # Kaggle inputs found by content (standard library only: the setup cell embeds it)
-    ("paths", "errors"),  # paths.py, errors.py: where things live, how a command line reports bad input
+    ("paths",),  # where things live (competition root, outputs/, Kaggle folders)
     ("data",),  # data.py, rle.py, volume.py: the competition layout and volumes on disk
     ("normalisation",),  # each kidney by its own intensity statistics, or the training set's
     ("metric",),

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib import data, errors, inference_budget, paths, predictor, training_budget
+from lib import data, inference_budget, paths, predictor, training_budget
 from lib.training import fine_tune
 from lib.training.fine_tune import TrainSettings
 from lib.training_budget import TrainingCalibration
+from tools import errors
 
 
 def competition_groups() -> dict[str, data.Group]:

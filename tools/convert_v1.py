@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lib import errors
 from lib.model.convert_v1 import TransferError, convert
+from tools import errors
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from lib import errors
 from lib.data import DataError, read_table
 from lib.metric import SOLUTION_COLUMNS, SubmissionError, score_submission
+from tools import errors
 
 
 def _check_device(device: str) -> None:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import tomllib
 
-from lib import errors, parameters, paths
+from lib import parameters, paths
 from lib.parameters import suggestion
+from tools import errors
 
 NOTEBOOKS = ("01_explore", "02_train", "03_infer")
 CONFIG_KEYS = ("name", "data_dir", "synthetic_preset", "output_root", "required", "notebooks",

@@ -57,7 +57,8 @@ import tifffile
 from scipy import ndimage
 from tqdm import tqdm
 
-from lib import data, errors, rle
+from lib import data, rle
+from tools import errors
 
 __all__ = [
     "GROUPS", "TRAIN_GROUPS", "TEST_GROUPS", "VOXEL_UM", "PRESETS", "Preset", "SyntheticSlice",
