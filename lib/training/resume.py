@@ -1,10 +1,5 @@
-"""Training across Kaggle sessions: a session lasts about 12 hours, and a run that did not finish is resumed in the
-next one from the earlier version's output, attached as input (`/kaggle/input/notebooks/<owner>/<slug>/`).
-
-The attached run (found by content, `lib.inputs`: a folder holding `nnunet/results/` or `rounds/`) is copied into
-this session's output folder, less nnU-Net's raw and preprocessed data (rebuilt from the competition data, as on a
-first run), and `fine_tune.train` / `refine.train_with_pseudo_labels` resume from its latest checkpoint as they do
-after any interruption. Nothing already in the output folder is overwritten.
+"""Training across Kaggle sessions (about 12 hours each): an unfinished run attached as input is copied into this
+session's output folder, less nnU-Net's scratch data, and training resumes from its latest checkpoint (docs/kaggle.md).
 """
 from __future__ import annotations
 
@@ -21,11 +16,6 @@ SCRATCH = ("raw", "preprocessed", "validation")  # under <run>/nnunet: large, re
 def checkpoints(run: Path) -> list[Path]:
     """Every training checkpoint under a run folder (all rounds)."""
     return sorted(Path(run).rglob("fold_*/checkpoint_*.pth"))
-
-
-def is_finished(run: Path) -> bool:
-    """True when the run's last round has its final checkpoint (notebook 03 can use it; nothing to resume)."""
-    return (fine_tune.default_model_dir(run) / "fold_0" / "checkpoint_final.pth").is_file()
 
 
 def _ignore_scratch(folder: str, names: list[str]) -> list[str]:
@@ -49,22 +39,21 @@ def resume_attached_run(output_dir: Path | str, source: str | Path | None = "aut
         return None
     output_dir = Path(output_dir)
     if source == "auto":
-        if not inputs.kaggle_input().is_dir():
-            return None
-        run = inputs.find_input("run", log=None)
+        run = inputs.find_input("run", log=None)  # None without a Kaggle input folder too
         if run is None:
             return None
     else:
         run = Path(source)
         if not run.is_dir():
             raise FileNotFoundError(f"{run}: run folder to resume from not found")
-    held = checkpoints(output_dir) if output_dir.is_dir() else []
+    held = checkpoints(output_dir)
     if held:
         log(f"not resuming from {run}: {output_dir} already holds a run ({held[-1].name}); it goes on from there")
         return None
-    if is_finished(run):
-        log(f"{run} holds a finished run (its model: {fine_tune.default_model_dir(run)}): nothing to resume; attach it "
-            "to notebook 03 as the model, or remove it to train anew")
+    model = fine_tune.default_model_dir(run)  # the last round's
+    if (model / "fold_0" / "checkpoint_final.pth").is_file():
+        log(f"{run} holds a finished run (its model: {model}): nothing to resume; attach it to notebook 03 as the "
+            "model, or remove it to train anew")
         return None
     found = checkpoints(run)
     if not found:
