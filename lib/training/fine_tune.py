@@ -16,8 +16,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm.auto import tqdm
 
 from lib import data, paths
@@ -180,11 +183,6 @@ def prepare(arch_plans: dict, patch_size: Sequence[int], batch_size: int, cases:
     """Fingerprint (or reuse `fingerprint_file`, an earlier round's) and preprocess the raw dataset under nnUNet_raw with
     nnU-Net's code, case by case (a rerun continues), deleting each raw slab once preprocessed unless `keep_raw`;
     write plans and the split."""
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
-        DatasetFingerprintExtractor,
-    )
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     folder = Path(os.environ["nnUNet_preprocessed"]) / DATASET_NAME
     folder.mkdir(parents=True, exist_ok=True)
     own_fingerprint = folder / "dataset_fingerprint.json"
@@ -214,7 +212,6 @@ def prepare(arch_plans: dict, patch_size: Sequence[int], batch_size: int, cases:
         if not (image.is_file() and label.is_file()):
             raise FileNotFoundError(f"{image}: raw slab missing (deleted after an earlier preprocessing with other "
                                     f"plans?); delete {raw.parent.parent} to convert the data again")
-        (done / f"{case.name}.pkl").unlink(missing_ok=True)
         preprocessor.run_case_save(str(done / case.name), [str(image)], str(label), manager, configuration,
                                    dataset_json)
         if not keep_raw:  # the spacing sidecars and the manifest stay
@@ -284,8 +281,6 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     elif weights is not None:
         loaded = load_all_weights(trainer.network, weights)
     start = time.perf_counter()
-    import matplotlib
-
     with matplotlib.rc_context():  # nnU-Net's progress plot calls seaborn.set(font_scale=2.5) globally
         trainer.run_training()
     history = {k: [float(np.mean(v)) if isinstance(v, list) else float(v) for v in values]

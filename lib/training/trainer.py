@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +79,8 @@ class FineTuneTrainer(nnUNetTrainer):
         """nnU-Net's training transforms with `scale_range` as the SpatialTransform's scaling (and, for the
         skeleton recall loss, the tubed skeleton made after the spatial augmentation)."""
         transforms = nnUNetTrainer.get_training_transforms(*args, **kwargs)
-        set_scaling(transforms, self.scale_range)
+        for spatial in (t for t in transforms.transforms if isinstance(t, SpatialTransform)):
+            spatial.scaling = self.scale_range
         if self.loss_name == "skeleton_recall":
             losses.add_skeleton_transform(transforms)
         return transforms
@@ -116,8 +116,7 @@ class FineTuneTrainer(nnUNetTrainer):
                                       seeds=[base + i for i in range(processes)], pin_memory=pin, wait_time=0.002)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=0.99, nesterov=True)
+        optimizer, _ = super().configure_optimizers()  # nnU-Net's SGD; its poly schedule replaced
         return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
 
     # Progress bars through nnU-Net's hooks (its run_training is used as it is).
@@ -170,14 +169,6 @@ class WorkerLoader:
 
     def __next__(self):
         return next(self.loader)
-
-
-def set_scaling(transforms, scale_range: Sequence[float]) -> None:
-    """Set the scaling range of every SpatialTransform in a (nested) transform pipeline."""
-    if isinstance(transforms, SpatialTransform):
-        transforms.scaling = (float(scale_range[0]), float(scale_range[1]))
-    for inner in getattr(transforms, "transforms", None) or ():
-        set_scaling(inner, scale_range)
 
 
 class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
