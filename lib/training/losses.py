@@ -98,21 +98,18 @@ class MetricLoss(torch.nn.Module):
         check_loss(loss, weight)
         self.base, self.loss, self.weight = base, loss, float(weight)
 
-    def forward(self, output, target) -> torch.Tensor:
-        listed = isinstance(target, (list, tuple))
-        targets = list(target) if listed else [target]
-        labels = [t[:, :1] for t in targets]
-        value = self.base(output, labels if listed else labels[0])
+    def forward(self, output: list, target: list) -> torch.Tensor:  # deep supervision: full resolution first
+        labels = [t[:, :1] for t in target]
+        value = self.base(output, labels)
         if not self.training or self.loss == "dice_ce":
             return value
-        if self.loss == "skeleton_recall" and targets[0].shape[1] < 2:
+        if self.loss == "skeleton_recall" and target[0].shape[1] < 2:
             raise ValueError("the skeleton recall loss needs the tubed skeleton as channel 1 of the target "
                              "(SkeletonTransform in the training transforms)")
-        full = output[0] if isinstance(output, (list, tuple)) else output
-        with torch.autocast(full.device.type, enabled=False):  # float32: sums over millions of cubes
-            probability = torch.softmax(full.float(), 1)[:, 1]
+        with torch.autocast(output[0].device.type, enabled=False):  # float32: sums over millions of cubes
+            probability = torch.softmax(output[0].float(), 1)[:, 1]
             if self.loss == "skeleton_recall":
-                term = skeleton_recall(probability, targets[0][:, 1])
+                term = skeleton_recall(probability, target[0][:, 1])
             else:
                 term = soft_surface_dice(probability, labels[0][:, 0])
         return value + self.weight * (1 - term)

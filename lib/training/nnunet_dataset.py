@@ -43,12 +43,6 @@ def nnunet_env(work_dir: Path | str, results: Path | str | None = None) -> dict[
     return folders
 
 
-def spacing_mm(group: data.Group) -> float:
-    """The group's voxel size in mm (50 µm when unknown), rounded to whole µm (50.16 µm -> 0.050) so near-equal sizes
-    resample not."""
-    return round(group.voxel_um if group.voxel_um is not None else 50.0) / 1000
-
-
 @dataclass(frozen=True)
 class Case:
     """One nnU-Net training case: slices [start, stop) of a group."""
@@ -77,6 +71,8 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
     cases = []
     for name in chosen:
         group, role = groups[name], "val" if name == val_group else "train"
+        # mm, rounded to whole µm (50.16 µm -> 0.050) so near-equal sizes resample not; 50 µm when unknown
+        spacing = round(group.voxel_um if group.voxel_um is not None else 50.0) / 1000
         keep = np.array([role == "val" or f not in val_files for f in group.image_files])
         for start, stop in runs(keep):
             if stop - start < MIN_SLAB:  # e.g. a sliver of kidney_3_sparse beside kidney_3_dense: too thin to use
@@ -84,7 +80,7 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
             n = -(-(stop - start) // slab_depth)  # slabs of near-equal depth, none a thin remainder
             edges = np.linspace(start, stop, n + 1).round().astype(int)
             for s, e in zip(edges[:-1].tolist(), edges[1:].tolist()):
-                cases.append(Case(f"{name}_z{group.slices[s]:04d}", name, s, e, spacing_mm(group), role))
+                cases.append(Case(f"{name}_z{group.slices[s]:04d}", name, s, e, spacing, role))
     return cases
 
 
@@ -100,20 +96,17 @@ class Split:
 def write_raw_dataset(data_dir: Path | str, work_dir: Path | str, split: Split = Split(),
                       label_dirs: Mapping[str, Path | str] | None = None, normalisation: str = "dataset",
                       progress: bool = True) -> pd.DataFrame:
-    """Write the nnU-Net raw dataset of a split under `work_dir/raw` and return one row per case.
-
-    `normalisation` "kidney" writes images normalised by each group's own statistics (float16; nnU-Net then applies
-    NoNormalization), "dataset" the raw values (CTNormalization). `label_dirs`: group -> folder of NNNN.tif masks
-    (nonzero = vessel) replacing its labels. The same request again reuses the dataset; another one is an error.
-    """
-    train_groups, val_group, slab_depth = list(split.train_groups), split.val_group, split.slab_depth
+    """Write the nnU-Net raw dataset of a split under `work_dir/raw`; one row per case. `normalisation` "kidney": images
+    normalised by each group's statistics (float16; then NoNormalization), "dataset": raw (CTNormalization).
+    `label_dirs`: group -> folder of NNNN.tif masks replacing its labels. The same request reuses the dataset."""
+    train_groups = list(split.train_groups)
     label_dirs = {g: Path(d).resolve() for g, d in (label_dirs or {}).items()}
     folders = nnunet_env(work_dir, results=os.environ.get("nnUNet_results"))  # a run's results folder stays put
     groups = data.discover(data_dir)
-    cases = plan_cases(groups, train_groups, val_group, slab_depth)
+    cases = plan_cases(groups, train_groups, split.val_group, split.slab_depth)
     root = folders["nnUNet_raw"] / DATASET_NAME
     request = {"data_dir": str(Path(data_dir).resolve()), "train_groups": train_groups,
-               "val_group": val_group, "slab_depth": slab_depth, "cases": [asdict(c) for c in cases],
+               "val_group": split.val_group, "slab_depth": split.slab_depth, "cases": [asdict(c) for c in cases],
                "normalisation": check_scheme(normalisation)}
     if label_dirs:
         request["label_dirs"] = {g: str(d) for g, d in sorted(label_dirs.items())}
@@ -174,8 +167,8 @@ def read_mask_slices(folder: Path, slices: Sequence[int]) -> Iterator[np.ndarray
         yield (data.read_slice(folder / f"{z:04d}.tif") > 0).astype(np.uint8)
 
 
-def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir: Path | None = None,
-                statistics: dict | None = None) -> int:
+def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir: Path | None,
+                statistics: dict | None) -> int:
     """Write one slab's image and label 3D TIFFs (compressed, page by page) and spacing sidecars; returns its
     vessel voxel count. With `statistics`, the images are written normalised by them (float16)."""
     vessel = 0

@@ -30,11 +30,9 @@ def _copy_new(src: str, dst: str) -> None:
 
 def resume_attached_run(output_dir: Path | str, source: str | Path | None = "auto",
                         log: Callable[[str], None] = print) -> Path | None:
-    """Copy an interrupted run into `output_dir`, so that training resumes from it; returns the run copied from.
-
-    `source`: "auto" (the run found under the Kaggle input, if any), a run folder, or None (never). Nothing is
-    copied when `output_dir` already holds checkpoints (this session's own run goes on) or when the run is finished.
-    """
+    """Copy an interrupted run (`source`: "auto", found under the Kaggle input; a run folder; None: never) into
+    `output_dir` to resume it; returns the run copied from. Nothing is copied over checkpoints already in `output_dir`
+    (this session's own run goes on) nor from a finished run."""
     if source is None:
         return None
     output_dir = Path(output_dir)

@@ -43,8 +43,6 @@ class FineTuneTrainer(nnUNetTrainer):
     seed = 0
     loss_name = "dice_ce"  # lib.training.losses.LOSSES
     loss_weight = 1.0
-    NNUNET_TRAINER_NAME = "nnUNetTrainer"  # builds the same network; findable by nnU-Net's trainer lookup
-    CHECKPOINTS_FOR_NNUNET = ("checkpoint_final.pth", "checkpoint_best.pth")
 
     def apply(self, settings) -> None:
         """Take a run's schedule, augmentation, seed and loss from `settings` (a `fine_tune.TrainSettings`) before
@@ -59,9 +57,9 @@ class FineTuneTrainer(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
-        if Path(filename).name in self.CHECKPOINTS_FOR_NNUNET and Path(filename).is_file():
+        if Path(filename).name in ("checkpoint_final.pth", "checkpoint_best.pth") and Path(filename).is_file():
             checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint["trainer_name"] = self.NNUNET_TRAINER_NAME
+            checkpoint["trainer_name"] = "nnUNetTrainer"  # the same network, found by nnU-Net's trainer lookup
             checkpoint["fine_tuned_with"] = f"{type(self).__module__}.{type(self).__qualname__}"
             torch.save(checkpoint, filename)
 
