@@ -1,8 +1,6 @@
-"""Fine-tune nnU-Net v2 on the kidney data, initialised from the converted v1 hepatic-vessel model.
-
-`train` converts the data, plans (the hepatic architecture unchanged, kidney statistics, a patch fitting the device),
-preprocesses and trains `FineTuneTrainer` through the Python API, resuming from its last checkpoint. Configuration
-"hepatic" is the seed's recipe; "tiny" is a small network of the same structure for CPU demos and tests.
+"""Fine-tune nnU-Net v2 on the kidney data from the converted v1 hepatic-vessel model: convert, plan (the hepatic
+architecture unchanged), preprocess, train `FineTuneTrainer` through the Python API, resume. Configuration "hepatic"
+is the seed's recipe; "tiny" a small network of the same structure for CPU demos and tests.
 """
 from __future__ import annotations
 
@@ -124,17 +122,16 @@ def architecture_plans(configuration: str, pretrained: str | Path | None, work_d
     pretrained = Path(pretrained)
     if not pretrained.exists():
         raise FileNotFoundError(f"{pretrained}: pretrained checkpoint not found")
-    converted = pretrained
-    if (pretrained / "fold_0" / "checkpoint_final.pth").is_file():
-        converted = work_dir / "pretrained"
+    converted, trained = work_dir / "pretrained", pretrained / "fold_0" / "checkpoint_final.pth"
+    if trained.is_file():  # an earlier round: its weights alone (convert_v1 loads them with weights_only=True)
         converted.mkdir(parents=True, exist_ok=True)
-        checkpoint = torch.load(pretrained / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-        torch.save({"network_weights": checkpoint["network_weights"]}, converted / "pretrained_weights.pth")
+        weights = torch.load(trained, map_location="cpu", weights_only=False)["network_weights"]
+        torch.save({"network_weights": weights}, converted / "pretrained_weights.pth")
         shutil.copyfile(pretrained / "plans.json", converted / "plans.json")
-    elif not (pretrained / "pretrained_weights.pth").is_file():
-        converted = work_dir / "pretrained"
-        if not (converted / "pretrained_weights.pth").is_file():
-            convert_v1.convert(pretrained, converted)
+    elif (pretrained / "pretrained_weights.pth").is_file():
+        converted = pretrained  # already lib.model.convert_v1's output
+    elif not (converted / "pretrained_weights.pth").is_file():
+        convert_v1.convert(pretrained, converted)
     return json.loads((converted / "plans.json").read_text()), converted / "pretrained_weights.pth"
 
 

@@ -1,9 +1,7 @@
 """The nnU-Net trainer this project fine-tunes with: nnUNetTrainer through its overrides, with a warm-up, a
-checkpoint every epoch, progress bars, a settable augmentation scaling, seeded workers and a choice of loss.
-
-Its network is nnUNetTrainer's own, so its final and best checkpoints name `nnUNetTrainer` as their trainer and
-nnU-Net's own tools open the model folder without `nnUNet_extTrainer`; `fine_tuned_with` records the real one.
-Seeded, ordered augmentation workers: docs/training.md, "Reproducible runs".
+checkpoint every epoch, progress bars, a settable augmentation scaling, seeded workers (docs/training.md) and a
+choice of loss. Its network is nnUNetTrainer's own, so the checkpoints name `nnUNetTrainer` and nnU-Net's tools open
+the model folder without `nnUNet_extTrainer`; `fine_tuned_with` records the real trainer.
 """
 from __future__ import annotations
 
