@@ -1,12 +1,6 @@
-"""Fine-tune nnU-Net v2 on the kidney data, initialised from the converted v1 hepatic-vessel model.
-
-Steps (each a function, called in order by `train`): convert the competition root to an nnU-Net raw dataset
-(`lib.training.nnunet_dataset`), fingerprint it, write kidney plans that reuse the hepatic architecture exactly but
-take normalisation from the kidney data and a patch size that fits the device, preprocess, then train with
-`FineTuneTrainer` through the Python API (no trainer lookup by name), resuming from its last checkpoint.
-
-Configurations: "hepatic" is the seed's recipe (the Task008 3d_fullres network, 15 epochs); "tiny" is a
-small network with the same structure for CPU demos and tests, NOT the seed's recipe.
+"""Fine-tune nnU-Net v2 on the kidney data from the converted v1 hepatic-vessel model: convert, plan (the hepatic
+architecture unchanged), preprocess, train `FineTuneTrainer` through the Python API, resume. Configuration "hepatic"
+is the seed's recipe; "tiny" a small network of the same structure for CPU demos and tests.
 """
 from __future__ import annotations
 
@@ -20,8 +14,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm.auto import tqdm
 
 from lib import data, paths
@@ -93,9 +90,8 @@ class TrainSettings:
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, Any]) -> TrainSettings:
-        """Settings from notebook 02's parameters (or any mapping), each field taken by its name: lists become
-        tuples, `train_groups=None` means the default groups, `scratch_dir` is relative to the project root, paths
-        become strings."""
+        """Settings from notebook 02's parameters (or any mapping) by field name: lists become tuples, paths strings,
+        `train_groups=None` the default groups; `scratch_dir` is relative to the project root."""
         values = {f.name: params[f.name] for f in fields(cls) if f.name in params}
         for name in ("patch_size", "scale_range"):
             if values.get(name) is not None:
@@ -116,12 +112,9 @@ class TrainSettings:
 
 
 def architecture_plans(configuration: str, pretrained: str | Path | None, work_dir: Path) -> tuple[dict, Path | None]:
-    """v2 plans carrying the network architecture, and the converted weights file (None when from scratch).
-
-    A v1 archive/folder is converted into `work_dir/pretrained`; a folder that already holds `lib.model.convert_v1`'s
-    output is used as it is; a trained model folder (plans.json, fold_0/checkpoint_final.pth: an earlier round) gives
-    its plans and final weights.
-    """
+    """v2 plans carrying the network architecture, and the weights file (None from scratch). `pretrained`: a v1
+    archive/folder (converted into `work_dir/pretrained`), `lib.model.convert_v1`'s output, or a trained model folder
+    (an earlier round: its plans and final weights)."""
     if configuration not in ARCHITECTURES:
         raise ValueError(f"configuration must be one of {sorted(ARCHITECTURES)}, got {configuration!r}")
     if pretrained is None:
@@ -129,17 +122,16 @@ def architecture_plans(configuration: str, pretrained: str | Path | None, work_d
     pretrained = Path(pretrained)
     if not pretrained.exists():
         raise FileNotFoundError(f"{pretrained}: pretrained checkpoint not found")
-    converted = pretrained
-    if (pretrained / "fold_0" / "checkpoint_final.pth").is_file():
-        converted = work_dir / "pretrained"
+    converted, trained = work_dir / "pretrained", pretrained / "fold_0" / "checkpoint_final.pth"
+    if trained.is_file():  # an earlier round: its weights alone (convert_v1 loads them with weights_only=True)
         converted.mkdir(parents=True, exist_ok=True)
-        checkpoint = torch.load(pretrained / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-        torch.save({"network_weights": checkpoint["network_weights"]}, converted / "pretrained_weights.pth")
+        weights = torch.load(trained, map_location="cpu", weights_only=False)["network_weights"]
+        torch.save({"network_weights": weights}, converted / "pretrained_weights.pth")
         shutil.copyfile(pretrained / "plans.json", converted / "plans.json")
-    elif not (pretrained / "pretrained_weights.pth").is_file():
-        converted = work_dir / "pretrained"
-        if not (converted / "pretrained_weights.pth").is_file():
-            convert_v1.convert(pretrained, converted)
+    elif (pretrained / "pretrained_weights.pth").is_file():
+        converted = pretrained  # already lib.model.convert_v1's output
+    elif not (converted / "pretrained_weights.pth").is_file():
+        convert_v1.convert(pretrained, converted)
     return json.loads((converted / "plans.json").read_text()), converted / "pretrained_weights.pth"
 
 
@@ -161,9 +153,8 @@ def patch_size_for(arch_plans: dict, device: torch.device, requested: Sequence[i
 
 def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int], batch_size: int,
                  normalisation: str = "dataset") -> dict:
-    """Plans for the kidney dataset: the architecture of `arch_plans` unchanged (so every weight loads),
-    spacing, image size and intensity statistics from the kidney fingerprint, and the normalisation scheme
-    (recorded under `lib.normalisation.PLANS_KEY`; "kidney" slabs arrive normalised, so nnU-Net's is a no-op)."""
+    """Kidney plans: the architecture of `arch_plans` unchanged (every weight loads), spacing, size and intensity
+    statistics from the fingerprint, and the normalisation scheme (recorded under `lib.normalisation.PLANS_KEY`)."""
     plans = copy.deepcopy(arch_plans)
     config = plans["configurations"][CONFIGURATION]
     spacing = np.median(np.array(fingerprint["spacings"]), 0).tolist()
@@ -186,18 +177,9 @@ def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int],
 
 def prepare(arch_plans: dict, patch_size: Sequence[int], batch_size: int, cases: Sequence[nnunet_dataset.Case],
             keep_raw: bool = True, fingerprint_file: Path | None = None, progress: bool = True) -> dict:
-    """Fingerprint and preprocess the raw dataset (under the nnUNet_raw set by `nnunet_env`) with nnU-Net's own
-    code; write plans and the split.
-
-    Cases are preprocessed one at a time (a rerun continues with the missing ones); unless `keep_raw`, each raw slab
-    is deleted as soon as its preprocessed copy is written, so raw and preprocessed data never both hold the whole
-    dataset. `fingerprint_file` reuses another run's fingerprint (the same normalisation as the model fine-tuned on).
-    """
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
-        DatasetFingerprintExtractor,
-    )
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
+    """Fingerprint (or reuse `fingerprint_file`, an earlier round's) and preprocess the raw dataset under nnUNet_raw with
+    nnU-Net's code, case by case (a rerun continues), deleting each raw slab once preprocessed unless `keep_raw`;
+    write plans and the split."""
     folder = Path(os.environ["nnUNet_preprocessed"]) / DATASET_NAME
     folder.mkdir(parents=True, exist_ok=True)
     own_fingerprint = folder / "dataset_fingerprint.json"
@@ -227,11 +209,11 @@ def prepare(arch_plans: dict, patch_size: Sequence[int], batch_size: int, cases:
         if not (image.is_file() and label.is_file()):
             raise FileNotFoundError(f"{image}: raw slab missing (deleted after an earlier preprocessing with other "
                                     f"plans?); delete {raw.parent.parent} to convert the data again")
-        (done / f"{case.name}.pkl").unlink(missing_ok=True)
         preprocessor.run_case_save(str(done / case.name), [str(image)], str(label), manager, configuration,
                                    dataset_json)
-        if not keep_raw:
-            nnunet_dataset.delete_raw_case(raw, case.name)
+        if not keep_raw:  # the spacing sidecars and the manifest stay
+            image.unlink()
+            label.unlink()
     return plans
 
 
@@ -261,15 +243,13 @@ class TrainResult:
 def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings | None = None,
           progress: bool = True, label_dirs: Mapping[str, Path] | None = None,
           fingerprint_file: Path | None = None) -> TrainResult:
-    """Convert, plan, preprocess and fine-tune; resume if an unfinished run of the same settings exists.
-
-    One round: `label_dirs` (group -> folder of NNNN.tif masks) replaces those groups' labels, e.g. refined
-    pseudo-labels (`lib.refine` runs the rounds); `fingerprint_file` reuses an earlier round's normalisation.
-    """
+    """Convert, plan, preprocess and fine-tune; resume if an unfinished run of the same settings exists. One round:
+    `label_dirs` (group -> folder of NNNN.tif masks, e.g. refined pseudo-labels) and an earlier round's
+    `fingerprint_file` come from `lib.refine`."""
     settings = settings or TrainSettings()
-    output_dir = Path(output_dir)
     work_dir = settings.work_dir(output_dir)
-    nnunet_dataset.nnunet_env(work_dir, results=results_dir(output_dir))
+    model_dir = default_model_dir(output_dir)
+    nnunet_dataset.nnunet_env(work_dir, results=model_dir.parents[1])  # under output_dir, whatever the scratch
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
@@ -285,7 +265,6 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     plans = prepare(arch, patch, settings.batch_size, cases, settings.keep_raw_slabs, fingerprint_file, progress)
     dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json").read_text())
 
-    model_dir = default_model_dir(output_dir)
     latest = model_dir / "fold_0" / "checkpoint_latest.pth"
     final = model_dir / "fold_0" / "checkpoint_final.pth"
     if final.is_file():
@@ -299,8 +278,6 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     elif weights is not None:
         loaded = load_all_weights(trainer.network, weights)
     start = time.perf_counter()
-    import matplotlib
-
     with matplotlib.rc_context():  # nnU-Net's progress plot calls seaborn.set(font_scale=2.5) globally
         trainer.run_training()
     history = {k: [float(np.mean(v)) if isinstance(v, list) else float(v) for v in values]
@@ -327,14 +304,9 @@ def new_trainer(plans: dict, dataset_json: dict, device: torch.device, settings:
     return trainer
 
 
-def results_dir(output_dir: Path | str) -> Path:
-    """nnU-Net's results folder of a training run (always under `output_dir`, whatever the scratch folder)."""
-    return Path(output_dir) / "nnunet" / "results"
-
-
 def default_model_dir(output_dir: Path | str) -> Path:
     """Where `train(data_dir, output_dir)` writes its model folder (the folder notebook 03 loads)."""
-    return results_dir(output_dir) / DATASET_NAME / TRAINER_FOLDER
+    return Path(output_dir) / "nnunet" / "results" / DATASET_NAME / TRAINER_FOLDER
 
 
 def plot_history(history: dict, loss: str = "dice_ce", path: Path | str | None = None):

@@ -1,18 +1,7 @@
-"""Losses that train for the leaderboard metric, added to nnU-Net's Dice + cross-entropy (notebook 02's `loss`).
+"""Losses that train for the leaderboard metric (notebook 02's `loss`): nnU-Net's Dice + cross-entropy ("dice_ce"),
+plus a weighted skeleton-recall (Kirchhoff et al., ECCV 2024) or soft surface-Dice term on the full-resolution output.
 
-    "dice_ce"          nnU-Net's Dice + cross-entropy with deep supervision (the seed's recipe)
-    "skeleton_recall"  dice_ce + weight x (1 - soft recall of the ground truth's tubed skeleton): Kirchhoff et al.,
-                       "Skeleton Recall Loss for Connectivity Conserving and Resource Efficient Segmentation of Thin
-                       Tubular Structures", ECCV 2024. The skeleton is made in the augmentation workers, after the
-                       spatial augmentation, and travels as a second channel of the segmentation.
-    "surface"          dice_ce + weight x (1 - soft surface Dice at tolerance 0) on `lib.metric`'s 2x2x2 lattice
-                       cubes and area table (the 1st place's idea): equal to the metric on hard masks.
-
-The extra term looks at the full-resolution output only (the one the metric scores); dice_ce keeps its deep
-supervision. Validation loss stays dice_ce (the loss module is put in eval mode), so validation curves compare
-across losses. Sparse labels (kidney_2, kidney_3_sparse: unlabelled vessels are 0): skeleton recall only rewards
-finding labelled vessels, so predicting an unlabelled vessel costs it nothing; the surface term, like dice_ce,
-counts an unlabelled vessel the network finds as false positive surface.
+What each term is and why, validation, sparse labels and cost: docs/losses.md.
 """
 from __future__ import annotations
 
@@ -89,13 +78,9 @@ def _cube_area_and_border(probability: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def soft_surface_dice(probability: torch.Tensor, target: torch.Tensor, smooth: float = 1e-6) -> torch.Tensor:
-    """Surface Dice at tolerance 0 of foreground probabilities against a 0/1 target, both (B, Z, Y, X), summed over
-    the batch and over the cubes inside the arrays (pad both with zeros to score as `lib.metric` does).
-
-    A cube of the target counts its area when the prediction's cube is a border cube (probability 1 - P(all out) -
-    P(all in)); a prediction's cube its expected area when the target's is a border cube. On 0/1 inputs this is the
-    metric; 1 when both are empty.
-    """
+    """Surface Dice at tolerance 0 of foreground probabilities against a 0/1 target, both (B, Z, Y, X), over the
+    batch and the cubes inside the arrays (zero-pad both to score as `lib.metric` does): the metric on 0/1 inputs,
+    1 when both are empty. The formula: docs/losses.md, "Surface Dice"."""
     target = target.to(probability.dtype)
     area_pred, border_pred = _cube_area_and_border(probability)
     with torch.no_grad():
@@ -105,30 +90,26 @@ def soft_surface_dice(probability: torch.Tensor, target: torch.Tensor, smooth: f
 
 
 class MetricLoss(torch.nn.Module):
-    """nnU-Net's loss (`base`, deep supervision included) plus `weight` x one of the metric terms on the
-    full-resolution output; in eval mode (validation) `base` alone. Targets of "skeleton_recall" carry the tubed
-    skeleton as channel 1 (`SkeletonTransform`); the label is channel 0."""
+    """nnU-Net's loss `base` plus `weight` x a metric term on the full-resolution output; `base` alone in eval mode
+    (validation). "skeleton_recall" targets carry the tubed skeleton as channel 1 (`SkeletonTransform`)."""
 
     def __init__(self, base: torch.nn.Module, loss: str, weight: float = 1.0) -> None:
         super().__init__()
         check_loss(loss, weight)
         self.base, self.loss, self.weight = base, loss, float(weight)
 
-    def forward(self, output, target) -> torch.Tensor:
-        listed = isinstance(target, (list, tuple))
-        targets = list(target) if listed else [target]
-        labels = [t[:, :1] for t in targets]
-        value = self.base(output, labels if listed else labels[0])
+    def forward(self, output: list, target: list) -> torch.Tensor:  # deep supervision: full resolution first
+        labels = [t[:, :1] for t in target]
+        value = self.base(output, labels)
         if not self.training or self.loss == "dice_ce":
             return value
-        if self.loss == "skeleton_recall" and targets[0].shape[1] < 2:
+        if self.loss == "skeleton_recall" and target[0].shape[1] < 2:
             raise ValueError("the skeleton recall loss needs the tubed skeleton as channel 1 of the target "
                              "(SkeletonTransform in the training transforms)")
-        full = output[0] if isinstance(output, (list, tuple)) else output
-        with torch.autocast(full.device.type, enabled=False):  # float32: sums over millions of cubes
-            probability = torch.softmax(full.float(), 1)[:, 1]
+        with torch.autocast(output[0].device.type, enabled=False):  # float32: sums over millions of cubes
+            probability = torch.softmax(output[0].float(), 1)[:, 1]
             if self.loss == "skeleton_recall":
-                term = skeleton_recall(probability, targets[0][:, 1])
+                term = skeleton_recall(probability, target[0][:, 1])
             else:
                 term = soft_surface_dice(probability, labels[0][:, 0])
         return value + self.weight * (1 - term)

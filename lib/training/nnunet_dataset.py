@@ -1,16 +1,7 @@
-"""Turn a competition root into an nnU-Net v2 raw dataset: 3D TIFF z-slabs with spacing sidecars.
+"""Turn a competition root into an nnU-Net v2 raw dataset: compressed 3D TIFF z-slabs with spacing sidecars.
 
-Each group is cut into slabs of at most `slab_depth` slices, written page by page (one slice in memory at
-a time), so conversion is O(H*W). nnU-Net's own fingerprinting and preprocessing then hold one slab at a
-time (uint16 read, float32 image and label copies, cropping and resampling scratch): `preprocessing_peak_gib`
-(measured by benchmarks/preprocess_memory.py). With the default 128 slices, kidney_1_dense (1303 x 912) needs
-about 3.5 GiB and kidney_3 (1706 x 1510) about 5.3 GiB, where kidney_1_dense as a single case would need about
-30 GiB: slabs are what make it fit a 29 GB Kaggle machine.
-
-Disk: slabs are written zlib-compressed (labels shrink to almost nothing, images by what their noise allows) and
-`lib.training.fine_tune.prepare` deletes each raw slab once nnU-Net has preprocessed it; bytes per voxel of every
-stage are measured by benchmarks/disk.py (docs/disk.md). Labels may come from other folders than the competition
-root (`label_dirs`: refined pseudo-labels, one NNNN.tif mask per slice).
+Slabs of at most `slab_depth` slices are written page by page (conversion holds one slice); nnU-Net's preprocessing
+then holds one slab at a time, which is what makes a whole kidney fit a 29 GB Kaggle machine (docs/disk.md).
 """
 from __future__ import annotations
 
@@ -52,11 +43,6 @@ def nnunet_env(work_dir: Path | str, results: Path | str | None = None) -> dict[
     return folders
 
 
-def spacing_mm(group: data.Group, fallback_um: float = 50.0) -> float:
-    """The group's voxel size in mm, rounded to whole µm (50.16 µm -> 0.050) so near-equal sizes resample not."""
-    return round(group.voxel_um if group.voxel_um is not None else fallback_um) / 1000
-
-
 @dataclass(frozen=True)
 class Case:
     """One nnU-Net training case: slices [start, stop) of a group."""
@@ -85,6 +71,8 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
     cases = []
     for name in chosen:
         group, role = groups[name], "val" if name == val_group else "train"
+        # mm, rounded to whole µm (50.16 µm -> 0.050) so near-equal sizes resample not; 50 µm when unknown
+        spacing = round(group.voxel_um if group.voxel_um is not None else 50.0) / 1000
         keep = np.array([role == "val" or f not in val_files for f in group.image_files])
         for start, stop in runs(keep):
             if stop - start < MIN_SLAB:  # e.g. a sliver of kidney_3_sparse beside kidney_3_dense: too thin to use
@@ -92,7 +80,7 @@ def plan_cases(groups: dict[str, data.Group], train_groups: Sequence[str], val_g
             n = -(-(stop - start) // slab_depth)  # slabs of near-equal depth, none a thin remainder
             edges = np.linspace(start, stop, n + 1).round().astype(int)
             for s, e in zip(edges[:-1].tolist(), edges[1:].tolist()):
-                cases.append(Case(f"{name}_z{group.slices[s]:04d}", name, s, e, spacing_mm(group), role))
+                cases.append(Case(f"{name}_z{group.slices[s]:04d}", name, s, e, spacing, role))
     return cases
 
 
@@ -108,24 +96,17 @@ class Split:
 def write_raw_dataset(data_dir: Path | str, work_dir: Path | str, split: Split = Split(),
                       label_dirs: Mapping[str, Path | str] | None = None, normalisation: str = "dataset",
                       progress: bool = True) -> pd.DataFrame:
-    """Write the nnU-Net raw dataset of a split under `work_dir/raw` and return one row per case.
-
-    `normalisation` "kidney" writes each group's image slabs already normalised by the group's own statistics
-    (`lib.normalisation`, float16; nnU-Net then applies NoNormalization); "dataset" writes the raw values (nnU-Net's
-    CTNormalization with the training set's statistics).
-
-    `label_dirs` maps a group to a folder of its label masks (NNNN.tif by the group's slice numbers, nonzero =
-    vessel) used instead of the competition's labels. An existing dataset written with the same request is reused
-    (even after its slabs were deleted once preprocessed); a different one is an error.
-    """
-    train_groups, val_group, slab_depth = list(split.train_groups), split.val_group, split.slab_depth
+    """Write the nnU-Net raw dataset of a split under `work_dir/raw`; one row per case. `normalisation` "kidney": images
+    normalised by each group's statistics (float16; then NoNormalization), "dataset": raw (CTNormalization).
+    `label_dirs`: group -> folder of NNNN.tif masks replacing its labels. The same request reuses the dataset."""
+    train_groups = list(split.train_groups)
     label_dirs = {g: Path(d).resolve() for g, d in (label_dirs or {}).items()}
     folders = nnunet_env(work_dir, results=os.environ.get("nnUNet_results"))  # a run's results folder stays put
     groups = data.discover(data_dir)
-    cases = plan_cases(groups, train_groups, val_group, slab_depth)
+    cases = plan_cases(groups, train_groups, split.val_group, split.slab_depth)
     root = folders["nnUNet_raw"] / DATASET_NAME
     request = {"data_dir": str(Path(data_dir).resolve()), "train_groups": train_groups,
-               "val_group": val_group, "slab_depth": slab_depth, "cases": [asdict(c) for c in cases],
+               "val_group": split.val_group, "slab_depth": split.slab_depth, "cases": [asdict(c) for c in cases],
                "normalisation": check_scheme(normalisation)}
     if label_dirs:
         request["label_dirs"] = {g: str(d) for g, d in sorted(label_dirs.items())}
@@ -180,20 +161,14 @@ def raw_files(root: Path, name: str) -> tuple[Path, Path]:
     return root / "imagesTr" / f"{name}_0000.tif", root / "labelsTr" / f"{name}.tif"
 
 
-def delete_raw_case(root: Path, name: str) -> None:
-    """Delete a case's raw slabs (kept: the spacing sidecars, a few bytes, and the manifest)."""
-    for path in raw_files(root, name):
-        path.unlink(missing_ok=True)
-
-
 def read_mask_slices(folder: Path, slices: Sequence[int]) -> Iterator[np.ndarray]:
     """Masks NNNN.tif of the given slice numbers from a label folder, as 0/1 uint8, one slice at a time."""
     for z in slices:
         yield (data.read_slice(folder / f"{z:04d}.tif") > 0).astype(np.uint8)
 
 
-def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir: Path | None = None,
-                statistics: dict | None = None) -> int:
+def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir: Path | None,
+                statistics: dict | None) -> int:
     """Write one slab's image and label 3D TIFFs (compressed, page by page) and spacing sidecars; returns its
     vessel voxel count. With `statistics`, the images are written normalised by them (float16)."""
     vessel = 0
@@ -221,8 +196,7 @@ def _write_case(group: data.Group, case: Case, root: Path, bar: tqdm, label_dir:
     image_dtype = group.dtype if statistics is None else np.float16
     for path, pages, dtype in ((image_path, images(), image_dtype), (label_path, labels(), np.uint8)):
         tifffile.imwrite(path, pages, shape=shape, dtype=dtype, photometric="minisblack", metadata=None,
-                         compression=SLAB_COMPRESSION,
-                         compressionargs={"level": SLAB_COMPRESSION_LEVEL} if SLAB_COMPRESSION else None)
+                         compression=SLAB_COMPRESSION, compressionargs={"level": SLAB_COMPRESSION_LEVEL})
     (root / "imagesTr" / f"{case.name}.json").write_text(sidecar)
     (root / "labelsTr" / f"{case.name}.json").write_text(sidecar)
     return vessel
@@ -232,14 +206,12 @@ def _chunks(case: Case) -> list[tuple[int, int]]:
     return [(s, min(s + CHUNK, case.stop)) for s in range(case.start, case.stop, CHUNK)]
 
 
-def preprocessing_peak_gib(slices: int, height: int, width: int) -> float:
-    """Peak memory (GiB) of nnU-Net's preprocessing of one slab of `slices` x `height` x `width` voxels."""
-    return PREPROCESS_BASE_GIB + PREPROCESS_BYTES_PER_VOXEL * slices * height * width / 2**30
-
-
 def _case_table(cases: Sequence[Case], groups: dict[str, data.Group]) -> pd.DataFrame:
-    rows = [{**asdict(c), "slices": c.stop - c.start, "first_slice": groups[c.group].slices[c.start],
-             "height": groups[c.group].height, "width": groups[c.group].width,
-             "preprocess_peak_gib": round(preprocessing_peak_gib(c.stop - c.start, groups[c.group].height,
-                                                                 groups[c.group].width), 2)} for c in cases]
+    """One row per case, with the peak memory (GiB) nnU-Net's preprocessing of its slab takes."""
+    rows = []
+    for c in cases:
+        slices, height, width = c.stop - c.start, groups[c.group].height, groups[c.group].width
+        peak = PREPROCESS_BASE_GIB + PREPROCESS_BYTES_PER_VOXEL * slices * height * width / 2**30
+        rows.append({**asdict(c), "slices": slices, "first_slice": groups[c.group].slices[c.start],
+                     "height": height, "width": width, "preprocess_peak_gib": round(peak, 2)})
     return pd.DataFrame(rows).set_index("name")

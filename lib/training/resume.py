@@ -1,10 +1,5 @@
-"""Training across Kaggle sessions: a session lasts about 12 hours, and a run that did not finish is resumed in the
-next one from the earlier version's output, attached as input (`/kaggle/input/notebooks/<owner>/<slug>/`).
-
-The attached run (found by content, `lib.inputs`: a folder holding `nnunet/results/` or `rounds/`) is copied into
-this session's output folder, less nnU-Net's raw and preprocessed data (rebuilt from the competition data, as on a
-first run), and `fine_tune.train` / `refine.train_with_pseudo_labels` resume from its latest checkpoint as they do
-after any interruption. Nothing already in the output folder is overwritten.
+"""Training across Kaggle sessions (about 12 hours each): an unfinished run attached as input is copied into this
+session's output folder, less nnU-Net's scratch data, and training resumes from its latest checkpoint (docs/kaggle.md).
 """
 from __future__ import annotations
 
@@ -23,11 +18,6 @@ def checkpoints(run: Path) -> list[Path]:
     return sorted(Path(run).rglob("fold_*/checkpoint_*.pth"))
 
 
-def is_finished(run: Path) -> bool:
-    """True when the run's last round has its final checkpoint (notebook 03 can use it; nothing to resume)."""
-    return (fine_tune.default_model_dir(run) / "fold_0" / "checkpoint_final.pth").is_file()
-
-
 def _ignore_scratch(folder: str, names: list[str]) -> list[str]:
     return [n for n in names if n in SCRATCH and Path(folder).name == "nnunet"]
 
@@ -40,31 +30,28 @@ def _copy_new(src: str, dst: str) -> None:
 
 def resume_attached_run(output_dir: Path | str, source: str | Path | None = "auto",
                         log: Callable[[str], None] = print) -> Path | None:
-    """Copy an interrupted run into `output_dir`, so that training resumes from it; returns the run copied from.
-
-    `source`: "auto" (the run found under the Kaggle input, if any), a run folder, or None (never). Nothing is
-    copied when `output_dir` already holds checkpoints (this session's own run goes on) or when the run is finished.
-    """
+    """Copy an interrupted run (`source`: "auto", found under the Kaggle input; a run folder; None: never) into
+    `output_dir` to resume it; returns the run copied from. Nothing is copied over checkpoints already in `output_dir`
+    (this session's own run goes on) nor from a finished run."""
     if source is None:
         return None
     output_dir = Path(output_dir)
     if source == "auto":
-        if not inputs.kaggle_input().is_dir():
-            return None
-        run = inputs.find_input("run", log=None)
+        run = inputs.find_input("run", log=None)  # None without a Kaggle input folder too
         if run is None:
             return None
     else:
         run = Path(source)
         if not run.is_dir():
             raise FileNotFoundError(f"{run}: run folder to resume from not found")
-    held = checkpoints(output_dir) if output_dir.is_dir() else []
+    held = checkpoints(output_dir)
     if held:
         log(f"not resuming from {run}: {output_dir} already holds a run ({held[-1].name}); it goes on from there")
         return None
-    if is_finished(run):
-        log(f"{run} holds a finished run (its model: {fine_tune.default_model_dir(run)}): nothing to resume; attach it "
-            "to notebook 03 as the model, or remove it to train anew")
+    model = fine_tune.default_model_dir(run)  # the last round's
+    if (model / "fold_0" / "checkpoint_final.pth").is_file():
+        log(f"{run} holds a finished run (its model: {model}): nothing to resume; attach it to notebook 03 as the "
+            "model, or remove it to train anew")
         return None
     found = checkpoints(run)
     if not found:

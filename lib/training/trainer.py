@@ -1,25 +1,12 @@
-"""The nnU-Net trainer this project fine-tunes with: nnUNetTrainer with a warm-up, a checkpoint every epoch,
-progress bars, a settable scaling range for its spatial augmentation, seeded augmentation workers, and a choice of
-loss (`lib.training.losses`).
-
-Its network is nnUNetTrainer's own (nothing here changes `build_network_architecture`), so the checkpoints that
-nnU-Net's tools load (final, best) name `nnUNetTrainer` as their trainer: `nnUNetPredictor`,
-`nnUNetv2_predict_from_modelfolder` and nnU-Net's ensembling then open a model folder written here without
-`nnUNet_extTrainer` (they look the trainer up by that name only to build the network). `fine_tuned_with` in the
-checkpoint and training.json beside it record the real trainer.
-
-Reproducibility: nnU-Net's own loaders use `NonDetMultiThreadedAugmenter` with unseeded workers (batches arrive in
-whatever order the workers finish). Here the workers get seeds derived from `seed` and batchgenerators'
-`MultiThreadedAugmenter`, which collects them round-robin, so the same seed gives the same batches in the same
-order (with nnUNet_n_proc_DA=0 the single-threaded augmenter draws from the seeded main process). Each worker runs
-torch single-threaded, as nnU-Net's own workers do: a worker forked after the parent's OpenMP pool has run would
-otherwise deadlock in its first matrix product (e.g. the second round of a pseudo-label run).
+"""The nnU-Net trainer this project fine-tunes with: nnUNetTrainer through its overrides, with a warm-up, a
+checkpoint every epoch, progress bars, a settable augmentation scaling, seeded workers (docs/training.md) and a
+choice of loss. Its network is nnUNetTrainer's own, so the checkpoints name `nnUNetTrainer` and nnU-Net's tools open
+the model folder without `nnUNet_extTrainer`; `fine_tuned_with` records the real trainer.
 """
 from __future__ import annotations
 
 import os
 import random
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,33 +24,27 @@ from lib.training import losses
 NNUNET_SCALE_RANGE = (0.7, 1.4)  # nnUNetTrainer's SpatialTransform scaling (larger = smaller objects)
 
 
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed python, numpy and torch; with `deterministic`, cuDNN picks fixed (not the fastest) algorithms."""
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch; cuDNN picks fixed (not the fastest) algorithms."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 class FineTuneTrainer(nnUNetTrainer):
-    """nnUNetTrainer with a settable schedule, linear warm-up then poly decay, a checkpoint every epoch (for
-    resuming), progress bars over epochs and iterations (through nnU-Net's hooks), `scale_range` for the scaling
-    augmentation, seeded augmentation workers (`seed`) and a loss (`loss_name`, `loss_weight`)."""
+    """nnUNetTrainer with the run's schedule (warm-up, then poly), augmentation scaling, seed and loss (`apply`)."""
 
     warmup_epochs = 1
     scale_range: tuple[float, float] = NNUNET_SCALE_RANGE
     seed = 0
     loss_name = "dice_ce"  # lib.training.losses.LOSSES
     loss_weight = 1.0
-    NNUNET_TRAINER_NAME = "nnUNetTrainer"  # builds the same network; findable by nnU-Net's trainer lookup
-    CHECKPOINTS_FOR_NNUNET = ("checkpoint_final.pth", "checkpoint_best.pth")
 
     def apply(self, settings) -> None:
-        """Take a run's schedule, augmentation, seed and loss from `settings` (a `fine_tune.TrainSettings`), before
-        `initialize`. nnU-Net's constructor cannot take them: it records its own signature to rebuild trainers from
-        checkpoints. A checkpoint is written every epoch (resuming)."""
+        """Take a run's schedule, augmentation, seed and loss from `settings` (a `fine_tune.TrainSettings`) before
+        `initialize` (nnU-Net's constructor records its own signature to rebuild trainers: it cannot take them)."""
         self.num_epochs = settings.epochs
         self.num_iterations_per_epoch = settings.iterations_per_epoch
         self.num_val_iterations_per_epoch = settings.val_iterations_per_epoch
@@ -74,9 +55,9 @@ class FineTuneTrainer(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
-        if Path(filename).name in self.CHECKPOINTS_FOR_NNUNET and Path(filename).is_file():
+        if Path(filename).name in ("checkpoint_final.pth", "checkpoint_best.pth") and Path(filename).is_file():
             checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
-            checkpoint["trainer_name"] = self.NNUNET_TRAINER_NAME
+            checkpoint["trainer_name"] = "nnUNetTrainer"  # the same network, found by nnU-Net's trainer lookup
             checkpoint["fine_tuned_with"] = f"{type(self).__module__}.{type(self).__qualname__}"
             torch.save(checkpoint, filename)
 
@@ -84,17 +65,18 @@ class FineTuneTrainer(nnUNetTrainer):
         """nnU-Net's choice, with the region read before augmentation widened when `scale_range` zooms out further
         than nnU-Net plans for (so scaled patches see image, not padding)."""
         rotation, dummy_2d, initial, mirror = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        patch = self.configuration_manager.patch_size
-        widest = max(self.scale_range[1], 1 / 0.85)  # nnU-Net's own margin divides by 0.85
-        if not dummy_2d and widest > 1 / 0.85:
-            initial = get_patch_size(patch, rotation, rotation, rotation, (1 / widest, 1.25))
+        widest = self.scale_range[1]
+        if not dummy_2d and widest > 1 / 0.85:  # nnU-Net's own margin divides by 0.85
+            initial = get_patch_size(self.configuration_manager.patch_size, rotation, rotation, rotation,
+                                     (1 / widest, 1.25))
         return rotation, dummy_2d, initial, mirror
 
     def get_training_transforms(self, *args, **kwargs):
         """nnU-Net's training transforms with `scale_range` as the SpatialTransform's scaling (and, for the
         skeleton recall loss, the tubed skeleton made after the spatial augmentation)."""
         transforms = nnUNetTrainer.get_training_transforms(*args, **kwargs)
-        set_scaling(transforms, self.scale_range)
+        for spatial in (t for t in transforms.transforms if isinstance(t, SpatialTransform)):
+            spatial.scaling = self.scale_range
         if self.loss_name == "skeleton_recall":
             losses.add_skeleton_transform(transforms)
         return transforms
@@ -110,9 +92,8 @@ class FineTuneTrainer(nnUNetTrainer):
         self.loss.eval()
 
     def get_dataloaders(self):
-        """nnU-Net's loaders, built single-threaded (nnU-Net's own `nnUNet_n_proc_DA=0`: no unseeded worker starts),
-        then served by batchgenerators' `MultiThreadedAugmenter` with seeded workers and a fixed batch order, sized
-        as nnU-Net sizes its own."""
+        """nnU-Net's loaders built single-threaded (no unseeded worker starts), served by `MultiThreadedAugmenter`
+        with seeded workers in a fixed order, sized as nnU-Net sizes its own."""
         processes = get_allowed_n_proc_DA()
         if processes == 0:
             return super().get_dataloaders()
@@ -131,8 +112,7 @@ class FineTuneTrainer(nnUNetTrainer):
                                       seeds=[base + i for i in range(processes)], pin_memory=pin, wait_time=0.002)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
-                                    momentum=0.99, nesterov=True)
+        optimizer, _ = super().configure_optimizers()  # nnU-Net's SGD; its poly schedule replaced
         return optimizer, WarmupPolyLR(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
 
     # Progress bars through nnU-Net's hooks (its run_training is used as it is).
@@ -176,7 +156,7 @@ class WorkerLoader:
         self.loader, self.seed = loader, seed
 
     def set_thread_id(self, thread_id: int) -> None:
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # as nnU-Net's workers: forked after the parent's OpenMP pool ran, it would deadlock
         torch.manual_seed(self.seed + thread_id)
         self.loader.set_thread_id(thread_id)
 
@@ -185,17 +165,6 @@ class WorkerLoader:
 
     def __next__(self):
         return next(self.loader)
-
-
-def set_scaling(transforms, scale_range: Sequence[float]) -> int:
-    """Set the scaling range of every SpatialTransform in a (nested) transform pipeline; returns how many."""
-    found = 0
-    if isinstance(transforms, SpatialTransform):
-        transforms.scaling = (float(scale_range[0]), float(scale_range[1]))
-        return 1
-    for inner in getattr(transforms, "transforms", None) or ():
-        found += set_scaling(inner, scale_range)
-    return found
 
 
 class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
