@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -90,3 +91,11 @@ def tubes(rng: np.random.Generator, shape: tuple[int, ...], n: int = 4, max_radi
         t = np.clip(((grid - a) @ d) / (d @ d), 0, 1)
         out |= np.linalg.norm(grid - (a + t[..., None] * d), axis=-1) <= rng.uniform(0.5, max_radius)
     return out
+
+
+def half_as_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnUNetPredictor's float16 tile buffers as float32 (torch.half patched), for exact comparisons. torch's
+    dtype -> storage-type map is built first: built under the patch it would lack FloatStorage, and every later
+    torch.load in the process would fail with 'pickle storage type "FloatStorage" is not recognized'."""
+    torch.storage._dtype_to_storage_type_map()
+    monkeypatch.setattr(torch, "half", torch.float32)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import (
     INTENSITY,
+    half_as_float32,
     random_network,
     reference_probabilities,
     small_plans,
@@ -63,7 +64,7 @@ def test_matches_nnunet_predictor(model: predictor.Model, monkeypatch: pytest.Mo
     mine = ours(model, vol)
     shipped = nnunet_predictor_probabilities(model, vol, tta=False)
     # nnUNetPredictor accumulates tiles in float16; with float32 buffers it is the same computation as ours.
-    monkeypatch.setattr(torch, "half", torch.float32)
+    half_as_float32(monkeypatch)
     fp32 = nnunet_predictor_probabilities(model, vol, tta=False)
     monkeypatch.undo()
     assert np.abs(mine - fp32).max() < 1e-4
@@ -76,7 +77,7 @@ def test_matches_nnunet_predictor(model: predictor.Model, monkeypatch: pytest.Mo
 def test_mirroring_and_padding_match_nnunet_predictor(model: predictor.Model, monkeypatch: pytest.MonkeyPatch) -> None:
     vol = volume((20, 64, 70), seed=2)  # thinner than the patch along z: zero-padded as nnU-Net pads
     mine = ours(model, vol, tta=True)
-    monkeypatch.setattr(torch, "half", torch.float32)
+    half_as_float32(monkeypatch)
     theirs = nnunet_predictor_probabilities(model, vol, tta=True)
     assert mine.shape == vol.shape
     assert np.abs(mine - theirs).max() < 1e-4

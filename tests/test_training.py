@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import half_as_float32
 
 from lib import data, normalisation, paths, predictor
 from lib.model import architectures, convert_v1, network
@@ -143,7 +144,7 @@ def assert_nnunet_predictor_opens(model_dir: Path, monkeypatch: pytest.MonkeyPat
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     monkeypatch.delenv("nnUNet_extTrainer", raising=False)
-    monkeypatch.setattr(torch, "half", torch.float32)
+    half_as_float32(monkeypatch)
     nnunet = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                              perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
     nnunet.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
