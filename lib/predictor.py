@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -271,12 +272,9 @@ def resolve_devices(devices: str | Sequence[str] | None = None) -> list[torch.de
         return [torch.device(f"cuda:{i}") for i in range(n)] if n else [torch.device("cpu")]
     out = []
     for name in [devices] if isinstance(devices, str) else devices:
-        try:
-            device = torch.device(str(name))
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in ("cpu", "cuda"):
+        if not re.fullmatch(r"(cpu|cuda)(:\d+)?", str(name)):
             raise ValueError(f"unknown device {name!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+        device = torch.device(str(name))
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             raise ValueError(f"unknown device {name!r}: {torch.cuda.device_count()} CUDA device(s) visible")
         out.append(device)
@@ -341,12 +339,6 @@ class Grid:
         below = tuple((p - s) // 2 for s, p in zip(shape, padded))
         steps = compute_steps_for_sliding_window(padded, patch, tile_step)
         return cls(shape, patch, padded, below, tuple(tuple(int(v) for v in a) for a in steps))
-
-
-def _gaussian(patch: Sequence[int], device: torch.device) -> torch.Tensor:
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-
-    return compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device).float()
 
 
 def _neighbour_offsets(grid: Grid, tile: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]:
@@ -437,11 +429,13 @@ class Tiler:
         self.device = torch.device(device)
         # Tiles with the same neighbours share a weight; nnU-Net's rounded steps give many such patterns over a
         # kidney, so only the recent ones are kept (memory: WEIGHT_CACHE patches).
-        self._weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight_for)
+        self.weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight)
 
     @functools.cached_property
     def gaussian(self) -> torch.Tensor:
-        return _gaussian(self.grid.patch, self.device)
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+        return compute_gaussian(self.grid.patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=self.device).float()
 
     def _touching(self, start: int, stop: int) -> list[int]:
         """The rows (indices of tile starts along the volume's z) whose tiles touch volume slices [start, stop)."""
@@ -478,11 +472,8 @@ class Tiler:
         dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
         return Tile(tuple(src[self.back[a]] for a in range(3)), dst, _neighbour_offsets(grid, t))
 
-    def weight(self, tile: Tile) -> torch.Tensor:
-        """The tile's Gaussian over the weight sum of its box."""
-        return self._weight(tile.neighbours)
-
-    def _weight_for(self, neighbours: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    def _weight(self, neighbours: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+        """The Gaussian over the weight sum of a tile's box (`weight`, cached, keyed by the tile's neighbours)."""
         return self.gaussian / _tile_weight_sum(neighbours, self.gaussian)
 
 
@@ -563,7 +554,7 @@ def sweep(predict: Predict, tiler: Tiler, read: Callable, accumulator: RollingSu
                 cut = list(tile.patch_box)
                 cut[tiler.z_axis] = slice(cut[tiler.z_axis].start + keep.start - z.start,
                                           cut[tiler.z_axis].start + keep.stop - z.start)
-                values = (logit * tiler.weight(tile))[tuple(cut)].permute(*tiler.back)  # back to volume axes
+                values = (logit * tiler.weight(tile.neighbours))[tuple(cut)].permute(*tiler.back)  # back to volume axes
                 accumulator.add((keep, *tile.volume_box[1:]), values)
             if progress is not None:
                 progress.update(len(chunk))
@@ -598,14 +589,12 @@ def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model
 def model_space_slices(model: Model, group: data.Group, work_shape: tuple[int, int, int], start: int = 0,
                        stop: int | None = None) -> Iterator[np.ndarray]:
     """Normalised slices [start, stop) of a group at the model's spacing (`work_shape`), read as needed."""
-    shape = group.shape
     stop = work_shape[0] if stop is None else stop
-    if work_shape == shape:
-        yield from (normalize(s, model.intensity) for s in _read_slices(group, start, stop))
-        return
-    first, last = resample_input_range(shape[0], work_shape[0], start, stop)
-    slices = (normalize(s, model.intensity) for s in _read_slices(group, first, last))
-    yield from resample_slices(slices, shape, work_shape, start, stop)
+    resampled = work_shape != group.shape
+    first, last = resample_input_range(group.shape[0], work_shape[0], start, stop) if resampled else (start, stop)
+    slices = (normalize(s, model.intensity)
+              for a, b in chunks(last - first) for s in group.read_images(first + a, first + b))
+    return resample_slices(slices, group.shape, work_shape, start, stop) if resampled else slices
 
 
 @dataclass(frozen=True)
@@ -691,17 +680,6 @@ class Predictor:
         rolling = RollingSum(start, shape, depth, model.device)
         yield from sweep(self.tile_logits(), tiler, window, rolling, (start, stop), self.batch_size, progress)
 
-    def add_view(self, volume: np.ndarray, total: np.ndarray, view: Sequence[int], block: tuple[int, int] | None = None,
-                 progress: tqdm | None = None) -> None:
-        """Add the logits of one transposed view of `volume` (normalised, e.g. a float16 memmap) to `total` (float32,
-        e.g. a memmap), for z in [block) (default all); one batch of tiles in memory whatever the volume's size."""
-        model = self.models[0]
-        tiler = Tiler(volume.shape, model.patch_size, self.tile_step, view, model.device)
-        block = block or (0, volume.shape[0])
-        for _ in sweep(self.tile_logits(), tiler, array_reader(volume, model.device), MemmapSum(total), block,
-                       self.batch_size, progress):
-            pass
-
     def slices(self, group: data.Group) -> Iterator[np.ndarray]:
         """Vessel probability slices (float32, the group's H x W) of a whole group, in z order: streamed from its
         files for one device and the z-view; through memmaps under `scratch` for several views or devices."""
@@ -763,15 +741,17 @@ class Predictor:
         label = f"predict {block.group.name}" + (f" [{block.worker + 1}/{block.workers} {model.device}]"
                                                  if block.workers > 1 else "")
         for name, view in zip("zyx", self.views):
-            count = Tiler(block.work_shape, model.patch_size, self.tile_step, view).count(*span)
-            with tqdm(total=count, desc=f"{label} {name}-view", unit="tile", disable=not self.progress,
+            tiler = Tiler(block.work_shape, model.patch_size, self.tile_step, view, model.device)
+            with tqdm(total=tiler.count(*span), desc=f"{label} {name}-view", unit="tile", disable=not self.progress,
                       position=block.worker) as bar:
                 if name == "z":
                     for z, logit in enumerate(self.z_view_logits(slices, block.work_shape, span, bar),
                                               start=block.start):
                         total[z] = logit
-                else:
-                    self.add_view(volume, total, view, span, bar)
+                else:  # one batch of tiles in memory whatever the volume's size
+                    for _ in sweep(self.tile_logits(), tiler, array_reader(volume, model.device), MemmapSum(total),
+                                   span, self.batch_size, bar):
+                        pass
         total.flush()
 
     def on_device(self, device: str | torch.device) -> Predictor:
@@ -849,9 +829,3 @@ def _worker_main(predictor: Predictor, block: Block, threads: int, error_file: P
     except BaseException:
         error_file.write_text(traceback.format_exc())
         raise
-
-
-def _read_slices(group: data.Group, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    stop = group.shape[0] if stop is None else stop
-    for a, b in chunks(stop - start):
-        yield from group.read_images(start + a, start + b)
