@@ -1,12 +1,8 @@
 """Sliding-window prediction over whole kidneys in bounded memory, streamed along z.
 
-One `Predictor` (models + settings) runs one `Tiler` (nnU-Net's grid, Gaussian and mirroring, laid over the whole
-volume as `nnUNetPredictor` lays it; each tile divided by the Gaussian sum of the tiles over it) into one of two
-accumulators: `RollingSum`, one patch depth of slices in memory, for the z-view streamed from the files, and
-`MemmapSum`, a float32 logit sum on disk, for the y- and x-views of "axes" TTA (read from a float16 memmap of the
-normalised volume) and for each device's z-block when several devices share a kidney. Flips TTA and ensembles wrap
-the network's logit (`with_flips`, `ensemble`). Two classes: softmax = sigmoid(logit difference), and Gaussian
-averaging is linear, so one channel is accumulated. Memory bounds and disk use: docs/design.md.
+A `Predictor` (models + settings) sweeps a `Tiler` (nnU-Net's grid, Gaussian and mirroring over the whole volume)
+into `RollingSum` (the z-view, in memory) or `MemmapSum` (the y/x-views and device blocks, on disk); flips TTA and
+ensembles wrap the network's logit. The design, memory bounds and disk use: docs/design.md.
 """
 from __future__ import annotations
 
@@ -81,11 +77,8 @@ class MissingModelFileError(ModelFolderError, FileNotFoundError):
 def check_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_final.pth",
                     fold: int = 0) -> tuple[dict, dict, torch.nn.Module]:
     """Check a model folder before any prediction; returns (plans, checkpoint dict, network with its weights).
-
-    plans.json and dataset.json must be readable JSON with what inference needs, fold_k/<checkpoint> a readable
-    nnU-Net checkpoint whose weights fit, key by key and shape by shape, the network the plans describe.
-    A corrupt or truncated file is a ModelFolderError naming it.
-    """
+    A missing, corrupt or truncated file, plans without what inference needs, or weights that do not fit the network
+    the plans describe (key by key, shape by shape) are a ModelFolderError naming the file."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise MissingModelFileError(f"{model_dir}: model folder not found")
@@ -207,11 +200,9 @@ def resample_input_range(z_in: int, z_out: int, start: int, stop: int) -> tuple[
 
 def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int], shape_out: tuple[int, int, int],
                     start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Resample a stream of slices from `shape_in` to `shape_out`: linear along z, bilinear in-plane.
-
-    Yields output slices [start, stop) (default all) from input slices that begin at
-    `resample_input_range(...)[0]`. Holds two input slices at a time. Coordinates follow `align_corners=False`.
-    """
+    """Resample a stream of slices from `shape_in` to `shape_out` (linear along z, bilinear in-plane, as
+    `align_corners=False`), holding two input slices: output slices [start, stop) (default all) from input slices
+    that begin at `resample_input_range(...)[0]`."""
     (z_in, _, _), (z_out, h_out, w_out) = shape_in, shape_out
     stop = z_out if stop is None else stop
 
@@ -614,13 +605,10 @@ class Block:
 
 @dataclass(frozen=True)
 class Predictor:
-    """How a kidney is predicted: the model(s) (an ensemble when several, logits averaged) and the settings, held
-    in one object that `settings()` writes beside every prediction.
-
-    `tta`: TTA_MODES (True/False are aliases of flips/none). `devices` None: the models' own device, streamed in
-    this process; else each device checked, one spawned worker process per device when several. `scratch`: where
-    memmaps go when a kidney is not streamed (default: beside the output, or the system's temporary folder).
-    """
+    """How a kidney is predicted: the model(s) (an ensemble when several) and the settings `settings()` records.
+    `tta`: TTA_MODES (True/False: flips/none). `devices` None: the models' own device, streamed in this process;
+    else one spawned worker per device when several. `scratch`: where memmaps go when a kidney is not streamed
+    (default: beside the output, or the system's temporary folder)."""
 
     models: Sequence[Model]
     tile_step: float = 0.5
@@ -766,10 +754,8 @@ class Predictor:
     def predict_group(self, group: data.Group, out_file: Path | str, dtype: str = "float16",
                       overwrite: bool = False) -> np.memmap:
         """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255).
-
-        A finished file made by the same model(s) and settings is reused; another existing file is an error
-        unless `overwrite`. Temporary memmaps (axes TTA, several devices) go under `scratch` (default: beside
-        `out_file`)."""
+        A finished file of the same model(s) and settings is reused; another existing file is an error unless
+        `overwrite`. Memmaps (axes TTA, several devices) go under `scratch` (default: beside `out_file`)."""
         out_file = Path(out_file)
         record = out_file.with_suffix(".json")
         ready, normalised = self.for_kidney(group)
