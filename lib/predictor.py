@@ -13,9 +13,11 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
 import re
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -230,8 +232,6 @@ def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int]
         pass
 
 
-# ------------------------------------------------------------------------------------------ settings checked early
-
 TTA_MODES = ("none", "flips", "axes", "axes+flips")
 # Each view is the volume with one axis first (the slicing axis); the swaps are their own inverses.
 VIEWS = {"z": (0, 1, 2), "y": (1, 0, 2), "x": (2, 1, 0)}
@@ -308,9 +308,6 @@ def check_compatible(models: Sequence[Model]) -> None:
                                  "the same patch, classes, spacing and normalisation")
 
 
-# ------------------------------------------------------------------------------------------------- the tile grid
-
-
 @dataclass(frozen=True)
 class Grid:
     """nnU-Net's tile grid over a volume: padded to at least the patch, tile starts per axis (padded coordinates)."""
@@ -351,8 +348,6 @@ def _tile_weight_sum(offsets: tuple[tuple[int, ...], ...], gaussian: torch.Tenso
     return total
 
 
-# ----------------------------------------------------------------------------- the network on a batch of tiles
-
 Predict = Callable[[torch.Tensor], torch.Tensor]  # patches (N, 1, *patch) -> vessel-minus-background logits (N, *patch)
 
 
@@ -361,8 +356,7 @@ def network_logits(model: Model, batch_size: int = 1) -> Predict:
     patches per network call, under autocast on CUDA."""
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        autocast = torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext()
-        with autocast:
+        with torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext():
             outs = [model.network(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         d = [out[:, 1].float() - out[:, 0].float() for out in outs]
         return torch.cat(d) if len(d) > 1 else d[0]
@@ -392,9 +386,6 @@ def ensemble(predicts: Sequence[Predict]) -> Predict:
     def mean(x: torch.Tensor) -> torch.Tensor:
         return sum((p(x) for p in predicts[1:]), predicts[0](x)) / len(predicts)
     return mean
-
-
-# ------------------------------------------------------------------------------------------------- the tiler
 
 
 @dataclass(frozen=True)
@@ -560,9 +551,6 @@ def _shift_down(buffer: torch.Tensor, rows: int) -> None:
     buffer[max(buffer.shape[0] - rows, 0):].zero_()
 
 
-# ---------------------------------------------------------------------------------------------- whole kidneys
-
-
 def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model: Model | float | Sequence[float],
                       resample: bool) -> tuple[int, int, int]:
     """The shape a volume takes at the training spacing (a model's, or a spacing in mm: one number for all axes, or
@@ -641,8 +629,8 @@ class Predictor:
     def tile_logits(self) -> Predict:
         """The logit of a batch of patches: each model (with nnU-Net's mirrorings for flips TTA), averaged."""
         flips = tta_flips(self.tta)
-        return ensemble([with_flips(network_logits(m, self.batch_size), m.mirror_axes) if flips
-                         else network_logits(m, self.batch_size) for m in self.models])
+        return ensemble([with_flips(network_logits(m, self.batch_size), m.mirror_axes if flips else ())
+                         for m in self.models])
 
     def for_kidney(self, group: normalisation.Volume) -> tuple[Predictor, dict]:
         """The predictor ready to normalise `group`: "kidney" models get its own statistics (one streaming pass,
@@ -784,8 +772,6 @@ class Predictor:
 
 def _run_workers(predictor: Predictor, blocks: list[Block], tmp: Path) -> None:
     """One spawned process per block (device), each with its own copy of the models; fails naming the device."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("spawn")
     cpu_workers = sum(block.device == "cpu" for block in blocks)
     threads = max(1, torch.get_num_threads() // max(cpu_workers, 1))
@@ -806,8 +792,6 @@ def _run_workers(predictor: Predictor, blocks: list[Block], tmp: Path) -> None:
 
 
 def _worker_main(predictor: Predictor, block: Block, threads: int, error_file: Path) -> None:
-    import traceback
-
     try:
         if block.device == "cpu":
             torch.set_num_threads(threads)
