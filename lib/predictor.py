@@ -314,7 +314,6 @@ class Grid:
 
     shape: tuple[int, int, int]
     patch: tuple[int, int, int]
-    padded: tuple[int, int, int]
     below: tuple[int, int, int]  # zero padding before the volume on each axis
     steps: tuple[tuple[int, ...], ...]
 
@@ -326,26 +325,7 @@ class Grid:
         padded = tuple(max(s, p) for s, p in zip(shape, patch))
         below = tuple((p - s) // 2 for s, p in zip(shape, padded))
         steps = compute_steps_for_sliding_window(padded, patch, tile_step)
-        return cls(shape, patch, padded, below, tuple(tuple(int(v) for v in a) for a in steps))
-
-
-def _neighbour_offsets(grid: Grid, tile: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]:
-    """Per axis, the start offsets of the tiles that overlap `tile` (itself included): all its weight sum depends
-    on, so tiles with the same offsets (every interior tile) share one."""
-    return tuple(tuple(o - starts[tile[a]] for o in starts if abs(o - starts[tile[a]]) < p)
-                 for a, (starts, p) in enumerate(zip(grid.steps, grid.patch)))
-
-
-def _tile_weight_sum(offsets: tuple[tuple[int, ...], ...], gaussian: torch.Tensor) -> torch.Tensor:
-    """The sum of every tile's Gaussian over one tile's box (what nnU-Net divides by there), so that each tile
-    can be normalised on its own: only the tiles overlapping it (`_neighbour_offsets`) contribute."""
-    overlaps = []  # per axis: (slice of the other tile's Gaussian, slice of this tile's box)
-    for d, p in zip(offsets, gaussian.shape):
-        overlaps.append([(slice(max(-o, 0), min(p - o, p)), slice(max(o, 0), min(o + p, p))) for o in d])
-    total = torch.zeros_like(gaussian)
-    for (g0, t0), (g1, t1), (g2, t2) in itertools.product(*overlaps):
-        total[t0, t1, t2] += gaussian[g0, g1, g2]
-    return total
+        return cls(shape, patch, below, tuple(tuple(int(v) for v in a) for a in steps))
 
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # patches (N, 1, *patch) -> vessel-minus-background logits (N, *patch)
@@ -394,7 +374,9 @@ class Tile:
 
     volume_box: tuple[slice, slice, slice]
     patch_box: tuple[slice, slice, slice]
-    neighbours: tuple[tuple[int, ...], ...]  # what its weight sum depends on (`_neighbour_offsets`)
+    # Per axis, the start offsets of the tiles that overlap it (itself included): all its weight sum depends on,
+    # so tiles with the same offsets (every interior tile) share one.
+    neighbours: tuple[tuple[int, ...], ...]
 
 
 class Tiler:
@@ -434,11 +416,11 @@ class Tiler:
 
     def rows(self, start: int, stop: int) -> Iterator[tuple[list[Tile], int]]:
         """The tiles touching volume slices [start, stop), a row (same start along z) at a time, each row with the
-        volume slice below which no later row adds anything."""
+        volume slice (at most `stop`) below which no later row adds anything."""
         grid, za = self.grid, self.z_axis
         steps = grid.steps[za]
         for i in self._touching(start, stop):
-            done = (steps[i + 1] if i + 1 < len(steps) else grid.padded[za]) - grid.below[za]
+            done = min(steps[i + 1] - grid.below[za], stop) if i + 1 < len(steps) else stop
             others = [range(len(s)) if a != za else (i,) for a, s in enumerate(grid.steps)]
             yield [self._tile(t) for t in itertools.product(*others)], done
 
@@ -452,11 +434,20 @@ class Tiler:
         lo = [grid.steps[a][t[a]] - grid.below[a] for a in range(3)]  # view coordinates, < 0 in the padding
         src = [slice(max(lo[a], 0), min(lo[a] + grid.patch[a], grid.shape[a])) for a in range(3)]
         dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
-        return Tile(tuple(src[self.back[a]] for a in range(3)), dst, _neighbour_offsets(grid, t))
+        near = tuple(tuple(o - starts[t[a]] for o in starts if abs(o - starts[t[a]]) < p)
+                     for a, (starts, p) in enumerate(zip(grid.steps, grid.patch)))
+        return Tile(tuple(src[self.back[a]] for a in range(3)), dst, near)
 
     def _weight(self, neighbours: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-        """The Gaussian over the weight sum of a tile's box (`weight`, cached, keyed by the tile's neighbours)."""
-        return self.gaussian / _tile_weight_sum(neighbours, self.gaussian)
+        """A tile's Gaussian over the sum of every tile's Gaussian over its box (what nnU-Net divides by there):
+        only the tiles overlapping it (its `neighbours`) contribute. Cached as `weight`."""
+        g = self.gaussian
+        overlaps = [[(slice(max(-o, 0), min(p - o, p)), slice(max(o, 0), min(o + p, p))) for o in d]
+                    for d, p in zip(neighbours, g.shape)]  # per axis: (the other tile's Gaussian, this tile's box)
+        total = torch.zeros_like(g)
+        for (g0, t0), (g1, t1), (g2, t2) in itertools.product(*overlaps):
+            total[t0, t1, t2] += g[g0, g1, g2]
+        return g / total
 
 
 class SliceWindow:
@@ -540,8 +531,7 @@ def sweep(predict: Predict, tiler: Tiler, read: Callable, accumulator: RollingSu
                 accumulator.add((keep, *tile.volume_box[1:]), values)
             if progress is not None:
                 progress.update(len(chunk))
-        yield from accumulator.finished(min(done, stop))
-    yield from accumulator.finished(stop)
+        yield from accumulator.finished(done)
 
 
 def _shift_down(buffer: torch.Tensor, rows: int) -> None:
@@ -700,8 +690,7 @@ class Predictor:
             else:
                 _run_workers(self.on_device("cpu"), blocks, tmp)
             total = np.load(total_file, mmap_mode="r")
-            yield from self._probabilities((total[z] for z in range(work_shape[0])), work_shape, group.shape,
-                                           len(self.views))
+            yield from self._probabilities(total, work_shape, group.shape, len(self.views))
             del total
 
     def predict_block(self, block: Block) -> None:
