@@ -147,9 +147,8 @@ def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "c
 
 
 def checkpoint_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_best.pth", fold: int = 0) -> Path | None:
-    """A second model folder `<model_dir>-<name>` holding another checkpoint of the same training (e.g. the best
-    on validation patches) as its checkpoint_final.pth, so that an ensemble of the two exists. None when that
-    checkpoint is missing or holds the same weights as the final one (nothing to ensemble)."""
+    """A second model folder `<model_dir>-<name>` holding another checkpoint of the same training (e.g. the best) as
+    its checkpoint_final.pth, to ensemble with the final one; None when it is missing or holds the same weights."""
     model_dir = Path(model_dir)
     source, final = model_dir / f"fold_{fold}" / checkpoint, model_dir / f"fold_{fold}" / "checkpoint_final.pth"
     if not source.is_file() or not final.is_file():
@@ -380,9 +379,8 @@ class Tile:
 
 
 class Tiler:
-    """nnU-Net's sliding window over one view of a volume (its axes swapped by `view`, (0, 1, 2) for the z-view):
-    the tiles, in rows along the volume's z, and each tile's Gaussian divided by the sum of the Gaussians of every
-    tile over it. Each tile is so normalised on its own and any accumulator just adds."""
+    """nnU-Net's sliding window over one view of a volume (axes swapped by `view`): its tiles in rows along the
+    volume's z, each weighted by its Gaussian over the sum of the Gaussians over it, so any accumulator just adds."""
 
     def __init__(self, shape: Sequence[int], patch: Sequence[int], tile_step: float,
                  view: Sequence[int] = (0, 1, 2), device: str | torch.device = "cpu") -> None:
