@@ -697,10 +697,8 @@ class Predictor:
         volume = np.load(block.volume_file, mmap_mode="r") if block.volume_file is not None else None
         model, span = self.models[0], (block.start, block.stop)
         first, last = Tiler(block.work_shape, model.patch_size, self.tile_step).input_range(*span)
-        if volume is not None:  # every view reads the same float16 volume
-            slices: Iterable[np.ndarray] = (np.asarray(volume[z], np.float32) for z in range(first, last))
-        else:
-            slices = model_space_slices(model, block.group, block.work_shape, first, last)
+        slices = (model_space_slices(model, block.group, block.work_shape, first, last) if volume is None
+                  else volume[first:last])  # every view reads the same float16 volume (SliceWindow makes it float32)
         label = f"predict {block.group.name}" + (f" [{block.worker + 1}/{block.workers} {model.device}]"
                                                  if block.workers > 1 else "")
         for name, view in zip("zyx", self.views):
