@@ -1,12 +1,8 @@
 """Sliding-window prediction over whole kidneys in bounded memory, streamed along z.
 
-One `Predictor` (models + settings) runs one `Tiler` (nnU-Net's grid, Gaussian and mirroring, laid over the whole
-volume as `nnUNetPredictor` lays it; each tile divided by the Gaussian sum of the tiles over it) into one of two
-accumulators: `RollingSum`, one patch depth of slices in memory, for the z-view streamed from the files, and
-`MemmapSum`, a float32 logit sum on disk, for the y- and x-views of "axes" TTA (read from a float16 memmap of the
-normalised volume) and for each device's z-block when several devices share a kidney. Flips TTA and ensembles wrap
-the network's logit (`with_flips`, `ensemble`). Two classes: softmax = sigmoid(logit difference), and Gaussian
-averaging is linear, so one channel is accumulated. Memory bounds and disk use: docs/design.md.
+A `Predictor` (models + settings) sweeps a `Tiler` (nnU-Net's grid, Gaussian and mirroring over the whole volume)
+into `RollingSum` (the z-view, in memory) or `MemmapSum` (the y/x-views and device blocks, on disk); flips TTA and
+ensembles wrap the network's logit. The design, memory bounds and disk use: docs/design.md.
 """
 from __future__ import annotations
 
@@ -17,8 +13,11 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
+import re
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -80,11 +79,8 @@ class MissingModelFileError(ModelFolderError, FileNotFoundError):
 def check_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_final.pth",
                     fold: int = 0) -> tuple[dict, dict, torch.nn.Module]:
     """Check a model folder before any prediction; returns (plans, checkpoint dict, network with its weights).
-
-    plans.json and dataset.json must be readable JSON with what inference needs, fold_k/<checkpoint> a readable
-    nnU-Net checkpoint whose weights fit, key by key and shape by shape, the network the plans describe.
-    A corrupt or truncated file is a ModelFolderError naming it.
-    """
+    A missing, corrupt or truncated file, plans without what inference needs, or weights that do not fit the network
+    the plans describe (key by key, shape by shape) are a ModelFolderError naming the file."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise MissingModelFileError(f"{model_dir}: model folder not found")
@@ -151,9 +147,8 @@ def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "c
 
 
 def checkpoint_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_best.pth", fold: int = 0) -> Path | None:
-    """A second model folder `<model_dir>-<name>` holding another checkpoint of the same training (e.g. the best
-    on validation patches) as its checkpoint_final.pth, so that an ensemble of the two exists. None when that
-    checkpoint is missing or holds the same weights as the final one (nothing to ensemble)."""
+    """A second model folder `<model_dir>-<name>` holding another checkpoint of the same training (e.g. the best) as
+    its checkpoint_final.pth, to ensemble with the final one; None when it is missing or holds the same weights."""
     model_dir = Path(model_dir)
     source, final = model_dir / f"fold_{fold}" / checkpoint, model_dir / f"fold_{fold}" / "checkpoint_final.pth"
     if not source.is_file() or not final.is_file():
@@ -206,11 +201,9 @@ def resample_input_range(z_in: int, z_out: int, start: int, stop: int) -> tuple[
 
 def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int], shape_out: tuple[int, int, int],
                     start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Resample a stream of slices from `shape_in` to `shape_out`: linear along z, bilinear in-plane.
-
-    Yields output slices [start, stop) (default all) from input slices that begin at
-    `resample_input_range(...)[0]`. Holds two input slices at a time. Coordinates follow `align_corners=False`.
-    """
+    """Resample a stream of slices from `shape_in` to `shape_out` (linear along z, bilinear in-plane, as
+    `align_corners=False`), holding two input slices: output slices [start, stop) (default all) from input slices
+    that begin at `resample_input_range(...)[0]`."""
     (z_in, _, _), (z_out, h_out, w_out) = shape_in, shape_out
     stop = z_out if stop is None else stop
 
@@ -237,8 +230,6 @@ def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int]
     for _ in source:  # drain, so that a generator upstream runs to its end
         pass
 
-
-# ------------------------------------------------------------------------------------------ settings checked early
 
 TTA_MODES = ("none", "flips", "axes", "axes+flips")
 # Each view is the volume with one axis first (the slicing axis); the swaps are their own inverses.
@@ -271,12 +262,9 @@ def resolve_devices(devices: str | Sequence[str] | None = None) -> list[torch.de
         return [torch.device(f"cuda:{i}") for i in range(n)] if n else [torch.device("cpu")]
     out = []
     for name in [devices] if isinstance(devices, str) else devices:
-        try:
-            device = torch.device(str(name))
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in ("cpu", "cuda"):
+        if not re.fullmatch(r"(cpu|cuda)(:\d+)?", str(name)):
             raise ValueError(f"unknown device {name!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+        device = torch.device(str(name))
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             raise ValueError(f"unknown device {name!r}: {torch.cuda.device_count()} CUDA device(s) visible")
         out.append(device)
@@ -319,16 +307,12 @@ def check_compatible(models: Sequence[Model]) -> None:
                                  "the same patch, classes, spacing and normalisation")
 
 
-# ------------------------------------------------------------------------------------------------- the tile grid
-
-
 @dataclass(frozen=True)
 class Grid:
     """nnU-Net's tile grid over a volume: padded to at least the patch, tile starts per axis (padded coordinates)."""
 
     shape: tuple[int, int, int]
     patch: tuple[int, int, int]
-    padded: tuple[int, int, int]
     below: tuple[int, int, int]  # zero padding before the volume on each axis
     steps: tuple[tuple[int, ...], ...]
 
@@ -340,35 +324,8 @@ class Grid:
         padded = tuple(max(s, p) for s, p in zip(shape, patch))
         below = tuple((p - s) // 2 for s, p in zip(shape, padded))
         steps = compute_steps_for_sliding_window(padded, patch, tile_step)
-        return cls(shape, patch, padded, below, tuple(tuple(int(v) for v in a) for a in steps))
+        return cls(shape, patch, below, tuple(tuple(int(v) for v in a) for a in steps))
 
-
-def _gaussian(patch: Sequence[int], device: torch.device) -> torch.Tensor:
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-
-    return compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=10, device=device).float()
-
-
-def _neighbour_offsets(grid: Grid, tile: tuple[int, int, int]) -> tuple[tuple[int, ...], ...]:
-    """Per axis, the start offsets of the tiles that overlap `tile` (itself included): all its weight sum depends
-    on, so tiles with the same offsets (every interior tile) share one."""
-    return tuple(tuple(o - starts[tile[a]] for o in starts if abs(o - starts[tile[a]]) < p)
-                 for a, (starts, p) in enumerate(zip(grid.steps, grid.patch)))
-
-
-def _tile_weight_sum(offsets: tuple[tuple[int, ...], ...], gaussian: torch.Tensor) -> torch.Tensor:
-    """The sum of every tile's Gaussian over one tile's box (what nnU-Net divides by there), so that each tile
-    can be normalised on its own: only the tiles overlapping it (`_neighbour_offsets`) contribute."""
-    overlaps = []  # per axis: (slice of the other tile's Gaussian, slice of this tile's box)
-    for d, p in zip(offsets, gaussian.shape):
-        overlaps.append([(slice(max(-o, 0), min(p - o, p)), slice(max(o, 0), min(o + p, p))) for o in d])
-    total = torch.zeros_like(gaussian)
-    for (g0, t0), (g1, t1), (g2, t2) in itertools.product(*overlaps):
-        total[t0, t1, t2] += gaussian[g0, g1, g2]
-    return total
-
-
-# ----------------------------------------------------------------------------- the network on a batch of tiles
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # patches (N, 1, *patch) -> vessel-minus-background logits (N, *patch)
 
@@ -378,8 +335,7 @@ def network_logits(model: Model, batch_size: int = 1) -> Predict:
     patches per network call, under autocast on CUDA."""
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        autocast = torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext()
-        with autocast:
+        with torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext():
             outs = [model.network(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         d = [out[:, 1].float() - out[:, 0].float() for out in outs]
         return torch.cat(d) if len(d) > 1 else d[0]
@@ -411,22 +367,20 @@ def ensemble(predicts: Sequence[Predict]) -> Predict:
     return mean
 
 
-# ------------------------------------------------------------------------------------------------- the tiler
-
-
 @dataclass(frozen=True)
 class Tile:
     """One tile of a view: where it lies in the volume (volume axes, clipped to it) and in the patch (view axes)."""
 
     volume_box: tuple[slice, slice, slice]
     patch_box: tuple[slice, slice, slice]
-    neighbours: tuple[tuple[int, ...], ...]  # what its weight sum depends on (`_neighbour_offsets`)
+    # Per axis, the start offsets of the tiles that overlap it (itself included): all its weight sum depends on,
+    # so tiles with the same offsets (every interior tile) share one.
+    neighbours: tuple[tuple[int, ...], ...]
 
 
 class Tiler:
-    """nnU-Net's sliding window over one view of a volume (its axes swapped by `view`, (0, 1, 2) for the z-view):
-    the tiles, in rows along the volume's z, and each tile's Gaussian divided by the sum of the Gaussians of every
-    tile over it. Each tile is so normalised on its own and any accumulator just adds."""
+    """nnU-Net's sliding window over one view of a volume (axes swapped by `view`): its tiles in rows along the
+    volume's z, each weighted by its Gaussian over the sum of the Gaussians over it, so any accumulator just adds."""
 
     def __init__(self, shape: Sequence[int], patch: Sequence[int], tile_step: float,
                  view: Sequence[int] = (0, 1, 2), device: str | torch.device = "cpu") -> None:
@@ -437,11 +391,13 @@ class Tiler:
         self.device = torch.device(device)
         # Tiles with the same neighbours share a weight; nnU-Net's rounded steps give many such patterns over a
         # kidney, so only the recent ones are kept (memory: WEIGHT_CACHE patches).
-        self._weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight_for)
+        self.weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight)
 
     @functools.cached_property
     def gaussian(self) -> torch.Tensor:
-        return _gaussian(self.grid.patch, self.device)
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+        return compute_gaussian(self.grid.patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=self.device).float()
 
     def _touching(self, start: int, stop: int) -> list[int]:
         """The rows (indices of tile starts along the volume's z) whose tiles touch volume slices [start, stop)."""
@@ -458,11 +414,11 @@ class Tiler:
 
     def rows(self, start: int, stop: int) -> Iterator[tuple[list[Tile], int]]:
         """The tiles touching volume slices [start, stop), a row (same start along z) at a time, each row with the
-        volume slice below which no later row adds anything."""
+        volume slice (at most `stop`) below which no later row adds anything."""
         grid, za = self.grid, self.z_axis
         steps = grid.steps[za]
         for i in self._touching(start, stop):
-            done = (steps[i + 1] if i + 1 < len(steps) else grid.padded[za]) - grid.below[za]
+            done = min(steps[i + 1] - grid.below[za], stop) if i + 1 < len(steps) else stop
             others = [range(len(s)) if a != za else (i,) for a, s in enumerate(grid.steps)]
             yield [self._tile(t) for t in itertools.product(*others)], done
 
@@ -476,14 +432,20 @@ class Tiler:
         lo = [grid.steps[a][t[a]] - grid.below[a] for a in range(3)]  # view coordinates, < 0 in the padding
         src = [slice(max(lo[a], 0), min(lo[a] + grid.patch[a], grid.shape[a])) for a in range(3)]
         dst = tuple(slice(s.start - lo[a], s.stop - lo[a]) for a, s in enumerate(src))
-        return Tile(tuple(src[self.back[a]] for a in range(3)), dst, _neighbour_offsets(grid, t))
+        near = tuple(tuple(o - starts[t[a]] for o in starts if abs(o - starts[t[a]]) < p)
+                     for a, (starts, p) in enumerate(zip(grid.steps, grid.patch)))
+        return Tile(tuple(src[self.back[a]] for a in range(3)), dst, near)
 
-    def weight(self, tile: Tile) -> torch.Tensor:
-        """The tile's Gaussian over the weight sum of its box."""
-        return self._weight(tile.neighbours)
-
-    def _weight_for(self, neighbours: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-        return self.gaussian / _tile_weight_sum(neighbours, self.gaussian)
+    def _weight(self, neighbours: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+        """A tile's Gaussian over the sum of every tile's Gaussian over its box (what nnU-Net divides by there):
+        only the tiles overlapping it (its `neighbours`) contribute. Cached as `weight`."""
+        g = self.gaussian
+        overlaps = [[(slice(max(-o, 0), min(p - o, p)), slice(max(o, 0), min(o + p, p))) for o in d]
+                    for d, p in zip(neighbours, g.shape)]  # per axis: (the other tile's Gaussian, this tile's box)
+        total = torch.zeros_like(g)
+        for (g0, t0), (g1, t1), (g2, t2) in itertools.product(*overlaps):
+            total[t0, t1, t2] += g[g0, g1, g2]
+        return g / total
 
 
 class SliceWindow:
@@ -563,12 +525,11 @@ def sweep(predict: Predict, tiler: Tiler, read: Callable, accumulator: RollingSu
                 cut = list(tile.patch_box)
                 cut[tiler.z_axis] = slice(cut[tiler.z_axis].start + keep.start - z.start,
                                           cut[tiler.z_axis].start + keep.stop - z.start)
-                values = (logit * tiler.weight(tile))[tuple(cut)].permute(*tiler.back)  # back to volume axes
+                values = (logit * tiler.weight(tile.neighbours))[tuple(cut)].permute(*tiler.back)  # back to volume axes
                 accumulator.add((keep, *tile.volume_box[1:]), values)
             if progress is not None:
                 progress.update(len(chunk))
-        yield from accumulator.finished(min(done, stop))
-    yield from accumulator.finished(stop)
+        yield from accumulator.finished(done)
 
 
 def _shift_down(buffer: torch.Tensor, rows: int) -> None:
@@ -576,9 +537,6 @@ def _shift_down(buffer: torch.Tensor, rows: int) -> None:
     for r in range(buffer.shape[0] - rows):
         buffer[r].copy_(buffer[r + rows])
     buffer[max(buffer.shape[0] - rows, 0):].zero_()
-
-
-# ---------------------------------------------------------------------------------------------- whole kidneys
 
 
 def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model: Model | float | Sequence[float],
@@ -598,14 +556,12 @@ def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model
 def model_space_slices(model: Model, group: data.Group, work_shape: tuple[int, int, int], start: int = 0,
                        stop: int | None = None) -> Iterator[np.ndarray]:
     """Normalised slices [start, stop) of a group at the model's spacing (`work_shape`), read as needed."""
-    shape = group.shape
     stop = work_shape[0] if stop is None else stop
-    if work_shape == shape:
-        yield from (normalize(s, model.intensity) for s in _read_slices(group, start, stop))
-        return
-    first, last = resample_input_range(shape[0], work_shape[0], start, stop)
-    slices = (normalize(s, model.intensity) for s in _read_slices(group, first, last))
-    yield from resample_slices(slices, shape, work_shape, start, stop)
+    resampled = work_shape != group.shape
+    first, last = resample_input_range(group.shape[0], work_shape[0], start, stop) if resampled else (start, stop)
+    slices = (normalize(s, model.intensity)
+              for a, b in chunks(last - first) for s in group.read_images(first + a, first + b))
+    return resample_slices(slices, group.shape, work_shape, start, stop) if resampled else slices
 
 
 @dataclass(frozen=True)
@@ -625,13 +581,10 @@ class Block:
 
 @dataclass(frozen=True)
 class Predictor:
-    """How a kidney is predicted: the model(s) (an ensemble when several, logits averaged) and the settings, held
-    in one object that `settings()` writes beside every prediction.
-
-    `tta`: TTA_MODES (True/False are aliases of flips/none). `devices` None: the models' own device, streamed in
-    this process; else each device checked, one spawned worker process per device when several. `scratch`: where
-    memmaps go when a kidney is not streamed (default: beside the output, or the system's temporary folder).
-    """
+    """How a kidney is predicted: the model(s) (an ensemble when several) and the settings `settings()` records.
+    `tta`: TTA_MODES (True/False: flips/none). `devices` None: the models' own device, streamed in this process;
+    else one spawned worker per device when several. `scratch`: where memmaps go when a kidney is not streamed
+    (default: beside the output, or the system's temporary folder)."""
 
     models: Sequence[Model]
     tile_step: float = 0.5
@@ -664,8 +617,8 @@ class Predictor:
     def tile_logits(self) -> Predict:
         """The logit of a batch of patches: each model (with nnU-Net's mirrorings for flips TTA), averaged."""
         flips = tta_flips(self.tta)
-        return ensemble([with_flips(network_logits(m, self.batch_size), m.mirror_axes) if flips
-                         else network_logits(m, self.batch_size) for m in self.models])
+        return ensemble([with_flips(network_logits(m, self.batch_size), m.mirror_axes if flips else ())
+                         for m in self.models])
 
     def for_kidney(self, group: normalisation.Volume) -> tuple[Predictor, dict]:
         """The predictor ready to normalise `group`: "kidney" models get its own statistics (one streaming pass,
@@ -690,17 +643,6 @@ class Predictor:
         window = SliceWindow(slices, tiler.input_range(start, stop)[0], shape, depth, model.device)
         rolling = RollingSum(start, shape, depth, model.device)
         yield from sweep(self.tile_logits(), tiler, window, rolling, (start, stop), self.batch_size, progress)
-
-    def add_view(self, volume: np.ndarray, total: np.ndarray, view: Sequence[int], block: tuple[int, int] | None = None,
-                 progress: tqdm | None = None) -> None:
-        """Add the logits of one transposed view of `volume` (normalised, e.g. a float16 memmap) to `total` (float32,
-        e.g. a memmap), for z in [block) (default all); one batch of tiles in memory whatever the volume's size."""
-        model = self.models[0]
-        tiler = Tiler(volume.shape, model.patch_size, self.tile_step, view, model.device)
-        block = block or (0, volume.shape[0])
-        for _ in sweep(self.tile_logits(), tiler, array_reader(volume, model.device), MemmapSum(total), block,
-                       self.batch_size, progress):
-            pass
 
     def slices(self, group: data.Group) -> Iterator[np.ndarray]:
         """Vessel probability slices (float32, the group's H x W) of a whole group, in z order: streamed from its
@@ -746,8 +688,7 @@ class Predictor:
             else:
                 _run_workers(self.on_device("cpu"), blocks, tmp)
             total = np.load(total_file, mmap_mode="r")
-            yield from self._probabilities((total[z] for z in range(work_shape[0])), work_shape, group.shape,
-                                           len(self.views))
+            yield from self._probabilities(total, work_shape, group.shape, len(self.views))
             del total
 
     def predict_block(self, block: Block) -> None:
@@ -756,22 +697,22 @@ class Predictor:
         volume = np.load(block.volume_file, mmap_mode="r") if block.volume_file is not None else None
         model, span = self.models[0], (block.start, block.stop)
         first, last = Tiler(block.work_shape, model.patch_size, self.tile_step).input_range(*span)
-        if volume is not None:  # every view reads the same float16 volume
-            slices: Iterable[np.ndarray] = (np.asarray(volume[z], np.float32) for z in range(first, last))
-        else:
-            slices = model_space_slices(model, block.group, block.work_shape, first, last)
+        slices = (model_space_slices(model, block.group, block.work_shape, first, last) if volume is None
+                  else volume[first:last])  # every view reads the same float16 volume (SliceWindow makes it float32)
         label = f"predict {block.group.name}" + (f" [{block.worker + 1}/{block.workers} {model.device}]"
                                                  if block.workers > 1 else "")
         for name, view in zip("zyx", self.views):
-            count = Tiler(block.work_shape, model.patch_size, self.tile_step, view).count(*span)
-            with tqdm(total=count, desc=f"{label} {name}-view", unit="tile", disable=not self.progress,
+            tiler = Tiler(block.work_shape, model.patch_size, self.tile_step, view, model.device)
+            with tqdm(total=tiler.count(*span), desc=f"{label} {name}-view", unit="tile", disable=not self.progress,
                       position=block.worker) as bar:
                 if name == "z":
                     for z, logit in enumerate(self.z_view_logits(slices, block.work_shape, span, bar),
                                               start=block.start):
                         total[z] = logit
-                else:
-                    self.add_view(volume, total, view, span, bar)
+                else:  # one batch of tiles in memory whatever the volume's size
+                    for _ in sweep(self.tile_logits(), tiler, array_reader(volume, model.device), MemmapSum(total),
+                                   span, self.batch_size, bar):
+                        pass
         total.flush()
 
     def on_device(self, device: str | torch.device) -> Predictor:
@@ -786,10 +727,8 @@ class Predictor:
     def predict_group(self, group: data.Group, out_file: Path | str, dtype: str = "float16",
                       overwrite: bool = False) -> np.memmap:
         """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255).
-
-        A finished file made by the same model(s) and settings is reused; another existing file is an error
-        unless `overwrite`. Temporary memmaps (axes TTA, several devices) go under `scratch` (default: beside
-        `out_file`)."""
+        A finished file of the same model(s) and settings is reused; another existing file is an error unless
+        `overwrite`. Memmaps (axes TTA, several devices) go under `scratch` (default: beside `out_file`)."""
         out_file = Path(out_file)
         record = out_file.with_suffix(".json")
         ready, normalised = self.for_kidney(group)
@@ -818,8 +757,6 @@ class Predictor:
 
 def _run_workers(predictor: Predictor, blocks: list[Block], tmp: Path) -> None:
     """One spawned process per block (device), each with its own copy of the models; fails naming the device."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("spawn")
     cpu_workers = sum(block.device == "cpu" for block in blocks)
     threads = max(1, torch.get_num_threads() // max(cpu_workers, 1))
@@ -840,8 +777,6 @@ def _run_workers(predictor: Predictor, blocks: list[Block], tmp: Path) -> None:
 
 
 def _worker_main(predictor: Predictor, block: Block, threads: int, error_file: Path) -> None:
-    import traceback
-
     try:
         if block.device == "cpu":
             torch.set_num_threads(threads)
@@ -849,9 +784,3 @@ def _worker_main(predictor: Predictor, block: Block, threads: int, error_file: P
     except BaseException:
         error_file.write_text(traceback.format_exc())
         raise
-
-
-def _read_slices(group: data.Group, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    stop = group.shape[0] if stop is None else stop
-    for a, b in chunks(stop - start):
-        yield from group.read_images(start + a, start + b)
