@@ -53,21 +53,13 @@ def classify_folder(folder: Path, dirs: list[str], files: set[str]) -> list[tupl
 
 
 def _entries(folder: Path) -> tuple[list[str], set[str]]:
-    """(sorted sub-folder names, file names) of `folder`, symlinks followed; empty when unreadable."""
-    dirs, files = [], set()
+    """(sorted sub-folder names, file names) of `folder`, symlinks followed; empty when unreadable (an entry that
+    cannot be read is neither)."""
     try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                try:
-                    if entry.is_dir():
-                        dirs.append(entry.name)
-                    elif entry.is_file():
-                        files.add(entry.name)
-                except OSError:
-                    continue
+        names = os.listdir(folder)
     except OSError:
-        pass
-    return sorted(dirs), files
+        return [], set()
+    return sorted(n for n in names if os.path.isdir(folder / n)), {n for n in names if os.path.isfile(folder / n)}
 
 
 def scan_inputs(root: Path | str | None = None) -> dict[str, list[Path]]:
