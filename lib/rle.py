@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from lib import volume
+
 EMPTY = "1 0"
 
 
@@ -21,16 +23,8 @@ def encode(mask: np.ndarray) -> str:
     """Encode a 2D mask (any dtype; nonzero = foreground) as a Kaggle RLE string."""
     if mask.ndim != 2:
         raise ValueError(f"RLE encodes 2D slices, got an array of shape {mask.shape}")
-    flat = np.zeros(mask.size + 2, dtype=np.int8)
-    flat[1:-1] = mask.reshape(-1) != 0
-    edges = np.flatnonzero(np.diff(flat))  # run starts (0-indexed) and ends alternate
-    if edges.size == 0:
-        return EMPTY
-    starts, ends = edges[0::2], edges[1::2]
-    pairs = np.empty(edges.size, dtype=np.int64)
-    pairs[0::2] = starts + 1
-    pairs[1::2] = ends - starts
-    return " ".join(map(str, pairs.tolist()))
+    spans = volume.runs(mask.reshape(-1) != 0)
+    return " ".join(f"{start + 1} {stop - start}" for start, stop in spans) or EMPTY
 
 
 def runs(rle: str | float | None, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ def chunks(depth: int, size: int = CHUNK) -> list[tuple[int, int]]:
 
 def runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) of the runs of True in a 1D bool array (e.g. the slices kept, or the empty ones)."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(flags).astype(np.int8), [0]])))
+    edges = np.flatnonzero(np.diff(np.pad(np.asarray(flags, np.int8), 1)))  # starts and stops alternate
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 
