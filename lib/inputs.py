@@ -1,12 +1,6 @@
-"""Kaggle inputs found by what they contain, not by where Kaggle mounts them (docs/kaggle.md).
-
-Kaggle has mounted the competition, datasets, Models and notebook outputs at several depths under `/kaggle/input`.
-One walk of it, bounded in depth, following symlinked folders once each and never entering the competition's image
-folders, sorts what it meets into the kinds of INPUT_KINDS. Several candidates of a kind: the competition folder
-named `blood-vessel-segmentation` first; then the shallowest, then by path.
-
-Only the standard library: the Kaggle setup cell embeds this file's source to find the wheels before the project
-is installed (so there is one implementation). `KAGGLE_INPUT_DIR` relocates `/kaggle/input` (tests).
+"""Kaggle inputs found by what they contain, not by where Kaggle mounts them (docs/kaggle.md: the walk, the kinds
+and the order among several candidates). Only the standard library: the Kaggle setup cell embeds this file's source
+to find the wheels before the project is installed. `KAGGLE_INPUT_DIR` relocates `/kaggle/input` (tests).
 """
 import os
 from collections.abc import Callable
@@ -78,8 +72,7 @@ def scan_inputs(root: Path | str | None = None) -> dict[str, list[Path]]:
         for kind, path in kinds:
             if kind == "run" and any(path.is_relative_to(outer) for outer in found["run"]):
                 continue  # a round inside a run: the run is what resumes
-            if path not in found[kind]:
-                found[kind].append(path)
+            found[kind].append(path)  # each folder is walked once, so each path comes once
         if depth < MAX_DEPTH and not any(kind in LEAVES for kind, _ in kinds):
             stack += [(folder / d, depth + 1) for d in reversed(dirs) if d not in PRUNED and not d.startswith(".")]
     for kind, paths in found.items():
