@@ -43,24 +43,20 @@ def live_frontend() -> bool:
     forced = os.environ.get("SENNET_INTERACTIVE")
     if forced is not None:
         return forced.strip().lower() in {"1", "true", "yes"}
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
+    from IPython import get_ipython  # the notebooks run in an IPython kernel (ipykernel)
+
     kernel = getattr(get_ipython(), "kernel", None)
     return bool(kernel is not None and getattr(kernel, "_allow_stdin", False))
 
 
 def publish(fig: Figure, output_dir: str | Path, name: str) -> Path:
     """Save `fig` as `output_dir/name.png` and, under IPython, display that PNG (the figure is rendered once)."""
+    from IPython import get_ipython
+    from IPython.display import Image, display
+
     path = Path(output_dir) / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-    except ImportError:
-        return path
     if get_ipython() is not None:
         display(Image(filename=str(path)))
     return path
