@@ -80,9 +80,8 @@ def scan_inputs(root: Path | str | None = None) -> dict[str, list[Path]]:
     return found
 
 
-def describe_inputs(root: Path | str | None = None, limit: int = 8) -> str:
-    """What `root` holds two levels deep, on one line (for 'not found' messages)."""
-    root = Path(root) if root is not None else kaggle_input()
+def describe_inputs(root: Path, limit: int = 8) -> str:
+    """What `root` holds two levels deep, on one line (for find_input's 'not found' messages)."""
     if not root.is_dir():
         return f"{root} does not exist"
     parts = []
