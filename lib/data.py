@@ -7,6 +7,7 @@ an error naming the file; pixels are read on demand, a z-range at a time, with s
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -176,17 +177,12 @@ def select_groups(groups: Mapping[str, Group], names: Sequence[str] | str | None
 
 def summary(groups: dict[str, Group]) -> pd.DataFrame:
     """One row per group: slices, H x W, voxel size, dtype, label kind, size on disk, memory estimates."""
-    rows = []
-    for g in groups.values():
-        n = g.shape[0] * g.height * g.width
-        disk = sum(p.stat().st_size for p in g.image_files)
-        rows.append({
-            "group": g.name, "split": g.split, "slices": g.shape[0], "height": g.height, "width": g.width,
-            "first_slice": g.slices[0], "voxel_um": g.voxel_um, "dtype": str(g.dtype),
-            "labels": g.label_kind or "none", "images_on_disk_GB": disk / 1e9,
-            "uint16_GB": n * 2 / 1e9, "float32_GB": n * 4 / 1e9,
-        })
-    return pd.DataFrame(rows).set_index("group")
+    return pd.DataFrame([{
+        "group": g.name, "split": g.split, "slices": g.shape[0], "height": g.height, "width": g.width,
+        "first_slice": g.slices[0], "voxel_um": g.voxel_um, "dtype": str(g.dtype), "labels": g.label_kind or "none",
+        "images_on_disk_GB": sum(p.stat().st_size for p in g.image_files) / 1e9,
+        "uint16_GB": math.prod(g.shape) * 2 / 1e9, "float32_GB": math.prod(g.shape) * 4 / 1e9,
+    } for g in groups.values()]).set_index("group")
 
 
 def _open_group(root: Path, split: str, name: str, rles: pd.Series, validate: bool) -> Group:
