@@ -7,6 +7,7 @@ an error naming the file; pixels are read on demand, a z-range at a time, with s
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -286,18 +287,15 @@ def _read_stack(files: tuple[Path, ...], shape: tuple[int, int], dtype: np.dtype
     return out
 
 
-_RLE_CACHE: dict[tuple[Path, float], pd.Series] = {}
-
-
 def _train_rles(root: Path) -> pd.Series:
     """train_rles.csv as a Series id -> rle (cached per file and modification time); empty when absent."""
     path = root / "train_rles.csv"
-    if not path.is_file():
-        return pd.Series(dtype=object)
-    key = (path.resolve(), path.stat().st_mtime)
-    if key not in _RLE_CACHE:
-        _RLE_CACHE[key] = read_table(path, ("id", "rle"), allow_empty=True).set_index("id")["rle"]
-    return _RLE_CACHE[key]
+    return _read_rles(path.resolve(), path.stat().st_mtime) if path.is_file() else pd.Series(dtype=object)
+
+
+@functools.cache
+def _read_rles(path: Path, mtime: float) -> pd.Series:
+    return read_table(path, ("id", "rle"), allow_empty=True).set_index("id")["rle"]
 
 
 def read_table(path: Path | str, columns: Sequence[str], allow_empty: bool = False) -> pd.DataFrame:
