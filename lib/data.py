@@ -7,6 +7,8 @@ an error naming the file; pixels are read on demand, a z-range at a time, with s
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 import re
 import warnings
@@ -95,14 +97,13 @@ class Group:
             return _read_stack(self.label_files[start:stop], (self.height, self.width), np.dtype(np.uint8))
         if self.label_rles is None:
             raise DataError(f"{self.name}: this group has no labels")
-        chosen = self.label_rles[start:stop]
-        out = np.empty((len(chosen), self.height, self.width), np.uint8)
         positions = range(len(self.slices))[start:stop]
-        for i, text in enumerate(chosen):
+        out = np.empty((len(positions), self.height, self.width), np.uint8)
+        for i, z in enumerate(positions):
             try:
-                out[i] = rle.decode(text, (self.height, self.width)) * np.uint8(255)
+                out[i] = rle.decode(self.label_rles[z], (self.height, self.width)) * np.uint8(255)
             except rle.RLEError as e:
-                raise DataError(f"{self.rle_file}: id {self.slice_id(positions[i])}: {e}") from None
+                raise DataError(f"{self.rle_file}: id {self.slice_id(z)}: {e}") from None
         return out
 
 
@@ -177,20 +178,15 @@ def select_groups(groups: Mapping[str, Group], names: Sequence[str] | str | None
 
 def summary(groups: dict[str, Group]) -> pd.DataFrame:
     """One row per group: slices, H x W, voxel size, dtype, label kind, size on disk, memory estimates."""
-    rows = []
-    for g in groups.values():
-        n = g.shape[0] * g.height * g.width
-        disk = sum(p.stat().st_size for p in g.image_files)
-        rows.append({
-            "group": g.name, "split": g.split, "slices": g.shape[0], "height": g.height, "width": g.width,
-            "first_slice": g.slices[0], "voxel_um": g.voxel_um, "dtype": str(g.dtype),
-            "labels": g.label_kind or "none", "images_on_disk_GB": disk / 1e9,
-            "uint16_GB": n * 2 / 1e9, "float32_GB": n * 4 / 1e9,
-        })
-    return pd.DataFrame(rows).set_index("group")
+    return pd.DataFrame([{
+        "group": g.name, "split": g.split, "slices": g.shape[0], "height": g.height, "width": g.width,
+        "first_slice": g.slices[0], "voxel_um": g.voxel_um, "dtype": str(g.dtype), "labels": g.label_kind or "none",
+        "images_on_disk_GB": sum(p.stat().st_size for p in g.image_files) / 1e9,
+        "uint16_GB": math.prod(g.shape) * 2 / 1e9, "float32_GB": math.prod(g.shape) * 4 / 1e9,
+    } for g in groups.values()]).set_index("group")
 
 
-def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, validate: bool) -> Group:
+def _open_group(root: Path, split: str, name: str, rles: pd.Series, validate: bool) -> Group:
     image_dir = root / split / IMAGES_FROM.get(name, name) / "images"
     label_dir = root / split / name / "labels"
     labels = _slice_files(label_dir) if label_dir.is_dir() else None
@@ -203,8 +199,7 @@ def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, valid
         raise DataError(f"{label_dir}: {len(labels)} label slices ({_span(labels)}) do not match "
                         f"the {len(numbers)} image slices ({_span(numbers)}) in {image_dir}")
     ids = [f"{name}_{n:04d}" for n in numbers]
-    label_rles = _label_rles(root, name, ids, rles) if labels is None and split == "train" and rles is not None \
-        else None
+    label_rles = _label_rles(root, name, ids, rles) if labels is None and split == "train" else None
     (height, width), dtype = slice_header(images[numbers[0]])
     rle_file = root / "train_rles.csv" if label_rles is not None else None
     if validate:
@@ -222,7 +217,8 @@ def _open_group(root: Path, split: str, name: str, rles: pd.Series | None, valid
 
 
 def _image_files(group_dir: Path, image_dir: Path, name: str, labels: dict[int, Path] | None) -> dict[int, Path]:
-    """Slice number -> image file of a group; a labels-only group takes the slices of its labels' numbers."""
+    """Slice number -> image file of a group, numbered without gaps; a labels-only group takes the slices of its
+    labels' numbers."""
     if name in IMAGES_FROM:
         if not labels:
             raise DataError(f"{group_dir / 'labels'}: {name} ships labels only, but no label slices were found")
@@ -237,7 +233,11 @@ def _image_files(group_dir: Path, image_dir: Path, name: str, labels: dict[int, 
         images = _slice_files(image_dir)
         if not images:
             raise DataError(f"{image_dir}: group folder has no image slices")
-    _check_contiguous(image_dir, images)
+    numbers = list(images)
+    for before, after in zip(numbers, numbers[1:]):
+        if after != before + 1:
+            raise DataError(f"{image_dir}: slice {before + 1:04d}.tif missing (numbering jumps from "
+                            f"{before:04d} to {after:04d})")
     return images
 
 
@@ -256,31 +256,19 @@ def _check_slices(shape: tuple[int, int], dtype: np.dtype, images: list[Path], l
     """Every slice's header against the first image's shape and dtype; labels uint8 (read in threads)."""
     with ThreadPoolExecutor(READ_THREADS) as pool:
         headers = list(pool.map(slice_header, images + labels))
-    for path, (h_shape, h_dtype) in zip(images, headers):
+    for i, (path, (h_shape, h_dtype)) in enumerate(zip(images + labels, headers)):
+        what, expected, why = ("slice", dtype, "like the first slice") if i < len(images) else \
+            ("label", np.dtype(np.uint8), "with values 0 and 255")
         if h_shape != shape:
-            raise DataError(f"{path}: slice shape {h_shape} differs from {shape} of the first slice")
-        if h_dtype != dtype:
-            raise DataError(f"{path}: dtype {h_dtype} differs from {dtype} of the first slice")
-    for path, (h_shape, h_dtype) in zip(labels, headers[len(images):]):
-        if h_shape != shape:
-            raise DataError(f"{path}: label shape {h_shape} differs from the image shape {shape}")
-        if h_dtype != np.uint8:
-            raise DataError(f"{path}: label dtype {h_dtype}, expected uint8 with values 0 and 255")
+            raise DataError(f"{path}: {what} shape {h_shape} differs from {shape} of the first image slice")
+        if h_dtype != expected:
+            raise DataError(f"{path}: {what} dtype {h_dtype}, expected {expected} {why}")
 
 
 def _slice_files(folder: Path) -> dict[int, Path]:
     """Slice number -> path for the NNNN.tif files of a folder, in slice order."""
     matches = ((_SLICE_NAME.match(p.name), p) for p in folder.iterdir())
     return dict(sorted((int(m.group(1)), p) for m, p in matches if m))
-
-
-def _check_contiguous(folder: Path, files: dict[int, Path]) -> None:
-    numbers = np.fromiter(files, dtype=np.int64)
-    gaps = np.flatnonzero(np.diff(numbers) != 1)
-    if gaps.size:
-        before, after = numbers[gaps[0]], numbers[gaps[0] + 1]
-        raise DataError(f"{folder}: slice {before + 1:04d}.tif missing (numbering jumps from "
-                        f"{before:04d} to {after:04d})")
 
 
 def _span(numbers) -> str:
@@ -299,18 +287,15 @@ def _read_stack(files: tuple[Path, ...], shape: tuple[int, int], dtype: np.dtype
     return out
 
 
-_RLE_CACHE: dict[tuple[Path, float], pd.Series] = {}
-
-
-def _train_rles(root: Path) -> pd.Series | None:
-    """train_rles.csv as a Series id -> rle (cached per file and modification time); None when absent."""
+def _train_rles(root: Path) -> pd.Series:
+    """train_rles.csv as a Series id -> rle (cached per file and modification time); empty when absent."""
     path = root / "train_rles.csv"
-    if not path.is_file():
-        return None
-    key = (path.resolve(), path.stat().st_mtime)
-    if key not in _RLE_CACHE:
-        _RLE_CACHE[key] = read_table(path, ("id", "rle"), allow_empty=True).set_index("id")["rle"]
-    return _RLE_CACHE[key]
+    return _read_rles(path.resolve(), path.stat().st_mtime) if path.is_file() else pd.Series(dtype=object)
+
+
+@functools.cache
+def _read_rles(path: Path, mtime: float) -> pd.Series:
+    return read_table(path, ("id", "rle"), allow_empty=True).set_index("id")["rle"]
 
 
 def read_table(path: Path | str, columns: Sequence[str], allow_empty: bool = False) -> pd.DataFrame:

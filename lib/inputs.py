@@ -1,12 +1,6 @@
-"""Kaggle inputs found by what they contain, not by where Kaggle mounts them (docs/kaggle.md).
-
-Kaggle has mounted the competition, datasets, Models and notebook outputs at several depths under `/kaggle/input`.
-One walk of it, bounded in depth, following symlinked folders once each and never entering the competition's image
-folders, sorts what it meets into the kinds of INPUT_KINDS. Several candidates of a kind: the competition folder
-named `blood-vessel-segmentation` first; then the shallowest, then by path.
-
-Only the standard library: the Kaggle setup cell embeds this file's source to find the wheels before the project
-is installed (so there is one implementation). `KAGGLE_INPUT_DIR` relocates `/kaggle/input` (tests).
+"""Kaggle inputs found by what they contain, not by where Kaggle mounts them (docs/kaggle.md: the walk, the kinds
+and the order among several candidates). Only the standard library: the Kaggle setup cell embeds this file's source
+to find the wheels before the project is installed. `KAGGLE_INPUT_DIR` relocates `/kaggle/input` (tests).
 """
 import os
 from collections.abc import Callable
@@ -53,21 +47,13 @@ def classify_folder(folder: Path, dirs: list[str], files: set[str]) -> list[tupl
 
 
 def _entries(folder: Path) -> tuple[list[str], set[str]]:
-    """(sorted sub-folder names, file names) of `folder`, symlinks followed; empty when unreadable."""
-    dirs, files = [], set()
+    """(sorted sub-folder names, file names) of `folder`, symlinks followed; empty when unreadable (an entry that
+    cannot be read is neither)."""
     try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                try:
-                    if entry.is_dir():
-                        dirs.append(entry.name)
-                    elif entry.is_file():
-                        files.add(entry.name)
-                except OSError:
-                    continue
+        names = os.listdir(folder)
     except OSError:
-        pass
-    return sorted(dirs), files
+        return [], set()
+    return sorted(n for n in names if os.path.isdir(folder / n)), {n for n in names if os.path.isfile(folder / n)}
 
 
 def scan_inputs(root: Path | str | None = None) -> dict[str, list[Path]]:
@@ -86,8 +72,7 @@ def scan_inputs(root: Path | str | None = None) -> dict[str, list[Path]]:
         for kind, path in kinds:
             if kind == "run" and any(path.is_relative_to(outer) for outer in found["run"]):
                 continue  # a round inside a run: the run is what resumes
-            if path not in found[kind]:
-                found[kind].append(path)
+            found[kind].append(path)  # each folder is walked once, so each path comes once
         if depth < MAX_DEPTH and not any(kind in LEAVES for kind, _ in kinds):
             stack += [(folder / d, depth + 1) for d in reversed(dirs) if d not in PRUNED and not d.startswith(".")]
     for kind, paths in found.items():
@@ -95,9 +80,8 @@ def scan_inputs(root: Path | str | None = None) -> dict[str, list[Path]]:
     return found
 
 
-def describe_inputs(root: Path | str | None = None, limit: int = 8) -> str:
-    """What `root` holds two levels deep, on one line (for 'not found' messages)."""
-    root = Path(root) if root is not None else kaggle_input()
+def describe_inputs(root: Path, limit: int = 8) -> str:
+    """What `root` holds two levels deep, on one line (for find_input's 'not found' messages)."""
     if not root.is_dir():
         return f"{root} does not exist"
     parts = []

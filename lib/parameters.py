@@ -13,8 +13,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Parameter", "Expression", "SCHEMAS", "problem", "check", "suggestion"]
-
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -75,10 +73,15 @@ DEVICES = Kind(lambda v, d: None if v is None or (isinstance(v, list) and v and 
     f"takes a list of devices, e.g. [\"cuda:0\", \"cuda:1\"] (or null), got {v!r}")
 
 
-def choice(options: Callable[[], tuple[str, ...]], sort: bool = False) -> Kind:
-    """One of `options()`, called late: the lists live beside their code, some behind torch."""
+def choice(what: str, sort: bool = False) -> Kind:
+    """One of the `what` names ("normalisation", "loss", "configuration"): the lists live beside their code, some
+    behind torch, so they are imported when a value is checked."""
     def check(v: object, d: object) -> str | None:
-        known = options()
+        from lib.normalisation import SCHEMES
+        from lib.training.fine_tune import ARCHITECTURES
+        from lib.training.losses import LOSSES
+
+        known = tuple({"normalisation": SCHEMES, "loss": LOSSES, "configuration": ARCHITECTURES}[what])
         shown = str(sorted(known)) if sort else ", ".join(map(repr, known))
         return None if v in known else f"takes one of {shown}, got {v!r}" + suggestion(str(v), known)
     return Kind(check)
@@ -146,24 +149,6 @@ def tta(auto: bool) -> Kind:
     return Kind(check)
 
 
-def _normalisations() -> tuple[str, ...]:
-    from lib.normalisation import SCHEMES
-
-    return tuple(SCHEMES)
-
-
-def _losses() -> tuple[str, ...]:
-    from lib.training.losses import LOSSES
-
-    return tuple(LOSSES)
-
-
-def _configurations() -> tuple[str, ...]:
-    from lib.training.fine_tune import ARCHITECTURES
-
-    return tuple(ARCHITECTURES)
-
-
 DATA_DIR = Parameter("data_dir", Expression("str(paths.default_data_dir())"), path(exists=False),
                      "competition root: Kaggle input if present, else outputs/data/synthetic")
 
@@ -213,13 +198,13 @@ SCHEMAS: dict[str, Schema] = {s.notebook: s for s in (
         Parameter("val_iterations_per_epoch", 50, integer(1)),
         Parameter("initial_lr", 0.01, POSITIVE),
         Parameter("warmup_epochs", 1, integer(0)),
-        Parameter("configuration", "hepatic", choice(_configurations, sort=True),
+        Parameter("configuration", "hepatic", choice("configuration", sort=True),
                   '"hepatic": the Task008 network (seed recipe); "tiny": small network for CPU demos'),
         Parameter("patch_size", None, PATCH_SIZE,
                   "None: the hepatic patch on a GPU, a small valid one on the CPU"),
-        Parameter("normalisation", "kidney", choice(_normalisations),
+        Parameter("normalisation", "kidney", choice("normalisation"),
                   "\"kidney\": each kidney clipped and z-scored by its own statistics; \"dataset\": the seed's"),
-        Parameter("loss", "dice_ce", choice(_losses),
+        Parameter("loss", "dice_ce", choice("loss"),
                   '"dice_ce": nnU-Net\'s (seed recipe); "skeleton_recall" or "surface": + loss_weight x that term'),
         Parameter("loss_weight", 1.0, Kind(lambda v, d: None if _number(v) and v > 0 else
                                              f"takes a number > 0, got {v!r}"),

@@ -6,12 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lib.inputs import COMPETITION_SLUG as COMPETITION
 from lib.inputs import find_input, kaggle_input
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-__all__ = ["COMPETITION", "PROJECT_ROOT", "default_data_dir", "kaggle_input", "outputs_dir", "resolve_path",
-           "restored_environment", "synthetic_data_dir"]
 
 
 def outputs_dir() -> Path:

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from lib import volume
+
 EMPTY = "1 0"
 
 
@@ -21,16 +23,8 @@ def encode(mask: np.ndarray) -> str:
     """Encode a 2D mask (any dtype; nonzero = foreground) as a Kaggle RLE string."""
     if mask.ndim != 2:
         raise ValueError(f"RLE encodes 2D slices, got an array of shape {mask.shape}")
-    flat = np.zeros(mask.size + 2, dtype=np.int8)
-    flat[1:-1] = mask.reshape(-1) != 0
-    edges = np.flatnonzero(np.diff(flat))  # run starts (0-indexed) and ends alternate
-    if edges.size == 0:
-        return EMPTY
-    starts, ends = edges[0::2], edges[1::2]
-    pairs = np.empty(edges.size, dtype=np.int64)
-    pairs[0::2] = starts + 1
-    pairs[1::2] = ends - starts
-    return " ".join(map(str, pairs.tolist()))
+    spans = volume.runs(mask.reshape(-1) != 0)
+    return " ".join(f"{start + 1} {stop - start}" for start, stop in spans) or EMPTY
 
 
 def runs(rle: str | float | None, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,23 +33,24 @@ def runs(rle: str | float | None, size: int) -> tuple[np.ndarray, np.ndarray]:
         rle = ""
     if not isinstance(rle, str):
         raise RLEError(f"RLE must be a string, got {type(rle).__name__}")
+    shown = repr(rle if len(rle) <= 60 else rle[:60] + "...")  # in the messages
     tokens = rle.split()
     if len(tokens) % 2:
-        raise RLEError(f"RLE has an odd number of values ({len(tokens)}): {_preview(rle)}")
+        raise RLEError(f"RLE has an odd number of values ({len(tokens)}): {shown}")
     try:
         values = np.array(tokens, dtype=np.int64)
     except ValueError:
-        raise RLEError(f"RLE holds a value that is not an integer: {_preview(rle)}") from None
+        raise RLEError(f"RLE holds a value that is not an integer: {shown}") from None
     starts, lengths = values[0::2] - 1, values[1::2]
     if (starts < 0).any() or (lengths < 0).any():
-        raise RLEError(f"RLE has a start below 1 or a negative length: {_preview(rle)}")
+        raise RLEError(f"RLE has a start below 1 or a negative length: {shown}")
     keep = lengths > 0  # "1 0" and other empty runs carry nothing
     starts, lengths = starts[keep], lengths[keep]
     ends = starts + lengths
     if (starts[1:] < ends[:-1]).any():
-        raise RLEError(f"RLE runs overlap or are out of order: {_preview(rle)}")
+        raise RLEError(f"RLE runs overlap or are out of order: {shown}")
     if ends.size and ends[-1] > size:
-        raise RLEError(f"RLE run ends at pixel {int(ends[-1])}, past the slice's {size} pixels: {_preview(rle)}")
+        raise RLEError(f"RLE run ends at pixel {int(ends[-1])}, past the slice's {size} pixels: {shown}")
     return starts, lengths
 
 
@@ -68,7 +63,3 @@ def decode(rle: str | float | None, shape: tuple[int, int]) -> np.ndarray:
     delta[starts] = 1
     delta[starts + lengths] -= 1  # ends are unique because runs neither overlap nor are empty
     return np.cumsum(delta[:-1], dtype=np.int8).astype(np.uint8).reshape(shape)
-
-
-def _preview(rle: str, limit: int = 60) -> str:
-    return repr(rle if len(rle) <= limit else rle[:limit] + "...")

@@ -10,14 +10,14 @@ import numpy as np
 CHUNK = 16  # slices read, written or scored together when a volume is streamed along z
 
 
-def chunks(depth: int, size: int = CHUNK) -> list[tuple[int, int]]:
-    """[start, stop) ranges of at most `size` slices covering `depth` slices in z order."""
-    return [(start, min(start + size, depth)) for start in range(0, depth, size)]
+def chunks(depth: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of at most CHUNK slices covering `depth` slices in z order."""
+    return [(start, min(start + CHUNK, depth)) for start in range(0, depth, CHUNK)]
 
 
 def runs(flags: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) of the runs of True in a 1D bool array (e.g. the slices kept, or the empty ones)."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(flags).astype(np.int8), [0]])))
+    edges = np.flatnonzero(np.diff(np.pad(np.asarray(flags, np.int8), 1)))  # starts and stops alternate
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 

@@ -60,7 +60,7 @@ from lib import inputs, parameters, paths
 from lib.postprocess import THRESHOLD_FILE
 
 DEFAULT_USER = "your-kaggle-username"  # a placeholder: pass --user with your Kaggle user name
-COMPETITION = paths.COMPETITION
+COMPETITION = inputs.COMPETITION_SLUG
 NOTEBOOKS_DIR = paths.PROJECT_ROOT / "notebooks"
 PYPROJECT = paths.PROJECT_ROOT / "pyproject.toml"
 KAGGLE_CONFIG = paths.PROJECT_ROOT / "configs" / "kaggle.toml"
