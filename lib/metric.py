@@ -11,8 +11,6 @@ which would poison the mean over images.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pandas as pd
 
@@ -52,6 +50,7 @@ class SurfaceDice:
         self.area_gt = self.area_pred = self.matched_gt = self.matched_pred = 0.0
         self.voxels_gt = self.voxels_pred = self.voxels_both = 0
         self.finished = False
+        self._table = CUBE_AREA
         if device is not None:
             import torch
 
@@ -117,42 +116,27 @@ class SurfaceDice:
     def _add_cubes(self, gt_codes, pred_codes) -> None:
         prev_gt, prev_pred = self._prev
         self._prev = gt_codes, pred_codes
-        if self.device is None:
-            cubes_gt, cubes_pred = prev_gt | (gt_codes << 4), prev_pred | (pred_codes << 4)
-            touched = np.flatnonzero(cubes_gt | cubes_pred)  # vessels are sparse: look only where either is
-            area_gt = CUBE_AREA[cubes_gt.ravel()[touched]]
-            area_pred = CUBE_AREA[cubes_pred.ravel()[touched]]
-            both = (area_gt > 0) & (area_pred > 0)
-            self.area_gt += float(area_gt.sum())
-            self.area_pred += float(area_pred.sum())
-            self.matched_gt += float(area_gt[both].sum())
-            self.matched_pred += float(area_pred[both].sum())
-        else:
-            area_gt = self._table[(prev_gt | (gt_codes << 4)).long()]
-            area_pred = self._table[(prev_pred | (pred_codes << 4)).long()]
-            both = (area_gt > 0) & (area_pred > 0)
-            sums = (area_gt.sum(), area_pred.sum(), area_gt[both].sum(), area_pred[both].sum())
-            a, b, c, d = (float(s) for s in sums)
-            self.area_gt += a
-            self.area_pred += b
-            self.matched_gt += c
-            self.matched_pred += d
-
+        cubes_gt, cubes_pred = prev_gt | (gt_codes << 4), prev_pred | (pred_codes << 4)
+        if self.device is None:  # vessels are sparse: look only where either is
+            touched = np.flatnonzero(cubes_gt | cubes_pred)
+            cubes_gt, cubes_pred = cubes_gt.ravel()[touched], cubes_pred.ravel()[touched]
+        else:  # torch reads a uint8 index as a boolean mask
+            cubes_gt, cubes_pred = cubes_gt.long(), cubes_pred.long()
+        area_gt, area_pred = self._table[cubes_gt], self._table[cubes_pred]
+        both = (area_gt > 0) & (area_pred > 0)
+        self.area_gt += float(area_gt.sum())
+        self.area_pred += float(area_pred.sum())
+        self.matched_gt += float(area_gt[both].sum())
+        self.matched_pred += float(area_pred[both].sum())
 
 def surface_dice(gt: np.ndarray, pred: np.ndarray, device: str | None = None) -> float:
     """Surface Dice at tolerance 0 of two (Z, H, W) volumes (arrays or memmaps), read one slice at a time."""
     if gt.shape != pred.shape or len(gt.shape) != 3:
         raise ValueError(f"volumes must be 3D and equal in shape, got {gt.shape} and {pred.shape}")
-    return surface_dice_of_slices(((gt[z], pred[z]) for z in range(gt.shape[0])), device)
-
-
-def surface_dice_of_slices(pairs: Iterable[tuple[np.ndarray, np.ndarray]], device: str | None = None) -> float:
-    """Surface Dice at tolerance 0 of an image given as an iterable of (gt, pred) slices in z order."""
     acc = SurfaceDice(device)
-    for gt, pred in pairs:
-        acc.update(gt, pred)
+    for z in range(gt.shape[0]):
+        acc.update(gt[z], pred[z])
     return acc.score
-
 
 # --- scoring a submission against a solution in the hosts' format --------------------------------------
 
