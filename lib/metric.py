@@ -1,13 +1,6 @@
-"""The leaderboard metric: surface Dice at tolerance 0, streamed over slice pairs.
-
-DeepMind's `surface-distance` (the hosts' reference) marks every 2x2x2 lattice cube whose 8 voxels are
-neither all in nor all out as a border cube, gives it the area of its marching-cubes surface, and at
-tolerance 0 counts a border cube of one mask as matched when the same cube is a border cube of the other.
-A cube only spans slices z and z+1, so walking the volume one slice pair at a time (with an empty slice
-before the first and after the last) gives the same number in O(H*W) memory, whatever the depth.
-
-An image where both masks are empty scores 1.0 (perfect agreement); the reference returns 0/0 = NaN,
-which would poison the mean over images.
+"""The leaderboard metric: surface Dice at tolerance 0, equal to DeepMind's `surface-distance` (the hosts'
+reference), streamed one slice pair at a time (a border cube spans slices z and z+1) in O(H*W) memory; the method is
+in docs/metric.md. Both masks empty scores 1.0: the reference's 0/0 = NaN would poison the mean over images.
 """
 from __future__ import annotations
 
