@@ -62,8 +62,7 @@ def threshold_curve(probs: np.ndarray, labels, thresholds: Sequence[float] = DEF
     `labels` is a `data.Group` with labels or a (Z, H, W) array-like; `probs` a (Z, H, W) float16/uint8 array.
     """
     accs = {float(t): SurfaceDice() for t in thresholds}
-    depth = probs.shape[0]
-    for start, stop in tqdm(chunks(depth), desc="threshold curve", unit="chunk", disable=not progress):
+    for start, stop in tqdm(chunks(probs.shape[0]), desc="threshold curve", unit="chunk", disable=not progress):
         truth = _read_labels(labels, start, stop)
         p = probability(np.asarray(probs[start:stop]))
         for g, q in zip(truth, p):
@@ -129,7 +128,11 @@ def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
 
     Exact for float16 and uint8 storage: a histogram over every representable value, built slice by slice.
     """
-    return _threshold_for_count(_code_histogram(probs), fraction * probs.size)
+    counts = _code_histogram(probs)
+    # Non-negative float16 values sort like their bit patterns, so the top of the histogram is the top of the data.
+    above = np.cumsum(counts[::-1])[::-1]  # voxels >= each code
+    enough = np.flatnonzero(above >= fraction * probs.size)
+    return _code_value(int(enough[-1]) if len(enough) else 0, len(counts))  # 0 when there are fewer voxels
 
 
 def share_threshold(probs: np.ndarray, labels, share: float) -> float:
@@ -148,8 +151,8 @@ def share_threshold(probs: np.ndarray, labels, share: float) -> float:
         unlabelled.append(_code_histogram(probs[start:stop], ~mask))
     wanted = round(given * (1 / share - 1))
     above = np.cumsum(np.sum(unlabelled, axis=0)[::-1])[::-1]  # unlabelled voxels >= each stored code
-    code = int(np.flatnonzero(above <= wanted)[0]) if (above <= wanted).any() else len(above)
-    return 2.0 if code == len(above) else _code_value(code, len(above))  # 2: not even the top code fits, add none
+    fits = np.flatnonzero(above <= wanted)
+    return _code_value(int(fits[0]), len(above)) if len(fits) else 2.0  # 2: not even the top code fits, add none
 
 
 def write_refined_labels(probs: np.ndarray, labels, threshold: float, out_dir: Path | str,
@@ -191,14 +194,6 @@ def _code_histogram(probs: np.ndarray, where: np.ndarray | None = None) -> np.nd
     return counts
 
 
-def _threshold_for_count(counts: np.ndarray, wanted: float) -> float:
-    """The highest stored value with at least `wanted` voxels at or above it (0 when there are fewer)."""
-    # Non-negative float16 values sort like their bit patterns, so the top of the histogram is the top of the data.
-    above = np.cumsum(counts[::-1])[::-1]  # voxels >= each code
-    code = int(np.flatnonzero(above >= wanted)[-1]) if (above >= wanted).any() else 0
-    return _code_value(code, len(counts))
-
-
 def _code_value(code: int, bins: int) -> float:
     """The probability a stored code stands for: uint8 x 255 (256 bins) or a float16 bit pattern."""
     return code / 255 if bins == 256 else float(np.array(code, np.uint16).view(np.float16))
@@ -220,39 +215,31 @@ def remove_small_components(mask: np.ndarray, min_size: int, slab: int = 64, pro
     components. A second pass relabels each slab (cc3d is deterministic) and removes the small ones.
     Memory: one slab of uint32 labels.
     """
-    depth = mask.shape[0]
-    ranges = chunks(depth, slab)
-    sizes: list[np.ndarray] = []
-    offsets = [0]
-    parent_pairs: list[np.ndarray] = []
+    ranges = chunks(mask.shape[0], slab)
+    sizes, pairs, offsets = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)], [0]
     previous_last = None
     for a, b in tqdm(ranges, desc="components (pass 1)", unit="slab", disable=not progress):
         labels = cc3d.connected_components(np.asarray(mask[a:b]) > 0, connectivity=26).astype(np.int64)
         count = np.bincount(labels.ravel())
         sizes.append(count[1:])
         if previous_last is not None:
-            parent_pairs.append(_touching(previous_last, labels[0], offsets[-2], offsets[-1]))
+            pairs.append(_touching(previous_last, labels[0], offsets[-2], offsets[-1]))
         previous_last = labels[-1]
         offsets.append(offsets[-1] + len(count) - 1)
     total = offsets[-1]
-    size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
-    pairs = np.concatenate(parent_pairs) if parent_pairs else np.zeros((0, 2), np.int64)
+    size, pairs = np.concatenate(sizes), np.concatenate(pairs)
     graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(total, total))
-    root = connected_components(graph, directed=False)[1]  # whole-component id of every slab-local component
-    component_size = np.bincount(root, weights=size, minlength=total).astype(np.int64)
+    components, root = connected_components(graph, directed=False)  # root: whole-component id of each slab-local one
+    component_size = np.bincount(root, weights=size, minlength=components).astype(np.int64)
     small = component_size[root] < min_size  # per slab-local component, via its root
     removed_voxels = int(size[small].sum())
     for k, (a, b) in enumerate(tqdm(ranges, desc="components (pass 2)", unit="slab", disable=not progress)):
         local_small = small[offsets[k]:offsets[k + 1]]
-        if not local_small.any():
-            continue
-        labels = cc3d.connected_components(np.asarray(mask[a:b]) > 0, connectivity=26)
-        drop = np.concatenate([[False], local_small])[labels]
-        block = np.asarray(mask[a:b]).copy()
-        block[drop] = 0
-        mask[a:b] = block
-    roots = np.unique(root)
-    return {"components": int(len(roots)), "removed_components": int((component_size[roots] < min_size).sum()),
+        if local_small.any():
+            labels = cc3d.connected_components(np.asarray(mask[a:b]) > 0, connectivity=26)
+            drop = np.concatenate([[False], local_small])[labels]
+            mask[a:b][drop] = 0  # a view: written in place
+    return {"components": int(components), "removed_components": int((component_size < min_size).sum()),
             "removed_voxels": removed_voxels, "kept_voxels": int(size.sum()) - removed_voxels}
 
 
