@@ -1,14 +1,6 @@
-"""What notebook 03 does, as functions a plain script can call too: decide the threshold (stored with the
-model, or tuned on a labelled group), predict every test kidney into submission rows, write and score
-`submission.csv`.
-
-    settings = inference.prepare(None, "model", tta="axes")  # the model found as notebook 03 finds it; or a list
-    chosen, _ = inference.choose_threshold(settings, None, scratch)  # "model": notebook 02's stored cut
-    kidneys = list(inference.predict_kidneys(settings, tests, chosen, scratch))
-    submission.write_submission(inference.rows(kidneys), "submission.csv", root / "sample_submission.csv")
-
-or all of it in one call: `inference.predict_submission(model_dir, data_dir, out_dir)`. Every kidney is streamed
-(probabilities and masks are memmaps under `scratch`), so memory does not grow with the number of slices.
+"""What notebooks 03 (and 02's validation) do, as functions a plain script can call too: decide the threshold
+(stored with the model, or tuned on a labelled group), predict every test kidney into submission rows, write and
+score `submission.csv`. Every kidney is streamed (probabilities and masks are memmaps under `scratch`).
 """
 from __future__ import annotations
 
@@ -57,13 +49,6 @@ def locate_model(model_dir: str | Path | None) -> Path:
     return found or fine_tune.default_model_dir(paths.outputs_dir() / "train")
 
 
-def locate_models(model_dir: str | Path | Sequence[str | Path] | None) -> list[Path]:
-    """`model_dir` as one folder (or None, see `locate_model`) or a list of folders (an ensemble)."""
-    if model_dir is None or isinstance(model_dir, (str, Path)):
-        return [locate_model(model_dir)]
-    return [locate_model(d) for d in model_dir]
-
-
 @dataclass
 class Settings:
     """What notebook 03 predicts with, decided and checked before any prediction: the predictor (model folders, TTA,
@@ -104,7 +89,8 @@ def prepare(model_dir: str | Path | Sequence[str | Path] | None, threshold: floa
     rule = ThresholdRule.parse(threshold)
     mode = "auto" if str(tta).strip().lower() == "auto" else predictor.parse_tta(tta)
     targets = [str(d) for d in predictor.resolve_devices(devices)]
-    dirs = locate_models(model_dir)
+    several = model_dir is not None and not isinstance(model_dir, (str, Path))  # a list of folders: an ensemble
+    dirs = [locate_model(d) for d in (model_dir if several else [model_dir])]
     models = predictor.load_models(dirs, targets[0])
     table = None
     if mode == "auto":
