@@ -1,8 +1,5 @@
 """From vessel probabilities to masks: thresholds (fixed, tuned on validation, or top fraction) and
 removal of small 26-connected components, every step streamed along z in bounded memory.
-
-Tuning walks the validation volume once and feeds every candidate threshold's own streaming surface-Dice
-accumulator, so it holds a few slices per threshold whatever the depth.
 """
 from __future__ import annotations
 
@@ -136,11 +133,9 @@ def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
 
 
 def share_threshold(probs: np.ndarray, labels, share: float) -> float:
-    """The cut t at which the given labels make up `share` of `labels OR probs >= t` (pseudo-label refinement:
-    a sparse group whose labels hold `share` of its vessels gets the most probable unlabelled voxels added until
-    they hold that share of the refined labels). Never more: voxels tied at the cut are left out, so the given
-    labels are at least `share` of the refined ones. `labels`: a `data.Group` or a (Z, H, W) array-like; exact on
-    the stored float16/uint8 values of `probs`, streamed along z. Share 1: a cut above every unlabelled voxel."""
+    """The cut t at which the given labels make up `share` of `labels OR probs >= t` (pseudo-label refinement), or
+    more: voxels tied at the cut are left out. Exact on the stored float16/uint8 codes, streamed along z; `labels` a
+    `data.Group` or a (Z, H, W) array-like. Share 1: a cut above every unlabelled voxel."""
     if not 0 < share <= 1:
         raise ValueError(f"share must lie in (0, 1], got {share}")
     given = 0

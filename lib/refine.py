@@ -1,9 +1,6 @@
-"""Training in rounds with refined sparse labels (pseudo-labels), as the 3rd-place team did (docs/training.md).
-
-Round 0 fine-tunes as usual; each round r = 1..R predicts the sparse training groups with round r-1's model, refines
-their labels to `given OR probability >= t` (t cut per group at its `sparse_label_share`) and fine-tunes again from
-that model. Round r lives in `rounds/round_<r>/` (its labels in `labels/<group>/NNNN.tif`); the last round's model
-is where a plain run puts it, and `refinement.json` records each round.
+"""Training in rounds with refined sparse labels (pseudo-labels), as the 3rd-place team did (docs/training.md):
+each round r = 1..R refines the sparse groups' labels to `given OR probability >= t` with round r-1's model and
+fine-tunes from it. Round r lives in `rounds/round_<r>/`; the last round's model is where a plain run puts it.
 """
 from __future__ import annotations
 
@@ -125,7 +122,6 @@ def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, setti
         if r < rounds:  # the next round rebuilds its own dataset: this one's data is no longer needed
             for sub in ("raw", "preprocessed"):
                 shutil.rmtree(work / sub, ignore_errors=True)
-    assert result is not None
     return result, pd.DataFrame(rows)
 
 
