@@ -47,21 +47,6 @@ def refined_groups(settings: TrainSettings) -> list[str]:
     return [g for g in settings.train_groups if g in settings.sparse_label_share]
 
 
-def refine_group(model: predictor.Model, group: data.Group, share: float, out_dir: Path, scratch: Path,
-                 progress: bool = True) -> dict:
-    """Predict `group`, cut it at the share and write its refined labels to `out_dir`; the probabilities (float16,
-    2 bytes per voxel) live in `scratch` only until the labels are written. Returns the counts and the cut."""
-    probs_file = scratch / f"{group.name}_probabilities.npy"
-    probs = predictor.Predictor(model, tta=False, progress=progress).predict_group(group, probs_file, overwrite=True)
-    threshold = postprocess.share_threshold(probs, group, share)
-    counts = postprocess.write_refined_labels(probs, group, threshold, out_dir, group.slices, progress)
-    del probs
-    probs_file.unlink()
-    probs_file.with_suffix(".json").unlink(missing_ok=True)
-    return {"group": group.name, "target_share": share, "threshold": threshold, **counts,
-            "given_share_of_refined": counts["given"] / max(counts["refined"], 1)}
-
-
 def truth_report(root: Path | str, group: data.Group, refined_dir: Path) -> dict | None:
     """Against the whole tree (synthetic data only; None when `root` has no truth for the group): the share of
     true vessel voxels labelled before and after refinement, and the share of added voxels that are true vessel."""
@@ -127,19 +112,27 @@ def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, setti
 
 def _refine_round(data_dir: Path | str, model_dir: Path, labels: dict[str, Path], r: int, settings: TrainSettings,
                   scratch: Path, progress: bool) -> list[dict]:
-    """Refine these sparse groups' labels (written to `labels`' folders) with the model of round r-1."""
+    """Refine these sparse groups' labels with the model of round r-1: each group predicted, cut at its share and
+    written to its `labels` folder; its probabilities (float16, 2 B per voxel) live in `scratch` only until then."""
     if not labels:
         return []
-    model = predictor.load_model(model_dir, settings.device)
+    run = predictor.Predictor(predictor.load_model(model_dir, settings.device), tta=False, progress=progress)
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in labels:
+    for name, out_dir in labels.items():
         group = data.open_group(name, data_dir)
-        if labels[name].exists():  # complete but unrecorded (interrupted in between): written again
-            shutil.rmtree(labels[name])
-        row = {"round": r, **refine_group(model, group, settings.sparse_label_share[name], labels[name], scratch,
-                                          progress)}
-        row.update(truth_report(data_dir, group, labels[name]) or {})
-        rows.append(row)
+        share = settings.sparse_label_share[name]
+        if out_dir.exists():  # complete but unrecorded (interrupted in between): written again
+            shutil.rmtree(out_dir)
+        probs_file = scratch / f"{name}_probabilities.npy"
+        probs = run.predict_group(group, probs_file, overwrite=True)
+        threshold = postprocess.share_threshold(probs, group, share)
+        counts = postprocess.write_refined_labels(probs, group, threshold, out_dir, group.slices, progress)
+        del probs
+        probs_file.unlink()
+        probs_file.with_suffix(".json").unlink(missing_ok=True)
+        rows.append({"round": r, "group": name, "target_share": share, "threshold": threshold, **counts,
+                     "given_share_of_refined": counts["given"] / max(counts["refined"], 1),
+                     **(truth_report(data_dir, group, out_dir) or {})})
     shutil.rmtree(scratch, ignore_errors=True)
     return rows
