@@ -92,15 +92,13 @@ def decide_threshold(rule: ThresholdRule, curve: pd.DataFrame | None,
 
 
 def save_threshold(model_dir: Path | str, curve: pd.DataFrame, threshold: float, val_group: str,
-                   settings: dict | None = None) -> Path:
+                   settings: dict | None = None) -> None:
     """Store the validation curve and the chosen cut in the model folder (as nnU-Net stores its post-processing),
     so inference needs no validation group."""
-    path = Path(model_dir) / THRESHOLD_FILE
     record = {"threshold": float(threshold), "metric": "surface Dice at tolerance 0 (the leaderboard metric)",
               "val_group": val_group, "settings": settings or {},
               "curve": [{k: float(v) for k, v in row.items()} for row in curve.to_dict("records")]}
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    (Path(model_dir) / THRESHOLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def stored_threshold(model_dirs: Sequence[Path | str]) -> float:
