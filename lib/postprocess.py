@@ -54,10 +54,8 @@ class ThresholdRule:
 
 def threshold_curve(probs: np.ndarray, labels, thresholds: Sequence[float] = DEFAULT_GRID,
                     progress: bool = True) -> pd.DataFrame:
-    """Surface Dice (and Dice) of `probs >= t` against `labels` for every t, in one streaming pass.
-
-    `labels` is a `data.Group` with labels or a (Z, H, W) array-like; `probs` a (Z, H, W) float16/uint8 array.
-    """
+    """Surface Dice (and Dice) of `probs >= t` (float16/uint8) against `labels` (a `data.Group` or a (Z, H, W)
+    array-like) for every t, in one streaming pass: each threshold's accumulator holds a few slices."""
     accs = {float(t): SurfaceDice() for t in thresholds}
     for start, stop in tqdm(chunks(probs.shape[0]), desc="threshold curve", unit="chunk", disable=not progress):
         truth = _read_labels(labels, start, stop)
@@ -119,10 +117,8 @@ def stored_threshold(model_dirs: Sequence[Path | str]) -> float:
 
 
 def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
-    """The probability above which `fraction` of the volume's voxels lie (2nd place kept the top 0.2%).
-
-    Exact for float16 and uint8 storage: a histogram over every representable value, built slice by slice.
-    """
+    """The probability above which `fraction` of the volume's voxels lie (2nd place kept the top 0.2%); exact for
+    float16 and uint8 storage: a histogram over every representable value, built slice by slice."""
     counts = _code_histogram(probs)
     # Non-negative float16 values sort like their bit patterns, so the top of the histogram is the top of the data.
     above = np.cumsum(counts[::-1])[::-1]  # voxels >= each code
