@@ -122,6 +122,7 @@ class SurfaceDice:
         self.matched_gt += float(area_gt[both].sum())
         self.matched_pred += float(area_pred[both].sum())
 
+
 def surface_dice(gt: np.ndarray, pred: np.ndarray, device: str | None = None) -> float:
     """Surface Dice at tolerance 0 of two (Z, H, W) volumes (arrays or memmaps), read one slice at a time."""
     if gt.shape != pred.shape or len(gt.shape) != 3:
@@ -130,6 +131,7 @@ def surface_dice(gt: np.ndarray, pred: np.ndarray, device: str | None = None) ->
     for z in range(gt.shape[0]):
         acc.update(gt[z], pred[z])
     return acc.score
+
 
 # --- scoring a submission against a solution in the hosts' format --------------------------------------
 
