@@ -82,7 +82,8 @@ def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, setti
                          f"({sorted(settings.sparse_label_share)}); train_groups: {list(settings.train_groups)}")
     record_file = output_dir / "refinement.json"
     rows: list[dict] = json.loads(record_file.read_text()) if record_file.is_file() else []
-    previous, fingerprint, result = None, None, None
+    previous, result = None, None
+    fingerprint = round_dir(output_dir, 0) / "dataset_fingerprint.json"  # round 0's, for every later round's dataset
     for r in range(rounds + 1):
         folder = run_dir(output_dir, settings, r)
         labels = {g: round_dir(output_dir, r) / "labels" / g for g in groups} if r > 0 else None
@@ -96,14 +97,12 @@ def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, setti
         if r < rounds and (model_dir / "fold_0" / "checkpoint_final.pth").is_file():
             previous = model_dir  # finished earlier
         else:
-            result = fine_tune.train(data_dir, folder, this, progress, label_dirs=labels, fingerprint_file=fingerprint)
+            result = fine_tune.train(data_dir, folder, this, progress, label_dirs=labels,
+                                     fingerprint_file=fingerprint if r > 0 else None)
             previous = result.model_dir
         work = this.work_dir(folder)
-        if r == 0:
-            fingerprint = round_dir(output_dir, 0) / "dataset_fingerprint.json"
-            if not fingerprint.is_file():
-                shutil.copyfile(work / "preprocessed" / nnunet_dataset.DATASET_NAME / "dataset_fingerprint.json",
-                                fingerprint)
+        if r == 0 and not fingerprint.is_file():
+            shutil.copyfile(work / "preprocessed" / nnunet_dataset.DATASET_NAME / "dataset_fingerprint.json", fingerprint)
         if r < rounds:  # the next round rebuilds its own dataset: this one's data is no longer needed
             for sub in ("raw", "preprocessed"):
                 shutil.rmtree(work / sub, ignore_errors=True)
