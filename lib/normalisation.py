@@ -138,10 +138,9 @@ def check_kidneys(volumes: Sequence[Volume], windows: Sequence[dict | None] = (N
     any prediction; {name: statistics}."""
     found = {}
     for volume in volumes:
-        stats = kidney_statistics(volume, progress)
+        found[volume.name] = kidney_statistics(volume, progress)
         for window in windows:
-            check_contrast(volume.name, stats, window)
-        found[volume.name] = stats
+            check_contrast(volume.name, found[volume.name], window)
     return found
 
 

@@ -197,12 +197,11 @@ def binarize(probs: np.ndarray, threshold: float, out_file: Path | str) -> np.me
 
 
 def remove_small_components(mask: np.ndarray, min_size: int, slab: int = 64, progress: bool = True) -> dict:
-    """Zero 26-connected components smaller than `min_size` voxels, in place, one z-slab at a time.
+    """Zero 26-connected components smaller than `min_size` voxels, in place, one z-slab of labels in memory at a time.
 
     cc3d labels each slab; components that continue across a slab boundary are merged as a graph (scipy's
     connected_components over the label pairs touching across boundary slices), so sizes are those of whole
     components. A second pass relabels each slab (cc3d is deterministic) and removes the small ones.
-    Memory: one slab of uint32 labels.
     """
     ranges = chunks(mask.shape[0], slab)
     sizes, pairs, offsets = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)], [0]
