@@ -37,7 +37,7 @@ from lib import data, inference, paths, postprocess, predictor, refine
 from lib.normalisation import NoContrastError
 from lib.training import fine_tune
 from lib.training.fine_tune import SPARSE_GROUPS, TrainSettings
-from tools import synthetic
+from tools import infer, synthetic
 
 SEED = {"normalisation": "dataset"}  # the seed's recipe normalises with the training set's statistics
 ARMS = {
@@ -113,7 +113,7 @@ def run_arm(root: Path, out: Path, arm: str, seed: int, budget: dict,
     records = []
     for resample in resampling:
         clock = RunningClock()
-        scores = inference.predict_submission(model_dir, scored, out / f"infer_resample_{resample}", threshold="tune",
+        scores = infer.predict_submission(model_dir, scored, out / f"infer_resample_{resample}", threshold="tune",
                                           tta=False, resample=resample, device="cpu")
         chosen = next(c for c in scores["validation_curve"] if c["threshold"] == scores["threshold"])
         if resample:  # the project's default inference: store its cut as notebook 02 does (benchmarks/tta_table.py)

@@ -1,14 +1,6 @@
-"""What notebook 03 does, as functions a plain script can call too: decide the threshold (stored with the
-model, or tuned on a labelled group), predict every test kidney into submission rows, write and score
-`submission.csv`.
-
-    settings = inference.prepare(None, "model", tta="axes")  # the model found as notebook 03 finds it; or a list
-    chosen, _ = inference.choose_threshold(settings, None, scratch)  # "model": notebook 02's stored cut
-    kidneys = list(inference.predict_kidneys(settings, tests, chosen, scratch))
-    submission.write_submission(inference.rows(kidneys), "submission.csv", root / "sample_submission.csv")
-
-or all of it in one call: `inference.predict_submission(model_dir, data_dir, out_dir)`. Every kidney is streamed
-(probabilities and masks are memmaps under `scratch`), so memory does not grow with the number of slices.
+"""What notebooks 03 (and 02's validation) do, as functions (`tools.infer.predict_submission` strings them together
+for a script): decide the threshold (stored with the model, or tuned on a labelled group), predict every test kidney
+into submission rows, write and score `submission.csv`; every kidney streamed through memmaps under `scratch`.
 """
 from __future__ import annotations
 
@@ -21,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lib import data, inference_budget, inputs, metric, normalisation, parameters, paths, postprocess, predictor, submission
+from lib import data, inference_budget, inputs, metric, normalisation, paths, postprocess, predictor, submission
 from lib.postprocess import ThresholdRule
 from lib.training import fine_tune
 
@@ -55,13 +47,6 @@ def locate_model(model_dir: str | Path | None) -> Path:
         return paths.resolve_path(model_dir)
     found = inputs.find_input("model") if paths.kaggle_input().is_dir() else None
     return found or fine_tune.default_model_dir(paths.outputs_dir() / "train")
-
-
-def locate_models(model_dir: str | Path | Sequence[str | Path] | None) -> list[Path]:
-    """`model_dir` as one folder (or None, see `locate_model`) or a list of folders (an ensemble)."""
-    if model_dir is None or isinstance(model_dir, (str, Path)):
-        return [locate_model(model_dir)]
-    return [locate_model(d) for d in model_dir]
 
 
 @dataclass
@@ -104,7 +89,8 @@ def prepare(model_dir: str | Path | Sequence[str | Path] | None, threshold: floa
     rule = ThresholdRule.parse(threshold)
     mode = "auto" if str(tta).strip().lower() == "auto" else predictor.parse_tta(tta)
     targets = [str(d) for d in predictor.resolve_devices(devices)]
-    dirs = locate_models(model_dir)
+    several = model_dir is not None and not isinstance(model_dir, (str, Path))  # a list of folders: an ensemble
+    dirs = [locate_model(d) for d in (model_dir if several else [model_dir])]
     models = predictor.load_models(dirs, targets[0])
     table = None
     if mode == "auto":
@@ -258,34 +244,6 @@ def stored_curve(model_dirs: Sequence[Path]) -> pd.DataFrame | None:
     """The validation curve notebook 02 stored beside the first model's threshold, if any."""
     path = Path(model_dirs[0]) / postprocess.THRESHOLD_FILE
     return pd.DataFrame(json.loads(path.read_text())["curve"]) if path.is_file() else None
-
-
-def predict_submission(model_dir: str | Path | Sequence[str | Path] | None, data_dir: str | Path,
-                       out_dir: str | Path, **options: object) -> dict:
-    """Notebook 03 without the figures: threshold, every test kidney, `submission.csv`, and its score when the
-    data root has a solution. `options` are notebook 03's other parameters (lib.parameters; its defaults, checked
-    as the notebook checks them). Returns what notebook 03 writes to scores.json."""
-    schema = parameters.SCHEMAS["03_infer"].by_name
-    unknown = sorted(set(options) - set(schema) | set(options) & {"data_dir", "model_dir", "output_dir"})
-    if unknown:
-        raise TypeError(f"predict_submission: no option {unknown[0]!r}{parameters.suggestion(unknown[0], schema)}")
-    o = {name: p.default for name, p in schema.items()} | options
-    parameters.check("03_infer", o | {"data_dir": str(data_dir), "model_dir": model_dir, "output_dir": str(out_dir)})
-    root, out = paths.resolve_path(data_dir), paths.resolve_path(out_dir)
-    groups = data.discover(root)
-    tests = data.select_groups({n: g for n, g in groups.items() if g.split == "test"}, o["test_groups"])
-    submission.expected_ids(root, tests)  # no test slice or a bad sample_submission.csv: fail before the model loads
-    settings = prepare(model_dir, o["threshold"], o["tta"], o["devices"] or o["device"], o["budget_hours"],
-                       o["tile_step"], o["resample"])
-    intensity_table(settings.predictor, tests, progress=False)  # a kidney without contrast: stop before predicting
-    out.mkdir(parents=True, exist_ok=True)
-    if settings.runtime_plan is not None:
-        settings.runtime_plan.to_csv(out / "runtime_plan.csv", index=False)
-    chosen, tuning = choose_threshold(settings, groups[o["val_group"]] if o["val_group"] else None, out)
-    kidneys = list(predict_kidneys(settings, tests, chosen, out, o["min_component_size"]))
-    target = paths.resolve_path(o["submission_file"]) if o["submission_file"] else out / "submission.csv"
-    submission.write_submission(rows(kidneys), target, root / "sample_submission.csv")
-    return scores_record(settings, chosen, kidney_table(kidneys), target, tuning, score(root, target, list(tests)))
 
 
 def scores_record(settings: Settings, chosen: float | None, per_kidney: pd.DataFrame, target: Path,

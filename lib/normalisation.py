@@ -1,9 +1,6 @@
-"""Intensity normalisation: every kidney by its own statistics ("kidney"), or by the training set's ("dataset").
-
-The real kidneys' raw intensities barely overlap, so the training set's clip window (nnU-Net's CTNormalization, the
-seed's recipe) can clip a test kidney to one value (docs/normalisation.md). "kidney" clips each kidney to its own
-0.5/99.5 percentiles and z-scores it by its clipped voxels, exact from a histogram streamed once
-(`kidney_statistics`). The scheme is recorded in the model's plans.json (`PLANS_KEY`).
+"""Intensity normalisation: every kidney clipped to its own 0.5/99.5 percentiles and z-scored ("kidney"), or by the
+training set's statistics ("dataset", nnU-Net's CTNormalization, which can clip a test kidney to one value: the real
+kidneys' intensities barely overlap, docs/normalisation.md). The scheme is recorded in the plans (`PLANS_KEY`).
 """
 from __future__ import annotations
 
@@ -26,7 +23,7 @@ class NoContrastError(ValueError):
 
 
 class Volume(Protocol):
-    """What the statistics read: a `data.Group` or an in-memory `inference.ArrayGroup`."""
+    """What the statistics read: a `data.Group` or an in-memory `predictor.ArrayGroup`."""
 
     name: str
 
@@ -64,7 +61,6 @@ def statistics_from_histogram(counts: np.ndarray) -> dict:
     if n == 0:
         raise ValueError("no voxels")
     cumulative = np.cumsum(counts)
-    values = np.arange(len(counts), dtype=np.float64)
 
     def percentile(q: float) -> float:
         position = q / 100 * (n - 1)
@@ -73,7 +69,7 @@ def statistics_from_histogram(counts: np.ndarray) -> dict:
         return lo + frac * (hi - lo)
 
     low, high = (percentile(q) for q in PERCENTILES)
-    clipped = np.clip(values, low, high)
+    clipped = np.clip(np.arange(len(counts), dtype=np.float64), low, high)  # every value 0..len(counts)-1
     mean = float((counts * clipped).sum() / n)
     std = float(np.sqrt((counts * (clipped - mean) ** 2).sum() / n))
     present = np.flatnonzero(counts)
@@ -108,9 +104,8 @@ def kidney_statistics(volume: Volume, progress: bool = False) -> dict:
         stats = _statistics_of_values(np.asarray(volume.read_images()))
     else:
         counts = np.zeros(2 ** (8 * first.dtype.itemsize), dtype=np.int64)
-        depth = volume.shape[0]
-        with tqdm(total=depth, desc=f"{volume.name} statistics", unit="slice", disable=not progress) as bar:
-            for start, stop in chunks(depth):
+        with tqdm(total=volume.shape[0], desc=f"{volume.name} statistics", unit="slice", disable=not progress) as bar:
+            for start, stop in chunks(volume.shape[0]):
                 counts += np.bincount(volume.read_images(start, stop).ravel(), minlength=len(counts))
                 bar.update(stop - start)
         stats = statistics_from_histogram(counts)
@@ -143,10 +138,9 @@ def check_kidneys(volumes: Sequence[Volume], windows: Sequence[dict | None] = (N
     any prediction; {name: statistics}."""
     found = {}
     for volume in volumes:
-        stats = kidney_statistics(volume, progress)
+        found[volume.name] = kidney_statistics(volume, progress)
         for window in windows:
-            check_contrast(volume.name, stats, window)
-        found[volume.name] = stats
+            check_contrast(volume.name, found[volume.name], window)
     return found
 
 

@@ -1,8 +1,5 @@
 """From vessel probabilities to masks: thresholds (fixed, tuned on validation, or top fraction) and
 removal of small 26-connected components, every step streamed along z in bounded memory.
-
-Tuning walks the validation volume once and feeds every candidate threshold's own streaming surface-Dice
-accumulator, so it holds a few slices per threshold whatever the depth.
 """
 from __future__ import annotations
 
@@ -57,13 +54,10 @@ class ThresholdRule:
 
 def threshold_curve(probs: np.ndarray, labels, thresholds: Sequence[float] = DEFAULT_GRID,
                     progress: bool = True) -> pd.DataFrame:
-    """Surface Dice (and Dice) of `probs >= t` against `labels` for every t, in one streaming pass.
-
-    `labels` is a `data.Group` with labels or a (Z, H, W) array-like; `probs` a (Z, H, W) float16/uint8 array.
-    """
+    """Surface Dice (and Dice) of `probs >= t` (float16/uint8) against `labels` (a `data.Group` or a (Z, H, W)
+    array-like) for every t, in one streaming pass: each threshold's accumulator holds a few slices."""
     accs = {float(t): SurfaceDice() for t in thresholds}
-    depth = probs.shape[0]
-    for start, stop in tqdm(chunks(depth), desc="threshold curve", unit="chunk", disable=not progress):
+    for start, stop in tqdm(chunks(probs.shape[0]), desc="threshold curve", unit="chunk", disable=not progress):
         truth = _read_labels(labels, start, stop)
         p = probability(np.asarray(probs[start:stop]))
         for g, q in zip(truth, p):
@@ -96,15 +90,13 @@ def decide_threshold(rule: ThresholdRule, curve: pd.DataFrame | None,
 
 
 def save_threshold(model_dir: Path | str, curve: pd.DataFrame, threshold: float, val_group: str,
-                   settings: dict | None = None) -> Path:
+                   settings: dict | None = None) -> None:
     """Store the validation curve and the chosen cut in the model folder (as nnU-Net stores its post-processing),
     so inference needs no validation group."""
-    path = Path(model_dir) / THRESHOLD_FILE
     record = {"threshold": float(threshold), "metric": "surface Dice at tolerance 0 (the leaderboard metric)",
               "val_group": val_group, "settings": settings or {},
               "curve": [{k: float(v) for k, v in row.items()} for row in curve.to_dict("records")]}
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    (Path(model_dir) / THRESHOLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def stored_threshold(model_dirs: Sequence[Path | str]) -> float:
@@ -125,19 +117,19 @@ def stored_threshold(model_dirs: Sequence[Path | str]) -> float:
 
 
 def top_fraction_threshold(probs: np.ndarray, fraction: float) -> float:
-    """The probability above which `fraction` of the volume's voxels lie (2nd place kept the top 0.2%).
-
-    Exact for float16 and uint8 storage: a histogram over every representable value, built slice by slice.
-    """
-    return _threshold_for_count(_code_histogram(probs), fraction * probs.size)
+    """The probability above which `fraction` of the volume's voxels lie (2nd place kept the top 0.2%); exact for
+    float16 and uint8 storage: a histogram over every representable value, built slice by slice."""
+    counts = _code_histogram(probs)
+    # Non-negative float16 values sort like their bit patterns, so the top of the histogram is the top of the data.
+    above = np.cumsum(counts[::-1])[::-1]  # voxels >= each code
+    enough = np.flatnonzero(above >= fraction * probs.size)
+    return _code_value(int(enough[-1]) if len(enough) else 0, len(counts))  # 0 when there are fewer voxels
 
 
 def share_threshold(probs: np.ndarray, labels, share: float) -> float:
-    """The cut t at which the given labels make up `share` of `labels OR probs >= t` (pseudo-label refinement:
-    a sparse group whose labels hold `share` of its vessels gets the most probable unlabelled voxels added until
-    they hold that share of the refined labels). Never more: voxels tied at the cut are left out, so the given
-    labels are at least `share` of the refined ones. `labels`: a `data.Group` or a (Z, H, W) array-like; exact on
-    the stored float16/uint8 values of `probs`, streamed along z. Share 1: a cut above every unlabelled voxel."""
+    """The cut t at which the given labels make up `share` of `labels OR probs >= t` (pseudo-label refinement), or
+    more: voxels tied at the cut are left out. Exact on the stored float16/uint8 codes, streamed along z; `labels` a
+    `data.Group` or a (Z, H, W) array-like. Share 1: a cut above every unlabelled voxel."""
     if not 0 < share <= 1:
         raise ValueError(f"share must lie in (0, 1], got {share}")
     given = 0
@@ -148,8 +140,8 @@ def share_threshold(probs: np.ndarray, labels, share: float) -> float:
         unlabelled.append(_code_histogram(probs[start:stop], ~mask))
     wanted = round(given * (1 / share - 1))
     above = np.cumsum(np.sum(unlabelled, axis=0)[::-1])[::-1]  # unlabelled voxels >= each stored code
-    code = int(np.flatnonzero(above <= wanted)[0]) if (above <= wanted).any() else len(above)
-    return 2.0 if code == len(above) else _code_value(code, len(above))  # 2: not even the top code fits, add none
+    fits = np.flatnonzero(above <= wanted)
+    return _code_value(int(fits[0]), len(above)) if len(fits) else 2.0  # 2: not even the top code fits, add none
 
 
 def write_refined_labels(probs: np.ndarray, labels, threshold: float, out_dir: Path | str,
@@ -191,14 +183,6 @@ def _code_histogram(probs: np.ndarray, where: np.ndarray | None = None) -> np.nd
     return counts
 
 
-def _threshold_for_count(counts: np.ndarray, wanted: float) -> float:
-    """The highest stored value with at least `wanted` voxels at or above it (0 when there are fewer)."""
-    # Non-negative float16 values sort like their bit patterns, so the top of the histogram is the top of the data.
-    above = np.cumsum(counts[::-1])[::-1]  # voxels >= each code
-    code = int(np.flatnonzero(above >= wanted)[-1]) if (above >= wanted).any() else 0
-    return _code_value(code, len(counts))
-
-
 def _code_value(code: int, bins: int) -> float:
     """The probability a stored code stands for: uint8 x 255 (256 bins) or a float16 bit pattern."""
     return code / 255 if bins == 256 else float(np.array(code, np.uint16).view(np.float16))
@@ -213,46 +197,37 @@ def binarize(probs: np.ndarray, threshold: float, out_file: Path | str) -> np.me
 
 
 def remove_small_components(mask: np.ndarray, min_size: int, slab: int = 64, progress: bool = True) -> dict:
-    """Zero 26-connected components smaller than `min_size` voxels, in place, one z-slab at a time.
+    """Zero 26-connected components smaller than `min_size` voxels, in place, one z-slab of labels in memory at a time.
 
     cc3d labels each slab; components that continue across a slab boundary are merged as a graph (scipy's
     connected_components over the label pairs touching across boundary slices), so sizes are those of whole
     components. A second pass relabels each slab (cc3d is deterministic) and removes the small ones.
-    Memory: one slab of uint32 labels.
     """
-    depth = mask.shape[0]
-    ranges = chunks(depth, slab)
-    sizes: list[np.ndarray] = []
-    offsets = [0]
-    parent_pairs: list[np.ndarray] = []
+    ranges = chunks(mask.shape[0], slab)
+    sizes, pairs, offsets = [np.zeros(0, np.int64)], [np.zeros((0, 2), np.int64)], [0]
     previous_last = None
     for a, b in tqdm(ranges, desc="components (pass 1)", unit="slab", disable=not progress):
         labels = cc3d.connected_components(np.asarray(mask[a:b]) > 0, connectivity=26).astype(np.int64)
         count = np.bincount(labels.ravel())
         sizes.append(count[1:])
         if previous_last is not None:
-            parent_pairs.append(_touching(previous_last, labels[0], offsets[-2], offsets[-1]))
+            pairs.append(_touching(previous_last, labels[0], offsets[-2], offsets[-1]))
         previous_last = labels[-1]
         offsets.append(offsets[-1] + len(count) - 1)
     total = offsets[-1]
-    size = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
-    pairs = np.concatenate(parent_pairs) if parent_pairs else np.zeros((0, 2), np.int64)
+    size, pairs = np.concatenate(sizes), np.concatenate(pairs)
     graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(total, total))
-    root = connected_components(graph, directed=False)[1]  # whole-component id of every slab-local component
-    component_size = np.bincount(root, weights=size, minlength=total).astype(np.int64)
+    components, root = connected_components(graph, directed=False)  # root: whole-component id of each slab-local one
+    component_size = np.bincount(root, weights=size, minlength=components).astype(np.int64)
     small = component_size[root] < min_size  # per slab-local component, via its root
     removed_voxels = int(size[small].sum())
     for k, (a, b) in enumerate(tqdm(ranges, desc="components (pass 2)", unit="slab", disable=not progress)):
         local_small = small[offsets[k]:offsets[k + 1]]
-        if not local_small.any():
-            continue
-        labels = cc3d.connected_components(np.asarray(mask[a:b]) > 0, connectivity=26)
-        drop = np.concatenate([[False], local_small])[labels]
-        block = np.asarray(mask[a:b]).copy()
-        block[drop] = 0
-        mask[a:b] = block
-    roots = np.unique(root)
-    return {"components": int(len(roots)), "removed_components": int((component_size[roots] < min_size).sum()),
+        if local_small.any():
+            labels = cc3d.connected_components(np.asarray(mask[a:b]) > 0, connectivity=26)
+            drop = np.concatenate([[False], local_small])[labels]
+            mask[a:b][drop] = 0  # a view: written in place
+    return {"components": int(components), "removed_components": int((component_size < min_size).sum()),
             "removed_voxels": removed_voxels, "kept_voxels": int(size.sum()) - removed_voxels}
 
 

@@ -1,9 +1,6 @@
-"""Training in rounds with refined sparse labels (pseudo-labels), as the 3rd-place team did (docs/training.md).
-
-Round 0 fine-tunes as usual; each round r = 1..R predicts the sparse training groups with round r-1's model, refines
-their labels to `given OR probability >= t` (t cut per group at its `sparse_label_share`) and fine-tunes again from
-that model. Round r lives in `rounds/round_<r>/` (its labels in `labels/<group>/NNNN.tif`); the last round's model
-is where a plain run puts it, and `refinement.json` records each round.
+"""Training in rounds with refined sparse labels (pseudo-labels), as the 3rd-place team did (docs/training.md):
+each round r = 1..R refines the sparse groups' labels to `given OR probability >= t` with round r-1's model and
+fine-tunes from it. Round r lives in `rounds/round_<r>/`; the last round's model is where a plain run puts it.
 """
 from __future__ import annotations
 
@@ -50,21 +47,6 @@ def refined_groups(settings: TrainSettings) -> list[str]:
     return [g for g in settings.train_groups if g in settings.sparse_label_share]
 
 
-def refine_group(model: predictor.Model, group: data.Group, share: float, out_dir: Path, scratch: Path,
-                 progress: bool = True) -> dict:
-    """Predict `group`, cut it at the share and write its refined labels to `out_dir`; the probabilities (float16,
-    2 bytes per voxel) live in `scratch` only until the labels are written. Returns the counts and the cut."""
-    probs_file = scratch / f"{group.name}_probabilities.npy"
-    probs = predictor.Predictor(model, tta=False, progress=progress).predict_group(group, probs_file, overwrite=True)
-    threshold = postprocess.share_threshold(probs, group, share)
-    counts = postprocess.write_refined_labels(probs, group, threshold, out_dir, group.slices, progress)
-    del probs
-    probs_file.unlink()
-    probs_file.with_suffix(".json").unlink(missing_ok=True)
-    return {"group": group.name, "target_share": share, "threshold": threshold, **counts,
-            "given_share_of_refined": counts["given"] / max(counts["refined"], 1)}
-
-
 def truth_report(root: Path | str, group: data.Group, refined_dir: Path) -> dict | None:
     """Against the whole tree (synthetic data only; None when `root` has no truth for the group): the share of
     true vessel voxels labelled before and after refinement, and the share of added voxels that are true vessel."""
@@ -100,7 +82,8 @@ def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, setti
                          f"({sorted(settings.sparse_label_share)}); train_groups: {list(settings.train_groups)}")
     record_file = output_dir / "refinement.json"
     rows: list[dict] = json.loads(record_file.read_text()) if record_file.is_file() else []
-    previous, fingerprint, result = None, None, None
+    previous, result = None, None
+    fingerprint = round_dir(output_dir, 0) / "dataset_fingerprint.json"  # round 0's, for every later round's dataset
     for r in range(rounds + 1):
         folder = run_dir(output_dir, settings, r)
         labels = {g: round_dir(output_dir, r) / "labels" / g for g in groups} if r > 0 else None
@@ -114,36 +97,41 @@ def train_with_pseudo_labels(data_dir: Path | str, output_dir: Path | str, setti
         if r < rounds and (model_dir / "fold_0" / "checkpoint_final.pth").is_file():
             previous = model_dir  # finished earlier
         else:
-            result = fine_tune.train(data_dir, folder, this, progress, label_dirs=labels, fingerprint_file=fingerprint)
+            result = fine_tune.train(data_dir, folder, this, progress, label_dirs=labels,
+                                     fingerprint_file=fingerprint if r > 0 else None)
             previous = result.model_dir
         work = this.work_dir(folder)
-        if r == 0:
-            fingerprint = round_dir(output_dir, 0) / "dataset_fingerprint.json"
-            if not fingerprint.is_file():
-                shutil.copyfile(work / "preprocessed" / nnunet_dataset.DATASET_NAME / "dataset_fingerprint.json",
-                                fingerprint)
+        if r == 0 and not fingerprint.is_file():
+            shutil.copyfile(work / "preprocessed" / nnunet_dataset.DATASET_NAME / "dataset_fingerprint.json", fingerprint)
         if r < rounds:  # the next round rebuilds its own dataset: this one's data is no longer needed
             for sub in ("raw", "preprocessed"):
                 shutil.rmtree(work / sub, ignore_errors=True)
-    assert result is not None
     return result, pd.DataFrame(rows)
 
 
 def _refine_round(data_dir: Path | str, model_dir: Path, labels: dict[str, Path], r: int, settings: TrainSettings,
                   scratch: Path, progress: bool) -> list[dict]:
-    """Refine these sparse groups' labels (written to `labels`' folders) with the model of round r-1."""
+    """Refine these sparse groups' labels with the model of round r-1: each group predicted, cut at its share and
+    written to its `labels` folder; its probabilities (float16, 2 B per voxel) live in `scratch` only until then."""
     if not labels:
         return []
-    model = predictor.load_model(model_dir, settings.device)
+    run = predictor.Predictor(predictor.load_model(model_dir, settings.device), tta=False, progress=progress)
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in labels:
+    for name, out_dir in labels.items():
         group = data.open_group(name, data_dir)
-        if labels[name].exists():  # complete but unrecorded (interrupted in between): written again
-            shutil.rmtree(labels[name])
-        row = {"round": r, **refine_group(model, group, settings.sparse_label_share[name], labels[name], scratch,
-                                          progress)}
-        row.update(truth_report(data_dir, group, labels[name]) or {})
-        rows.append(row)
+        share = settings.sparse_label_share[name]
+        if out_dir.exists():  # complete but unrecorded (interrupted in between): written again
+            shutil.rmtree(out_dir)
+        probs_file = scratch / f"{name}_probabilities.npy"
+        probs = run.predict_group(group, probs_file, overwrite=True)
+        threshold = postprocess.share_threshold(probs, group, share)
+        counts = postprocess.write_refined_labels(probs, group, threshold, out_dir, group.slices, progress)
+        del probs
+        probs_file.unlink()
+        probs_file.with_suffix(".json").unlink(missing_ok=True)
+        rows.append({"round": r, "group": name, "target_share": share, "threshold": threshold, **counts,
+                     "given_share_of_refined": counts["given"] / max(counts["refined"], 1),
+                     **(truth_report(data_dir, group, out_dir) or {})})
     shutil.rmtree(scratch, ignore_errors=True)
     return rows

@@ -11,6 +11,7 @@ from helpers import INTENSITY, random_network, small_plans, write_model_dir
 from lib import data, inference, paths, postprocess
 from lib.postprocess import ThresholdRule
 from lib.training import fine_tune
+from tools import infer
 
 PATCH = (32, 64, 64)
 
@@ -46,7 +47,7 @@ def test_locate_model_prefers_the_kaggle_input(tmp_path: Path, monkeypatch: pyte
 
 
 def test_predict_submission_from_a_script(synthetic_tiny: Path, model_dir: Path, tmp_path: Path) -> None:
-    result = inference.predict_submission(model_dir, synthetic_tiny, tmp_path / "infer", threshold="top:0.02",
+    result = infer.predict_submission(model_dir, synthetic_tiny, tmp_path / "infer", threshold="top:0.02",
                                       val_group=None, tta=False, device="cpu")
     tests = {n: g for n, g in data.discover(synthetic_tiny).items() if g.split == "test"}
     written = pd.read_csv(result["submission"], dtype=str, keep_default_na=False)
@@ -78,7 +79,7 @@ def test_stored_threshold_is_used_without_a_validation_group(synthetic_tiny: Pat
             (stored / item.relative_to(model_dir)).parent.mkdir(parents=True, exist_ok=True)
             (stored / item.relative_to(model_dir)).write_bytes(item.read_bytes())
     postprocess.save_threshold(stored, curve, 0.55, "kidney_3_dense")
-    result = inference.predict_submission(stored, synthetic_tiny, tmp_path / "infer", val_group="kidney_3_dense",
+    result = infer.predict_submission(stored, synthetic_tiny, tmp_path / "infer", val_group="kidney_3_dense",
                                       tta="none", device="cpu")
     assert result["threshold"] == 0.55 and result["tta"] == "none"
     assert not (tmp_path / "infer" / "probabilities" / "kidney_3_dense.npy").exists()  # no validation predicted
@@ -99,9 +100,9 @@ def test_threshold_verdict_compares_the_cut_with_the_argmax() -> None:
 
 def test_bad_settings_fail_before_prediction(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"tile_step: takes a number in \(0, 1\], got 2"):
-        inference.predict_submission(model_dir, tmp_path, tmp_path / "out", tile_step=2)  # notebook 03's schema
+        infer.predict_submission(model_dir, tmp_path, tmp_path / "out", tile_step=2)  # notebook 03's schema
     with pytest.raises(TypeError, match="no option 'thresold'; did you mean 'threshold'"):
-        inference.predict_submission(model_dir, tmp_path, tmp_path / "out", thresold=0.5)
+        infer.predict_submission(model_dir, tmp_path, tmp_path / "out", thresold=0.5)
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="unknown tta 'sideways'"):
         inference.prepare(model_dir, 0.5, tta="sideways", devices="cpu")
