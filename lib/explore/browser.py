@@ -73,7 +73,7 @@ class ThresholdPrediction:
         """Keep as many of the brightest voxels of each group (the darkest if vessels are darker than the rest) as
         the labelled vessel share of the first densely labelled group (else 1%)."""
         labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
-        ref = min(labelled, key=lambda s: s.label_kind != "dense", default=None)  # the first dense one
+        ref = min(labelled, key=lambda s: s.group.label_kind != "dense", default=None)  # the first dense one
         bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
         share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
         q = 100 - share_percent if bright else share_percent
