@@ -127,11 +127,9 @@ class SliceBrowser:
             self.fig = Figure(figsize=self.FIGSIZE, dpi=self.DPI)
             self.canvas = FigureCanvasAgg(self.fig)
             self.ax = self.fig.add_axes((0.12, 0.08, 0.70, 0.79))  # fixed: room for a 4-line title above
-            blank = np.zeros((2, 2))
-            self.image_artist = self.ax.imshow(blank, cmap="gray", vmin=0, vmax=1, aspect="equal")
-            self.label_artist = self.ax.imshow(figures.overlay_rgba(blank > 0), aspect="equal")
-            self.prediction_artist = self.ax.imshow(figures.overlay_rgba(blank > 0, figures.PREDICTION_COLOR),
-                                                    aspect="equal")
+            self.image_artist = self.ax.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1)  # data set by _update
+            self.label_artist = self.ax.imshow(np.zeros((2, 2, 4)))
+            self.prediction_artist = self.ax.imshow(np.zeros((2, 2, 4)))
             self.fig.colorbar(self.image_artist, cax=self.fig.add_axes((0.86, 0.08, 0.03, 0.79)), label="intensity")
         for artist in (self.image_artist, self.label_artist, self.prediction_artist, self.ax.title):
             artist.set_animated(True)  # drawn over a cached background (ticks, labels, colorbar): see render()
@@ -294,14 +292,12 @@ class SliceBrowser:
 
     def _display_step(self, shape: tuple[int, int]) -> int:
         """Block size bringing a (rows, cols) plane down to about the axes' size in pixels (1: drawn as is)."""
-        box = self.ax.get_position()
-        width, height = box.width * self.fig.get_figwidth() * self.DPI, box.height * self.fig.get_figheight() * self.DPI
+        width, height = self.ax.get_position().size * self.fig.bbox.size  # the axes in pixels
         return max(1, int(min(shape[0] / height, shape[1] / width)))
 
     def _update(self, window_from_image: bool = False) -> None:
         """Read what the current state shows and push it into the artists."""
-        v = self.view()
-        self.displayed = v
+        v = self.displayed = self.view()
         v["step"] = self._display_step(v["image"].shape)
         self.image_artist.set_data(figures.block_reduce(v["image"], v["step"]))
         for artist in (self.image_artist, self.label_artist, self.prediction_artist):

@@ -412,7 +412,7 @@ def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, ma
     return OrthoViews(group, (z0, y0, x0), positions, step, images, labels, predictions)
 
 
-def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float] = LABEL_COLOR, alpha: float = 0.5) -> np.ndarray:
+def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float], alpha: float) -> np.ndarray:
     """An RGBA float32 image: `color` where `mask`, with opacity `alpha`; transparent elsewhere."""
     out = np.zeros((*mask.shape, 4), np.float32)
     out[..., :3] = color
