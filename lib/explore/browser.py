@@ -53,30 +53,21 @@ def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndar
     return from_folder
 
 
-@dataclass
-class ThresholdPrediction:
-    """A stand-in prediction: voxels above (or below) a per-group intensity threshold. Reads the image slice."""
+def threshold_prediction(stats: Mapping[str, figures.IntensityStats]) -> Prediction:
+    """A stand-in prediction from each group's image slice: as many of its brightest voxels (the darkest if vessels
+    are darker than the rest) as the labelled vessel share of the first densely labelled group (else 1%)."""
+    labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
+    ref = min(labelled, key=lambda s: s.group.label_kind != "dense", default=None)  # the first dense one
+    bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
+    share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
+    thresholds = {n: s.percentile(100 - share_percent if bright else share_percent) for n, s in stats.items()}
 
-    groups: Mapping[str, Group]
-    thresholds: Mapping[str, float]
-    bright: bool = True
-
-    @classmethod
-    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, figures.IntensityStats]) -> ThresholdPrediction:
-        """Keep as many of the brightest voxels of each group (the darkest if vessels are darker than the rest) as
-        the labelled vessel share of the first densely labelled group (else 1%)."""
-        labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
-        ref = min(labelled, key=lambda s: s.group.label_kind != "dense", default=None)  # the first dense one
-        bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
-        share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
-        q = 100 - share_percent if bright else share_percent
-        return cls(groups, {n: s.percentile(q) for n, s in stats.items()}, bright)
-
-    def __call__(self, name: str, axis: str, index: int) -> np.ndarray | None:
-        if axis != "xy" or name not in self.thresholds:
+    def predict(name: str, axis: str, index: int) -> np.ndarray | None:
+        if axis != "xy" or name not in thresholds:
             return None
-        img = figures.image_slice(self.groups[name], index)
-        return img > self.thresholds[name] if self.bright else img < self.thresholds[name]
+        img = figures.image_slice(stats[name].group, index)
+        return img > thresholds[name] if bright else img < thresholds[name]
+    return predict
 
 
 @dataclass
@@ -159,7 +150,7 @@ class SliceBrowser:
         return ("z", "y", "x")[self.dim]
 
     def set_group(self, name: str, point: tuple[int, int, int] | None = None) -> None:
-        """Show group `name` at `point` (z, y, x; default the centre), keeping the axis; drops the plane cache."""
+        """Show group `name` at `point` (z, y, x; default the centre), keeping the axis; starts a new plane cache."""
         if name not in self.groups:
             raise KeyError(f"{name}: no such group (have {', '.join(self.groups)})")
         self.group_name = name
