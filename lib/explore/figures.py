@@ -352,8 +352,7 @@ def plot_projections(scan: LabelScan) -> Figure:
     titles = {"xy": "along z (top view)", "yz": "along x (side view)", "xz": "along y (front view)"}
     with figure_style():
         fig, panels, ax_info, stretch = _ortho_figure(g.shape, (-0.5, z_n - 0.5), titles)
-        vmax = max(1, int(max(scan.along_z.max(), scan.along_y.max(), scan.along_x.max())))
-        norm = LogNorm(vmin=1, vmax=max(vmax, 2))
+        norm = LogNorm(vmin=1, vmax=max(2, int(max(scan.along_z.max(), scan.along_y.max(), scan.along_x.max()))))
         cmap = mpl.colormaps["inferno"].with_extremes(bad="black", under="black")
         for name, counts in (("xy", scan.along_z), ("yz", scan.along_x.T), ("xz", scan.along_y)):
             ax, extent, aspect = panels[name]
@@ -467,12 +466,11 @@ def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None
     planes["yz"] = [None if a is None else a.T for a in planes["yz"]]  # z horizontal
     crosshairs = {"xy": (y0, x0), "yz": (y0, z0), "xz": (z0, x0)}  # where the other planes cut: (row, column)
     with figure_style():
-        fig, panels, ax_info, stretch = _ortho_figure(g.shape, (zs[0] - step / 2, zs[-1] + step / 2), titles)
+        fig, panels, ax_info, _ = _ortho_figure(g.shape, (zs[0] - step / 2, zs[-1] + step / 2), titles)
         for name, (ax, extent, aspect) in panels.items():
             image, label, prediction = planes[name]
-            interpolation = "auto" if name == "xy" else display_interpolation(stretch)
             im = show_plane(ax, image, (lo, hi), mask_layers(label, prediction, alpha), extent=extent, aspect=aspect,
-                            interpolation=interpolation)
+                            interpolation=display_interpolation(aspect))  # xy: never stretched
             ax.axhline(crosshairs[name][0], color="yellow", ls="--", lw=0.8)
             ax.axvline(crosshairs[name][1], color="yellow", ls="--", lw=0.8)
         handles = legend_handles(alpha, views.labels is not None, views.predictions is not None)
@@ -486,8 +484,7 @@ def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None
     return fig
 
 
-def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, IntensityStats], reference: str,
-                      others: Sequence[str], bins: int = 200) -> Figure:
+def plot_domain_shift(stats: Mapping[str, IntensityStats], reference: str, others: Sequence[str], bins: int = 200) -> Figure:
     """Middle xy slice (one read) of `reference` and each of `others`, at the reference's window and at their own,
     axes in mm; below, intensity densities raw and after per-kidney percentile scaling (p0.5 -> 0, p99.5 -> 1)."""
     names = [reference, *[o for o in others if o != reference]]
@@ -497,7 +494,8 @@ def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, Intensity
         fig = Figure(figsize=(max(4.0 * n, 9), 11), layout="constrained")
         gs = fig.add_gridspec(3, 2 * n, height_ratios=[1, 1, 0.9])
         for col, name in enumerate(names):
-            g, s = groups[name], stats[name]
+            s = stats[name]
+            g = s.group
             z = g.shape[0] // 2
             img = image_slice(g, z)
             mm = (g.voxel_um or 1.0) / 1000

@@ -83,8 +83,3 @@ class BrowserWidgets:
             self._hold = False
         self.info_w.value = f"<code>{m.info()}</code>"
         self.image_w.value = m.png()
-
-
-def browser_panel(model: SliceBrowser) -> W.VBox:
-    """The widget panel of `model` (controls above, figure below), for `display()` in a live frontend."""
-    return BrowserWidgets(model).panel
