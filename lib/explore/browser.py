@@ -44,12 +44,9 @@ def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndar
         if axis != "xy" or name not in groups:
             return None
         number = groups[name].slices[index]
-        for sub in (root / name, root / name / "labels", root / "train" / name / "labels", root / "test" / name):
-            for ext in (".tif", ".tiff"):
-                path = sub / f"{number:04d}{ext}"
-                if path.is_file():
-                    return data.read_slice(path) != 0
-        return None
+        folders = (root / name, root / name / "labels", root / "train" / name / "labels", root / "test" / name)
+        path = next((p for f in folders for p in (f / f"{number:04d}.tif", f / f"{number:04d}.tiff") if p.is_file()), None)
+        return None if path is None else data.read_slice(path) != 0
     return from_folder
 
 

@@ -108,14 +108,11 @@ class IntensityStats:
     def values(self) -> np.ndarray:
         return np.arange(self.offset, self.offset + len(self.counts))
 
-    @property
-    def other_counts(self) -> np.ndarray | None:
-        """Non-vessel voxels (background and tissue, and in sparse groups unlabelled vessels)."""
-        return None if self.vessel_counts is None else self.counts - self.vessel_counts
-
     def percentile(self, q: float, which: str = "all") -> float:
-        """The q-th percentile (0-100) of "all", "vessel" or "other" sampled voxels; NaN when there are none."""
-        counts = {"all": self.counts, "vessel": self.vessel_counts, "other": self.other_counts}[which]
+        """The q-th percentile (0-100) of "all", "vessel" or "other" sampled voxels (other: background, tissue and
+        a sparse group's unlabelled vessels); NaN when there are none."""
+        other = None if self.vessel_counts is None else self.counts - self.vessel_counts
+        counts = {"all": self.counts, "vessel": self.vessel_counts, "other": other}[which]
         if counts is None or counts.sum() == 0:
             return float("nan")
         cum = np.cumsum(counts, dtype=np.float64)
@@ -191,14 +188,13 @@ def plot_intensity_histograms(stats: Mapping[str, IntensityStats], bins: int = 2
                 ax.fill_between(centres, _rebin(s, s.counts, edges), step="mid", color="0.45", alpha=0.8,
                                 label="all voxels (group without labels)")
             else:
-                ax.fill_between(centres, _rebin(s, s.other_counts, edges), step="mid", color="0.55", alpha=0.7,
+                ax.fill_between(centres, _rebin(s, s.counts - s.vessel_counts, edges), step="mid", color="0.55", alpha=0.7,
                                 label="non-vessel")
                 ax.step(centres, _rebin(s, s.vessel_counts, edges), where="mid", color=LABEL_COLOR, lw=1.5,
                         label="vessel (labelled)")
                 ax.axvline(s.percentile(50, "vessel"), color=LABEL_COLOR, ls=":", lw=1.2, label="vessel median")
-            for q in (0.5, 99.5):
-                ax.axvline(s.percentile(q), color="k", ls="--", lw=1)
-            ax.plot([], [], "k--", lw=1, label="p0.5 / p99.5 (all)")
+            for q, label in ((0.5, "p0.5 / p99.5 (all)"), (99.5, None)):
+                ax.axvline(s.percentile(q), color="k", ls="--", lw=1, label=label)
             ax.set(yscale="log", ylim=(0.8, None), xlim=(edges[0], edges[-1]), xlabel="intensity (raw, stored value)",
                    ylabel="voxels (log scale)",
                    title=f"{g.name} ({g.split}, {g.label_kind or 'no'} labels, {len(s.positions)} of {g.shape[0]} slices)")
@@ -317,8 +313,8 @@ def _ortho_figure(shape: tuple[int, int, int], z_span: tuple[float, float], titl
               "yz": (fig.add_subplot(gs[0, 1]), (*z_span, h - 0.5, -0.5), 1 / stretch),
               "xz": (fig.add_subplot(gs[1, 0]), (-0.5, w - 0.5, z_span[1], z_span[0]), stretch)}
     for name, (ax, _, _) in panels.items():
-        note = "" if name == "xy" else stretch_note(stretch)
-        ax.set(title=titles[name] + note, xlabel=AXIS_LABELS[name][0], ylabel=AXIS_LABELS[name][1])
+        xlabel, ylabel = AXIS_LABELS[name]
+        ax.set(title=titles[name] + ("" if name == "xy" else stretch_note(stretch)), xlabel=xlabel, ylabel=ylabel)
     return fig, panels, fig.add_subplot(gs[1, 1]), stretch
 
 
