@@ -79,13 +79,10 @@ class _PlaneCache:
 
 
 class SliceBrowser:
-    """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid.
-
-    Each `set_*` method reads what the new state shows into `displayed` and the figure's artists; `png()` renders
-    it. An xy step reads one image and one label slice (counted in `reads`) and asks the prediction once; the first
-    xz/yz view of a group reads every k-th slice (at most `max_plane_slices`, strided in-plane to fit
-    `plane_budget_mb`) into a cache serving its later xz/yz planes (costs and timings: docs/explorer.md).
-    """
+    """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid. Each
+    `set_*` method reads what the new state shows into `displayed` and the artists; `png()` renders them. `reads`
+    counts slices read; the first xz/yz view of a group caches every k-th slice (at most `max_plane_slices`, strided
+    in-plane to fit `plane_budget_mb`) for its later planes (reading costs and timings: docs/explorer.md)."""
 
     FIGSIZE, DPI = (7.5, 7.0), 90
 

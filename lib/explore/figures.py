@@ -415,7 +415,7 @@ def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float], alpha: flo
     return out
 
 
-def mask_layers(label: np.ndarray | None, prediction: np.ndarray | None, alpha: float = 0.5
+def mask_layers(label: np.ndarray | None, prediction: np.ndarray | None, alpha: float
                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """RGBA layers for labels (red) and a prediction (cyan); with both, red marks labels the prediction missed and
     yellow (in the prediction layer) agreement."""
@@ -489,9 +489,13 @@ def plot_domain_shift(stats: Mapping[str, IntensityStats], reference: str, other
     with figure_style():
         fig = Figure(figsize=(max(4.0 * n, 9), 11), layout="constrained")
         gs = fig.add_gridspec(3, 2 * n, height_ratios=[1, 1, 0.9])
+        ax_raw = fig.add_subplot(gs[2, :n])
+        ax_norm = fig.add_subplot(gs[2, n:])
+        edges = np.linspace(min(stats[n_].percentile(0.01) for n_ in names),
+                            max(stats[n_].percentile(99.99) for n_ in names) + 1, bins + 1)
+        scaled = np.linspace(-0.3, 1.3, bins + 1)  # bin edges in scaled intensity
         for col, name in enumerate(names):
-            s = stats[name]
-            g = s.group
+            s, g = stats[name], stats[name].group
             z = g.shape[0] // 2
             img = image_slice(g, z)
             mm = (g.voxel_um or 1.0) / 1000
@@ -505,15 +509,7 @@ def plot_domain_shift(stats: Mapping[str, IntensityStats], reference: str, other
                 ax.set(xlabel=f"x ({unit})", ylabel=f"y ({unit})")
                 if col == n - 1:
                     fig.colorbar(im, ax=ax, fraction=0.05, label="intensity")
-        ax_raw = fig.add_subplot(gs[2, :n])
-        ax_norm = fig.add_subplot(gs[2, n:])
-        colors = mpl.colormaps["tab10"]
-        edges = np.linspace(min(stats[n_].percentile(0.01) for n_ in names),
-                            max(stats[n_].percentile(99.99) for n_ in names) + 1, bins + 1)
-        scaled = np.linspace(-0.3, 1.3, bins + 1)  # bin edges in scaled intensity
-        for i, name in enumerate(names):
-            s = stats[name]
-            style = dict(color="k", lw=2.0) if name == reference else dict(color=colors(i % 10), lw=1.4)
+            style = dict(color="k", lw=2.0) if name == reference else dict(color=mpl.colormaps["tab10"](col % 10), lw=1.4)
             dens = _rebin(s, s.counts, edges)
             ax_raw.plot((edges[:-1] + edges[1:]) / 2, dens / dens.sum(), label=name, **style)
             p_lo, p_hi = s.window()
