@@ -1,6 +1,5 @@
-"""The slice browser's view model: which group, axis (xy/xz/yz), slice, overlays, opacity and contrast window are
-shown, and the figure that shows them. No widgets here (`lib.explore.widgets` binds ipywidgets to it): tests and
-benchmarks drive it directly, and runs without a live frontend render `static_figure()` once."""
+"""The slice browser's view model: what is shown (group, axis xy/xz/yz, slice, overlays, opacity, window) and the
+figure showing it, without widgets (`lib.explore.widgets` binds them; runs without a frontend use `static_figure()`)."""
 from __future__ import annotations
 
 import threading
@@ -21,10 +20,8 @@ from lib.explore import figures
 from lib.paths import resolve_path
 
 Prediction = Callable[[str, str, int], "np.ndarray | None"]
-"""`(group_name, axis, index) -> 2D mask or None`. For "xy", index is the slice position and the mask is (H, W).
-For "xz"/"yz", index is y/x; return None to let the browser build the plane from xy calls (cached, z-subsampled
-like the image), or a full-z plane (Z, W)/(Z, H) or one already matching the displayed rows. An xy call that
-returns None means "no prediction for this slice": the browser shows it as missing."""
+"""`(group_name, axis, index) -> 2D mask or None`: for "xy" the (H, W) mask at slice position index, None when missing;
+for "xz"/"yz" (index y/x) a full-z or displayed-rows plane, or None: the browser builds it from cached xy calls."""
 
 
 def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndarray] | None,
@@ -37,11 +34,7 @@ def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndar
         arrays = prediction
 
         def from_arrays(name: str, axis: str, index: int) -> np.ndarray | None:
-            if name not in arrays:
-                return None
-            a = arrays[name]
-            return np.asarray({"xy": lambda: a[index], "xz": lambda: a[:, index, :], "yz": lambda: a[:, :, index]}
-                              [axis]()) != 0
+            return np.take(arrays[name], index, axis=figures.AXES.index(axis)) != 0 if name in arrays else None
         return from_arrays
     root = resolve_path(prediction)
     if not root.is_dir():
@@ -51,39 +44,27 @@ def prediction_source(prediction: Prediction | str | Path | Mapping[str, np.ndar
         if axis != "xy" or name not in groups:
             return None
         number = groups[name].slices[index]
-        for sub in (root / name, root / name / "labels", root / "train" / name / "labels", root / "test" / name):
-            for ext in (".tif", ".tiff"):
-                path = sub / f"{number:04d}{ext}"
-                if path.is_file():
-                    return data.read_slice(path) != 0
-        return None
+        folders = (root / name, root / name / "labels", root / "train" / name / "labels", root / "test" / name)
+        path = next((p for f in folders for p in (f / f"{number:04d}.tif", f / f"{number:04d}.tiff") if p.is_file()), None)
+        return None if path is None else data.read_slice(path) != 0
     return from_folder
 
 
-@dataclass
-class ThresholdPrediction:
-    """A stand-in prediction: voxels above (or below) a per-group intensity threshold. Reads the image slice."""
+def threshold_prediction(stats: Mapping[str, figures.IntensityStats]) -> Prediction:
+    """A stand-in prediction from each group's image slice: as many of its brightest voxels (the darkest if vessels
+    are darker than the rest) as the labelled vessel share of the first densely labelled group (else 1%)."""
+    labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
+    ref = min(labelled, key=lambda s: s.group.label_kind != "dense", default=None)  # the first dense one
+    bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
+    share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
+    thresholds = {n: s.percentile(100 - share_percent if bright else share_percent) for n, s in stats.items()}
 
-    groups: Mapping[str, Group]
-    thresholds: Mapping[str, float]
-    bright: bool = True
-
-    @classmethod
-    def from_stats(cls, groups: Mapping[str, Group], stats: Mapping[str, figures.IntensityStats]) -> ThresholdPrediction:
-        """Keep as many of the brightest voxels of each group (the darkest if vessels are darker than the rest) as
-        the labelled vessel share of the first densely labelled group (else 1%)."""
-        labelled = [s for s in stats.values() if s.vessel_counts is not None and s.vessel_counts.sum()]
-        ref = min(labelled, key=lambda s: s.label_kind != "dense", default=None)  # the first dense one
-        bright = ref is None or ref.percentile(50, "vessel") >= ref.percentile(50, "other")
-        share_percent = 1.0 if ref is None else 100 * ref.vessel_counts.sum() / ref.counts.sum()
-        q = 100 - share_percent if bright else share_percent
-        return cls(groups, {n: s.percentile(q) for n, s in stats.items()}, bright)
-
-    def __call__(self, name: str, axis: str, index: int) -> np.ndarray | None:
-        if axis != "xy" or name not in self.thresholds:
+    def predict(name: str, axis: str, index: int) -> np.ndarray | None:
+        if axis != "xy" or name not in thresholds:
             return None
-        img = figures.image_slice(self.groups[name], index)
-        return img > self.thresholds[name] if self.bright else img < self.thresholds[name]
+        img = figures.image_slice(stats[name].group, index)
+        return img > thresholds[name] if bright else img < thresholds[name]
+    return predict
 
 
 @dataclass
@@ -98,15 +79,10 @@ class _PlaneCache:
 
 
 class SliceBrowser:
-    """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid.
-
-    State: `group_name`, `axis`, `cursor` (z, y, x; the slider moves `index`, the cursor coordinate of the axis),
-    `show_labels`, `show_prediction`, `alpha`, `window`. Each `set_*` method reads what the new state shows and
-    updates the figure's artists; `png()` renders it, `displayed` holds the arrays shown, `reads` counts the
-    slices read: one image, one label slice and one prediction call per xy step; the first xz/yz view of a group
-    reads every k-th slice (at most `max_plane_slices`, strided in-plane to fit `plane_budget_mb`) into a cache
-    serving every later xz/yz plane of the group (reading costs and timings: docs/explorer.md).
-    """
+    """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid. Each
+    `set_*` method reads what the new state shows into `displayed` and the artists; `png()` renders them. `reads`
+    counts slices read; the first xz/yz view of a group caches every k-th slice (at most `max_plane_slices`, strided
+    in-plane to fit `plane_budget_mb`) for its later planes (reading costs and timings: docs/explorer.md)."""
 
     FIGSIZE, DPI = (7.5, 7.0), 90
 
@@ -129,26 +105,22 @@ class SliceBrowser:
         self.alpha = 0.5  # overlay opacity
         self.window = (0.0, 1.0)  # display window (intensity at black, at white)
         self.window_range = (0.0, 1.0)  # the range a window control offers: the group's intensities
-        self.group_name = group or next(iter(self.groups))
         self.cursor: list[int] = [0, 0, 0]
         self.displayed: dict[str, Any] = {}
-        self._cache: _PlaneCache | None = None
 
         with figures.figure_style():
             self.fig = Figure(figsize=self.FIGSIZE, dpi=self.DPI)
             self.canvas = FigureCanvasAgg(self.fig)
             self.ax = self.fig.add_axes((0.12, 0.08, 0.70, 0.79))  # fixed: room for a 4-line title above
-            blank = np.zeros((2, 2))
-            self.image_artist = self.ax.imshow(blank, cmap="gray", vmin=0, vmax=1, aspect="equal")
-            self.label_artist = self.ax.imshow(figures.overlay_rgba(blank > 0), aspect="equal")
-            self.prediction_artist = self.ax.imshow(figures.overlay_rgba(blank > 0, figures.PREDICTION_COLOR),
-                                                    aspect="equal")
+            self.image_artist = self.ax.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1)  # data set by _update
+            self.label_artist = self.ax.imshow(np.zeros((2, 2, 4)))
+            self.prediction_artist = self.ax.imshow(np.zeros((2, 2, 4)))
             self.fig.colorbar(self.image_artist, cax=self.fig.add_axes((0.86, 0.08, 0.03, 0.79)), label="intensity")
         for artist in (self.image_artist, self.label_artist, self.prediction_artist, self.ax.title):
             artist.set_animated(True)  # drawn over a cached background (ticks, labels, colorbar): see render()
         self._background: Any = None
         self._background_key: tuple | None = None
-        self.set_group(self.group_name, point)
+        self.set_group(group or next(iter(self.groups)), point)
 
     @property
     def group(self) -> Group:
@@ -172,14 +144,19 @@ class SliceBrowser:
         return ("z", "y", "x")[self.dim]
 
     def set_group(self, name: str, point: tuple[int, int, int] | None = None) -> None:
-        """Show group `name` at `point` (z, y, x; default the centre), keeping the axis; drops the plane cache."""
+        """Show group `name` at `point` (z, y, x; default the centre), keeping the axis; starts a new plane cache."""
         if name not in self.groups:
             raise KeyError(f"{name}: no such group (have {', '.join(self.groups)})")
         self.group_name = name
         g = self.group
-        self._cache = None
         cursor = point if point is not None else tuple(n // 2 for n in g.shape)
         self.cursor = [int(np.clip(c, 0, n - 1)) for c, n in zip(cursor, g.shape)]
+        positions, step = figures.plane_positions(g.shape[0], self.max_plane_slices)  # the xz/yz cache, read on first use
+        per_pixel = g.dtype.itemsize + (1 if g.has_labels else 0) + 1
+        stride = 1
+        while len(positions) * -(-g.height // stride) * -(-g.width // stride) * per_pixel > self.plane_budget_mb * 1e6:
+            stride += 1
+        self._cache = _PlaneCache(positions, step, stride)
         s = self.stats.get(name)
         if s is not None:
             lo, hi = s.percentile(0), s.percentile(100)
@@ -223,20 +200,9 @@ class SliceBrowser:
             self.reads += 1
         return figures.label_slice(group, index) if layer == "label" else figures.image_slice(group, index)
 
-    def _plane_cache(self) -> _PlaneCache:
-        if self._cache is None:
-            z_n, h, w = self.group.shape
-            positions, step = figures.plane_positions(z_n, self.max_plane_slices)
-            per_pixel = self.group.dtype.itemsize + (1 if self.group.has_labels else 0) + 1
-            stride = 1
-            while len(positions) * -(-h // stride) * -(-w // stride) * per_pixel > self.plane_budget_mb * 1e6:
-                stride += 1
-            self._cache = _PlaneCache(positions, step, stride)
-        return self._cache
-
     def _stack(self, layer: str) -> np.ndarray | None:
         """The cached z-subsampled stack of `layer`, read on first use (N reads or prediction calls)."""
-        cache = self._plane_cache()
+        cache = self._cache
         if layer not in cache.layers:
             g, s = self.group, cache.stride
             if layer != "prediction":
@@ -254,14 +220,10 @@ class SliceBrowser:
 
     def _prediction_plane(self, axis: str, index: int, rows: int, cols: int) -> tuple[np.ndarray | None, str]:
         """A prediction plane matching the displayed (rows, cols) plane, or None; and a note when one is missing."""
-        g = self.group
-        if axis == "xy":
-            p = self.prediction(g.name, "xy", index)
-            if p is None:
-                return None, f"prediction missing for slice {g.slices[index]:04d}"
-            return np.asarray(p, bool), ""
+        g, cache = self.group, self._cache
         p = self.prediction(g.name, axis, index)
-        cache = self._plane_cache()
+        if axis == "xy":
+            return (None, f"prediction missing for slice {g.slices[index]:04d}") if p is None else (np.asarray(p, bool), "")
         if p is not None:
             p = np.asarray(p, bool)
             if p.shape[0] == g.shape[0]:
@@ -275,7 +237,7 @@ class SliceBrowser:
         k = index // cache.stride
         note = "" if not cache.missing_predictions else \
             f"prediction missing for {cache.missing_predictions} of {len(cache.positions)} slices (empty rows)"
-        return (stack[:, k, :] if axis == "xz" else stack[:, :, k]), note
+        return np.take(stack, k, axis=figures.AXES.index(axis)), note
 
     def view(self, axis: str | None = None) -> dict[str, Any]:
         """Arrays for `axis` (default: current) at the cursor: image, label, prediction (None when hidden or
@@ -283,31 +245,26 @@ class SliceBrowser:
         axis = axis or self.axis
         g = self.group
         z_n, h, w = g.shape
-        z, y, x = self.cursor
+        dim = figures.AXES.index(axis)
+        index = self.cursor[dim]
         notes: list[str] = []
         if axis == "xy":
-            image = self._read(g, z)
-            label = self._read(g, z, "label") if g.has_labels else None
+            image = self._read(g, index)
+            label = self._read(g, index, "label") if g.has_labels else None
             extent = (-0.5, w - 0.5, h - 0.5, -0.5)
             stretch = 1.0
-            title = f"{g.name}  xy  z={z} of {z_n} (slice {g.slices[z]:04d})"
+            title = f"{g.name}  xy  z={index} of {z_n} (slice {g.slices[index]:04d})"
             xlabel, ylabel = "x", "y"
-            index = z
         else:
-            cache = self._plane_cache()
-            s, step, zs = cache.stride, cache.step, cache.positions
-            index = y if axis == "xz" else x
+            s, step, zs = self._cache.stride, self._cache.step, self._cache.positions
             k = index // s
-            cut = (lambda a: a[:, k, :]) if axis == "xz" else (lambda a: a[:, :, k])
-            image = cut(self._stack("image"))
-            label = cut(self._stack("label")) if g.has_labels else None
-            span = h if axis == "xz" else w
+            image = np.take(self._stack("image"), k, axis=dim)
+            label = np.take(self._stack("label"), k, axis=dim) if g.has_labels else None
             extent = (-s / 2, image.shape[1] * s - s / 2, zs[-1] + step / 2, zs[0] - step / 2)
-            name = "y" if axis == "xz" else "x"
             sub = figures.z_note(step, len(zs), z_n) + ("" if s == 1 else f", in-plane every {figures.ordinal(s)} pixel")
             stretch = figures.z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
-            title = f"{g.name}  {axis}  {name}={k * s} of {span}{figures.stretch_note(stretch)}\n{sub}"
-            xlabel, ylabel = ("x" if axis == "xz" else "y"), "z (slice position)"
+            title = f"{g.name}  {axis}  {'zyx'[dim]}={k * s} of {g.shape[dim]}{figures.stretch_note(stretch)}\n{sub}"
+            xlabel, ylabel = axis[0], "z (slice position)"  # x along xz, y along yz
         prediction = None
         if self.show_prediction:
             prediction, note = self._prediction_plane(axis, index, *image.shape)
@@ -320,14 +277,12 @@ class SliceBrowser:
 
     def _display_step(self, shape: tuple[int, int]) -> int:
         """Block size bringing a (rows, cols) plane down to about the axes' size in pixels (1: drawn as is)."""
-        box = self.ax.get_position()
-        width, height = box.width * self.fig.get_figwidth() * self.DPI, box.height * self.fig.get_figheight() * self.DPI
+        width, height = self.ax.get_position().size * self.fig.bbox.size  # the axes in pixels
         return max(1, int(min(shape[0] / height, shape[1] / width)))
 
     def _update(self, window_from_image: bool = False) -> None:
         """Read what the current state shows and push it into the artists."""
-        v = self.view()
-        self.displayed = v
+        v = self.displayed = self.view()
         v["step"] = self._display_step(v["image"].shape)
         self.image_artist.set_data(figures.block_reduce(v["image"], v["step"]))
         for artist in (self.image_artist, self.label_artist, self.prediction_artist):
@@ -373,10 +328,9 @@ class SliceBrowser:
             self._background, self._background_key = self.canvas.copy_from_bbox(self.fig.bbox), key
         else:
             self.canvas.restore_region(self._background)
-        legend = self.ax.get_legend()
         for artist in (self.image_artist, self.label_artist, self.prediction_artist, *self.ax.spines.values(),
-                       self.ax.title, *([legend] if legend is not None else [])):
-            if artist.get_visible():
+                       self.ax.title, self.ax.get_legend()):
+            if artist is not None and artist.get_visible():
                 self.ax.draw_artist(artist)
         return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
 
@@ -398,18 +352,16 @@ class SliceBrowser:
         with figures.figure_style():
             fig = Figure(figsize=(16, 5.6), layout="constrained")
             axes = fig.subplots(1, 3)
-            shown = (False, False)
-            for ax, v in zip(axes, views):
+            for ax, v in zip(axes, views):  # a view holds no prediction while it is hidden
                 label = v["label"] if self.show_labels else None
-                pred = v["prediction"] if self.show_prediction else None
-                im = figures.show_plane(ax, v["image"], self.window, figures.mask_layers(label, pred, self.alpha),
+                im = figures.show_plane(ax, v["image"], self.window, figures.mask_layers(label, v["prediction"], self.alpha),
                                         extent=v["extent"], aspect=v["aspect"],
                                         interpolation=figures.display_interpolation(v["aspect"]))
-                shown = (shown[0] or label is not None, shown[1] or pred is not None)
                 ax.set_title(v["title"] + "".join(f"\n{n}" for n in v["notes"]), fontsize=10)
                 ax.set(xlabel=v["xlabel"], ylabel=v["ylabel"])
             fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="intensity")
-            handles = figures.legend_handles(self.alpha, *shown)
+            handles = figures.legend_handles(self.alpha, self.show_labels and self.group.has_labels,
+                                             any(v["prediction"] is not None for v in views))
             if handles:
                 fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
             fig.suptitle("Slice browser, rendered once (no live frontend): xy, xz, yz at cursor "

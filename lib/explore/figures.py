@@ -1,14 +1,13 @@
-"""Figures of slices and masks: notebook 01's static views and the prediction planes of notebooks 02 and 03,
-made without pyplot (`lib.notebook.publish` saves and shows them). Readers touch one xy slice at a time, so a
-2279-slice kidney is never held in memory at full resolution."""
+"""Figures of slices and masks without pyplot (`lib.notebook.publish` saves and shows them): notebook 01's views,
+notebooks 02-03's prediction planes. Readers hold one xy slice at a time, never a whole kidney at full resolution."""
 from __future__ import annotations
 
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib as mpl
@@ -97,12 +96,9 @@ def summary_table(groups: Mapping[str, Group]) -> pd.DataFrame:
 
 @dataclass
 class IntensityStats:
-    """Exact intensity histograms (one bin per value) of sampled slices, split by the labels when present."""
+    """Exact intensity histograms (one bin per value) of sampled slices of `group`, split by its labels if any."""
 
-    group: str
-    split: str
-    label_kind: str | None
-    n_slices: int
+    group: Group
     positions: np.ndarray  # slice positions sampled
     offset: int  # intensity of bin 0 (non-zero only for signed dtypes)
     counts: np.ndarray  # voxels per intensity value, all sampled voxels
@@ -112,28 +108,20 @@ class IntensityStats:
     def values(self) -> np.ndarray:
         return np.arange(self.offset, self.offset + len(self.counts))
 
-    @property
-    def other_counts(self) -> np.ndarray | None:
-        """Non-vessel voxels (background and tissue, and in sparse groups unlabelled vessels)."""
-        return None if self.vessel_counts is None else self.counts - self.vessel_counts
-
     def percentile(self, q: float, which: str = "all") -> float:
-        """The q-th percentile (0-100) of "all", "vessel" or "other" sampled voxels; NaN when there are none."""
-        counts = {"all": self.counts, "vessel": self.vessel_counts, "other": self.other_counts}[which]
+        """The q-th percentile (0-100) of "all", "vessel" or "other" sampled voxels (other: background, tissue and
+        a sparse group's unlabelled vessels); NaN when there are none."""
+        other = None if self.vessel_counts is None else self.counts - self.vessel_counts
+        counts = {"all": self.counts, "vessel": self.vessel_counts, "other": other}[which]
         if counts is None or counts.sum() == 0:
             return float("nan")
         cum = np.cumsum(counts, dtype=np.float64)
         return float(np.searchsorted(cum, q / 100 * cum[-1], side="left") + self.offset)
 
-    def window(self, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
-        """A display window from percentiles of all sampled voxels."""
-        lo, hi = self.percentile(low), self.percentile(high)
+    def window(self) -> tuple[float, float]:
+        """A display window: the 0.5th to 99.5th percentiles of all sampled voxels."""
+        lo, hi = self.percentile(0.5), self.percentile(99.5)
         return lo, max(hi, lo + 1)
-
-    def mean_std(self) -> tuple[float, float]:
-        v, c = self.values.astype(np.float64), self.counts.astype(np.float64)
-        mean = float((v * c).sum() / c.sum())
-        return mean, float(np.sqrt((c * (v - mean) ** 2).sum() / c.sum()))
 
 
 def intensity_stats(group: Group, max_slices: int = 32) -> IntensityStats:
@@ -149,19 +137,21 @@ def intensity_stats(group: Group, max_slices: int = 32) -> IntensityStats:
         counts += np.bincount(values, minlength=nbins)
         if vessel is not None:
             vessel += np.bincount(values[lab.ravel()], minlength=nbins)
-    return IntensityStats(group.name, group.split, group.label_kind, group.shape[0], positions, offset, counts, vessel)
+    return IntensityStats(group, positions, offset, counts, vessel)
 
 
 def percentile_table(stats: Mapping[str, IntensityStats]) -> pd.DataFrame:
     """Percentiles per group of all voxels, vessel and non-vessel voxels (NaN unlabelled): inputs to normalisation."""
     rows = []
     for s in stats.values():
-        mean, std = s.mean_std()
+        mean = np.average(s.values, weights=s.counts)
+        std = np.sqrt(np.average((s.values - mean) ** 2, weights=s.counts))
         total = int(s.counts.sum())
         rows.append({
-            "group": s.group, "split": s.split, "labels": s.label_kind or "none", "slices_sampled": len(s.positions),
-            "voxels_sampled": total, "min": s.percentile(0), "p0.5": s.percentile(0.5), "p50": s.percentile(50),
-            "p99.5": s.percentile(99.5), "max": s.percentile(100), "mean": round(mean, 1), "std": round(std, 1),
+            "group": s.group.name, "split": s.group.split, "labels": s.group.label_kind or "none",
+            "slices_sampled": len(s.positions), "voxels_sampled": total, "min": s.percentile(0), "p0.5": s.percentile(0.5),
+            "p50": s.percentile(50), "p99.5": s.percentile(99.5), "max": s.percentile(100), "mean": round(mean, 1),
+            "std": round(std, 1),
             "vessel_%": np.nan if s.vessel_counts is None else round(100 * s.vessel_counts.sum() / max(total, 1), 3),
             "vessel_p0.5": s.percentile(0.5, "vessel"), "vessel_p50": s.percentile(50, "vessel"),
             "vessel_p99.5": s.percentile(99.5, "vessel"), "other_p50": s.percentile(50, "other"),
@@ -173,11 +163,9 @@ def _rebin(s: IntensityStats, counts: np.ndarray, edges: np.ndarray) -> np.ndarr
     return np.histogram(s.values, bins=edges, weights=counts)[0]
 
 
-@contextmanager
-def figure_style() -> Iterator[None]:
+def figure_style() -> AbstractContextManager:
     """The project's figure style (font sizes, white background) for the figures made inside."""
-    with mpl.rc_context(STYLE):
-        yield
+    return mpl.rc_context(STYLE)
 
 
 def plot_intensity_histograms(stats: Mapping[str, IntensityStats], bins: int = 200) -> Figure:
@@ -191,6 +179,7 @@ def plot_intensity_histograms(stats: Mapping[str, IntensityStats], bins: int = 2
         for ax in axes.ravel()[len(items):]:
             ax.set_visible(False)
         for ax, s in zip(axes.ravel(), items):
+            g = s.group
             lo, hi = s.percentile(0.01), s.percentile(99.99)
             pad = max(1.0, 0.04 * (hi - lo))
             edges = np.linspace(lo - pad, hi + pad + 1, bins + 1)
@@ -199,22 +188,18 @@ def plot_intensity_histograms(stats: Mapping[str, IntensityStats], bins: int = 2
                 ax.fill_between(centres, _rebin(s, s.counts, edges), step="mid", color="0.45", alpha=0.8,
                                 label="all voxels (group without labels)")
             else:
-                ax.fill_between(centres, _rebin(s, s.other_counts, edges), step="mid", color="0.55", alpha=0.7,
+                ax.fill_between(centres, _rebin(s, s.counts - s.vessel_counts, edges), step="mid", color="0.55", alpha=0.7,
                                 label="non-vessel")
                 ax.step(centres, _rebin(s, s.vessel_counts, edges), where="mid", color=LABEL_COLOR, lw=1.5,
                         label="vessel (labelled)")
                 ax.axvline(s.percentile(50, "vessel"), color=LABEL_COLOR, ls=":", lw=1.2, label="vessel median")
-            for q in (0.5, 99.5):
-                ax.axvline(s.percentile(q), color="k", ls="--", lw=1)
-            ax.plot([], [], "k--", lw=1, label="p0.5 / p99.5 (all)")
+            for q, label in ((0.5, "p0.5 / p99.5 (all)"), (99.5, None)):
+                ax.axvline(s.percentile(q), color="k", ls="--", lw=1, label=label)
             ax.set(yscale="log", ylim=(0.8, None), xlim=(edges[0], edges[-1]), xlabel="intensity (raw, stored value)",
                    ylabel="voxels (log scale)",
-                   title=f"{s.group} ({s.split}, {s.label_kind or 'no'} labels, {len(s.positions)} of {s.n_slices} slices)")
+                   title=f"{g.name} ({g.split}, {g.label_kind or 'no'} labels, {len(s.positions)} of {g.shape[0]} slices)")
             ax.grid(alpha=0.25)
-        legend: dict[str, Any] = {}
-        for ax in axes.ravel()[:len(items)]:
-            for handle, text in zip(*ax.get_legend_handles_labels()):
-                legend.setdefault(text, handle)
+        legend = {text: handle for ax in axes.ravel()[:len(items)] for handle, text in zip(*ax.get_legend_handles_labels())}
         fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=len(legend), frameon=False)
         fig.suptitle("Intensity histograms of sampled slices")
     return fig
@@ -241,10 +226,7 @@ class LabelScan:
     """One pass over a group's label slices: vessel fraction per slice, centroid, and projections (vessel voxels
     per ray on a grid max-pooled `downsample` times per axis; the maximum-intensity projection is `count > 0`)."""
 
-    group: str
-    label_kind: str | None
-    shape: tuple[int, int, int]
-    slice_numbers: np.ndarray  # slice number of each position (kidney_3_dense starts at 496 on real data)
+    group: Group
     fraction: np.ndarray  # vessel voxels / H*W, per slice
     along_z: np.ndarray  # (H/d, W/d) counts
     along_y: np.ndarray  # (Z/d, W/d)
@@ -253,13 +235,13 @@ class LabelScan:
     centroid: tuple[int, int, int] | None = None  # (z, y, x) of the vessel voxels, full resolution
 
 
-def scan_labels(group: Group, max_size: int = 1024, downsample: int | None = None) -> LabelScan:
+def scan_labels(group: Group, downsample: int | None = None) -> LabelScan:
     """Read every label slice of `group` once (streaming). `downsample` (default: the smallest factor bringing
-    every axis to at most `max_size`) max-pools the projections; fraction and centroid are full resolution."""
+    every axis to at most 1024) max-pools the projections; fraction and centroid are full resolution."""
     if not group.has_labels:
         raise data.DataError(f"{group.name}: this group has no labels")
     z_n, h, w = group.shape
-    d = downsample or max(1, math.ceil(max(group.shape) / max_size))
+    d = downsample or max(1, math.ceil(max(group.shape) / 1024))
     hd, wd, zd = -(-h // d), -(-w // d), -(-z_n // d)
     fraction = np.zeros(z_n)
     along_z = np.zeros((hd, wd), np.int32)
@@ -280,8 +262,7 @@ def scan_labels(group: Group, max_size: int = 1024, downsample: int | None = Non
             along_x[z // d] = block.sum(1)
             block[:] = False
     centroid = tuple(int(round(v / sums[0])) for v in sums[1:]) if sums[0] else None
-    return LabelScan(group.name, group.label_kind, group.shape, np.asarray(group.slices), fraction,
-                     along_z, along_y, along_x, d, centroid)  # type: ignore[arg-type]
+    return LabelScan(group, fraction, along_z, along_y, along_x, d, centroid)  # type: ignore[arg-type]
 
 
 def plot_vessel_fraction(scans: Mapping[str, LabelScan]) -> Figure:
@@ -291,21 +272,21 @@ def plot_vessel_fraction(scans: Mapping[str, LabelScan]) -> Figure:
         fig = Figure(figsize=(11, 1.0 + 1.9 * len(items)), layout="constrained")
         axes = fig.subplots(len(items), 1, sharex=True, squeeze=False)[:, 0]
         for ax, s in zip(axes, items):
-            pct = 100 * s.fraction
-            ax.fill_between(s.slice_numbers, pct, step="mid", color=LABEL_COLOR, alpha=0.35, lw=0)
-            ax.step(s.slice_numbers, pct, where="mid", color=LABEL_COLOR, lw=1)
+            numbers, pct = s.group.slices, 100 * s.fraction  # slice numbers: kidney_3_dense starts at 496
+            ax.fill_between(numbers, pct, step="mid", color=LABEL_COLOR, alpha=0.35, lw=0)
+            ax.step(numbers, pct, where="mid", color=LABEL_COLOR, lw=1)
             empty = s.fraction == 0
             gaps = runs(empty)
             for a, b in gaps:
-                ax.axvspan(s.slice_numbers[a] - 0.5, s.slice_numbers[b - 1] + 0.5, color="0.3", alpha=0.15, lw=0)
-            spans = ", ".join(f"{s.slice_numbers[a]}-{s.slice_numbers[b - 1]}" for a, b in gaps[:4])
+                ax.axvspan(numbers[a] - 0.5, numbers[b - 1] + 0.5, color="0.3", alpha=0.15, lw=0)
+            spans = ", ".join(f"{numbers[a]}-{numbers[b - 1]}" for a, b in gaps[:4])
             note = f"mean {pct.mean():.3f}%, max {pct.max():.3f}%; {int(empty.sum())} of {len(pct)} slices empty"
             if spans:
                 note += f" ({spans}{', ...' if len(gaps) > 4 else ''})"
             ax.text(0.005, 0.93, note, transform=ax.transAxes, va="top", fontsize=9,
                     bbox=dict(facecolor="white", alpha=0.8, lw=0))
             ax.set(ylabel="vessel %", ylim=(0, max(pct.max() * 1.35, 1e-3)))
-            ax.set_title(f"{s.group} ({s.label_kind} labels, {s.shape[0]} slices)", loc="right")
+            ax.set_title(f"{s.group.name} ({s.group.label_kind} labels, {len(numbers)} slices)", loc="right")
             ax.grid(alpha=0.25)
         axes[-1].set_xlabel("slice number (z)")
         axes[0].legend(handles=[Patch(color="0.3", alpha=0.15, label="no labelled vessel in slice")],
@@ -319,9 +300,8 @@ AXIS_LABELS = {"xy": ("x", "y"), "yz": ("z (slice position)", "y"), "xz": ("x", 
 
 def _ortho_figure(shape: tuple[int, int, int], z_span: tuple[float, float], titles: Mapping[str, str]
                   ) -> tuple[Figure, dict[str, tuple[Axes, tuple, float]], Axes, float]:
-    """The orthogonal layout: xy top-left, yz (z horizontal) top-right, xz below xy (covering `z_span` along z),
-    an info panel bottom-right. Returns the figure, (axes, extent, aspect) per plane, the info axes and the z
-    stretch (`z_stretch`: the 3-slice public test kidneys stay readable)."""
+    """The orthogonal layout: xy top-left, yz (z horizontal) top-right, xz below xy (covering `z_span` along z), an
+    info panel bottom-right. Returns the figure, (axes, extent, aspect) per plane, the info axes and `z_stretch`."""
     z_n, h, w = shape
     zz = max(z_n, 0.25 * max(h, w))
     total_w, total_h = w + zz, h + zz
@@ -333,8 +313,8 @@ def _ortho_figure(shape: tuple[int, int, int], z_span: tuple[float, float], titl
               "yz": (fig.add_subplot(gs[0, 1]), (*z_span, h - 0.5, -0.5), 1 / stretch),
               "xz": (fig.add_subplot(gs[1, 0]), (-0.5, w - 0.5, z_span[1], z_span[0]), stretch)}
     for name, (ax, _, _) in panels.items():
-        note = "" if name == "xy" else stretch_note(stretch)
-        ax.set(title=titles[name] + note, xlabel=AXIS_LABELS[name][0], ylabel=AXIS_LABELS[name][1])
+        xlabel, ylabel = AXIS_LABELS[name]
+        ax.set(title=titles[name] + ("" if name == "xy" else stretch_note(stretch)), xlabel=xlabel, ylabel=ylabel)
     return fig, panels, fig.add_subplot(gs[1, 1]), stretch
 
 
@@ -363,13 +343,12 @@ def display_interpolation(stretch: float) -> str:
 
 def plot_projections(scan: LabelScan) -> Figure:
     """Projections of the vessel mask along z, x and y in the orthogonal layout (log colour: voxels per ray)."""
-    z_n, h, w = scan.shape
-    d = scan.downsample
+    g, d = scan.group, scan.downsample
+    z_n, h, w = g.shape
     titles = {"xy": "along z (top view)", "yz": "along x (side view)", "xz": "along y (front view)"}
     with figure_style():
-        fig, panels, ax_info, stretch = _ortho_figure(scan.shape, (-0.5, z_n - 0.5), titles)
-        vmax = max(1, int(max(scan.along_z.max(), scan.along_y.max(), scan.along_x.max())))
-        norm = LogNorm(vmin=1, vmax=max(vmax, 2))
+        fig, panels, ax_info, stretch = _ortho_figure(g.shape, (-0.5, z_n - 0.5), titles)
+        norm = LogNorm(vmin=1, vmax=max(2, int(max(scan.along_z.max(), scan.along_y.max(), scan.along_x.max()))))
         cmap = mpl.colormaps["inferno"].with_extremes(bad="black", under="black")
         for name, counts in (("xy", scan.along_z), ("yz", scan.along_x.T), ("xz", scan.along_y)):
             ax, extent, aspect = panels[name]
@@ -377,9 +356,9 @@ def plot_projections(scan: LabelScan) -> Figure:
                            interpolation=display_interpolation(stretch))
             ax.set_facecolor("black")
         grid = "full resolution" if d == 1 else f"max-pooled {d}x{d}x{d}"
-        _info_panel(ax_info, im, "vessel voxels along the ray (log)", f"{scan.group}\n{scan.label_kind} labels\n"
+        _info_panel(ax_info, im, "vessel voxels along the ray (log)", f"{g.name}\n{g.label_kind} labels\n"
                     f"{z_n} x {h} x {w}\n{grid}\n\nMIP = any vessel on the ray;\ncolour = how many", 0.5)
-        fig.suptitle(f"{scan.group}: projections of the vessel mask (streamed slice by slice)")
+        fig.suptitle(f"{g.name}: projections of the vessel mask (streamed slice by slice)")
     return fig
 
 
@@ -387,16 +366,13 @@ def plot_projections(scan: LabelScan) -> Figure:
 class OrthoViews:
     """xy, xz and yz planes through `point` (z, y, x); xz/yz hold every `step`-th slice (`z_positions`)."""
 
-    group: str
-    shape: tuple[int, int, int]
+    group: Group
     point: tuple[int, int, int]
     z_positions: np.ndarray
     step: int
     images: dict[str, np.ndarray]  # "xy": (H, W), "xz": (N, W) at y = point[1], "yz": (N, H) at x = point[2]
     labels: dict[str, np.ndarray] | None = None  # the same planes of the labels (bool)
     predictions: dict[str, np.ndarray] | None = None  # and of a predicted mask
-    voxel_um: float | None = None
-    slice_numbers: tuple[int, ...] = field(default=(), repr=False)
 
 
 def default_point(group: Group, scan: LabelScan | None = None) -> tuple[int, int, int]:
@@ -409,9 +385,8 @@ def default_point(group: Group, scan: LabelScan | None = None) -> tuple[int, int
 
 def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, max_slices: int = 128,
                      prediction: np.ndarray | None = None) -> OrthoViews:
-    """Planes through `point` (default: centre) from 1 + N slice reads, N <= `max_slices` (z subsampled), keeping
-    one row and one column of each: memory O(N * (H + W)). `prediction`, a (Z, H, W) mask or memmap, adds its
-    planes."""
+    """Planes through `point` (default: centre) from 1 + N slice reads, N <= `max_slices`, keeping one row and one
+    column of each (memory O(N * (H + W))); `prediction`, a (Z, H, W) mask or memmap, adds its planes."""
     z_n, h, w = group.shape
     z0, y0, x0 = point if point is not None else default_point(group)
     z0, y0, x0 = int(np.clip(z0, 0, z_n - 1)), int(np.clip(y0, 0, h - 1)), int(np.clip(x0, 0, w - 1))
@@ -429,11 +404,10 @@ def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, ma
     predictions = None if prediction is None else {"xy": np.asarray(prediction[z0]) > 0,
                                                    "xz": np.asarray(prediction[positions, y0, :]) > 0,
                                                    "yz": np.asarray(prediction[positions, :, x0]) > 0}
-    return OrthoViews(group.name, group.shape, (z0, y0, x0), positions, step, images, labels, predictions,
-                      group.voxel_um, group.slices)
+    return OrthoViews(group, (z0, y0, x0), positions, step, images, labels, predictions)
 
 
-def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float] = LABEL_COLOR, alpha: float = 0.5) -> np.ndarray:
+def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float], alpha: float) -> np.ndarray:
     """An RGBA float32 image: `color` where `mask`, with opacity `alpha`; transparent elsewhere."""
     out = np.zeros((*mask.shape, 4), np.float32)
     out[..., :3] = color
@@ -441,11 +415,10 @@ def overlay_rgba(mask: np.ndarray, color: tuple[float, float, float] = LABEL_COL
     return out
 
 
-def mask_layers(label: np.ndarray | None, prediction: np.ndarray | None, alpha: float = 0.5
+def mask_layers(label: np.ndarray | None, prediction: np.ndarray | None, alpha: float
                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """RGBA layers for labels and a prediction: red labels and cyan prediction; where both are present, red
-    marks labels the prediction missed, cyan predictions without a label, yellow (in the prediction layer)
-    agreement."""
+    """RGBA layers for labels (red) and a prediction (cyan); with both, red marks labels the prediction missed and
+    yellow (in the prediction layer) agreement."""
     pred_rgba = None if prediction is None else overlay_rgba(prediction, PREDICTION_COLOR, alpha)
     if label is None or prediction is None:
         return (None if label is None else overlay_rgba(label, LABEL_COLOR, alpha)), pred_rgba
@@ -466,56 +439,48 @@ def show_plane(ax: Axes, image: np.ndarray, window: tuple[float, float], layers:
 
 def legend_handles(alpha: float, label: bool, prediction: bool) -> list[Patch]:
     """Legend patches for the mask layers shown (the colours `mask_layers` uses)."""
+    shown = [(LABEL_COLOR, "labels")] * label + [(PREDICTION_COLOR, "prediction")] * prediction
     if label and prediction:
-        return [Patch(color=LABEL_COLOR, alpha=alpha, label="labels only (missed)"),
-                Patch(color=PREDICTION_COLOR, alpha=alpha, label="prediction only"),
-                Patch(color=BOTH_COLOR, alpha=alpha, label="both")]
-    if prediction:
-        return [Patch(color=PREDICTION_COLOR, alpha=alpha, label="prediction")]
-    return [Patch(color=LABEL_COLOR, alpha=alpha, label="labels")] if label else []
+        shown = [(LABEL_COLOR, "labels only (missed)"), (PREDICTION_COLOR, "prediction only"), (BOTH_COLOR, "both")]
+    return [Patch(color=color, alpha=alpha, label=text) for color, text in shown]
 
 
 def reference_group(groups: Mapping[str, Group]) -> str:
     """The training kidney other kidneys are compared with: kidney_1_dense, else the first dense, else the first."""
-    if "kidney_1_dense" in groups:
-        return "kidney_1_dense"
-    return next((n for n, g in groups.items() if g.label_kind == "dense"), next(iter(groups)))
+    return min(groups, key=lambda n: (n != "kidney_1_dense", groups[n].label_kind != "dense"))
 
 
 def plot_orthogonal(views: OrthoViews, window: tuple[float, float] | None = None, alpha: float = 0.5) -> Figure:
     """xy / yz / xz planes in the orthogonal layout, grey image, red mask overlay, dashed cross-hairs."""
-    z_n, h, w = views.shape
-    z0, y0, x0 = views.point
+    g, (z0, y0, x0) = views.group, views.point
+    z_n, h, w = g.shape
     lo, hi = window if window is not None else tuple(np.percentile(views.images["xy"], [0.5, 99.5]))
     zs, step = views.z_positions, views.step
-    number = views.slice_numbers[z0] if views.slice_numbers else z0
-    titles = {"xy": f"xy at z={z0} (slice {number:04d})", "yz": f"yz at x={x0}", "xz": f"xz at y={y0}"}
+    titles = {"xy": f"xy at z={z0} (slice {g.slices[z0]:04d})", "yz": f"yz at x={x0}", "xz": f"xz at y={y0}"}
     planes = {name: [None if layer is None else layer[name] for layer in (views.images, views.labels, views.predictions)]
               for name in AXES}
     planes["yz"] = [None if a is None else a.T for a in planes["yz"]]  # z horizontal
     crosshairs = {"xy": (y0, x0), "yz": (y0, z0), "xz": (z0, x0)}  # where the other planes cut: (row, column)
     with figure_style():
-        fig, panels, ax_info, stretch = _ortho_figure(views.shape, (zs[0] - step / 2, zs[-1] + step / 2), titles)
+        fig, panels, ax_info, _ = _ortho_figure(g.shape, (zs[0] - step / 2, zs[-1] + step / 2), titles)
         for name, (ax, extent, aspect) in panels.items():
             image, label, prediction = planes[name]
-            interpolation = "auto" if name == "xy" else display_interpolation(stretch)
             im = show_plane(ax, image, (lo, hi), mask_layers(label, prediction, alpha), extent=extent, aspect=aspect,
-                            interpolation=interpolation)
+                            interpolation=display_interpolation(aspect))  # xy: never stretched
             ax.axhline(crosshairs[name][0], color="yellow", ls="--", lw=0.8)
             ax.axvline(crosshairs[name][1], color="yellow", ls="--", lw=0.8)
         handles = legend_handles(alpha, views.labels is not None, views.predictions is not None)
         handles.append(Line2D([], [], color="yellow", ls="--", label="other planes"))
         ax_info.legend(handles=handles, loc="upper right", frameon=False)
-        voxel = f"{views.voxel_um:g} µm voxels\n" if views.voxel_um else ""
-        _info_panel(ax_info, im, "intensity (display window)", f"{views.group}\n{z_n} x {h} x {w}\n{voxel}xz, yz: "
+        voxel = f"{g.voxel_um:g} µm voxels\n" if g.voxel_um else ""
+        _info_panel(ax_info, im, "intensity (display window)", f"{g.name}\n{z_n} x {h} x {w}\n{voxel}xz, yz: "
                     f"{z_note(step, len(zs), z_n)}\nwindow {lo:.0f}..{hi:.0f}", 0.35)
         sub = "" if step == 1 else f", xz/yz from every {ordinal(step)} slice"
-        fig.suptitle(f"{views.group}: orthogonal planes through (z, y, x) = {views.point}{sub}")
+        fig.suptitle(f"{g.name}: orthogonal planes through (z, y, x) = {views.point}{sub}")
     return fig
 
 
-def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, IntensityStats], reference: str,
-                      others: Sequence[str], bins: int = 200) -> Figure:
+def plot_domain_shift(stats: Mapping[str, IntensityStats], reference: str, others: Sequence[str], bins: int = 200) -> Figure:
     """Middle xy slice (one read) of `reference` and each of `others`, at the reference's window and at their own,
     axes in mm; below, intensity densities raw and after per-kidney percentile scaling (p0.5 -> 0, p99.5 -> 1)."""
     names = [reference, *[o for o in others if o != reference]]
@@ -524,8 +489,13 @@ def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, Intensity
     with figure_style():
         fig = Figure(figsize=(max(4.0 * n, 9), 11), layout="constrained")
         gs = fig.add_gridspec(3, 2 * n, height_ratios=[1, 1, 0.9])
+        ax_raw = fig.add_subplot(gs[2, :n])
+        ax_norm = fig.add_subplot(gs[2, n:])
+        edges = np.linspace(min(stats[n_].percentile(0.01) for n_ in names),
+                            max(stats[n_].percentile(99.99) for n_ in names) + 1, bins + 1)
+        scaled = np.linspace(-0.3, 1.3, bins + 1)  # bin edges in scaled intensity
         for col, name in enumerate(names):
-            g, s = groups[name], stats[name]
+            s, g = stats[name], stats[name].group
             z = g.shape[0] // 2
             img = image_slice(g, z)
             mm = (g.voxel_um or 1.0) / 1000
@@ -539,15 +509,7 @@ def plot_domain_shift(groups: Mapping[str, Group], stats: Mapping[str, Intensity
                 ax.set(xlabel=f"x ({unit})", ylabel=f"y ({unit})")
                 if col == n - 1:
                     fig.colorbar(im, ax=ax, fraction=0.05, label="intensity")
-        ax_raw = fig.add_subplot(gs[2, :n])
-        ax_norm = fig.add_subplot(gs[2, n:])
-        colors = mpl.colormaps["tab10"]
-        edges = np.linspace(min(stats[n_].percentile(0.01) for n_ in names),
-                            max(stats[n_].percentile(99.99) for n_ in names) + 1, bins + 1)
-        scaled = np.linspace(-0.3, 1.3, bins + 1)  # bin edges in scaled intensity
-        for i, name in enumerate(names):
-            s = stats[name]
-            style = dict(color="k", lw=2.0) if name == reference else dict(color=colors(i % 10), lw=1.4)
+            style = dict(color="k", lw=2.0) if name == reference else dict(color=mpl.colormaps["tab10"](col % 10), lw=1.4)
             dens = _rebin(s, s.counts, edges)
             ax_raw.plot((edges[:-1] + edges[1:]) / 2, dens / dens.sum(), label=name, **style)
             p_lo, p_hi = s.window()

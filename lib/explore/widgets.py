@@ -1,6 +1,5 @@
-"""The slice browser's widget layer: each control calls one setter of a `lib.explore.browser.SliceBrowser`, then
-the panel shows the model's figure again as a PNG in an `ipywidgets.Image` (no ipympl needed: works in Jupyter and
-Voilà). Every widget carries a CSS class `sennet-<name>` so a browser test can find it."""
+"""The slice browser's widgets: each control calls one `SliceBrowser` setter, then an `ipywidgets.Image` shows the
+new PNG (no ipympl: Jupyter and Voilà alike). Each widget has a CSS class `sennet-<name>` for the browser test."""
 from __future__ import annotations
 
 import html
@@ -37,13 +36,11 @@ class BrowserWidgets:
         for name in ("group", "axis", "index", "labels", "prediction", "alpha", "window", "info", "error", "image"):
             getattr(self, f"{name}_w").add_class(f"sennet-{name}")
 
-        self._bind(self.group_w, model.set_group)
-        self._bind(self.axis_w, model.set_axis)
-        self._bind(self.index_w, model.set_index)
-        self._bind(self.labels_w, model.set_labels)
-        self._bind(self.prediction_w, model.set_prediction)
-        self._bind(self.alpha_w, model.set_alpha)
-        self._bind(self.window_w, lambda v: model.set_window(*v))
+        for widget, setter in ((self.group_w, model.set_group), (self.axis_w, model.set_axis),
+                               (self.index_w, model.set_index), (self.labels_w, model.set_labels),
+                               (self.prediction_w, model.set_prediction), (self.alpha_w, model.set_alpha),
+                               (self.window_w, lambda v: model.set_window(*v))):
+            self._bind(widget, setter)
         self.panel = W.VBox([
             W.HBox([self.group_w, self.axis_w]), self.index_w,
             W.HBox([self.labels_w, self.prediction_w, self.alpha_w]), self.window_w, self.info_w, self.error_w,
@@ -86,8 +83,3 @@ class BrowserWidgets:
             self._hold = False
         self.info_w.value = f"<code>{m.info()}</code>"
         self.image_w.value = m.png()
-
-
-def browser_panel(model: SliceBrowser) -> W.VBox:
-    """The widget panel of `model` (controls above, figure below), for `display()` in a live frontend."""
-    return BrowserWidgets(model).panel
