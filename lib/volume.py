@@ -10,9 +10,9 @@ import numpy as np
 CHUNK = 16  # slices read, written or scored together when a volume is streamed along z
 
 
-def chunks(depth: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges of at most CHUNK slices covering `depth` slices in z order."""
-    return [(start, min(start + CHUNK, depth)) for start in range(0, depth, CHUNK)]
+def chunks(depth: int, size: int = CHUNK) -> list[tuple[int, int]]:
+    """[start, stop) ranges of at most `size` slices covering `depth` slices in z order."""
+    return [(start, min(start + size, depth)) for start in range(0, depth, size)]
 
 
 def runs(flags: np.ndarray) -> list[tuple[int, int]]:
