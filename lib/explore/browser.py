@@ -243,7 +243,6 @@ class SliceBrowser:
         z_n, h, w = g.shape
         dim = figures.AXES.index(axis)
         index = self.cursor[dim]
-        notes: list[str] = []
         if axis == "xy":
             image = figures.image_slice(g, index)
             label = figures.label_slice(g, index) if g.has_labels else None
@@ -262,10 +261,8 @@ class SliceBrowser:
             stretch = figures.z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
             title = f"{g.name}  {axis}  {'zyx'[dim]}={k * s} of {g.shape[dim]}{figures.stretch_note(stretch)}\n{sub}"
             xlabel, ylabel = axis[0], "z (slice position)"  # x along xz, y along yz
-        prediction = None
-        if self.show_prediction:
-            prediction, note = self._prediction_plane(axis, index, *image.shape)
-            notes += [note] if note else []
+        prediction, note = self._prediction_plane(axis, index, *image.shape) if self.show_prediction else (None, "")
+        notes = [note] if note else []
         if label is None:
             notes.append(f"{g.name} has no labels")
         return {"axis": axis, "image": image, "label": label, "prediction": prediction, "extent": extent,
