@@ -2,7 +2,6 @@
 figure showing it, without widgets (`lib.explore.widgets` binds them; runs without a frontend use `static_figure()`)."""
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -80,9 +79,8 @@ class _PlaneCache:
 
 class SliceBrowser:
     """Browse groups slice by slice along xy, xz or yz, with the labels and optionally a prediction overlaid. Each
-    `set_*` method reads what the new state shows into `displayed` and the artists; `png()` renders them. `reads`
-    counts slices read; the first xz/yz view of a group caches every k-th slice (at most `max_plane_slices`, strided
-    in-plane to fit `plane_budget_mb`) for its later planes (reading costs and timings: docs/explorer.md)."""
+    `set_*` method reads what the new state shows into `displayed` and the artists; `png()` renders them. xz/yz planes
+    are cut from a per-group cache of at most `max_plane_slices` slices in `plane_budget_mb` (docs/explorer.md)."""
 
     FIGSIZE, DPI = (7.5, 7.0), 90
 
@@ -96,7 +94,6 @@ class SliceBrowser:
         self.prediction = prediction_source(prediction, self.groups)
         self.stats = dict(stats or {})
         self.reads = 0  # slices read so far: the browser's reading cost meter
-        self._reads_lock = threading.Lock()  # plane caches are read on threads
         self.max_plane_slices = max_plane_slices
         self.plane_budget_mb = plane_budget_mb
         self.axis = "xy"
@@ -105,8 +102,6 @@ class SliceBrowser:
         self.alpha = 0.5  # overlay opacity
         self.window = (0.0, 1.0)  # display window (intensity at black, at white)
         self.window_range = (0.0, 1.0)  # the range a window control offers: the group's intensities
-        self.cursor: list[int] = [0, 0, 0]
-        self.displayed: dict[str, Any] = {}
 
         with figures.figure_style():
             self.fig = Figure(figsize=self.FIGSIZE, dpi=self.DPI)
@@ -149,7 +144,7 @@ class SliceBrowser:
             raise KeyError(f"{name}: no such group (have {', '.join(self.groups)})")
         self.group_name = name
         g = self.group
-        cursor = point if point is not None else tuple(n // 2 for n in g.shape)
+        cursor = point if point is not None else figures.default_point(g)
         self.cursor = [int(np.clip(c, 0, n - 1)) for c, n in zip(cursor, g.shape)]
         positions, step = figures.plane_positions(g.shape[0], self.max_plane_slices)  # the xz/yz cache, read on first use
         per_pixel = g.dtype.itemsize + (1 if g.has_labels else 0) + 1
@@ -183,6 +178,11 @@ class SliceBrowser:
     def set_prediction(self, show: bool) -> None:
         """Show or hide the prediction (asks the prediction for the current view when first shown)."""
         self.show_prediction = bool(show) and self.prediction is not None
+        v = self.displayed
+        if self.show_prediction and not v["prediction_read"]:
+            v["prediction"], note = self._prediction_plane(self.axis, self.index, *v["image"].shape)
+            v["notes"] += [note] if note else []
+            v["prediction_read"] = True
         self._apply_overlays()
 
     def set_alpha(self, alpha: float) -> None:
@@ -194,12 +194,6 @@ class SliceBrowser:
         self.window = (float(low), float(max(high, low + 1e-6)))
         self.image_artist.set_clim(*self.window)
 
-    def _read(self, group: Group, index: int, layer: str = "image") -> np.ndarray:
-        """The "image" or "label" slice at position `index` of `group`, counted in `reads`."""
-        with self._reads_lock:
-            self.reads += 1
-        return figures.label_slice(group, index) if layer == "label" else figures.image_slice(group, index)
-
     def _stack(self, layer: str) -> np.ndarray | None:
         """The cached z-subsampled stack of `layer`, read on first use (N reads or prediction calls)."""
         cache = self._cache
@@ -207,8 +201,10 @@ class SliceBrowser:
             g, s = self.group, cache.stride
             if layer != "prediction":
                 # strided copies, so each full slice is freed as soon as it is read (peak: the budgeted stack)
-                slices = figures.read_ahead(lambda z: self._read(g, z, layer)[::s, ::s].copy(), cache.positions)
+                read = figures.label_slice if layer == "label" else figures.image_slice
+                slices = figures.read_ahead(lambda z: read(g, z)[::s, ::s].copy(), cache.positions)
                 cache.layers[layer] = np.stack(list(slices))
+                self.reads += len(cache.positions)
             else:  # a prediction callable need not be thread-safe: asked in order
                 planes = [self.prediction(g.name, "xy", z) for z in cache.positions.tolist()]
                 empty = np.zeros((-(-g.height // s), -(-g.width // s)), bool)
@@ -247,10 +243,10 @@ class SliceBrowser:
         z_n, h, w = g.shape
         dim = figures.AXES.index(axis)
         index = self.cursor[dim]
-        notes: list[str] = []
         if axis == "xy":
-            image = self._read(g, index)
-            label = self._read(g, index, "label") if g.has_labels else None
+            image = figures.image_slice(g, index)
+            label = figures.label_slice(g, index) if g.has_labels else None
+            self.reads += 1 + g.has_labels
             extent = (-0.5, w - 0.5, h - 0.5, -0.5)
             stretch = 1.0
             title = f"{g.name}  xy  z={index} of {z_n} (slice {g.slices[index]:04d})"
@@ -265,25 +261,20 @@ class SliceBrowser:
             stretch = figures.z_stretch(z_n, h, w)  # thin volumes (3-slice test kidneys) stay visible
             title = f"{g.name}  {axis}  {'zyx'[dim]}={k * s} of {g.shape[dim]}{figures.stretch_note(stretch)}\n{sub}"
             xlabel, ylabel = axis[0], "z (slice position)"  # x along xz, y along yz
-        prediction = None
-        if self.show_prediction:
-            prediction, note = self._prediction_plane(axis, index, *image.shape)
-            notes += [note] if note else []
+        prediction, note = self._prediction_plane(axis, index, *image.shape) if self.show_prediction else (None, "")
+        notes = [note] if note else []
         if label is None:
             notes.append(f"{g.name} has no labels")
         return {"axis": axis, "image": image, "label": label, "prediction": prediction, "extent": extent,
                 "title": title, "xlabel": xlabel, "ylabel": ylabel, "aspect": stretch, "notes": notes,
                 "prediction_read": self.show_prediction}
 
-    def _display_step(self, shape: tuple[int, int]) -> int:
-        """Block size bringing a (rows, cols) plane down to about the axes' size in pixels (1: drawn as is)."""
-        width, height = self.ax.get_position().size * self.fig.bbox.size  # the axes in pixels
-        return max(1, int(min(shape[0] / height, shape[1] / width)))
-
     def _update(self, window_from_image: bool = False) -> None:
         """Read what the current state shows and push it into the artists."""
         v = self.displayed = self.view()
-        v["step"] = self._display_step(v["image"].shape)
+        width, height = self.ax.get_position().size * self.fig.bbox.size  # the axes in pixels
+        rows, cols = v["image"].shape  # drawn in blocks bringing it down to about the axes' size (step 1: as is)
+        v["step"] = max(1, int(min(rows / height, cols / width)))
         self.image_artist.set_data(figures.block_reduce(v["image"], v["step"]))
         for artist in (self.image_artist, self.label_artist, self.prediction_artist):
             artist.set_extent(v["extent"])
@@ -297,13 +288,8 @@ class SliceBrowser:
         self._apply_overlays()
 
     def _apply_overlays(self) -> None:
-        """Overlay visibility, colours and opacity from the state (no reads, except one prediction call when the
-        prediction is switched on after the view was read)."""
+        """Overlay visibility, colours and opacity from the state (no reads)."""
         v = self.displayed
-        if self.show_prediction and not v["prediction_read"]:
-            v["prediction"], note = self._prediction_plane(self.axis, self.index, *v["image"].shape)
-            v["notes"] += [note] if note else []
-            v["prediction_read"] = True
         label = v["label"] if self.show_labels else None
         pred = v["prediction"] if self.show_prediction else None
         masks = [None if m is None else figures.block_reduce(m, v["step"]) for m in (label, pred)]

@@ -295,9 +295,6 @@ def plot_vessel_fraction(scans: Mapping[str, LabelScan]) -> Figure:
     return fig
 
 
-AXIS_LABELS = {"xy": ("x", "y"), "yz": ("z (slice position)", "y"), "xz": ("x", "z (slice position)")}
-
-
 def _ortho_figure(shape: tuple[int, int, int], z_span: tuple[float, float], titles: Mapping[str, str]
                   ) -> tuple[Figure, dict[str, tuple[Axes, tuple, float]], Axes, float]:
     """The orthogonal layout: xy top-left, yz (z horizontal) top-right, xz below xy (covering `z_span` along z), an
@@ -309,12 +306,13 @@ def _ortho_figure(shape: tuple[int, int, int], z_span: tuple[float, float], titl
     fig = Figure(figsize=(max(total_w * scale, 5.5) + 1.2, max(total_h * scale, 4.5) + 0.8), layout="constrained")
     gs = fig.add_gridspec(2, 2, width_ratios=[w, zz], height_ratios=[h, zz])
     stretch = z_stretch(z_n, h, w)
-    panels = {"xy": (fig.add_subplot(gs[0, 0]), (-0.5, w - 0.5, h - 0.5, -0.5), 1.0),
-              "yz": (fig.add_subplot(gs[0, 1]), (*z_span, h - 0.5, -0.5), 1 / stretch),
-              "xz": (fig.add_subplot(gs[1, 0]), (-0.5, w - 0.5, z_span[1], z_span[0]), stretch)}
-    for name, (ax, _, _) in panels.items():
-        xlabel, ylabel = AXIS_LABELS[name]
-        ax.set(title=titles[name] + ("" if name == "xy" else stretch_note(stretch)), xlabel=xlabel, ylabel=ylabel)
+    note, z = stretch_note(stretch), "z (slice position)"
+    panels = {"xy": (fig.add_subplot(gs[0, 0], title=titles["xy"], xlabel="x", ylabel="y"),
+                     (-0.5, w - 0.5, h - 0.5, -0.5), 1.0),
+              "yz": (fig.add_subplot(gs[0, 1], title=titles["yz"] + note, xlabel=z, ylabel="y"),
+                     (*z_span, h - 0.5, -0.5), 1 / stretch),
+              "xz": (fig.add_subplot(gs[1, 0], title=titles["xz"] + note, xlabel="x", ylabel=z),
+                     (-0.5, w - 0.5, z_span[1], z_span[0]), stretch)}
     return fig, panels, fig.add_subplot(gs[1, 1]), stretch
 
 
@@ -379,8 +377,7 @@ def default_point(group: Group, scan: LabelScan | None = None) -> tuple[int, int
     """The vessel centroid from `scan` when it has vessels, else the centre of the volume."""
     if scan is not None and scan.centroid is not None:
         return scan.centroid
-    z_n, h, w = group.shape
-    return z_n // 2, h // 2, w // 2
+    return tuple(n // 2 for n in group.shape)  # type: ignore[return-value]
 
 
 def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, max_slices: int = 128,
@@ -391,9 +388,9 @@ def orthogonal_views(group: Group, point: tuple[int, int, int] | None = None, ma
     z0, y0, x0 = point if point is not None else default_point(group)
     z0, y0, x0 = int(np.clip(z0, 0, z_n - 1)), int(np.clip(y0, 0, h - 1)), int(np.clip(x0, 0, w - 1))
     positions, step = plane_positions(z_n, max_slices)
-    images = {"xz": np.empty((len(positions), w), group.dtype), "yz": np.empty((len(positions), h), group.dtype)}
-    labels = {"xz": np.zeros((len(positions), w), bool), "yz": np.zeros((len(positions), h), bool)} \
-        if group.has_labels else None
+    n = len(positions)
+    images = {"xz": np.empty((n, w), group.dtype), "yz": np.empty((n, h), group.dtype)}
+    labels = {"xz": np.zeros((n, w), bool), "yz": np.zeros((n, h), bool)} if group.has_labels else None
     for i, (img, lab) in enumerate(_images_and_labels(group, positions)):
         images["xz"][i], images["yz"][i] = img[y0], img[:, x0]
         if labels is not None:
