@@ -195,12 +195,11 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
             raise TransferError(f"{desc}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
         state_dict[key.removeprefix("module.")] = value
 
-    model_pkl = loc.model + ".pkl"
-    info: Any = None
-    notes: list[str] = []
+    model_pkl, notes = loc.model + ".pkl", []
     try:
         info = _unpickle(loc, model_pkl)
     except TransferError as exc:  # only needed without plans.pkl
+        info = None
         notes.append(str(exc))
     info = info if isinstance(info, Mapping) else {}
     plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
@@ -324,12 +323,10 @@ def _v1_expected_shapes(arch: V1Architecture) -> dict[str, tuple[int, ...]]:
 
 
 def v2_kernel_sizes(v1_kernels: Sequence[Sequence[int]], pad_kernels: bool = False) -> list[list[int]]:
-    """PlainConvUNet `kernel_sizes` reproducing v1's network, or `TransferError` if none does.
+    """PlainConvUNet `kernel_sizes` reproducing v1's network, or `TransferError` (its message says why) if none does.
 
-    v1's decoder at level L uses v1_kernels[L + 1], PlainConvUNet's uses kernel_sizes[L] (the encoder's).
-    Equal kernels: identical. Otherwise, with `pad_kernels`, level L gets the per-axis maximum of both (the
-    smaller kernels are zero-padded by `convert_state_dict`: exact, but a few more weights to fine-tune).
-    """
+    With `pad_kernels`, level L gets the per-axis maximum of v1's kernels L and L + 1 (`convert_state_dict`
+    zero-pads the smaller ones: exact, but a few more weights to fine-tune)."""
     kernels = [[int(i) for i in k] for k in v1_kernels]
     if all(k == kernels[0] for k in kernels):
         return kernels
@@ -408,9 +405,7 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, task: str =
     """nnU-Net v2 plans (2.8.1 planner format) with one `3d_fullres` configuration equal to the v1 stage.
 
     `stage` defaults to the last plans stage (v1's 3d_fullres); the v1 `task` names the dataset (Task008_X ->
-    Dataset008_X, else Dataset999_V1Converted). Normalisation maps v1 'CT' -> 'CTNormalization' with v1's foreground
-    intensity statistics (`sd`/`mn`/`mx` renamed `std`/`min`/`max`); unequal kernels: see `v2_kernel_sizes`.
-    """
+    Dataset008_X, else Dataset999_V1Converted); unequal kernels: see `v2_kernel_sizes`."""
     stage = max(v1_plans["plans_per_stage"]) if stage is None else stage
     where = f"v1 plans stage {stage}"
     arch = v1_architecture(v1_plans, stage, where=where)
@@ -460,9 +455,8 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, task: str =
 
 def _embed_kernel(weight: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     """Zero-pad a conv weight (out, in, *k) to the centred larger `kernel` (sizes 1 and 3: even padding)."""
-    pad: list[int] = []
-    for have, want in reversed(list(zip(weight.shape[2:], kernel))):
-        pad += [(int(want) - int(have)) // 2] * 2
+    half = [(int(want) - int(have)) // 2 for have, want in zip(weight.shape[2:], kernel)]
+    pad = [p for h in reversed(half) for p in (h, h)]  # F.pad: (left, right) per axis, last axis first
     return F.pad(weight, pad) if any(pad) else weight
 
 
@@ -569,12 +563,14 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
                      "dynamic_network_architectures": _version("dynamic-network-architectures")},
     }
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "plans.json", json.dumps(plans, indent=4).encode())
     buf = io.BytesIO()
     torch.save({"network_weights": weights}, buf)
-    _write_atomic(out_dir / "pretrained_weights.pth", buf.getvalue())
-    _write_atomic(out_dir / "conversion.json", json.dumps(report, indent=4).encode())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in zip(OUTPUT_FILES, (json.dumps(plans, indent=4).encode(), buf.getvalue(),
+                                         json.dumps(report, indent=4).encode())):
+        tmp = out_dir / f"{name}.tmp"  # written whole, then renamed: no half-written output file
+        tmp.write_bytes(data)
+        os.replace(tmp, out_dir / name)
     return out_dir
 
 
@@ -584,9 +580,3 @@ def _version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "unknown"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
