@@ -49,12 +49,10 @@ def stage_plan(patch_size: Sequence[int], spacing: Sequence[float], median_shape
 
 def _task008_dataset_properties(sizes: list, spacings: list, cases: list[str]) -> dict:
     """v1 `dataset_properties` with plausible liver-CT intensity statistics (not the real, unpublished ones)."""
-    intensity = OrderedDict({0: OrderedDict([
-        ("local_props", OrderedDict()),
-        ("median", np.float64(147.0)), ("mean", np.float64(143.6)), ("sd", np.float64(56.2)),
-        ("mn", np.float64(-386.0)), ("mx", np.float64(1326.0)),
-        ("percentile_99_5", np.float64(276.0)), ("percentile_00_5", np.float64(-6.0)),
-    ])})
+    stats = {"median": 147.0, "mean": 143.6, "sd": 56.2, "mn": -386.0, "mx": 1326.0, "percentile_99_5": 276.0,
+             "percentile_00_5": -6.0}
+    intensity = OrderedDict({0: OrderedDict([("local_props", OrderedDict())]
+                                            + [(k, np.float64(v)) for k, v in stats.items()])})
     return {
         "all_sizes": sizes,
         "all_spacings": spacings,

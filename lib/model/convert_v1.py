@@ -7,9 +7,7 @@ PlainConvUNet has the v1 network's shapes, with v1's patch, spacing, batch size 
 `pretrained_weights.pth` (`{"network_weights": ...}` with every key of that network, aliases included, so nnunetv2's
 `load_pretrained_weights` accepts it; 2 outputs: v1's channels 0 and 1, background and vessel) and `conversion.json`
 (where it came from, what was mapped). Both networks give the same logits (tested against v1's own `Generic_UNet`).
-The command line is `python -m tools.convert_v1`.
-
-v1 checkpoints are pickles (`torch.load(weights_only=False)`): only convert files from a trusted source.
+Command line: `python -m tools.convert_v1`. v1 checkpoints are pickles: only convert files from a trusted source.
 """
 from __future__ import annotations
 
@@ -133,12 +131,10 @@ def find_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Location:
     if len(final) > 1:
         raise TransferError(f"{source}: several {CONFIGURATION} {fold_name} checkpoints, cannot choose: "
                             + ", ".join(final))
-    model = final[0]
-    full = context + PurePosixPath(model).parts
-    trainer_dir, task = full[-3] if len(full) > 2 else "", full[-4] if len(full) > 3 else ""
-    return V1Location(source=source, is_zip=is_zip, model=model, fold=fold_name,
+    task, trainer_dir = (("", "", "") + context + PurePosixPath(final[0]).parts)[-4:-2]  # .../task/trainer/fold/model
+    return V1Location(source=source, is_zip=is_zip, model=final[0], fold=fold_name,
                       task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0],
-                      plans=posixpath.normpath(posixpath.join(model, "..", "..", "plans.pkl")))  # may be ../plans.pkl
+                      plans=posixpath.normpath(posixpath.join(final[0], "..", "..", "plans.pkl")))  # may be ../plans.pkl
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -152,11 +148,8 @@ class V1Checkpoint:
     state_dict: OrderedDict[str, torch.Tensor]
     plans: dict
     stage: int
-    plans_source: str
-    epoch: int | None
     batch_dice: bool
-    trainer_class: str | None
-    sha256: str
+    about: dict[str, Any]  # where it came from: conversion.json's first entries, in order
     notes: list[str]  # what could not be read but was not needed
 
 
@@ -170,11 +163,8 @@ def _unpickle(loc: V1Location, member: str) -> Any:
 
 
 def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
-    """Load a v1 3d_fullres checkpoint and its plans from a zip or folder.
-
-    Uses `torch.load(map_location="cpu", weights_only=False)`: v1 files hold numpy scalars, which
-    torch >= 2.6's default `weights_only=True` refuses.
-    """
+    """Load a v1 3d_fullres checkpoint and its plans from a zip or folder (`torch.load(weights_only=False)`:
+    v1 files hold numpy scalars, which torch >= 2.6's default `weights_only=True` refuses)."""
     loc = find_v1_checkpoint(source, fold)
     desc = loc.describe(loc.model)
     try:
@@ -217,10 +207,12 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
     stage = init[5] if len(init) > 5 and init[5] is not None else stages[-1]
     if stage not in plans["plans_per_stage"]:
         raise TransferError(f"{desc}: trained on plans stage {stage}, but {plans_source} has stages {stages}")
+    about = {"source": str(loc.source.resolve()), "checkpoint": loc.model,
+             "checkpoint_sha256": hashlib.sha256(raw).hexdigest(), "plans_from": plans_source,
+             "configuration": CONFIGURATION, "fold": loc.fold, "task": loc.task, "trainer": loc.trainer,
+             "trainer_class": info.get("class"), "plans_stage": int(stage), "epoch": ckpt.get("epoch")}
     return V1Checkpoint(location=loc, state_dict=state_dict, plans=dict(plans), stage=int(stage),
-                        plans_source=plans_source, epoch=ckpt.get("epoch"),
-                        batch_dice=bool(init[4]) if len(init) > 4 else True, trainer_class=info.get("class"),
-                        sha256=hashlib.sha256(raw).hexdigest(), notes=notes)
+                        batch_dice=bool(init[4]) if len(init) > 4 else True, about=about, notes=notes)
 
 
 # ----------------------------------------------------------------------------------------- architecture
@@ -410,8 +402,7 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, task: str =
     where = f"v1 plans stage {stage}"
     arch = v1_architecture(v1_plans, stage, where=where)
     sp = v1_plans["plans_per_stage"][stage]
-    tf = [int(i) for i in (v1_plans.get("transpose_forward") or [0, 1, 2])]
-    tb = [int(i) for i in (v1_plans.get("transpose_backward") or [0, 1, 2])]
+    tf, tb = ([int(i) for i in (v1_plans.get(f"transpose_{way}") or [0, 1, 2])] for way in ("forward", "backward"))
     schemes, use_mask, intensity = _v2_normalisation(v1_plans, where)
     task_match = re.fullmatch(r"Task(\d+)_(.+)", task)
 
@@ -469,8 +460,7 @@ def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Archit
     """
     v2_kernels = v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels)
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in v1_state_dict.items()}
-    encoder: OrderedDict[str, torch.Tensor] = OrderedDict()
-    decoder: OrderedDict[str, torch.Tensor] = OrderedDict()
+    encoder, decoder = OrderedDict(), OrderedDict()  # v2 conv prefix + conv/norm/all_modules -> tensor
     for v2, v1, level, _ in _v1_conv_keys(arch):
         conv = (_embed_kernel(sd[f"{v1}.conv.weight"], v2_kernels[level]).contiguous(), sd[f"{v1}.conv.bias"])
         norm = (sd[f"{v1}.instnorm.weight"], sd[f"{v1}.instnorm.bias"])
@@ -538,17 +528,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
 
     v2_kernels = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["kernel_sizes"]
     report = {
-        "source": str(Path(source).resolve()),
-        "checkpoint": loc.model,
-        "checkpoint_sha256": ckpt.sha256,
-        "plans_from": ckpt.plans_source,
-        "configuration": CONFIGURATION,
-        "fold": loc.fold,
-        "task": loc.task,
-        "trainer": loc.trainer,
-        "trainer_class": ckpt.trainer_class,
-        "plans_stage": ckpt.stage,
-        "epoch": ckpt.epoch,
+        **ckpt.about,
         "v1_architecture": {"stages": arch.num_pool + 1, **asdict(arch)},
         "v2_network": PLAIN_CONV_UNET,
         "v2_kernel_sizes": v2_kernels,
