@@ -59,7 +59,6 @@ class V1Location:
     fold: str
     task: str
     trainer: str
-    plans: str  # where plans.pkl is (or would be): beside the fold folder
 
     def describe(self, member: str) -> str:
         """A human-readable path: `archive.zip!member` or the file path."""
@@ -106,11 +105,9 @@ def find_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Location:
     fold_name = _fold_dir_name(fold)
     is_zip, names, context = _list_source(source)
     models = []  # (member, nearest enclosing v1 configuration folder, fold folder)
-    for name in names:
-        full = context + PurePosixPath(name).parts  # absolute for folders: names above `source` count too
-        if name.endswith(".model"):
-            config = next((part for part in reversed(full[:-1]) if part in CONFIG_NAMES), None)
-            models.append((name, config, full[-2] if len(full) > 1 else ""))
+    for name in (n for n in names if n.endswith(".model")):
+        full = ("",) + context + PurePosixPath(name).parts  # absolute for folders: names above `source` count too
+        models.append((name, next((part for part in reversed(full[:-1]) if part in CONFIG_NAMES), None), full[-2]))
     in_config = [m for m in models if m[1] == CONFIGURATION]
     if not in_config:
         found = sorted({f"{c or '(no configuration folder)'}/{f}" for _, c, f in models})
@@ -133,8 +130,7 @@ def find_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Location:
                             + ", ".join(final))
     task, trainer_dir = (("", "", "") + context + PurePosixPath(final[0]).parts)[-4:-2]  # .../task/trainer/fold/model
     return V1Location(source=source, is_zip=is_zip, model=final[0], fold=fold_name,
-                      task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0],
-                      plans=posixpath.normpath(posixpath.join(final[0], "..", "..", "plans.pkl")))  # may be ../plans.pkl
+                      task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0])
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -192,7 +188,8 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
         info = None
         notes.append(str(exc))
     info = info if isinstance(info, Mapping) else {}
-    plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
+    plans_pkl = posixpath.normpath(posixpath.join(loc.model, "..", "..", "plans.pkl"))  # beside the fold folder
+    plans, plans_source = _unpickle(loc, plans_pkl), loc.describe(plans_pkl)  # plans_pkl may be ../plans.pkl
     if plans is None:
         if not isinstance(info.get("plans"), Mapping):
             raise TransferError(f"{desc}: no v1 plans: neither {plans_source} nor a 'plans' entry in "
@@ -481,21 +478,20 @@ def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Archit
     return out
 
 
-def load_converted_weights(network: torch.nn.Module, path: str | Path,
-                           include_seg_layers: bool = True) -> torch.nn.Module:
-    """Load `pretrained_weights.pth` with nnunetv2's `load_pretrained_weights`, then (by default) also the
-    segmentation heads, which that function deliberately skips (here they carry v1's background/vessel)."""
+def load_converted_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load `pretrained_weights.pth` with nnunetv2's `load_pretrained_weights`, then also the segmentation
+    heads, which that function deliberately skips (here they carry v1's background/vessel)."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
     load_pretrained_weights(network, str(path))
-    if include_seg_layers:
-        weights = torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
-        seg = {k: v for k, v in weights.items() if ".seg_layers." in k}
-        detail = _mismatch({k: v.shape for k, v in network.state_dict().items() if ".seg_layers." in k}, seg)
-        if detail:
-            raise TransferError(f"{path}: segmentation heads do not fit this network ({detail}); "
-                                "build it with num_outputs=2 or pass include_seg_layers=False")
-        network.load_state_dict(seg, strict=False)
+    weights = torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
+    seg = {k: v for k, v in weights.items() if ".seg_layers." in k}
+    detail = _mismatch({k: v.shape for k, v in network.state_dict().items() if ".seg_layers." in k}, seg)
+    if detail:
+        raise TransferError(f"{path}: segmentation heads do not fit this network ({detail}); "
+                            "build it with num_outputs=2, or load without the heads with nnunetv2's "
+                            "load_pretrained_weights")
+    network.load_state_dict(seg, strict=False)
     return network
 
 
