@@ -15,9 +15,6 @@ import numpy as np
 from lib.model.convert_v1 import v2_plans_from_v1
 
 TASK = "Task008_HepaticVessel"
-# Task008 3d_fullres as published / derived (see /work/shared/nnunet.md): 6 resolution stages.
-TASK008_POOLS = [[2, 2, 2]] * 4 + [[1, 2, 2]]
-TASK008_KERNELS = [[3, 3, 3]] * 6
 VARIANTS: dict[str, dict[str, Any]] = {
     # The real Task008 shape: base 32 features (max 320), patch 64x192x192, about 31 M parameters.
     "task008": {},
@@ -50,26 +47,12 @@ def stage_plan(patch_size: Sequence[int], spacing: Sequence[float], median_shape
     }
 
 
-def _task008_cases(spacing: Sequence[float], median_shape: np.ndarray, num_cases: int
-                   ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Per-case spacings and sizes whose medians are exactly `spacing` and `median_shape` (odd count, symmetric
-    jitter along z), and the case names."""
-    rng = np.random.default_rng(8)
-    n = num_cases if num_cases % 2 else num_cases + 1
-    factors = np.exp(np.linspace(-0.4, 0.4, n))
-    spacings = [np.array(spacing, dtype=np.float64) * np.array([f, 1.0, 1.0]) for f in rng.permutation(factors)]
-    sizes = [np.round(median_shape * np.array([1 / f, 1.0, 1.0])).astype(int) for f in rng.permutation(factors)]
-    return spacings, sizes, [f"hepaticvessel_{i:03d}" for i in range(n)]
-
-
 def _task008_dataset_properties(sizes: list, spacings: list, cases: list[str]) -> dict:
     """v1 `dataset_properties` with plausible liver-CT intensity statistics (not the real, unpublished ones)."""
-    intensity = OrderedDict({0: OrderedDict([
-        ("local_props", OrderedDict()),
-        ("median", np.float64(147.0)), ("mean", np.float64(143.6)), ("sd", np.float64(56.2)),
-        ("mn", np.float64(-386.0)), ("mx", np.float64(1326.0)),
-        ("percentile_99_5", np.float64(276.0)), ("percentile_00_5", np.float64(-6.0)),
-    ])})
+    stats = {"median": 147.0, "mean": 143.6, "sd": 56.2, "mn": -386.0, "mx": 1326.0, "percentile_99_5": 276.0,
+             "percentile_00_5": -6.0}
+    intensity = OrderedDict({0: OrderedDict([("local_props", OrderedDict())]
+                                            + [(k, np.float64(v)) for k, v in stats.items()])})
     return {
         "all_sizes": sizes,
         "all_spacings": spacings,
@@ -83,30 +66,30 @@ def _task008_dataset_properties(sizes: list, spacings: list, cases: list[str]) -
 def task008_like_plans(base_num_features: int = 32, patch_size: Sequence[int] = (64, 192, 192),
                        conv_kernel_sizes: Sequence[Sequence[int]] | None = None) -> dict:
     """A v1 `nnUNetPlansv2.1` plans dict shaped like Task008_HepaticVessel's (stage 0 lowres, 1 fullres; 303
-    cases at 1.5 x 0.8 x 0.8 mm, batch 2).
-
-    Defaults give the Task008 3d_fullres configuration; smaller `base_num_features`/`patch_size` give a fast
-    variant with the same structure, `conv_kernel_sizes` an anisotropic one. Numbers that are not published
-    (dataset sizes, intensity statistics) are plausible for contrast-enhanced liver CT, not the real ones.
-    """
+    cases at 1.5 x 0.8 x 0.8 mm, batch 2); defaults give Task008's 3d_fullres, see `VARIANTS` for the others.
+    Unpublished numbers (dataset sizes, intensity statistics) are plausible for liver CT, not the real ones."""
     spacing, batch_size = (1.5, 0.8, 0.8), 2
-    pools = TASK008_POOLS  # stage_plan copies pools and kernels
-    kernels = conv_kernel_sizes or TASK008_KERNELS
+    # Task008 3d_fullres as published / derived (see /work/shared/nnunet.md): 6 resolution stages.
+    pools = [[2, 2, 2]] * 4 + [[1, 2, 2]]
+    kernels = conv_kernel_sizes or [[3, 3, 3]] * 6
     median_shape = np.array([150, 512, 512])
-    spacings, sizes, cases = _task008_cases(spacing, median_shape, 303)
+    # 303 cases whose median spacing and size are exactly `spacing` and `median_shape` (symmetric jitter along z)
+    rng = np.random.default_rng(8)
+    factors = np.exp(np.linspace(-0.4, 0.4, 303))
+    spacings = [np.array(spacing, dtype=np.float64) * np.array([f, 1.0, 1.0]) for f in rng.permutation(factors)]
+    sizes = [np.round(median_shape * np.array([1 / f, 1.0, 1.0])).astype(int) for f in rng.permutation(factors)]
+    cases = [f"hepaticvessel_{i:03d}" for i in range(303)]
     low_shape = np.round(median_shape / 1.9).astype(int)
     plans_per_stage = {
         0: stage_plan(patch_size, np.array(spacing) * 1.9, low_shape, pools, kernels, batch_size, spacing),
         1: stage_plan(patch_size, spacing, median_shape, pools, kernels, batch_size, spacing),
     }
-
-    dataset_properties = _task008_dataset_properties(sizes, spacings, cases)
     return {
         "num_stages": len(plans_per_stage),
         "num_modalities": 1,
         "modalities": {0: "CT"},
         "normalization_schemes": OrderedDict({0: "CT"}),
-        "dataset_properties": dataset_properties,
+        "dataset_properties": _task008_dataset_properties(sizes, spacings, cases),
         "list_of_npz_files": [f"/nnUNet_raw/nnUNet_cropped_data/{TASK}/{c}.npz" for c in cases],
         "original_spacings": spacings,
         "original_sizes": sizes,

@@ -7,9 +7,7 @@ PlainConvUNet has the v1 network's shapes, with v1's patch, spacing, batch size 
 `pretrained_weights.pth` (`{"network_weights": ...}` with every key of that network, aliases included, so nnunetv2's
 `load_pretrained_weights` accepts it; 2 outputs: v1's channels 0 and 1, background and vessel) and `conversion.json`
 (where it came from, what was mapped). Both networks give the same logits (tested against v1's own `Generic_UNet`).
-The command line is `python -m tools.convert_v1`.
-
-v1 checkpoints are pickles (`torch.load(weights_only=False)`): only convert files from a trusted source.
+Command line: `python -m tools.convert_v1`. v1 checkpoints are pickles: only convert files from a trusted source.
 """
 from __future__ import annotations
 
@@ -61,7 +59,6 @@ class V1Location:
     fold: str
     task: str
     trainer: str
-    plans: str  # where plans.pkl is (or would be): beside the fold folder
 
     def describe(self, member: str) -> str:
         """A human-readable path: `archive.zip!member` or the file path."""
@@ -108,11 +105,9 @@ def find_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Location:
     fold_name = _fold_dir_name(fold)
     is_zip, names, context = _list_source(source)
     models = []  # (member, nearest enclosing v1 configuration folder, fold folder)
-    for name in names:
-        full = context + PurePosixPath(name).parts  # absolute for folders: names above `source` count too
-        if name.endswith(".model"):
-            config = next((part for part in reversed(full[:-1]) if part in CONFIG_NAMES), None)
-            models.append((name, config, full[-2] if len(full) > 1 else ""))
+    for name in (n for n in names if n.endswith(".model")):
+        full = ("",) + context + PurePosixPath(name).parts  # absolute for folders: names above `source` count too
+        models.append((name, next((part for part in reversed(full[:-1]) if part in CONFIG_NAMES), None), full[-2]))
     in_config = [m for m in models if m[1] == CONFIGURATION]
     if not in_config:
         found = sorted({f"{c or '(no configuration folder)'}/{f}" for _, c, f in models})
@@ -133,12 +128,9 @@ def find_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Location:
     if len(final) > 1:
         raise TransferError(f"{source}: several {CONFIGURATION} {fold_name} checkpoints, cannot choose: "
                             + ", ".join(final))
-    model = final[0]
-    full = context + PurePosixPath(model).parts
-    trainer_dir, task = full[-3] if len(full) > 2 else "", full[-4] if len(full) > 3 else ""
-    return V1Location(source=source, is_zip=is_zip, model=model, fold=fold_name,
-                      task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0],
-                      plans=posixpath.normpath(posixpath.join(model, "..", "..", "plans.pkl")))  # may be ../plans.pkl
+    task, trainer_dir = (("", "", "") + context + PurePosixPath(final[0]).parts)[-4:-2]  # .../task/trainer/fold/model
+    return V1Location(source=source, is_zip=is_zip, model=final[0], fold=fold_name,
+                      task=task if task.startswith("Task") else "", trainer=trainer_dir.split("__")[0])
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -152,11 +144,8 @@ class V1Checkpoint:
     state_dict: OrderedDict[str, torch.Tensor]
     plans: dict
     stage: int
-    plans_source: str
-    epoch: int | None
     batch_dice: bool
-    trainer_class: str | None
-    sha256: str
+    about: dict[str, Any]  # where it came from: conversion.json's first entries, in order
     notes: list[str]  # what could not be read but was not needed
 
 
@@ -170,11 +159,8 @@ def _unpickle(loc: V1Location, member: str) -> Any:
 
 
 def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
-    """Load a v1 3d_fullres checkpoint and its plans from a zip or folder.
-
-    Uses `torch.load(map_location="cpu", weights_only=False)`: v1 files hold numpy scalars, which
-    torch >= 2.6's default `weights_only=True` refuses.
-    """
+    """Load a v1 3d_fullres checkpoint and its plans from a zip or folder (`torch.load(weights_only=False)`:
+    v1 files hold numpy scalars, which torch >= 2.6's default `weights_only=True` refuses)."""
     loc = find_v1_checkpoint(source, fold)
     desc = loc.describe(loc.model)
     try:
@@ -195,15 +181,15 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
             raise TransferError(f"{desc}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
         state_dict[key.removeprefix("module.")] = value
 
-    model_pkl = loc.model + ".pkl"
-    info: Any = None
-    notes: list[str] = []
+    model_pkl, notes = loc.model + ".pkl", []
     try:
         info = _unpickle(loc, model_pkl)
     except TransferError as exc:  # only needed without plans.pkl
+        info = None
         notes.append(str(exc))
     info = info if isinstance(info, Mapping) else {}
-    plans, plans_source = _unpickle(loc, loc.plans), loc.describe(loc.plans)
+    plans_pkl = posixpath.normpath(posixpath.join(loc.model, "..", "..", "plans.pkl"))  # beside the fold folder
+    plans, plans_source = _unpickle(loc, plans_pkl), loc.describe(plans_pkl)  # plans_pkl may be ../plans.pkl
     if plans is None:
         if not isinstance(info.get("plans"), Mapping):
             raise TransferError(f"{desc}: no v1 plans: neither {plans_source} nor a 'plans' entry in "
@@ -218,10 +204,12 @@ def load_v1_checkpoint(source: str | Path, fold: int | str = 0) -> V1Checkpoint:
     stage = init[5] if len(init) > 5 and init[5] is not None else stages[-1]
     if stage not in plans["plans_per_stage"]:
         raise TransferError(f"{desc}: trained on plans stage {stage}, but {plans_source} has stages {stages}")
+    about = {"source": str(loc.source.resolve()), "checkpoint": loc.model,
+             "checkpoint_sha256": hashlib.sha256(raw).hexdigest(), "plans_from": plans_source,
+             "configuration": CONFIGURATION, "fold": loc.fold, "task": loc.task, "trainer": loc.trainer,
+             "trainer_class": info.get("class"), "plans_stage": int(stage), "epoch": ckpt.get("epoch")}
     return V1Checkpoint(location=loc, state_dict=state_dict, plans=dict(plans), stage=int(stage),
-                        plans_source=plans_source, epoch=ckpt.get("epoch"),
-                        batch_dice=bool(init[4]) if len(init) > 4 else True, trainer_class=info.get("class"),
-                        sha256=hashlib.sha256(raw).hexdigest(), notes=notes)
+                        batch_dice=bool(init[4]) if len(init) > 4 else True, about=about, notes=notes)
 
 
 # ----------------------------------------------------------------------------------------- architecture
@@ -324,12 +312,10 @@ def _v1_expected_shapes(arch: V1Architecture) -> dict[str, tuple[int, ...]]:
 
 
 def v2_kernel_sizes(v1_kernels: Sequence[Sequence[int]], pad_kernels: bool = False) -> list[list[int]]:
-    """PlainConvUNet `kernel_sizes` reproducing v1's network, or `TransferError` if none does.
+    """PlainConvUNet `kernel_sizes` reproducing v1's network, or `TransferError` (its message says why) if none does.
 
-    v1's decoder at level L uses v1_kernels[L + 1], PlainConvUNet's uses kernel_sizes[L] (the encoder's).
-    Equal kernels: identical. Otherwise, with `pad_kernels`, level L gets the per-axis maximum of both (the
-    smaller kernels are zero-padded by `convert_state_dict`: exact, but a few more weights to fine-tune).
-    """
+    With `pad_kernels`, level L gets the per-axis maximum of v1's kernels L and L + 1 (`convert_state_dict`
+    zero-pads the smaller ones: exact, but a few more weights to fine-tune)."""
     kernels = [[int(i) for i in k] for k in v1_kernels]
     if all(k == kernels[0] for k in kernels):
         return kernels
@@ -408,15 +394,12 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, task: str =
     """nnU-Net v2 plans (2.8.1 planner format) with one `3d_fullres` configuration equal to the v1 stage.
 
     `stage` defaults to the last plans stage (v1's 3d_fullres); the v1 `task` names the dataset (Task008_X ->
-    Dataset008_X, else Dataset999_V1Converted). Normalisation maps v1 'CT' -> 'CTNormalization' with v1's foreground
-    intensity statistics (`sd`/`mn`/`mx` renamed `std`/`min`/`max`); unequal kernels: see `v2_kernel_sizes`.
-    """
+    Dataset008_X, else Dataset999_V1Converted); unequal kernels: see `v2_kernel_sizes`."""
     stage = max(v1_plans["plans_per_stage"]) if stage is None else stage
     where = f"v1 plans stage {stage}"
     arch = v1_architecture(v1_plans, stage, where=where)
     sp = v1_plans["plans_per_stage"][stage]
-    tf = [int(i) for i in (v1_plans.get("transpose_forward") or [0, 1, 2])]
-    tb = [int(i) for i in (v1_plans.get("transpose_backward") or [0, 1, 2])]
+    tf, tb = ([int(i) for i in (v1_plans.get(f"transpose_{way}") or [0, 1, 2])] for way in ("forward", "backward"))
     schemes, use_mask, intensity = _v2_normalisation(v1_plans, where)
     task_match = re.fullmatch(r"Task(\d+)_(.+)", task)
 
@@ -460,9 +443,8 @@ def v2_plans_from_v1(v1_plans: Mapping, stage: int | None = None, *, task: str =
 
 def _embed_kernel(weight: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     """Zero-pad a conv weight (out, in, *k) to the centred larger `kernel` (sizes 1 and 3: even padding)."""
-    pad: list[int] = []
-    for have, want in reversed(list(zip(weight.shape[2:], kernel))):
-        pad += [(int(want) - int(have)) // 2] * 2
+    half = [(int(want) - int(have)) // 2 for have, want in zip(weight.shape[2:], kernel)]
+    pad = [p for h in reversed(half) for p in (h, h)]  # F.pad: (left, right) per axis, last axis first
     return F.pad(weight, pad) if any(pad) else weight
 
 
@@ -475,8 +457,7 @@ def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Archit
     """
     v2_kernels = v2_kernel_sizes(arch.conv_kernel_sizes, pad_kernels)
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in v1_state_dict.items()}
-    encoder: OrderedDict[str, torch.Tensor] = OrderedDict()
-    decoder: OrderedDict[str, torch.Tensor] = OrderedDict()
+    encoder, decoder = OrderedDict(), OrderedDict()  # v2 conv prefix + conv/norm/all_modules -> tensor
     for v2, v1, level, _ in _v1_conv_keys(arch):
         conv = (_embed_kernel(sd[f"{v1}.conv.weight"], v2_kernels[level]).contiguous(), sd[f"{v1}.conv.bias"])
         norm = (sd[f"{v1}.instnorm.weight"], sd[f"{v1}.instnorm.bias"])
@@ -497,21 +478,20 @@ def convert_state_dict(v1_state_dict: Mapping[str, torch.Tensor], arch: V1Archit
     return out
 
 
-def load_converted_weights(network: torch.nn.Module, path: str | Path,
-                           include_seg_layers: bool = True) -> torch.nn.Module:
-    """Load `pretrained_weights.pth` with nnunetv2's `load_pretrained_weights`, then (by default) also the
-    segmentation heads, which that function deliberately skips (here they carry v1's background/vessel)."""
+def load_converted_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load `pretrained_weights.pth` with nnunetv2's `load_pretrained_weights`, then also the segmentation
+    heads, which that function deliberately skips (here they carry v1's background/vessel)."""
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
     load_pretrained_weights(network, str(path))
-    if include_seg_layers:
-        weights = torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
-        seg = {k: v for k, v in weights.items() if ".seg_layers." in k}
-        detail = _mismatch({k: v.shape for k, v in network.state_dict().items() if ".seg_layers." in k}, seg)
-        if detail:
-            raise TransferError(f"{path}: segmentation heads do not fit this network ({detail}); "
-                                "build it with num_outputs=2 or pass include_seg_layers=False")
-        network.load_state_dict(seg, strict=False)
+    weights = torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
+    seg = {k: v for k, v in weights.items() if ".seg_layers." in k}
+    detail = _mismatch({k: v.shape for k, v in network.state_dict().items() if ".seg_layers." in k}, seg)
+    if detail:
+        raise TransferError(f"{path}: segmentation heads do not fit this network ({detail}); "
+                            "build it with num_outputs=2, or load without the heads with nnunetv2's "
+                            "load_pretrained_weights")
+    network.load_state_dict(seg, strict=False)
     return network
 
 
@@ -544,17 +524,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
 
     v2_kernels = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]["kernel_sizes"]
     report = {
-        "source": str(Path(source).resolve()),
-        "checkpoint": loc.model,
-        "checkpoint_sha256": ckpt.sha256,
-        "plans_from": ckpt.plans_source,
-        "configuration": CONFIGURATION,
-        "fold": loc.fold,
-        "task": loc.task,
-        "trainer": loc.trainer,
-        "trainer_class": ckpt.trainer_class,
-        "plans_stage": ckpt.stage,
-        "epoch": ckpt.epoch,
+        **ckpt.about,
         "v1_architecture": {"stages": arch.num_pool + 1, **asdict(arch)},
         "v2_network": PLAIN_CONV_UNET,
         "v2_kernel_sizes": v2_kernels,
@@ -569,12 +539,14 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
                      "dynamic_network_architectures": _version("dynamic-network-architectures")},
     }
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "plans.json", json.dumps(plans, indent=4).encode())
     buf = io.BytesIO()
     torch.save({"network_weights": weights}, buf)
-    _write_atomic(out_dir / "pretrained_weights.pth", buf.getvalue())
-    _write_atomic(out_dir / "conversion.json", json.dumps(report, indent=4).encode())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in zip(OUTPUT_FILES, (json.dumps(plans, indent=4).encode(), buf.getvalue(),
+                                         json.dumps(report, indent=4).encode())):
+        tmp = out_dir / f"{name}.tmp"  # written whole, then renamed: no half-written output file
+        tmp.write_bytes(data)
+        os.replace(tmp, out_dir / name)
     return out_dir
 
 
@@ -584,9 +556,3 @@ def _version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "unknown"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

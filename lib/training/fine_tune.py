@@ -220,7 +220,7 @@ def prepare(arch_plans: dict, patch_size: Sequence[int], batch_size: int, cases:
 def load_all_weights(network: torch.nn.Module, weights_file: Path) -> dict:
     """Load every converted weight, segmentation heads included (nnU-Net's own loader skips the heads);
     returns what was loaded, for the notebook to show."""
-    convert_v1.load_converted_weights(network, weights_file, include_seg_layers=True)
+    convert_v1.load_converted_weights(network, weights_file)
     keys = list(network.state_dict())
     return {"file": str(weights_file), "tensors_loaded": len(keys),
             "parameters_loaded": int(sum(p.numel() for p in network.parameters())),
