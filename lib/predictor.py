@@ -1,12 +1,7 @@
-"""Sliding-window prediction over whole kidneys in bounded memory, streamed along z.
-
-A `Predictor` (models + settings) sweeps a `Tiler` (nnU-Net's grid, Gaussian and mirroring over the whole volume)
-into `RollingSum` (the z-view, in memory) or `MemmapSum` (the y/x-views and device blocks, on disk); flips TTA and
-ensembles wrap the network's logit. The design, memory bounds and disk use: docs/design.md.
-"""
+"""Sliding-window prediction over whole kidneys in bounded memory, streamed along z: a `Predictor` sweeps a `Tiler`
+into `RollingSum` or `MemmapSum`. The design, memory bounds and disk use: docs/design.md ("The predictor")."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
@@ -17,8 +12,8 @@ import multiprocessing
 import re
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -79,8 +74,7 @@ class MissingModelFileError(ModelFolderError, FileNotFoundError):
 def check_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_final.pth",
                     fold: int = 0) -> tuple[dict, dict, torch.nn.Module]:
     """Check a model folder before any prediction; returns (plans, checkpoint dict, network with its weights).
-    A missing, corrupt or truncated file, plans without what inference needs, or weights that do not fit the network
-    the plans describe (key by key, shape by shape) are a ModelFolderError naming the file."""
+    Missing, damaged or mismatched files (plans vs weights, key by key) are a ModelFolderError naming the file."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise MissingModelFileError(f"{model_dir}: model folder not found")
@@ -201,9 +195,8 @@ def resample_input_range(z_in: int, z_out: int, start: int, stop: int) -> tuple[
 
 def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int], shape_out: tuple[int, int, int],
                     start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Resample a stream of slices from `shape_in` to `shape_out` (linear along z, bilinear in-plane, as
-    `align_corners=False`), holding two input slices: output slices [start, stop) (default all) from input slices
-    that begin at `resample_input_range(...)[0]`."""
+    """Resample a stream of slices from `shape_in` to `shape_out` (trilinear, `align_corners=False`), holding two
+    input slices: output slices [start, stop) (default all) from input slices from `resample_input_range(...)[0]` on."""
     (z_in, _, _), (z_out, h_out, w_out) = shape_in, shape_out
     stop = z_out if stop is None else stop
 
@@ -335,10 +328,9 @@ def network_logits(model: Model, batch_size: int = 1) -> Predict:
     patches per network call, under autocast on CUDA."""
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext():
+        with torch.autocast("cuda", enabled=model.device.type == "cuda"):
             outs = [model.network(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        d = [out[:, 1].float() - out[:, 0].float() for out in outs]
-        return torch.cat(d) if len(d) > 1 else d[0]
+        return torch.cat([out[:, 1].float() - out[:, 0].float() for out in outs])
     return predict
 
 
@@ -349,11 +341,8 @@ def with_flips(predict: Predict, mirror_axes: Sequence[int]) -> Predict:
 
     def mirrored(x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        d = predict(torch.cat([torch.flip(x, c) if c else x for c in variants]))
-        mean = d[:n].clone()
-        for k, c in enumerate(variants[1:], start=1):
-            mean += torch.flip(d[k * n:(k + 1) * n], [a - 1 for a in c])  # no channel axis in d
-        return mean / len(variants)
+        d = predict(torch.cat([torch.flip(x, c) if c else x for c in variants]))  # d has no channel axis
+        return sum(torch.flip(d[k * n:(k + 1) * n], [a - 1 for a in c]) for k, c in enumerate(variants)) / len(variants)
     return mirrored if len(variants) > 1 else predict
 
 
@@ -373,8 +362,7 @@ class Tile:
 
     volume_box: tuple[slice, slice, slice]
     patch_box: tuple[slice, slice, slice]
-    # Per axis, the start offsets of the tiles that overlap it (itself included): all its weight sum depends on,
-    # so tiles with the same offsets (every interior tile) share one.
+    # per axis, the offsets of the tiles overlapping it (itself included): tiles with equal ones share a weight
     neighbours: tuple[tuple[int, ...], ...]
 
 
@@ -389,8 +377,7 @@ class Tiler:
         self.grid = Grid.of([shape[a] for a in self.view], patch, tile_step)
         self.z_axis = self.back[0]
         self.device = torch.device(device)
-        # Tiles with the same neighbours share a weight; nnU-Net's rounded steps give many such patterns over a
-        # kidney, so only the recent ones are kept (memory: WEIGHT_CACHE patches).
+        # nnU-Net's rounded steps give many neighbour patterns over a kidney: only the recent weights are kept
         self.weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight)
 
     @functools.cached_property
@@ -467,11 +454,6 @@ class SliceWindow:
             self.buffer[self.hi - self.lo] = torch.from_numpy(plane).to(self.buffer.device)
             self.hi += 1
         return self.buffer[z.start - self.lo:z.stop - self.lo, box[1], box[2]]
-
-
-def array_reader(volume: np.ndarray, device: torch.device) -> Callable[[tuple[slice, ...]], torch.Tensor]:
-    """Tiles' input read from a whole (normalised) volume, e.g. the float16 memmap the y- and x-views share."""
-    return lambda box: torch.from_numpy(np.ascontiguousarray(volume[box], dtype=np.float32)).to(device)
 
 
 class RollingSum:
@@ -573,8 +555,7 @@ class Block:
     start: int
     stop: int
     device: str
-    total_file: Path
-    volume_file: Path | None  # the normalised model-space volume (float16), when the y- and x-views read it
+    folder: Path  # the memmaps: logits.npy, and volume.npy (float16, normalised) when the y- and x-views read it
     worker: int = 0
     workers: int = 1
 
@@ -621,9 +602,8 @@ class Predictor:
                          for m in self.models])
 
     def for_kidney(self, group: normalisation.Volume) -> tuple[Predictor, dict]:
-        """The predictor ready to normalise `group`: "kidney" models get its own statistics (one streaming pass,
-        cached); every model's normalisation is checked to leave the kidney some contrast (NoContrastError naming
-        it otherwise). Returns it and what records the normalisation with the kidney's outputs."""
+        """The predictor ready to normalise `group` ("kidney" models get its statistics; NoContrastError if a model
+        leaves it no contrast) and what records the normalisation with the kidney's outputs."""
         stats = normalisation.kidney_statistics(group, self.progress)
         for model in self.models:
             normalisation.check_contrast(group.name, stats, model.intensity)
@@ -633,9 +613,8 @@ class Predictor:
 
     def z_view_logits(self, slices: Iterable[np.ndarray], shape: tuple[int, int, int],
                       block: tuple[int, int] | None = None, progress: tqdm | None = None) -> Iterator[np.ndarray]:
-        """Logits (float32) of the z-view of a (Z, H, W) volume, slices [block) (default all), in z order, from its
-        normalised slices given from `Tiler.input_range(*block)[0]` on: only the rows of tiles touching the block are
-        computed, so a block's logits equal the whole volume's there. Memory: two buffers of one patch depth."""
+        """Logits (float32) of the z-view of a (Z, H, W) volume, slices [block) (default all, equal to the whole
+        volume's there), in z order, from its normalised slices given from `Tiler.input_range(*block)[0]` on."""
         model = self.models[0]
         tiler = Tiler(shape, model.patch_size, self.tile_step, device=model.device)
         start, stop = block or (0, shape[0])
@@ -681,38 +660,39 @@ class Predictor:
             total_file = tmp / "logits.npy"
             np.lib.format.open_memmap(total_file, mode="w+", dtype=np.float32, shape=work_shape).flush()
             edges = np.linspace(0, work_shape[0], len(devices) + 1).round().astype(int)
-            blocks = [Block(group, work_shape, int(a), int(b), d, total_file, volume_file, k, len(devices))
+            blocks = [Block(group, work_shape, int(a), int(b), d, tmp, k, len(devices))
                       for k, (a, b, d) in enumerate(zip(edges[:-1], edges[1:], devices)) if b > a]
             if len(blocks) == 1:
                 self.on_device(blocks[0].device).predict_block(blocks[0])
             else:
-                _run_workers(self.on_device("cpu"), blocks, tmp)
+                _run_workers(self.on_device("cpu"), blocks)
             total = np.load(total_file, mmap_mode="r")
             yield from self._probabilities(total, work_shape, group.shape, len(self.views))
             del total
 
     def predict_block(self, block: Block) -> None:
         """One device's share: the logit sum of every view over its model-space slices into the block's memmap."""
-        total = np.load(block.total_file, mmap_mode="r+")
-        volume = np.load(block.volume_file, mmap_mode="r") if block.volume_file is not None else None
+        total = np.load(block.folder / "logits.npy", mmap_mode="r+")
+        volume = np.load(block.folder / "volume.npy", mmap_mode="r") if len(self.views) > 1 else None
         model, span = self.models[0], (block.start, block.stop)
         first, last = Tiler(block.work_shape, model.patch_size, self.tile_step).input_range(*span)
         slices = (model_space_slices(model, block.group, block.work_shape, first, last) if volume is None
                   else volume[first:last])  # every view reads the same float16 volume (SliceWindow makes it float32)
         label = f"predict {block.group.name}" + (f" [{block.worker + 1}/{block.workers} {model.device}]"
                                                  if block.workers > 1 else "")
+
+        def read(box: tuple[slice, slice, slice]) -> torch.Tensor:  # the y- and x-views' tiles, from the whole volume
+            return torch.from_numpy(np.ascontiguousarray(volume[box], dtype=np.float32)).to(model.device)
+
         for name, view in zip("zyx", self.views):
             tiler = Tiler(block.work_shape, model.patch_size, self.tile_step, view, model.device)
             with tqdm(total=tiler.count(*span), desc=f"{label} {name}-view", unit="tile", disable=not self.progress,
                       position=block.worker) as bar:
-                if name == "z":
-                    for z, logit in enumerate(self.z_view_logits(slices, block.work_shape, span, bar),
-                                              start=block.start):
-                        total[z] = logit
-                else:  # one batch of tiles in memory whatever the volume's size
-                    for _ in sweep(self.tile_logits(), tiler, array_reader(volume, model.device), MemmapSum(total),
-                                   span, self.batch_size, bar):
-                        pass
+                # the z-view yields its slices; y and x add into `total` (one batch of tiles in memory)
+                logits = (self.z_view_logits(slices, block.work_shape, span, bar) if name == "z" else
+                          sweep(self.tile_logits(), tiler, read, MemmapSum(total), span, self.batch_size, bar))
+                for z, logit in enumerate(logits, start=block.start):
+                    total[z] = logit
         total.flush()
 
     def on_device(self, device: str | torch.device) -> Predictor:
@@ -726,9 +706,8 @@ class Predictor:
 
     def predict_group(self, group: data.Group, out_file: Path | str, dtype: str = "float16",
                       overwrite: bool = False) -> np.memmap:
-        """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255).
-        A finished file of the same model(s) and settings is reused; another existing file is an error unless
-        `overwrite`. Memmaps (axes TTA, several devices) go under `scratch` (default: beside `out_file`)."""
+        """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255); a
+        finished file of the same settings is reused, another is an error unless `overwrite`. `scratch`: beside it."""
         out_file = Path(out_file)
         record = out_file.with_suffix(".json")
         ready, normalised = self.for_kidney(group)
@@ -747,40 +726,27 @@ class Predictor:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         record.unlink(missing_ok=True)
         start = time.perf_counter()
-        if self.scratch is None:
-            ready = replace(ready, scratch=out_file.parent)
-        probs = ready.slices(group)
+        probs = replace(ready, scratch=out_file.parent if self.scratch is None else self.scratch).slices(group)
         save_slices(out_file, group.shape, dtype, (np.round(p * 255) if dtype == "uint8" else p for p in probs))
         record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
         return np.load(out_file, mmap_mode="r")
 
 
-def _run_workers(predictor: Predictor, blocks: list[Block], tmp: Path) -> None:
+def _run_workers(predictor: Predictor, blocks: list[Block]) -> None:
     """One spawned process per block (device), each with its own copy of the models; fails naming the device."""
-    ctx = multiprocessing.get_context("spawn")
-    cpu_workers = sum(block.device == "cpu" for block in blocks)
-    threads = max(1, torch.get_num_threads() // max(cpu_workers, 1))
-    processes = []
-    for block in blocks:
-        error_file = tmp / f"worker{block.worker}.error"
-        p = ctx.Process(target=_worker_main, args=(predictor, block, threads, error_file), daemon=True)
-        p.start()
-        processes.append((p, block, error_file))
+    threads = max(1, torch.get_num_threads() // max(sum(block.device == "cpu" for block in blocks), 1))
     failures = []
-    for p, block, error_file in processes:
-        p.join()
-        if p.exitcode != 0:
-            reason = error_file.read_text().strip().splitlines()[-1] if error_file.is_file() else f"exit {p.exitcode}"
-            failures.append(f"worker on {block.device} (slices {block.start}-{block.stop}): {reason}")
+    with ProcessPoolExecutor(len(blocks), multiprocessing.get_context("spawn")) as pool:
+        for job, block in [(pool.submit(_worker_main, predictor, block, threads), block) for block in blocks]:
+            try:
+                job.result()
+            except Exception as e:  # the worker's own exception, or BrokenProcessPool when one was killed
+                failures.append(f"worker on {block.device} (slices {block.start}-{block.stop}): {type(e).__name__}: {e}")
     if failures:
         raise RuntimeError("; ".join(failures))
 
 
-def _worker_main(predictor: Predictor, block: Block, threads: int, error_file: Path) -> None:
-    try:
-        if block.device == "cpu":
-            torch.set_num_threads(threads)
-        predictor.on_device(block.device).predict_block(block)
-    except BaseException:
-        error_file.write_text(traceback.format_exc())
-        raise
+def _worker_main(predictor: Predictor, block: Block, threads: int) -> None:
+    if block.device == "cpu":
+        torch.set_num_threads(threads)
+    predictor.on_device(block.device).predict_block(block)
