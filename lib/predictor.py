@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from lib import data, normalisation
 from lib.model.network import CONFIGURATION, build_network, resolve_device
-from lib.normalisation import normalize
 from lib.volume import chunks, save_slices
 
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
@@ -130,8 +129,7 @@ def _read_json(path: Path):
 
 def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "checkpoint_final.pth",
                fold: int = 0) -> Model:
-    """Load the model folder notebook 02 writes (plans.json, dataset.json, fold_k/checkpoint_*.pth), checked
-    first by `check_model_dir`."""
+    """Load a model folder (plans.json, dataset.json, fold_k/checkpoint_*.pth), checked first by `check_model_dir`."""
     model_dir = Path(model_dir)
     plans, saved, net = check_model_dir(model_dir, checkpoint, fold)
     weights_file = model_dir / f"fold_{fold}" / checkpoint
@@ -171,8 +169,7 @@ def from_network(network: torch.nn.Module, plans: dict, device: str | torch.devi
     if checkpoint is None:  # identify in-memory weights by content, so cached predictions are never mixed up
         digest = hashlib.sha1()
         for key, tensor in network.state_dict().items():
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().numpy().tobytes())
+            digest.update(key.encode() + tensor.detach().cpu().numpy().tobytes())
         checkpoint = {"weights_sha1": digest.hexdigest()}
     scheme = normalisation.scheme_of(plans)
     intensity = plans["foreground_intensity_properties_per_channel"]["0"] if scheme == "dataset" else None
@@ -288,8 +285,7 @@ def _plan_signature(model: Model) -> dict:
 
 
 def check_compatible(models: Sequence[Model]) -> None:
-    """An ensemble's models must share patch, classes, spacing and normalisation: one line naming the first
-    difference otherwise."""
+    """An ensemble's models must share patch, classes, spacing and normalisation (else one line naming a difference)."""
     first = _plan_signature(models[0])
     for model in models[1:]:
         other = _plan_signature(model)
@@ -367,15 +363,15 @@ class Tile:
 
 
 class Tiler:
-    """nnU-Net's sliding window over one view of a volume (axes swapped by `view`): its tiles in rows along the
-    volume's z, each weighted by its Gaussian over the sum of the Gaussians over it, so any accumulator just adds."""
+    """nnU-Net's sliding window over one view of a volume (axes swapped by `view`), its tiles in rows along z."""
 
     def __init__(self, shape: Sequence[int], patch: Sequence[int], tile_step: float,
                  view: Sequence[int] = (0, 1, 2), device: str | torch.device = "cpu") -> None:
         self.view = tuple(view)
         self.back = tuple(int(a) for a in np.argsort(self.view))  # volume axis a is view axis back[a]
         self.grid = Grid.of([shape[a] for a in self.view], patch, tile_step)
-        self.z_axis = self.back[0]
+        self.z_axis, self.depth = self.back[0], self.grid.patch[self.back[0]]  # rows' depth along the volume's z
+        self.z_starts = [z0 - self.grid.below[self.z_axis] for z0 in self.grid.steps[self.z_axis]]  # < 0: padding
         self.device = torch.device(device)
         # nnU-Net's rounded steps give many neighbour patterns over a kidney: only the recent weights are kept
         self.weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight)
@@ -388,25 +384,21 @@ class Tiler:
 
     def _touching(self, start: int, stop: int) -> list[int]:
         """The rows (indices of tile starts along the volume's z) whose tiles touch volume slices [start, stop)."""
-        steps, below, p = self.grid.steps[self.z_axis], self.grid.below[self.z_axis], self.grid.patch[self.z_axis]
-        return [i for i, z0 in enumerate(steps) if z0 - below < stop and z0 + p - below > start]
+        return [i for i, z0 in enumerate(self.z_starts) if z0 < stop and z0 + self.depth > start]
 
     def input_range(self, start: int, stop: int) -> tuple[int, int]:
         """The volume slices that the rows touching slices [start, stop) read (the z-view's input)."""
         rows = self._touching(start, stop)
         if not rows:
             return 0, 0
-        z0, below, p = self.grid.steps[self.z_axis], self.grid.below[self.z_axis], self.grid.patch[self.z_axis]
-        return max(0, z0[rows[0]] - below), min(self.grid.shape[self.z_axis], z0[rows[-1]] + p - below)
+        return max(0, self.z_starts[rows[0]]), min(self.grid.shape[self.z_axis], self.z_starts[rows[-1]] + self.depth)
 
     def rows(self, start: int, stop: int) -> Iterator[tuple[list[Tile], int]]:
         """The tiles touching volume slices [start, stop), a row (same start along z) at a time, each row with the
         volume slice (at most `stop`) below which no later row adds anything."""
-        grid, za = self.grid, self.z_axis
-        steps = grid.steps[za]
         for i in self._touching(start, stop):
-            done = min(steps[i + 1] - grid.below[za], stop) if i + 1 < len(steps) else stop
-            others = [range(len(s)) if a != za else (i,) for a, s in enumerate(grid.steps)]
+            done = min(self.z_starts[i + 1], stop) if i + 1 < len(self.z_starts) else stop
+            others = [range(len(s)) if a != self.z_axis else (i,) for a, s in enumerate(self.grid.steps)]
             yield [self._tile(t) for t in itertools.product(*others)], done
 
     def count(self, start: int, stop: int) -> int:
@@ -424,8 +416,8 @@ class Tiler:
         return Tile(tuple(src[self.back[a]] for a in range(3)), dst, near)
 
     def _weight(self, neighbours: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-        """A tile's Gaussian over the sum of every tile's Gaussian over its box (what nnU-Net divides by there):
-        only the tiles overlapping it (its `neighbours`) contribute. Cached as `weight`."""
+        """A tile's Gaussian over the sum of every tile's Gaussian over its box (what nnU-Net divides by there), so an
+        accumulator just adds: only the tiles overlapping it (its `neighbours`) contribute. Cached as `weight`."""
         g = self.gaussian
         overlaps = [[(slice(max(-o, 0), min(p - o, p)), slice(max(o, 0), min(o + p, p))) for o in d]
                     for d, p in zip(neighbours, g.shape)]  # per axis: (the other tile's Gaussian, this tile's box)
@@ -436,8 +428,7 @@ class Tiler:
 
 
 class SliceWindow:
-    """Tiles' input read from a stream of volume slices (from slice `first` on): slices are pulled as a row of tiles
-    needs them and dropped once no later row reads them, so one patch depth of slices is held."""
+    """Tiles' input from a stream of volume slices (from slice `first` on), holding one patch depth of them."""
 
     def __init__(self, slices: Iterable[np.ndarray], first: int, shape: Sequence[int], depth: int,
                  device: torch.device) -> None:
@@ -457,8 +448,7 @@ class SliceWindow:
 
 
 class RollingSum:
-    """Normalised tiles summed in memory over the slices one row of tiles covers; each slice handed out (in z
-    order, as float32 logits) once no later row adds to it."""
+    """Normalised tiles summed in memory over one row's slices, each handed out (float32) once no row adds to it."""
 
     def __init__(self, start: int, shape: Sequence[int], depth: int, device: torch.device) -> None:
         self.base = start
@@ -494,11 +484,10 @@ def sweep(predict: Predict, tiler: Tiler, read: Callable, accumulator: RollingSu
     """Every tile of `tiler` that touches volume slices [block): read, predicted, weighted and added to
     `accumulator`, row by row along z. Yields what the accumulator finishes (the z-view's logit slices)."""
     start, stop = block
-    device, patch = tiler.device, tiler.grid.patch
     for row, done in tiler.rows(start, stop):
         for b in range(0, len(row), batch_size):
             chunk = row[b:b + batch_size]
-            x = torch.zeros((len(chunk), 1, *patch), device=device)
+            x = torch.zeros((len(chunk), 1, *tiler.grid.patch), device=tiler.device)
             for n, tile in enumerate(chunk):
                 x[n, 0][tile.patch_box] = read(tile.volume_box).permute(*tiler.view)
             for tile, logit in zip(chunk, predict(x)):
@@ -528,8 +517,7 @@ def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model
     if not resample or voxel_um is None:
         return shape
     spacing = model.spacing_mm if isinstance(model, Model) else model
-    spacing = (spacing,) * len(shape) if isinstance(spacing, (int, float)) else spacing
-    scale = [voxel_um / 1000 / s for s in spacing]
+    scale = [voxel_um / 1000 / s for s in np.broadcast_to(spacing, len(shape))]  # one spacing for all axes, or each
     if all(abs(f - 1) <= RESAMPLE_TOLERANCE for f in scale):
         return shape
     return tuple(max(1, int(round(n * f))) for n, f in zip(shape, scale))
@@ -541,7 +529,7 @@ def model_space_slices(model: Model, group: data.Group, work_shape: tuple[int, i
     stop = work_shape[0] if stop is None else stop
     resampled = work_shape != group.shape
     first, last = resample_input_range(group.shape[0], work_shape[0], start, stop) if resampled else (start, stop)
-    slices = (normalize(s, model.intensity)
+    slices = (normalisation.normalize(s, model.intensity)
               for a, b in chunks(last - first) for s in group.read_images(first + a, first + b))
     return resample_slices(slices, group.shape, work_shape, start, stop) if resampled else slices
 
@@ -562,10 +550,8 @@ class Block:
 
 @dataclass(frozen=True)
 class Predictor:
-    """How a kidney is predicted: the model(s) (an ensemble when several) and the settings `settings()` records.
-    `tta`: TTA_MODES (True/False: flips/none). `devices` None: the models' own device, streamed in this process;
-    else one spawned worker per device when several. `scratch`: where memmaps go when a kidney is not streamed
-    (default: beside the output, or the system's temporary folder)."""
+    """The model(s) (an ensemble when several) and how they run. `tta`: TTA_MODES (True/False: flips/none); `devices`
+    None: the models' own, else one worker each when several; `scratch`: memmaps (default: beside the output, or temp)."""
 
     models: Sequence[Model]
     tile_step: float = 0.5
@@ -630,35 +616,22 @@ class Predictor:
         devices = self.devices or (str(self.models[0].device),)
         if len(devices) == 1 and len(self.views) == 1:
             here = self.on_device(devices[0])
-            tiler = Tiler(work_shape, here.models[0].patch_size, self.tile_step)
-            with tqdm(total=tiler.count(0, work_shape[0]), desc=f"predict {group.name}", unit="tile",
-                      disable=not self.progress) as bar:
-                logits = here.z_view_logits(model_space_slices(here.models[0], group, work_shape), work_shape,
-                                            progress=bar)
+            tiles = Tiler(work_shape, here.models[0].patch_size, self.tile_step).count(0, work_shape[0])
+            with tqdm(total=tiles, desc=f"predict {group.name}", unit="tile", disable=not self.progress) as bar:
+                logits = here.z_view_logits(model_space_slices(here.models[0], group, work_shape), work_shape, progress=bar)
                 yield from self._probabilities(logits, work_shape, group.shape, 1)
             return
-        yield from self._through_disk(group, work_shape, devices)
-
-    def _probabilities(self, logits: Iterable[np.ndarray], work_shape: tuple[int, int, int],
-                       shape: tuple[int, int, int], views: int) -> Iterator[np.ndarray]:
-        probs = (torch.sigmoid(torch.from_numpy(np.asarray(logit, np.float32) / views)).numpy() for logit in logits)
-        return resample_slices(probs, work_shape, shape) if work_shape != shape else probs
-
-    def _through_disk(self, group: data.Group, work_shape: tuple[int, int, int],
-                      devices: Sequence[str]) -> Iterator[np.ndarray]:
-        """Views and devices through memmaps: the normalised volume (float16, for the y/x-views) and the logit sum
-        (float32); each device's worker writes its z-block; then averaged, sigmoid, resampled back slice by slice."""
+        # through memmaps: the normalised volume (float16, for the y/x-views) and the logit sum (float32), each device
+        # writing its z-block (a spawned worker each when several); then averaged, sigmoid, resampled back
         if self.scratch is not None:
             Path(self.scratch).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="sennet-predict-", dir=self.scratch) as tmp:
             tmp = Path(tmp)
-            volume_file = tmp / "volume.npy" if len(self.views) > 1 else None
-            if volume_file is not None:
-                save_slices(volume_file, work_shape, np.float16, tqdm(
+            if len(self.views) > 1:
+                save_slices(tmp / "volume.npy", work_shape, np.float16, tqdm(
                     model_space_slices(self.models[0], group, work_shape), total=work_shape[0], unit="slice",
                     desc=f"normalise {group.name}", disable=not self.progress))
-            total_file = tmp / "logits.npy"
-            np.lib.format.open_memmap(total_file, mode="w+", dtype=np.float32, shape=work_shape).flush()
+            np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float32, shape=work_shape).flush()
             edges = np.linspace(0, work_shape[0], len(devices) + 1).round().astype(int)
             blocks = [Block(group, work_shape, int(a), int(b), d, tmp, k, len(devices))
                       for k, (a, b, d) in enumerate(zip(edges[:-1], edges[1:], devices)) if b > a]
@@ -666,9 +639,14 @@ class Predictor:
                 self.on_device(blocks[0].device).predict_block(blocks[0])
             else:
                 _run_workers(self.on_device("cpu"), blocks)
-            total = np.load(total_file, mmap_mode="r")
+            total = np.load(tmp / "logits.npy", mmap_mode="r")
             yield from self._probabilities(total, work_shape, group.shape, len(self.views))
             del total
+
+    def _probabilities(self, logits: Iterable[np.ndarray], work_shape: tuple[int, int, int],
+                       shape: tuple[int, int, int], views: int) -> Iterator[np.ndarray]:
+        probs = (torch.sigmoid(torch.from_numpy(np.asarray(logit, np.float32) / views)).numpy() for logit in logits)
+        return resample_slices(probs, work_shape, shape) if work_shape != shape else probs
 
     def predict_block(self, block: Block) -> None:
         """One device's share: the logit sum of every view over its model-space slices into the block's memmap."""
