@@ -9,6 +9,7 @@ Command line: `python -m tools.budget inference`.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 import time
@@ -84,24 +85,31 @@ def tiles(shape: Sequence[int], patch: Sequence[int], tile_step: float = 0.5) ->
     return math.prod(len(s) for s in predictor.Grid.of(shape, patch, tile_step).steps)
 
 
+def prediction_seconds(calibration: Calibration, work: Sequence[int], patch: Sequence[int], tta: bool | str,
+                       flip_passes: int, models: int = 1, tile_step: float = 0.5) -> float:
+    """Seconds to predict a model-space volume of shape `work`: network tiles over each TTA view x passes per tile
+    x models, plus the predictor's own work per voxel (z-view only, or with the y/x-views)."""
+    views = predictor.tta_views(tta)
+    passes = flip_passes if predictor.tta_flips(tta) else 1
+    n_tiles = sum(tiles([work[a] for a in view], patch, tile_step) for view in views)
+    per_voxel = calibration.voxel_seconds_axes if len(views) > 1 else calibration.voxel_seconds_z
+    return n_tiles * passes * models * calibration.tile_seconds + math.prod(work) * per_voxel
+
+
 def project(calibration: Calibration, model: predictor.Model, max_models: int = 1, devices: int = 1,
             tile_step: float = 0.5, resample: bool = True) -> pd.DataFrame:
     """Projected hours per kidney and in total for every TTA choice and ensemble size 1..max_models."""
-    flips_passes = 2 ** len(model.mirror_axes)
+    flip_passes = 2 ** len(model.mirror_axes)
     rows = []
-    for tta in predictor.TTA_MODES:
-        views = predictor.tta_views(tta)
-        passes = flips_passes if predictor.tta_flips(tta) else 1
-        per_voxel = calibration.voxel_seconds_axes if len(views) > 1 else calibration.voxel_seconds_z
-        for k in range(1, max_models + 1):
-            row = {"tta": tta, "models": k, "passes_per_voxel": len(views) * passes * k}
-            for name, (shape, voxel_um) in HIDDEN_TEST.items():
-                work = predictor.model_space_shape(tuple(shape), voxel_um, model, resample)
-                network = sum(tiles([work[a] for a in view], model.patch_size, tile_step) for view in views)
-                seconds = (network * passes * k * calibration.tile_seconds + math.prod(work) * per_voxel) / devices
-                row[f"{name}_hours"] = (seconds + (WORKER_START_SECONDS if devices > 1 else 0.0)) / 3600
-            row["total_hours"] = sum(v for key, v in row.items() if key.endswith("_hours"))
-            rows.append(row)
+    for tta, k in itertools.product(predictor.TTA_MODES, range(1, max_models + 1)):
+        passes = len(predictor.tta_views(tta)) * (flip_passes if predictor.tta_flips(tta) else 1)
+        row = {"tta": tta, "models": k, "passes_per_voxel": passes * k}
+        for name, (shape, voxel_um) in HIDDEN_TEST.items():
+            work = predictor.model_space_shape(tuple(shape), voxel_um, model, resample)
+            seconds = prediction_seconds(calibration, work, model.patch_size, tta, flip_passes, k, tile_step) / devices
+            row[f"{name}_hours"] = (seconds + (WORKER_START_SECONDS if devices > 1 else 0.0)) / 3600
+        row["total_hours"] = sum(v for key, v in row.items() if key.endswith("_hours"))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

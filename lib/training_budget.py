@@ -71,22 +71,17 @@ class TrainingCalibration:
     seconds: float  # the calibration's own time
     source: str = "measured"
 
-    @property
-    def on_gpu(self) -> bool:
-        """Whether it was calibrated on (or estimated for) a GPU, where augmentation overlaps the step."""
-        return self.device.startswith("cuda")
-
     def iteration_seconds(self) -> float:
         """One training iteration: the GPU step overlapped with the workers' augmentation, or both on the CPU."""
-        if self.on_gpu:
-            return max(self.train_step_seconds, self.augmentation_batch_seconds / max(self.augmentation_workers, 1))
-        return self.train_step_seconds + self.augmentation_batch_seconds
+        return self._overlapped(self.train_step_seconds, self.augmentation_batch_seconds, self.augmentation_workers)
 
     def val_iteration_seconds(self) -> float:
         """One validation iteration (nnU-Net's validation loader has half the training loader's workers)."""
-        if self.on_gpu:
-            return max(self.val_step_seconds, self.val_batch_seconds / max(self.augmentation_workers // 2, 1))
-        return self.val_step_seconds + self.val_batch_seconds
+        return self._overlapped(self.val_step_seconds, self.val_batch_seconds, self.augmentation_workers // 2)
+
+    def _overlapped(self, step: float, batch: float, workers: int) -> float:
+        """A step beside `workers` loading batches on a GPU (the slower of the two), after its batch on the CPU."""
+        return max(step, batch / max(workers, 1)) if self.device.startswith("cuda") else step + batch
 
     def summary(self) -> str:
         """One line: what was measured, where, and the per-stage figures."""
@@ -358,14 +353,12 @@ def _row(r: int, stage: str, group: str, seconds: float, **work: float) -> dict:
 
 def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, group: data.Group,
                         tta: bool | str) -> float:
-    """Seconds to predict a group as lib.inference_budget projects it: network tiles per view and pass, predictor per
-    voxel."""
+    """Seconds to predict a group at the model's spacing, as lib.inference_budget projects it."""
+    figures = inference_budget.Calibration(calibration.device, calibration.tile_seconds,
+                                           calibration.predict_voxel_seconds_z, calibration.predict_voxel_seconds_axes,
+                                           calibration.seconds)
     work = predictor.model_space_shape(group.shape, group.voxel_um, spacing_mm, resample=True)
-    views = predictor.tta_views(tta)
-    passes = calibration.flip_passes if predictor.tta_flips(tta) else 1
-    n_tiles = sum(inference_budget.tiles([work[a] for a in view], calibration.patch_size) for view in views)
-    per_voxel = calibration.predict_voxel_seconds_axes if len(views) > 1 else calibration.predict_voxel_seconds_z
-    return n_tiles * passes * calibration.tile_seconds + math.prod(work) * per_voxel
+    return inference_budget.prediction_seconds(figures, work, calibration.patch_size, tta, calibration.flip_passes)
 
 
 # --------------------------------------------------------------------------------------------------------- budget
@@ -417,17 +410,14 @@ def fits_with(table: pd.DataFrame, rounds: int | None = None, epochs: int | None
     """Projected hours of the same run with fewer pseudo-label rounds, another number of epochs and/or no TTA in
     the validation, from the table's rows (training is linear in epochs: start + epochs x seconds per epoch)."""
     validation = table["stage"].str.startswith("validation")
-    keep = validation | (table["round"] <= (table["round"].max() if rounds is None else rounds))
-    rows = table[keep]
-    seconds = rows["seconds"].to_numpy(dtype=float).copy()
+    rows = table[validation | (table["round"] <= (table["round"].max() if rounds is None else rounds))]
+    seconds = rows["seconds"].astype(float)
     if epochs is not None:
-        training = (rows["stage"] == "training").to_numpy()
-        start = rows["seconds"][training] - rows["epochs"][training] * rows["epoch_seconds"][training]
-        seconds[training] = (start + epochs * rows["epoch_seconds"][training]).to_numpy(dtype=float)
+        start = rows["seconds"] - rows["epochs"] * rows["epoch_seconds"]
+        seconds = seconds.where(rows["stage"] != "training", start + epochs * rows["epoch_seconds"])
     if not validation_tta:
-        plain = validation[keep].to_numpy()
-        seconds[plain] = rows["seconds_without_tta"][plain].to_numpy(dtype=float)
-    return float(seconds.sum()) / 3600
+        seconds = seconds.where(~validation[rows.index], rows["seconds_without_tta"])
+    return float(seconds.to_numpy(dtype=float).sum()) / 3600
 
 
 def largest_epochs(table: pd.DataFrame, limit_hours: float, rounds: int | None = None) -> int:
