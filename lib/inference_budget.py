@@ -1,11 +1,7 @@
 """The runtime plan: will these models and TTA settings finish the hidden test inside Kaggle's 9 hours?
 
-A short calibration on a one-patch synthetic block times the loaded model(s) on the current device (network seconds
-per tile; the predictor's own seconds per voxel, with and without the y/x-views); `project` multiplies by every
-hidden-test kidney (resampled to the training spacing as inference does) for each TTA choice and ensemble size;
-`choose` picks the strongest (most network passes per voxel, then most models) that fits with a 25% margin. Fixed
-costs count as if per voxel (projections err long); post-processing and the submission file are not included.
-Command line: `python -m tools.budget inference`.
+`calibrate` times a model on a one-patch synthetic block, `project` multiplies by every hidden-test kidney for each TTA
+choice and ensemble size, `choose` picks the strongest that fits (docs/inference.md; `python -m tools.budget inference`).
 """
 from __future__ import annotations
 
@@ -70,14 +66,13 @@ def calibrate(model: predictor.Model, repeats: int = 3) -> Calibration:
     else:
         volume = rng.normal(model.intensity["mean"], model.intensity["std"], model.patch_size).astype(np.float32)
     block = predictor.ArrayGroup("calibration", volume)
-    voxels = block.volume.size
     with tempfile.TemporaryDirectory(prefix="sennet-plan-") as tmp:
         def run(tta: str) -> float:
             job = predictor.Predictor(model, tta=tta, progress=False)
             return best(lambda: job.predict_group(block, Path(tmp) / f"{tta}.npy", overwrite=True))
         z_only, axes = run("none"), run("axes")
-    return Calibration(str(device), tile, max(z_only - tile, 0.0) / voxels, max(axes - 3 * tile, 0.0) / voxels,
-                       time.perf_counter() - begin)
+    return Calibration(str(device), tile, max(z_only - tile, 0.0) / volume.size,
+                       max(axes - 3 * tile, 0.0) / volume.size, time.perf_counter() - begin)
 
 
 def tiles(shape: Sequence[int], patch: Sequence[int], tile_step: float = 0.5) -> int:
