@@ -19,7 +19,6 @@ import torch
 
 from lib import data, predictor
 
-# Hidden-test kidneys: (slices, height, width) and voxel size in µm, from the data layer's competition facts.
 HIDDEN_TEST = {k: (data.COMPETITION_SHAPES[k], data.VOXEL_SIZE_UM[k]) for k in ("kidney_5", "kidney_6")}
 MARGIN = 0.25  # a setting fits when its projection x 1.25 is within the budget
 WORKER_START_SECONDS = 20.0  # spawning a worker per device and loading the models there, per kidney

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,8 @@ def calibrate(settings: TrainSettings, block_shape: Sequence[int] = BLOCK_SHAPE,
         val_batch, timings["val_batch_seconds"] = _time_batches(loaders[1], steps)
         timings.update(_time_steps(trainer, batch, val_batch, steps) if network else
                        {"train_step_seconds": math.nan, "val_step_seconds": math.nan})
-        latest, best = _time_checkpoints(trainer, Path(tmp) / "checkpoints")
+        latest, best = (inference_budget.timed(partial(trainer.save_checkpoint, str(Path(tmp) / name)), device)
+                        for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))  # as FineTuneTrainer's each epoch
         timings["epoch_checkpoint_seconds"] = latest + best
         timings["trainer_start_seconds"] += best  # the final checkpoint is written as the best one is
         mirror_axes = tuple(trainer.inference_allowed_mirroring_axes or (0, 1, 2))
@@ -256,13 +258,6 @@ def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict
         trainer.validation_step(val_batch)
         val = [inference_budget.timed(lambda: trainer.validation_step(val_batch), device) for _ in range(steps)]
     return {"train_step_seconds": float(np.median(train)), "val_step_seconds": float(np.median(val))}
-
-
-def _time_checkpoints(trainer: fine_tune.FineTuneTrainer, folder: Path) -> tuple[float, float]:
-    """Seconds to write checkpoint_latest and checkpoint_best (which FineTuneTrainer writes, reads and rewrites)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return tuple(inference_budget.timed(lambda name=name: trainer.save_checkpoint(str(folder / name)), trainer.device)
-                 for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))
 
 
 def _time_prediction(plans: dict, device: torch.device, repeats: int) -> dict:
