@@ -409,8 +409,7 @@ def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
     rounds = int(table["round"].max())
     epochs = int(table.loc[table["stage"] == "training", "epochs"].iloc[0])
     options = []
-    fewer = next((r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit), None)
-    if fewer is not None:
+    if (fewer := next((r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit), None)) is not None:
         options.append(f"pseudo_label_rounds={fewer} ({_hours(fits_with(table, fewer))} h)")
     validation = table[table["stage"].str.startswith("validation")]
     plain = fits_with(table, validation_tta=False)
@@ -419,10 +418,8 @@ def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
     most = largest_epochs(table, limit)
     if 1 <= most < epochs:
         options.append(f"epochs={most} ({_hours(fits_with(table, epochs=most))} h)")
-    if not options and rounds:
-        most = largest_epochs(table, limit, 0)
-        if most >= 1:
-            options.append(f"pseudo_label_rounds=0 with epochs={most} ({_hours(fits_with(table, 0, most))} h)")
+    if not options and rounds and (most := largest_epochs(table, limit, 0)) >= 1:
+        options.append(f"pseudo_label_rounds=0 with epochs={most} ({_hours(fits_with(table, 0, most))} h)")
     if not options:
         return (f"no setting of pseudo_label_rounds and epochs fits: pseudo_label_rounds=0 with epochs=1 projects "
                 f"{_hours(fits_with(table, 0, 1))} h (fewer iterations_per_epoch, validation_tta=False or a larger "
