@@ -31,7 +31,7 @@ from lib.training.fine_tune import TrainSettings
 # A setting fits when its projection x (1 + MARGIN) is within the budget: less than lib.inference_budget's 25%, since
 # training resumes from its checkpoints (docs/kaggle.md). 11.5 h / 1.15 = 10.0 h: still 20% of slack before 12 h.
 MARGIN = 0.15
-KAGGLE_BUDGET_HOURS = 11.5  # of a GPU session of about 12 h (competition.md, "Kaggle limits"): 0.5 h to write the output
+KAGGLE_BUDGET_HOURS = 11.5  # a GPU session lasts about 12 h (competition.md, "Kaggle limits"); 0.5 h left for the output
 BLOCK_SHAPE = (64, 256, 256)  # the calibration block: 4.2 M voxels, big enough that fixed costs hardly count
 CALIBRATION_GROUP = "kidney_1_dense"  # the block is written as this group (dense labels, 50 µm)
 WARMUP_STEPS = {"cuda": 2, "cpu": 1}  # steps not timed (cuDNN's kernel choice, lazy initialisation, first batch)
