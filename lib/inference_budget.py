@@ -1,14 +1,11 @@
 """The runtime plan: will these models and TTA settings finish the hidden test inside Kaggle's 9 hours?
 
-A short calibration on a one-patch synthetic block times the loaded model(s) on the current device (network seconds
-per tile; the predictor's own seconds per voxel, with and without the y/x-views); `project` multiplies by every
-hidden-test kidney (resampled to the training spacing as inference does) for each TTA choice and ensemble size;
-`choose` picks the strongest (most network passes per voxel, then most models) that fits with a 25% margin. Fixed
-costs count as if per voxel (projections err long); post-processing and the submission file are not included.
-Command line: `python -m tools.budget inference`.
+`calibrate` times a model on a one-patch synthetic block, `project` multiplies by every hidden-test kidney for each TTA
+choice and ensemble size, `choose` picks the strongest that fits (docs/inference.md; `python -m tools.budget inference`).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import tempfile
 import time
@@ -22,7 +19,6 @@ import torch
 
 from lib import data, predictor
 
-# Hidden-test kidneys: (slices, height, width) and voxel size in µm, from the data layer's competition facts.
 HIDDEN_TEST = {k: (data.COMPETITION_SHAPES[k], data.VOXEL_SIZE_UM[k]) for k in ("kidney_5", "kidney_6")}
 MARGIN = 0.25  # a setting fits when its projection x 1.25 is within the budget
 WORKER_START_SECONDS = 20.0  # spawning a worker per device and loading the models there, per kidney
@@ -69,14 +65,13 @@ def calibrate(model: predictor.Model, repeats: int = 3) -> Calibration:
     else:
         volume = rng.normal(model.intensity["mean"], model.intensity["std"], model.patch_size).astype(np.float32)
     block = predictor.ArrayGroup("calibration", volume)
-    voxels = block.volume.size
     with tempfile.TemporaryDirectory(prefix="sennet-plan-") as tmp:
         def run(tta: str) -> float:
             job = predictor.Predictor(model, tta=tta, progress=False)
             return best(lambda: job.predict_group(block, Path(tmp) / f"{tta}.npy", overwrite=True))
         z_only, axes = run("none"), run("axes")
-    return Calibration(str(device), tile, max(z_only - tile, 0.0) / voxels, max(axes - 3 * tile, 0.0) / voxels,
-                       time.perf_counter() - begin)
+    return Calibration(str(device), tile, max(z_only - tile, 0.0) / volume.size,
+                       max(axes - 3 * tile, 0.0) / volume.size, time.perf_counter() - begin)
 
 
 def tiles(shape: Sequence[int], patch: Sequence[int], tile_step: float = 0.5) -> int:
@@ -84,24 +79,31 @@ def tiles(shape: Sequence[int], patch: Sequence[int], tile_step: float = 0.5) ->
     return math.prod(len(s) for s in predictor.Grid.of(shape, patch, tile_step).steps)
 
 
+def prediction_seconds(calibration: Calibration, work: Sequence[int], patch: Sequence[int], tta: bool | str,
+                       flip_passes: int, models: int = 1, tile_step: float = 0.5) -> float:
+    """Seconds to predict a model-space volume of shape `work`: network tiles over each TTA view x passes per tile
+    x models, plus the predictor's own work per voxel (z-view only, or with the y/x-views)."""
+    views = predictor.tta_views(tta)
+    passes = flip_passes if predictor.tta_flips(tta) else 1
+    n_tiles = sum(tiles([work[a] for a in view], patch, tile_step) for view in views)
+    per_voxel = calibration.voxel_seconds_axes if len(views) > 1 else calibration.voxel_seconds_z
+    return n_tiles * passes * models * calibration.tile_seconds + math.prod(work) * per_voxel
+
+
 def project(calibration: Calibration, model: predictor.Model, max_models: int = 1, devices: int = 1,
             tile_step: float = 0.5, resample: bool = True) -> pd.DataFrame:
     """Projected hours per kidney and in total for every TTA choice and ensemble size 1..max_models."""
-    flips_passes = 2 ** len(model.mirror_axes)
+    flip_passes = 2 ** len(model.mirror_axes)
     rows = []
-    for tta in predictor.TTA_MODES:
-        views = predictor.tta_views(tta)
-        passes = flips_passes if predictor.tta_flips(tta) else 1
-        per_voxel = calibration.voxel_seconds_axes if len(views) > 1 else calibration.voxel_seconds_z
-        for k in range(1, max_models + 1):
-            row = {"tta": tta, "models": k, "passes_per_voxel": len(views) * passes * k}
-            for name, (shape, voxel_um) in HIDDEN_TEST.items():
-                work = predictor.model_space_shape(tuple(shape), voxel_um, model, resample)
-                network = sum(tiles([work[a] for a in view], model.patch_size, tile_step) for view in views)
-                seconds = (network * passes * k * calibration.tile_seconds + math.prod(work) * per_voxel) / devices
-                row[f"{name}_hours"] = (seconds + (WORKER_START_SECONDS if devices > 1 else 0.0)) / 3600
-            row["total_hours"] = sum(v for key, v in row.items() if key.endswith("_hours"))
-            rows.append(row)
+    for tta, k in itertools.product(predictor.TTA_MODES, range(1, max_models + 1)):
+        passes = len(predictor.tta_views(tta)) * (flip_passes if predictor.tta_flips(tta) else 1)
+        row = {"tta": tta, "models": k, "passes_per_voxel": passes * k}
+        for name, (shape, voxel_um) in HIDDEN_TEST.items():
+            work = predictor.model_space_shape(tuple(shape), voxel_um, model, resample)
+            seconds = prediction_seconds(calibration, work, model.patch_size, tta, flip_passes, k, tile_step) / devices
+            row[f"{name}_hours"] = (seconds + (WORKER_START_SECONDS if devices > 1 else 0.0)) / 3600
+        row["total_hours"] = sum(v for key, v in row.items() if key.endswith("_hours"))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

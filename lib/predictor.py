@@ -1,12 +1,7 @@
-"""Sliding-window prediction over whole kidneys in bounded memory, streamed along z.
-
-A `Predictor` (models + settings) sweeps a `Tiler` (nnU-Net's grid, Gaussian and mirroring over the whole volume)
-into `RollingSum` (the z-view, in memory) or `MemmapSum` (the y/x-views and device blocks, on disk); flips TTA and
-ensembles wrap the network's logit. The design, memory bounds and disk use: docs/design.md.
-"""
+"""Sliding-window prediction over whole kidneys in bounded memory, streamed along z: a `Predictor` sweeps a `Tiler`
+into `RollingSum` or `MemmapSum`. The design, memory bounds and disk use: docs/design.md ("The predictor")."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
@@ -17,8 +12,8 @@ import multiprocessing
 import re
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +24,6 @@ from tqdm.auto import tqdm
 
 from lib import data, normalisation
 from lib.model.network import CONFIGURATION, build_network, resolve_device
-from lib.normalisation import normalize
 from lib.volume import chunks, save_slices
 
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
@@ -79,8 +73,7 @@ class MissingModelFileError(ModelFolderError, FileNotFoundError):
 def check_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_final.pth",
                     fold: int = 0) -> tuple[dict, dict, torch.nn.Module]:
     """Check a model folder before any prediction; returns (plans, checkpoint dict, network with its weights).
-    A missing, corrupt or truncated file, plans without what inference needs, or weights that do not fit the network
-    the plans describe (key by key, shape by shape) are a ModelFolderError naming the file."""
+    Missing, damaged or mismatched files (plans vs weights, key by key) are a ModelFolderError naming the file."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise MissingModelFileError(f"{model_dir}: model folder not found")
@@ -136,8 +129,7 @@ def _read_json(path: Path):
 
 def load_model(model_dir: Path | str, device: str = "auto", checkpoint: str = "checkpoint_final.pth",
                fold: int = 0) -> Model:
-    """Load the model folder notebook 02 writes (plans.json, dataset.json, fold_k/checkpoint_*.pth), checked
-    first by `check_model_dir`."""
+    """Load a model folder (plans.json, dataset.json, fold_k/checkpoint_*.pth), checked first by `check_model_dir`."""
     model_dir = Path(model_dir)
     plans, saved, net = check_model_dir(model_dir, checkpoint, fold)
     weights_file = model_dir / f"fold_{fold}" / checkpoint
@@ -177,8 +169,7 @@ def from_network(network: torch.nn.Module, plans: dict, device: str | torch.devi
     if checkpoint is None:  # identify in-memory weights by content, so cached predictions are never mixed up
         digest = hashlib.sha1()
         for key, tensor in network.state_dict().items():
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().numpy().tobytes())
+            digest.update(key.encode() + tensor.detach().cpu().numpy().tobytes())
         checkpoint = {"weights_sha1": digest.hexdigest()}
     scheme = normalisation.scheme_of(plans)
     intensity = plans["foreground_intensity_properties_per_channel"]["0"] if scheme == "dataset" else None
@@ -201,9 +192,8 @@ def resample_input_range(z_in: int, z_out: int, start: int, stop: int) -> tuple[
 
 def resample_slices(slices: Iterable[np.ndarray], shape_in: tuple[int, int, int], shape_out: tuple[int, int, int],
                     start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Resample a stream of slices from `shape_in` to `shape_out` (linear along z, bilinear in-plane, as
-    `align_corners=False`), holding two input slices: output slices [start, stop) (default all) from input slices
-    that begin at `resample_input_range(...)[0]`."""
+    """Resample a stream of slices from `shape_in` to `shape_out` (trilinear, `align_corners=False`), holding two
+    input slices: output slices [start, stop) (default all) from input slices from `resample_input_range(...)[0]` on."""
     (z_in, _, _), (z_out, h_out, w_out) = shape_in, shape_out
     stop = z_out if stop is None else stop
 
@@ -295,8 +285,7 @@ def _plan_signature(model: Model) -> dict:
 
 
 def check_compatible(models: Sequence[Model]) -> None:
-    """An ensemble's models must share patch, classes, spacing and normalisation: one line naming the first
-    difference otherwise."""
+    """An ensemble's models must share patch, classes, spacing and normalisation (else one line naming a difference)."""
     first = _plan_signature(models[0])
     for model in models[1:]:
         other = _plan_signature(model)
@@ -335,10 +324,9 @@ def network_logits(model: Model, batch_size: int = 1) -> Predict:
     patches per network call, under autocast on CUDA."""
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda") if model.device.type == "cuda" else contextlib.nullcontext():
+        with torch.autocast("cuda", enabled=model.device.type == "cuda"):
             outs = [model.network(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        d = [out[:, 1].float() - out[:, 0].float() for out in outs]
-        return torch.cat(d) if len(d) > 1 else d[0]
+        return torch.cat([out[:, 1].float() - out[:, 0].float() for out in outs])
     return predict
 
 
@@ -349,11 +337,8 @@ def with_flips(predict: Predict, mirror_axes: Sequence[int]) -> Predict:
 
     def mirrored(x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        d = predict(torch.cat([torch.flip(x, c) if c else x for c in variants]))
-        mean = d[:n].clone()
-        for k, c in enumerate(variants[1:], start=1):
-            mean += torch.flip(d[k * n:(k + 1) * n], [a - 1 for a in c])  # no channel axis in d
-        return mean / len(variants)
+        d = predict(torch.cat([torch.flip(x, c) if c else x for c in variants]))  # d has no channel axis
+        return sum(torch.flip(d[k * n:(k + 1) * n], [a - 1 for a in c]) for k, c in enumerate(variants)) / len(variants)
     return mirrored if len(variants) > 1 else predict
 
 
@@ -373,24 +358,22 @@ class Tile:
 
     volume_box: tuple[slice, slice, slice]
     patch_box: tuple[slice, slice, slice]
-    # Per axis, the start offsets of the tiles that overlap it (itself included): all its weight sum depends on,
-    # so tiles with the same offsets (every interior tile) share one.
+    # per axis, the offsets of the tiles overlapping it (itself included): tiles with equal ones share a weight
     neighbours: tuple[tuple[int, ...], ...]
 
 
 class Tiler:
-    """nnU-Net's sliding window over one view of a volume (axes swapped by `view`): its tiles in rows along the
-    volume's z, each weighted by its Gaussian over the sum of the Gaussians over it, so any accumulator just adds."""
+    """nnU-Net's sliding window over one view of a volume (axes swapped by `view`), its tiles in rows along z."""
 
     def __init__(self, shape: Sequence[int], patch: Sequence[int], tile_step: float,
                  view: Sequence[int] = (0, 1, 2), device: str | torch.device = "cpu") -> None:
         self.view = tuple(view)
         self.back = tuple(int(a) for a in np.argsort(self.view))  # volume axis a is view axis back[a]
         self.grid = Grid.of([shape[a] for a in self.view], patch, tile_step)
-        self.z_axis = self.back[0]
+        self.z_axis, self.depth = self.back[0], self.grid.patch[self.back[0]]  # rows' depth along the volume's z
+        self.z_starts = [z0 - self.grid.below[self.z_axis] for z0 in self.grid.steps[self.z_axis]]  # < 0: padding
         self.device = torch.device(device)
-        # Tiles with the same neighbours share a weight; nnU-Net's rounded steps give many such patterns over a
-        # kidney, so only the recent ones are kept (memory: WEIGHT_CACHE patches).
+        # nnU-Net's rounded steps give many neighbour patterns over a kidney: only the recent weights are kept
         self.weight = functools.lru_cache(maxsize=WEIGHT_CACHE)(self._weight)
 
     @functools.cached_property
@@ -401,25 +384,21 @@ class Tiler:
 
     def _touching(self, start: int, stop: int) -> list[int]:
         """The rows (indices of tile starts along the volume's z) whose tiles touch volume slices [start, stop)."""
-        steps, below, p = self.grid.steps[self.z_axis], self.grid.below[self.z_axis], self.grid.patch[self.z_axis]
-        return [i for i, z0 in enumerate(steps) if z0 - below < stop and z0 + p - below > start]
+        return [i for i, z0 in enumerate(self.z_starts) if z0 < stop and z0 + self.depth > start]
 
     def input_range(self, start: int, stop: int) -> tuple[int, int]:
         """The volume slices that the rows touching slices [start, stop) read (the z-view's input)."""
         rows = self._touching(start, stop)
         if not rows:
             return 0, 0
-        z0, below, p = self.grid.steps[self.z_axis], self.grid.below[self.z_axis], self.grid.patch[self.z_axis]
-        return max(0, z0[rows[0]] - below), min(self.grid.shape[self.z_axis], z0[rows[-1]] + p - below)
+        return max(0, self.z_starts[rows[0]]), min(self.grid.shape[self.z_axis], self.z_starts[rows[-1]] + self.depth)
 
     def rows(self, start: int, stop: int) -> Iterator[tuple[list[Tile], int]]:
         """The tiles touching volume slices [start, stop), a row (same start along z) at a time, each row with the
         volume slice (at most `stop`) below which no later row adds anything."""
-        grid, za = self.grid, self.z_axis
-        steps = grid.steps[za]
         for i in self._touching(start, stop):
-            done = min(steps[i + 1] - grid.below[za], stop) if i + 1 < len(steps) else stop
-            others = [range(len(s)) if a != za else (i,) for a, s in enumerate(grid.steps)]
+            done = min(self.z_starts[i + 1], stop) if i + 1 < len(self.z_starts) else stop
+            others = [range(len(s)) if a != self.z_axis else (i,) for a, s in enumerate(self.grid.steps)]
             yield [self._tile(t) for t in itertools.product(*others)], done
 
     def count(self, start: int, stop: int) -> int:
@@ -437,8 +416,8 @@ class Tiler:
         return Tile(tuple(src[self.back[a]] for a in range(3)), dst, near)
 
     def _weight(self, neighbours: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-        """A tile's Gaussian over the sum of every tile's Gaussian over its box (what nnU-Net divides by there):
-        only the tiles overlapping it (its `neighbours`) contribute. Cached as `weight`."""
+        """A tile's Gaussian over the sum of every tile's Gaussian over its box (what nnU-Net divides by there), so an
+        accumulator just adds: only the tiles overlapping it (its `neighbours`) contribute. Cached as `weight`."""
         g = self.gaussian
         overlaps = [[(slice(max(-o, 0), min(p - o, p)), slice(max(o, 0), min(o + p, p))) for o in d]
                     for d, p in zip(neighbours, g.shape)]  # per axis: (the other tile's Gaussian, this tile's box)
@@ -449,8 +428,7 @@ class Tiler:
 
 
 class SliceWindow:
-    """Tiles' input read from a stream of volume slices (from slice `first` on): slices are pulled as a row of tiles
-    needs them and dropped once no later row reads them, so one patch depth of slices is held."""
+    """Tiles' input from a stream of volume slices (from slice `first` on), holding one patch depth of them."""
 
     def __init__(self, slices: Iterable[np.ndarray], first: int, shape: Sequence[int], depth: int,
                  device: torch.device) -> None:
@@ -469,14 +447,8 @@ class SliceWindow:
         return self.buffer[z.start - self.lo:z.stop - self.lo, box[1], box[2]]
 
 
-def array_reader(volume: np.ndarray, device: torch.device) -> Callable[[tuple[slice, ...]], torch.Tensor]:
-    """Tiles' input read from a whole (normalised) volume, e.g. the float16 memmap the y- and x-views share."""
-    return lambda box: torch.from_numpy(np.ascontiguousarray(volume[box], dtype=np.float32)).to(device)
-
-
 class RollingSum:
-    """Normalised tiles summed in memory over the slices one row of tiles covers; each slice handed out (in z
-    order, as float32 logits) once no later row adds to it."""
+    """Normalised tiles summed in memory over one row's slices, each handed out (float32) once no row adds to it."""
 
     def __init__(self, start: int, shape: Sequence[int], depth: int, device: torch.device) -> None:
         self.base = start
@@ -512,11 +484,10 @@ def sweep(predict: Predict, tiler: Tiler, read: Callable, accumulator: RollingSu
     """Every tile of `tiler` that touches volume slices [block): read, predicted, weighted and added to
     `accumulator`, row by row along z. Yields what the accumulator finishes (the z-view's logit slices)."""
     start, stop = block
-    device, patch = tiler.device, tiler.grid.patch
     for row, done in tiler.rows(start, stop):
         for b in range(0, len(row), batch_size):
             chunk = row[b:b + batch_size]
-            x = torch.zeros((len(chunk), 1, *patch), device=device)
+            x = torch.zeros((len(chunk), 1, *tiler.grid.patch), device=tiler.device)
             for n, tile in enumerate(chunk):
                 x[n, 0][tile.patch_box] = read(tile.volume_box).permute(*tiler.view)
             for tile, logit in zip(chunk, predict(x)):
@@ -546,8 +517,7 @@ def model_space_shape(shape: tuple[int, int, int], voxel_um: float | None, model
     if not resample or voxel_um is None:
         return shape
     spacing = model.spacing_mm if isinstance(model, Model) else model
-    spacing = (spacing,) * len(shape) if isinstance(spacing, (int, float)) else spacing
-    scale = [voxel_um / 1000 / s for s in spacing]
+    scale = [voxel_um / 1000 / s for s in np.broadcast_to(spacing, len(shape))]  # one spacing for all axes, or each
     if all(abs(f - 1) <= RESAMPLE_TOLERANCE for f in scale):
         return shape
     return tuple(max(1, int(round(n * f))) for n, f in zip(shape, scale))
@@ -559,7 +529,7 @@ def model_space_slices(model: Model, group: data.Group, work_shape: tuple[int, i
     stop = work_shape[0] if stop is None else stop
     resampled = work_shape != group.shape
     first, last = resample_input_range(group.shape[0], work_shape[0], start, stop) if resampled else (start, stop)
-    slices = (normalize(s, model.intensity)
+    slices = (normalisation.normalize(s, model.intensity)
               for a, b in chunks(last - first) for s in group.read_images(first + a, first + b))
     return resample_slices(slices, group.shape, work_shape, start, stop) if resampled else slices
 
@@ -573,18 +543,15 @@ class Block:
     start: int
     stop: int
     device: str
-    total_file: Path
-    volume_file: Path | None  # the normalised model-space volume (float16), when the y- and x-views read it
+    folder: Path  # the memmaps: logits.npy, and volume.npy (float16, normalised) when the y- and x-views read it
     worker: int = 0
     workers: int = 1
 
 
 @dataclass(frozen=True)
 class Predictor:
-    """How a kidney is predicted: the model(s) (an ensemble when several) and the settings `settings()` records.
-    `tta`: TTA_MODES (True/False: flips/none). `devices` None: the models' own device, streamed in this process;
-    else one spawned worker per device when several. `scratch`: where memmaps go when a kidney is not streamed
-    (default: beside the output, or the system's temporary folder)."""
+    """The model(s) (an ensemble when several) and how they run. `tta`: TTA_MODES (True/False: flips/none); `devices`
+    None: the models' own, else one worker each when several; `scratch`: memmaps (default: beside the output, or temp)."""
 
     models: Sequence[Model]
     tile_step: float = 0.5
@@ -621,9 +588,8 @@ class Predictor:
                          for m in self.models])
 
     def for_kidney(self, group: normalisation.Volume) -> tuple[Predictor, dict]:
-        """The predictor ready to normalise `group`: "kidney" models get its own statistics (one streaming pass,
-        cached); every model's normalisation is checked to leave the kidney some contrast (NoContrastError naming
-        it otherwise). Returns it and what records the normalisation with the kidney's outputs."""
+        """The predictor ready to normalise `group` ("kidney" models get its statistics; NoContrastError if a model
+        leaves it no contrast) and what records the normalisation with the kidney's outputs."""
         stats = normalisation.kidney_statistics(group, self.progress)
         for model in self.models:
             normalisation.check_contrast(group.name, stats, model.intensity)
@@ -633,9 +599,8 @@ class Predictor:
 
     def z_view_logits(self, slices: Iterable[np.ndarray], shape: tuple[int, int, int],
                       block: tuple[int, int] | None = None, progress: tqdm | None = None) -> Iterator[np.ndarray]:
-        """Logits (float32) of the z-view of a (Z, H, W) volume, slices [block) (default all), in z order, from its
-        normalised slices given from `Tiler.input_range(*block)[0]` on: only the rows of tiles touching the block are
-        computed, so a block's logits equal the whole volume's there. Memory: two buffers of one patch depth."""
+        """Logits (float32) of the z-view of a (Z, H, W) volume, slices [block) (default all, equal to the whole
+        volume's there), in z order, from its normalised slices given from `Tiler.input_range(*block)[0]` on."""
         model = self.models[0]
         tiler = Tiler(shape, model.patch_size, self.tile_step, device=model.device)
         start, stop = block or (0, shape[0])
@@ -651,68 +616,61 @@ class Predictor:
         devices = self.devices or (str(self.models[0].device),)
         if len(devices) == 1 and len(self.views) == 1:
             here = self.on_device(devices[0])
-            tiler = Tiler(work_shape, here.models[0].patch_size, self.tile_step)
-            with tqdm(total=tiler.count(0, work_shape[0]), desc=f"predict {group.name}", unit="tile",
-                      disable=not self.progress) as bar:
-                logits = here.z_view_logits(model_space_slices(here.models[0], group, work_shape), work_shape,
-                                            progress=bar)
+            tiles = Tiler(work_shape, here.models[0].patch_size, self.tile_step).count(0, work_shape[0])
+            with tqdm(total=tiles, desc=f"predict {group.name}", unit="tile", disable=not self.progress) as bar:
+                logits = here.z_view_logits(model_space_slices(here.models[0], group, work_shape), work_shape, progress=bar)
                 yield from self._probabilities(logits, work_shape, group.shape, 1)
             return
-        yield from self._through_disk(group, work_shape, devices)
+        # through memmaps: the normalised volume (float16, for the y/x-views) and the logit sum (float32), each device
+        # writing its z-block (a spawned worker each when several); then averaged, sigmoid, resampled back
+        if self.scratch is not None:
+            Path(self.scratch).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="sennet-predict-", dir=self.scratch) as tmp:
+            tmp = Path(tmp)
+            if len(self.views) > 1:
+                save_slices(tmp / "volume.npy", work_shape, np.float16, tqdm(
+                    model_space_slices(self.models[0], group, work_shape), total=work_shape[0], unit="slice",
+                    desc=f"normalise {group.name}", disable=not self.progress))
+            np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float32, shape=work_shape).flush()
+            edges = np.linspace(0, work_shape[0], len(devices) + 1).round().astype(int)
+            blocks = [Block(group, work_shape, int(a), int(b), d, tmp, k, len(devices))
+                      for k, (a, b, d) in enumerate(zip(edges[:-1], edges[1:], devices)) if b > a]
+            if len(blocks) == 1:
+                self.on_device(blocks[0].device).predict_block(blocks[0])
+            else:
+                _run_workers(self.on_device("cpu"), blocks)
+            total = np.load(tmp / "logits.npy", mmap_mode="r")
+            yield from self._probabilities(total, work_shape, group.shape, len(self.views))
+            del total
 
     def _probabilities(self, logits: Iterable[np.ndarray], work_shape: tuple[int, int, int],
                        shape: tuple[int, int, int], views: int) -> Iterator[np.ndarray]:
         probs = (torch.sigmoid(torch.from_numpy(np.asarray(logit, np.float32) / views)).numpy() for logit in logits)
         return resample_slices(probs, work_shape, shape) if work_shape != shape else probs
 
-    def _through_disk(self, group: data.Group, work_shape: tuple[int, int, int],
-                      devices: Sequence[str]) -> Iterator[np.ndarray]:
-        """Views and devices through memmaps: the normalised volume (float16, for the y/x-views) and the logit sum
-        (float32); each device's worker writes its z-block; then averaged, sigmoid, resampled back slice by slice."""
-        if self.scratch is not None:
-            Path(self.scratch).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="sennet-predict-", dir=self.scratch) as tmp:
-            tmp = Path(tmp)
-            volume_file = tmp / "volume.npy" if len(self.views) > 1 else None
-            if volume_file is not None:
-                save_slices(volume_file, work_shape, np.float16, tqdm(
-                    model_space_slices(self.models[0], group, work_shape), total=work_shape[0], unit="slice",
-                    desc=f"normalise {group.name}", disable=not self.progress))
-            total_file = tmp / "logits.npy"
-            np.lib.format.open_memmap(total_file, mode="w+", dtype=np.float32, shape=work_shape).flush()
-            edges = np.linspace(0, work_shape[0], len(devices) + 1).round().astype(int)
-            blocks = [Block(group, work_shape, int(a), int(b), d, total_file, volume_file, k, len(devices))
-                      for k, (a, b, d) in enumerate(zip(edges[:-1], edges[1:], devices)) if b > a]
-            if len(blocks) == 1:
-                self.on_device(blocks[0].device).predict_block(blocks[0])
-            else:
-                _run_workers(self.on_device("cpu"), blocks, tmp)
-            total = np.load(total_file, mmap_mode="r")
-            yield from self._probabilities(total, work_shape, group.shape, len(self.views))
-            del total
-
     def predict_block(self, block: Block) -> None:
         """One device's share: the logit sum of every view over its model-space slices into the block's memmap."""
-        total = np.load(block.total_file, mmap_mode="r+")
-        volume = np.load(block.volume_file, mmap_mode="r") if block.volume_file is not None else None
+        total = np.load(block.folder / "logits.npy", mmap_mode="r+")
+        volume = np.load(block.folder / "volume.npy", mmap_mode="r") if len(self.views) > 1 else None
         model, span = self.models[0], (block.start, block.stop)
         first, last = Tiler(block.work_shape, model.patch_size, self.tile_step).input_range(*span)
         slices = (model_space_slices(model, block.group, block.work_shape, first, last) if volume is None
                   else volume[first:last])  # every view reads the same float16 volume (SliceWindow makes it float32)
         label = f"predict {block.group.name}" + (f" [{block.worker + 1}/{block.workers} {model.device}]"
                                                  if block.workers > 1 else "")
+
+        def read(box: tuple[slice, slice, slice]) -> torch.Tensor:  # the y- and x-views' tiles, from the whole volume
+            return torch.from_numpy(np.ascontiguousarray(volume[box], dtype=np.float32)).to(model.device)
+
         for name, view in zip("zyx", self.views):
             tiler = Tiler(block.work_shape, model.patch_size, self.tile_step, view, model.device)
             with tqdm(total=tiler.count(*span), desc=f"{label} {name}-view", unit="tile", disable=not self.progress,
                       position=block.worker) as bar:
-                if name == "z":
-                    for z, logit in enumerate(self.z_view_logits(slices, block.work_shape, span, bar),
-                                              start=block.start):
-                        total[z] = logit
-                else:  # one batch of tiles in memory whatever the volume's size
-                    for _ in sweep(self.tile_logits(), tiler, array_reader(volume, model.device), MemmapSum(total),
-                                   span, self.batch_size, bar):
-                        pass
+                # the z-view yields its slices; y and x add into `total` (one batch of tiles in memory)
+                logits = (self.z_view_logits(slices, block.work_shape, span, bar) if name == "z" else
+                          sweep(self.tile_logits(), tiler, read, MemmapSum(total), span, self.batch_size, bar))
+                for z, logit in enumerate(logits, start=block.start):
+                    total[z] = logit
         total.flush()
 
     def on_device(self, device: str | torch.device) -> Predictor:
@@ -726,9 +684,8 @@ class Predictor:
 
     def predict_group(self, group: data.Group, out_file: Path | str, dtype: str = "float16",
                       overwrite: bool = False) -> np.memmap:
-        """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255).
-        A finished file of the same model(s) and settings is reused; another existing file is an error unless
-        `overwrite`. Memmaps (axes TTA, several devices) go under `scratch` (default: beside `out_file`)."""
+        """Predict a whole group into a (Z, H, W) `.npy` memmap of vessel probabilities (float16, or uint8 x255); a
+        finished file of the same settings is reused, another is an error unless `overwrite`. `scratch`: beside it."""
         out_file = Path(out_file)
         record = out_file.with_suffix(".json")
         ready, normalised = self.for_kidney(group)
@@ -747,40 +704,27 @@ class Predictor:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         record.unlink(missing_ok=True)
         start = time.perf_counter()
-        if self.scratch is None:
-            ready = replace(ready, scratch=out_file.parent)
-        probs = ready.slices(group)
+        probs = replace(ready, scratch=out_file.parent if self.scratch is None else self.scratch).slices(group)
         save_slices(out_file, group.shape, dtype, (np.round(p * 255) if dtype == "uint8" else p for p in probs))
         record.write_text(json.dumps({"settings": settings, "seconds": time.perf_counter() - start}, indent=2))
         return np.load(out_file, mmap_mode="r")
 
 
-def _run_workers(predictor: Predictor, blocks: list[Block], tmp: Path) -> None:
+def _run_workers(predictor: Predictor, blocks: list[Block]) -> None:
     """One spawned process per block (device), each with its own copy of the models; fails naming the device."""
-    ctx = multiprocessing.get_context("spawn")
-    cpu_workers = sum(block.device == "cpu" for block in blocks)
-    threads = max(1, torch.get_num_threads() // max(cpu_workers, 1))
-    processes = []
-    for block in blocks:
-        error_file = tmp / f"worker{block.worker}.error"
-        p = ctx.Process(target=_worker_main, args=(predictor, block, threads, error_file), daemon=True)
-        p.start()
-        processes.append((p, block, error_file))
+    threads = max(1, torch.get_num_threads() // max(sum(block.device == "cpu" for block in blocks), 1))
     failures = []
-    for p, block, error_file in processes:
-        p.join()
-        if p.exitcode != 0:
-            reason = error_file.read_text().strip().splitlines()[-1] if error_file.is_file() else f"exit {p.exitcode}"
-            failures.append(f"worker on {block.device} (slices {block.start}-{block.stop}): {reason}")
+    with ProcessPoolExecutor(len(blocks), multiprocessing.get_context("spawn")) as pool:
+        for job, block in [(pool.submit(_worker_main, predictor, block, threads), block) for block in blocks]:
+            try:
+                job.result()
+            except Exception as e:  # the worker's own exception, or BrokenProcessPool when one was killed
+                failures.append(f"worker on {block.device} (slices {block.start}-{block.stop}): {type(e).__name__}: {e}")
     if failures:
         raise RuntimeError("; ".join(failures))
 
 
-def _worker_main(predictor: Predictor, block: Block, threads: int, error_file: Path) -> None:
-    try:
-        if block.device == "cpu":
-            torch.set_num_threads(threads)
-        predictor.on_device(block.device).predict_block(block)
-    except BaseException:
-        error_file.write_text(traceback.format_exc())
-        raise
+def _worker_main(predictor: Predictor, block: Block, threads: int) -> None:
+    if block.device == "cpu":
+        torch.set_num_threads(threads)
+    predictor.on_device(block.device).predict_block(block)

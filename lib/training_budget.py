@@ -1,10 +1,7 @@
 """The training plan: will notebook 02's stages finish inside Kaggle's ~12-hour GPU session?
 
-The training-side twin of `lib.inference_budget`. `calibrate` times each stage's own code (conversion, fingerprint,
-preprocessing, training steps, augmentation, checkpoints, prediction, refinement, threshold curve) on the current
-device on a small synthetic block; `project` multiplies by the run's work in notebook 02's order; `check_budget`
-refuses, in one line, a setting whose projection x (1 + MARGIN) passes the budget. What each stage times and what is
-not projected: docs/kaggle.md. Command line: `python -m tools.budget training`.
+`calibrate` times each stage on this device on a small synthetic block, `project` multiplies by the run's work,
+`check_budget` refuses what does not fit (docs/kaggle.md, "The training plan"; `python -m tools.budget training`).
 """
 from __future__ import annotations
 
@@ -18,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +28,10 @@ from lib.model.network import CONFIGURATION, build_network, resolve_device
 from lib.training import fine_tune, nnunet_dataset
 from lib.training.fine_tune import TrainSettings
 
-# A setting fits when its projection x (1 + MARGIN) is within the budget. Training checkpoints every epoch and resumes,
-# so an overrun costs a session, not the result (lib.inference_budget keeps 25%: there it loses the submission). With
-# the 11.5 h budget (0.5 h left for writing the output) a projection still has 20% of slack (10.0 h, killed at 12 h).
+# A setting fits when its projection x (1 + MARGIN) is within the budget: less than lib.inference_budget's 25%, since
+# training resumes from its checkpoints (docs/kaggle.md). 11.5 h / 1.15 = 10.0 h: still 20% of slack before 12 h.
 MARGIN = 0.15
-KAGGLE_BUDGET_HOURS = 11.5  # Kaggle's GPU session lasts at most about 12 h (competition.md, "Kaggle limits")
+KAGGLE_BUDGET_HOURS = 11.5  # a GPU session lasts about 12 h (competition.md, "Kaggle limits"); 0.5 h left for the output
 BLOCK_SHAPE = (64, 256, 256)  # the calibration block: 4.2 M voxels, big enough that fixed costs hardly count
 CALIBRATION_GROUP = "kidney_1_dense"  # the block is written as this group (dense labels, 50 µm)
 WARMUP_STEPS = {"cuda": 2, "cpu": 1}  # steps not timed (cuDNN's kernel choice, lazy initialisation, first batch)
@@ -71,22 +68,17 @@ class TrainingCalibration:
     seconds: float  # the calibration's own time
     source: str = "measured"
 
-    @property
-    def on_gpu(self) -> bool:
-        """Whether it was calibrated on (or estimated for) a GPU, where augmentation overlaps the step."""
-        return self.device.startswith("cuda")
-
     def iteration_seconds(self) -> float:
         """One training iteration: the GPU step overlapped with the workers' augmentation, or both on the CPU."""
-        if self.on_gpu:
-            return max(self.train_step_seconds, self.augmentation_batch_seconds / max(self.augmentation_workers, 1))
-        return self.train_step_seconds + self.augmentation_batch_seconds
+        return self._overlapped(self.train_step_seconds, self.augmentation_batch_seconds, self.augmentation_workers)
 
     def val_iteration_seconds(self) -> float:
         """One validation iteration (nnU-Net's validation loader has half the training loader's workers)."""
-        if self.on_gpu:
-            return max(self.val_step_seconds, self.val_batch_seconds / max(self.augmentation_workers // 2, 1))
-        return self.val_step_seconds + self.val_batch_seconds
+        return self._overlapped(self.val_step_seconds, self.val_batch_seconds, self.augmentation_workers // 2)
+
+    def _overlapped(self, step: float, batch: float, workers: int) -> float:
+        """A step beside `workers` loading batches on a GPU (the slower of the two), after its batch on the CPU."""
+        return max(step, batch / max(workers, 1)) if self.device.startswith("cuda") else step + batch
 
     def summary(self) -> str:
         """One line: what was measured, where, and the per-stage figures."""
@@ -120,7 +112,8 @@ def calibrate(settings: TrainSettings, block_shape: Sequence[int] = BLOCK_SHAPE,
         val_batch, timings["val_batch_seconds"] = _time_batches(loaders[1], steps)
         timings.update(_time_steps(trainer, batch, val_batch, steps) if network else
                        {"train_step_seconds": math.nan, "val_step_seconds": math.nan})
-        latest, best = _time_checkpoints(trainer, Path(tmp) / "checkpoints")
+        latest, best = (inference_budget.timed(partial(trainer.save_checkpoint, str(Path(tmp) / name)), device)
+                        for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))  # as FineTuneTrainer's each epoch
         timings["epoch_checkpoint_seconds"] = latest + best
         timings["trainer_start_seconds"] += best  # the final checkpoint is written as the best one is
         mirror_axes = tuple(trainer.inference_allowed_mirroring_axes or (0, 1, 2))
@@ -158,10 +151,15 @@ def write_block(root: Path, shape: tuple[int, int, int] = BLOCK_SHAPE) -> data.G
     return data.open_group(CALIBRATION_GROUP, root)
 
 
+def _clocked(fn: Callable[[], object]) -> tuple[object, float]:
+    """What `fn` returns and the seconds it took (work on the CPU; inference_budget.timed waits for a GPU's)."""
+    start = time.perf_counter()
+    return fn(), time.perf_counter() - start
+
+
 @contextlib.contextmanager
 def _scoped_state(work_dir: Path) -> Iterator[None]:
-    """nnU-Net's folders in `work_dir` and no torch.compile while calibrating; the environment, torch's threads
-    and cuDNN flags as they were afterwards."""
+    """nnU-Net's folders in `work_dir` and no torch.compile while calibrating; the process as it was afterwards."""
     names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA", "nnUNet_compile")
     flags = (torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     try:
@@ -176,30 +174,25 @@ def _scoped_state(work_dir: Path) -> Iterator[None]:
 
 def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
                       device: torch.device) -> tuple[dict, dict]:
-    """Seconds per voxel of conversion, fingerprint and preprocessing of the block, as fine_tune.train runs them
-    (the architecture of the configuration, the patch of this device); returns them and the plans."""
+    """Seconds per voxel of conversion, fingerprint and preprocessing of the block as fine_tune.train runs them; plans."""
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
 
-    cpu = torch.device("cpu")
     split = nnunet_dataset.Split((CALIBRATION_GROUP,), None, settings.slab_depth)
-    conversion = inference_budget.timed(lambda: nnunet_dataset.write_raw_dataset(
-        root, work_dir, split, normalisation=settings.normalisation, progress=False), cpu)
+    _, conversion = _clocked(lambda: nnunet_dataset.write_raw_dataset(
+        root, work_dir, split, normalisation=settings.normalisation, progress=False))
     cases = nnunet_dataset.read_cases(work_dir)
     voxels = sum(c.stop - c.start for c in cases) * math.prod(data.open_group(CALIBRATION_GROUP, root).shape[1:])
     raw = Path(os.environ["nnUNet_raw"]) / nnunet_dataset.DATASET_NAME
     files = [nnunet_dataset.raw_files(raw, c.name) for c in cases]
-    start = time.perf_counter()
-    results = [DatasetFingerprintExtractor.analyze_case([str(image)], str(label), Tiff3DIO, FINGERPRINT_SAMPLES)
-               for image, label in files]
-    fingerprint = time.perf_counter() - start
+    results, fingerprint = _clocked(lambda: [DatasetFingerprintExtractor.analyze_case(
+        [str(image)], str(label), Tiff3DIO, FINGERPRINT_SAMPLES) for image, label in files])
     fingerprint_file = work_dir / "dataset_fingerprint.json"
     fingerprint_file.write_text(json.dumps(_fingerprint(results)))
     arch, _ = fine_tune.architecture_plans(settings.configuration, None, work_dir)
     patch = fine_tune.patch_size_for(arch, device, settings.patch_size)
-    start = time.perf_counter()
-    plans = fine_tune.prepare(arch, patch, settings.batch_size, cases, True, fingerprint_file, progress=False)
-    preprocessing = time.perf_counter() - start
+    plans, preprocessing = _clocked(lambda: fine_tune.prepare(arch, patch, settings.batch_size, cases, True,
+                                                              fingerprint_file, progress=False))
     return {"conversion_voxel_seconds": conversion / voxels, "fingerprint_voxel_seconds": fingerprint / voxels,
             "preprocessing_voxel_seconds": preprocessing / voxels}, plans
 
@@ -224,15 +217,12 @@ def _build_trainer(plans: dict, settings: TrainSettings,
                                "dataset.json").read_text())
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # as fine_tune.train trains on the CPU
-    start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's banner and log lines
-        trainer = fine_tune.new_trainer(plans, dataset_json, device, settings)
-    return trainer, time.perf_counter() - start
+        return _clocked(lambda: fine_tune.new_trainer(plans, dataset_json, device, settings))
 
 
 def _loaders(trainer: fine_tune.FineTuneTrainer) -> tuple[tuple, int]:
-    """nnU-Net's training and validation loaders built in this process, and how many augmentation workers the real
-    run has in parallel here (nnU-Net's count; on a GPU machine the main process keeps a core)."""
+    """nnU-Net's two loaders built in this process, and the augmentation workers the real run has here (docs/kaggle.md)."""
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
     workers = get_allowed_n_proc_DA()  # nnUNet_n_proc_DA as the run would see it (before it is set to 0 below)
@@ -247,17 +237,12 @@ def _loaders(trainer: fine_tune.FineTuneTrainer) -> tuple[tuple, int]:
 
 
 def _time_batches(loader, batches: int) -> tuple[dict, float]:
-    """A batch and the median seconds one worker (torch single-threaded, as lib.training.trainer's workers run)
-    takes to load and augment one."""
+    """A batch and the median seconds one worker (torch single-threaded, as lib.training.trainer's) takes to make one."""
     threads = torch.get_num_threads()  # restored here for the steps; after an error, by calibrate's _scoped_state
     torch.set_num_threads(1)
-    seconds = []
-    for _ in range(batches):
-        start = time.perf_counter()
-        batch = next(loader)
-        seconds.append(time.perf_counter() - start)
+    made = [_clocked(lambda: next(loader)) for _ in range(batches)]
     torch.set_num_threads(threads)
-    return batch, float(np.median(seconds))
+    return made[-1][0], float(np.median([seconds for _, seconds in made]))
 
 
 def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict, steps: int) -> dict:
@@ -275,13 +260,6 @@ def _time_steps(trainer: fine_tune.FineTuneTrainer, batch: dict, val_batch: dict
     return {"train_step_seconds": float(np.median(train)), "val_step_seconds": float(np.median(val))}
 
 
-def _time_checkpoints(trainer: fine_tune.FineTuneTrainer, folder: Path) -> tuple[float, float]:
-    """Seconds to write checkpoint_latest and checkpoint_best (which FineTuneTrainer writes, reads and rewrites)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return tuple(inference_budget.timed(lambda name=name: trainer.save_checkpoint(str(folder / name)), trainer.device)
-                 for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))
-
-
 def _time_prediction(plans: dict, device: torch.device, repeats: int) -> dict:
     """lib.inference_budget's calibration of the configuration's network (random weights: speed does not depend on
     them): network seconds per tile, the predictor's own seconds per voxel (z-view; three views), best of `repeats`."""
@@ -292,18 +270,16 @@ def _time_prediction(plans: dict, device: torch.device, repeats: int) -> dict:
 
 
 def _time_postprocessing(group: data.Group) -> dict:
-    """Seconds per group voxel (CPU work on every device) of a pseudo-label refinement (share cut at kidney_2's
-    share + refined masks) and of the validation's threshold curve, on probabilities shaped like a model's."""
-    cpu = torch.device("cpu")
+    """Seconds per group voxel (on the CPU) of a pseudo-label refinement and of the validation's threshold curve."""
     labels = group.read_labels() > 0
     probs = (0.9 * labels + 0.04 * np.random.default_rng(1).random(labels.shape)).astype(np.float16)
     share = fine_tune.SPARSE_LABEL_SHARE["kidney_2"]
     with tempfile.TemporaryDirectory(prefix="sennet-refine-") as tmp:
-        refine_seconds = inference_budget.timed(lambda: postprocess.write_refined_labels(
+        _, refine_seconds = _clocked(lambda: postprocess.write_refined_labels(
             probs, group, postprocess.share_threshold(probs, group, share), Path(tmp) / "refined", group.slices,
-            progress=False), cpu)
+            progress=False))
     grid = postprocess.threshold_grid(postprocess.ThresholdRule("tune"))
-    curve_seconds = inference_budget.timed(lambda: postprocess.threshold_curve(probs, group, grid, progress=False), cpu)
+    _, curve_seconds = _clocked(lambda: postprocess.threshold_curve(probs, group, grid, progress=False))
     return {"refine_voxel_seconds": refine_seconds / probs.size, "curve_voxel_seconds": curve_seconds / probs.size}
 
 
@@ -312,9 +288,8 @@ def _time_postprocessing(group: data.Group) -> dict:
 
 def project(calibration: TrainingCalibration, settings: TrainSettings, groups: Mapping[str, data.Group],
             validation_tta: bool | str = False) -> pd.DataFrame:
-    """Projected seconds of every stage of notebook 02 in the order it runs them (module docstring), one row each:
-    round, stage, group, voxels / iterations (the work), epochs and seconds per epoch (training rows), seconds and
-    the cumulative hours at the stage's end. `groups`: `data.discover(root)`, or the real shapes (`tools.budget`)."""
+    """Projected seconds of every stage of notebook 02 in its order (docs/kaggle.md), one row each: the work, seconds
+    and cumulative hours at the stage's end. `groups`: `data.discover(root)`, or the real shapes (`tools.budget`)."""
     cases = nnunet_dataset.plan_cases(dict(groups), settings.train_groups, settings.val_group, settings.slab_depth)
     voxels = sum((c.stop - c.start) * groups[c.group].height * groups[c.group].width for c in cases)
     spacing = float(np.median([c.spacing_mm for c in cases]))  # the fingerprint's median spacing: the model's
@@ -350,22 +325,18 @@ def project(calibration: TrainingCalibration, settings: TrainSettings, groups: M
 
 def _row(r: int, stage: str, group: str, seconds: float, **work: float) -> dict:
     """One stage's row: its work (voxels; iterations, epochs, seconds per epoch; seconds without TTA) and seconds."""
-    return {"round": r, "stage": stage, "group": group, "voxels": work.get("voxels"),
-            "iterations": work.get("iterations"), "epochs": work.get("epochs"),
-            "epoch_seconds": work.get("epoch_seconds"), "seconds": float(seconds),
-            "seconds_without_tta": work.get("seconds_without_tta")}
+    columns = ("voxels", "iterations", "epochs", "epoch_seconds", "seconds", "seconds_without_tta")
+    return {"round": r, "stage": stage, "group": group, **dict.fromkeys(columns), **work, "seconds": float(seconds)}
 
 
 def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, group: data.Group,
                         tta: bool | str) -> float:
-    """Seconds to predict a group as lib.inference_budget projects it: network tiles per view and pass, predictor per
-    voxel."""
+    """Seconds to predict a group at the model's spacing, as lib.inference_budget projects it."""
+    figures = inference_budget.Calibration(calibration.device, calibration.tile_seconds,
+                                           calibration.predict_voxel_seconds_z, calibration.predict_voxel_seconds_axes,
+                                           calibration.seconds)
     work = predictor.model_space_shape(group.shape, group.voxel_um, spacing_mm, resample=True)
-    views = predictor.tta_views(tta)
-    passes = calibration.flip_passes if predictor.tta_flips(tta) else 1
-    n_tiles = sum(inference_budget.tiles([work[a] for a in view], calibration.patch_size) for view in views)
-    per_voxel = calibration.predict_voxel_seconds_axes if len(views) > 1 else calibration.predict_voxel_seconds_z
-    return n_tiles * passes * calibration.tile_seconds + math.prod(work) * per_voxel
+    return inference_budget.prediction_seconds(figures, work, calibration.patch_size, tta, calibration.flip_passes)
 
 
 # --------------------------------------------------------------------------------------------------------- budget
@@ -373,8 +344,7 @@ def _prediction_seconds(calibration: TrainingCalibration, spacing_mm: float, gro
 
 def resolve_budget_hours(value: float | str | None) -> float | None:
     """A notebook's `budget_hours`: None -> no check, a positive number, or "auto": 11.5 h on Kaggle (which sets
-    KAGGLE_KERNEL_RUN_TYPE in its sessions and has /kaggle/working, relocated by KAGGLE_WORKING_DIR as for
-    tools.kaggle), None elsewhere."""
+    KAGGLE_KERNEL_RUN_TYPE and has /kaggle/working, or KAGGLE_WORKING_DIR as for tools.kaggle), None elsewhere."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         working = Path(os.environ.get("KAGGLE_WORKING_DIR", "/kaggle/working"))
         on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or working.is_dir()
@@ -417,17 +387,14 @@ def fits_with(table: pd.DataFrame, rounds: int | None = None, epochs: int | None
     """Projected hours of the same run with fewer pseudo-label rounds, another number of epochs and/or no TTA in
     the validation, from the table's rows (training is linear in epochs: start + epochs x seconds per epoch)."""
     validation = table["stage"].str.startswith("validation")
-    keep = validation | (table["round"] <= (table["round"].max() if rounds is None else rounds))
-    rows = table[keep]
-    seconds = rows["seconds"].to_numpy(dtype=float).copy()
+    rows = table[validation | (table["round"] <= (table["round"].max() if rounds is None else rounds))]
+    seconds = rows["seconds"].astype(float)
     if epochs is not None:
-        training = (rows["stage"] == "training").to_numpy()
-        start = rows["seconds"][training] - rows["epochs"][training] * rows["epoch_seconds"][training]
-        seconds[training] = (start + epochs * rows["epoch_seconds"][training]).to_numpy(dtype=float)
+        start = rows["seconds"] - rows["epochs"] * rows["epoch_seconds"]
+        seconds = seconds.where(rows["stage"] != "training", start + epochs * rows["epoch_seconds"])
     if not validation_tta:
-        plain = validation[keep].to_numpy()
-        seconds[plain] = rows["seconds_without_tta"][plain].to_numpy(dtype=float)
-    return float(seconds.sum()) / 3600
+        seconds = seconds.where(~validation[rows.index], rows["seconds_without_tta"])
+    return float(seconds.to_numpy(dtype=float).sum()) / 3600
 
 
 def largest_epochs(table: pd.DataFrame, limit_hours: float, rounds: int | None = None) -> int:
@@ -438,13 +405,11 @@ def largest_epochs(table: pd.DataFrame, limit_hours: float, rounds: int | None =
 
 
 def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
-    """Settings that fit `limit` hours: fewer pseudo-label rounds, no validation TTA, the largest `epochs`, or
-    no rounds with the largest `epochs` that fits then."""
+    """Settings that fit `limit` hours: fewer rounds, no validation TTA, fewer epochs, or no rounds and fewer epochs."""
     rounds = int(table["round"].max())
     epochs = int(table.loc[table["stage"] == "training", "epochs"].iloc[0])
     options = []
-    fewer = next((r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit), None)
-    if fewer is not None:
+    if (fewer := next((r for r in range(rounds - 1, -1, -1) if fits_with(table, r) <= limit), None)) is not None:
         options.append(f"pseudo_label_rounds={fewer} ({_hours(fits_with(table, fewer))} h)")
     validation = table[table["stage"].str.startswith("validation")]
     plain = fits_with(table, validation_tta=False)
@@ -453,10 +418,8 @@ def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
     most = largest_epochs(table, limit)
     if 1 <= most < epochs:
         options.append(f"epochs={most} ({_hours(fits_with(table, epochs=most))} h)")
-    if not options and rounds:
-        most = largest_epochs(table, limit, 0)
-        if most >= 1:
-            options.append(f"pseudo_label_rounds=0 with epochs={most} ({_hours(fits_with(table, 0, most))} h)")
+    if not options and rounds and (most := largest_epochs(table, limit, 0)) >= 1:
+        options.append(f"pseudo_label_rounds=0 with epochs={most} ({_hours(fits_with(table, 0, most))} h)")
     if not options:
         return (f"no setting of pseudo_label_rounds and epochs fits: pseudo_label_rounds=0 with epochs=1 projects "
                 f"{_hours(fits_with(table, 0, 1))} h (fewer iterations_per_epoch, validation_tta=False or a larger "
@@ -467,9 +430,8 @@ def _fitting_settings(table: pd.DataFrame, limit: float) -> str:
 def plan_training(data_dir: Path | str, settings: TrainSettings, budget_hours: float | str | None = "auto",
                   validation_tta: bool | str = False, calibration: TrainingCalibration | None = None,
                   report: Callable[[str], object] = print) -> tuple[pd.DataFrame, TrainingCalibration]:
-    """Notebook 02's call before it converts anything: calibrate on the settings' device (unless given), project
-    the run on the groups in `data_dir`, `report` the calibration and the table, then check the budget ("auto":
-    11.5 h on Kaggle, none elsewhere; a one-line ValueError when it does not fit)."""
+    """Notebook 02's call before it converts anything: calibrate on the settings' device (unless given), project the
+    run on the groups in `data_dir`, `report` the calibration and the table, then `check_budget` ("auto" resolved)."""
     budget = resolve_budget_hours(budget_hours)
     calibration = calibration or calibrate(settings)
     table = project(calibration, settings, data.discover(data_dir), validation_tta)
@@ -484,17 +446,14 @@ def plan_training(data_dir: Path | str, settings: TrainSettings, budget_hours: f
 def format_table(table: pd.DataFrame) -> str:
     """The table as text: work in voxels (G or M) or iterations, the stage's time and the cumulative hours."""
     def work(voxels: float, iterations: float) -> str:
-        """A stage's work in words."""
         if pd.notna(voxels):
             return f"{voxels / 1e9:.2f} G voxels" if voxels >= 1e8 else f"{voxels / 1e6:.2f} M voxels"
         return f"{int(iterations):,} iterations"
 
-    shown = pd.DataFrame({
-        "round": table["round"], "stage": table["stage"], "group": table["group"],
-        "work": [work(v, i) for v, i in zip(table["voxels"], table["iterations"])],
-        "time": [f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s" for s in table["seconds"]],
-        "cumulative_hours": [_hours(h) for h in table["cumulative_hours"]]})
-    return shown.to_string(index=False)
+    return table[["round", "stage", "group"]].assign(
+        work=[work(v, i) for v, i in zip(table["voxels"], table["iterations"])],
+        time=[f"{s / 60:.1f} min" if s >= 60 else f"{s:.1f} s" for s in table["seconds"]],
+        cumulative_hours=[_hours(h) for h in table["cumulative_hours"]]).to_string(index=False)
 
 
 def _hours(hours: float) -> str:

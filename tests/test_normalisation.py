@@ -100,7 +100,7 @@ def test_a_kidney_without_contrast_is_refused_before_any_prediction(tmp_path: Pa
 
 def test_unbound_kidney_model_cannot_normalise() -> None:
     with pytest.raises(ValueError, match="normalises each kidney by its own statistics"):
-        predictor.normalize(np.zeros((4, 4), np.uint16), _model("kidney").intensity)
+        normalisation.normalize(np.zeros((4, 4), np.uint16), _model("kidney").intensity)
     with pytest.raises(ValueError, match="normalisation must be one of 'kidney', 'dataset', got 'volume'"):
         fine_tune.TrainSettings(normalisation="volume")
 
@@ -117,7 +117,7 @@ def test_kidney_slabs_are_written_normalised_by_their_group(synthetic_tiny: Path
     case = nnunet_dataset.read_cases(tmp_path / "work")[0]
     slab = tifffile.imread(nnunet_dataset.raw_files(raw, case.name)[0])
     group = data.open_group(case.group, synthetic_tiny)
-    expected = predictor.normalize(group.read_images(case.start, case.stop), manifest["statistics"][case.group])
+    expected = normalisation.normalize(group.read_images(case.start, case.stop), manifest["statistics"][case.group])
     assert slab.dtype == np.float16
     np.testing.assert_allclose(slab.astype(np.float32), expected, atol=5e-3, rtol=1e-3)
     plans = fine_tune.kidney_plans(small_plans(), {"spacings": [[0.05] * 3], "shapes_after_crop": [[8, 64, 64]],

@@ -16,7 +16,7 @@ from helpers import (
     write_model_dir,
 )
 
-from lib import data, predictor
+from lib import data, normalisation, predictor
 
 PATCH = (32, 64, 64)
 
@@ -34,7 +34,7 @@ def volume(shape, seed=0) -> np.ndarray:
 
 def ours(model: predictor.Model | list[predictor.Model], vol: np.ndarray, tta: bool = False, **kw) -> np.ndarray:
     run = predictor.Predictor(model, tta=tta, **kw)
-    slices = (predictor.normalize(s, run.models[0].intensity) for s in vol)
+    slices = (normalisation.normalize(s, run.models[0].intensity) for s in vol)
     return torch.sigmoid(torch.from_numpy(np.stack(list(run.z_view_logits(slices, vol.shape))))).numpy()
 
 
@@ -55,7 +55,7 @@ def nnunet_predictor_probabilities(model: predictor.Model, vol: np.ndarray, tta:
 
 def test_equals_plain_float64_sliding_window(model: predictor.Model) -> None:
     vol = volume((45, 70, 90))
-    expected = reference_probabilities(model.network, predictor.normalize(vol, INTENSITY), PATCH)
+    expected = reference_probabilities(model.network, normalisation.normalize(vol, INTENSITY), PATCH)
     np.testing.assert_allclose(ours(model, vol), expected, atol=1e-5, rtol=0)
 
 
@@ -90,7 +90,7 @@ def test_streams_with_bounded_lookahead(model: predictor.Model) -> None:
     def counted():
         for z, s in enumerate(vol):
             consumed.append(z)
-            yield predictor.normalize(s, model.intensity)
+            yield normalisation.normalize(s, model.intensity)
 
     lookahead = []
     for k, _ in enumerate(predictor.Predictor(model, tta=False).z_view_logits(counted(), vol.shape)):
@@ -168,7 +168,7 @@ def logit(p: np.ndarray) -> np.ndarray:
 def test_axes_equal_the_mean_logit_of_the_transposed_volumes(model: predictor.Model, tmp_path: Path) -> None:
     vol = volume((40, 70, 72), seed=5)  # thinner than the patch along y/x views' second axis: padded there
     # The y- and x-views read the normalised volume from a float16 memmap; the z-view of "axes" too.
-    normalised = predictor.normalize(vol, model.intensity).astype(np.float16).astype(np.float32)
+    normalised = normalisation.normalize(vol, model.intensity).astype(np.float16).astype(np.float32)
     views = []
     for view in predictor.VIEWS.values():
         turned = normalised.transpose(view)

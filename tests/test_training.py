@@ -156,9 +156,9 @@ def assert_nnunet_predictor_opens(model_dir: Path, monkeypatch: pytest.MonkeyPat
     run, _ = predictor.Predictor(model, tta=False).for_kidney(predictor.ArrayGroup("check", vol))
     bound = run.models[0]
     # A "kidney" model folder has nnU-Net's NoNormalization: its predictor expects the kidney already normalised.
-    given = vol if model.normalisation == "dataset" else predictor.normalize(vol, bound.intensity)
+    given = vol if model.normalisation == "dataset" else normalisation.normalize(vol, bound.intensity)
     _, theirs = nnunet.predict_single_npy_array(given[None], {"spacing": list(model.spacing_mm)}, None, None, True)
-    slices = (predictor.normalize(s, bound.intensity) for s in vol)
+    slices = (normalisation.normalize(s, bound.intensity) for s in vol)
     mine = torch.sigmoid(torch.from_numpy(np.stack(list(run.z_view_logits(slices, vol.shape))))).numpy()
     assert np.abs(mine - theirs[1]).max() < 1e-4
 
