@@ -105,8 +105,8 @@ def calibrate(settings: TrainSettings, block_shape: Sequence[int] = BLOCK_SHAPE,
     with tempfile.TemporaryDirectory(prefix="sennet-budget-") as tmp, _scoped_state(Path(tmp) / "nnunet"):
         root = Path(tmp) / "root"
         group = write_block(root, tuple(block_shape))
-        timings, plans = _time_data_stages(root, Path(tmp) / "nnunet", settings, device)
-        trainer, timings["trainer_start_seconds"] = _build_trainer(plans, settings, device)
+        timings, (plans, dataset_json) = _time_data_stages(root, Path(tmp) / "nnunet", settings, device)
+        trainer, timings["trainer_start_seconds"] = _build_trainer(plans, dataset_json, settings, device)
         loaders, timings["augmentation_workers"] = _loaders(trainer)
         batch, timings["augmentation_batch_seconds"] = _time_batches(loaders[0], steps)
         val_batch, timings["val_batch_seconds"] = _time_batches(loaders[1], steps)
@@ -173,8 +173,9 @@ def _scoped_state(work_dir: Path) -> Iterator[None]:
 
 
 def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
-                      device: torch.device) -> tuple[dict, dict]:
-    """Seconds per voxel of conversion, fingerprint and preprocessing of the block as fine_tune.train runs them; plans."""
+                      device: torch.device) -> tuple[dict, tuple[dict, dict]]:
+    """Seconds per voxel of conversion, fingerprint and preprocessing of the block as fine_tune.train runs them, and
+    `fine_tune.prepare`'s plans and dataset.json."""
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
 
@@ -191,10 +192,10 @@ def _time_data_stages(root: Path, work_dir: Path, settings: TrainSettings,
     fingerprint_file.write_text(json.dumps(_fingerprint(results)))
     arch, _ = fine_tune.architecture_plans(settings.configuration, None, work_dir)
     patch = fine_tune.patch_size_for(arch, device, settings.patch_size)
-    plans, preprocessing = _clocked(lambda: fine_tune.prepare(arch, patch, settings.batch_size, cases, True,
-                                                              fingerprint_file, progress=False))
+    prepared, preprocessing = _clocked(lambda: fine_tune.prepare(arch, patch, settings.batch_size, cases, True,
+                                                                 fingerprint_file, progress=False))
     return {"conversion_voxel_seconds": conversion / voxels, "fingerprint_voxel_seconds": fingerprint / voxels,
-            "preprocessing_voxel_seconds": preprocessing / voxels}, plans
+            "preprocessing_voxel_seconds": preprocessing / voxels}, prepared
 
 
 def _fingerprint(results: Sequence[tuple]) -> dict:
@@ -210,11 +211,9 @@ def _fingerprint(results: Sequence[tuple]) -> dict:
             "median_relative_size_after_cropping": float(np.median([r[4] for r in results]))}
 
 
-def _build_trainer(plans: dict, settings: TrainSettings,
+def _build_trainer(plans: dict, dataset_json: dict, settings: TrainSettings,
                    device: torch.device) -> tuple[fine_tune.FineTuneTrainer, float]:
     """The trainer as fine_tune.train builds it (random weights: speed does not depend on them); seconds taken."""
-    dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / nnunet_dataset.DATASET_NAME /
-                               "dataset.json").read_text())
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # as fine_tune.train trains on the CPU
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's banner and log lines

@@ -176,10 +176,10 @@ def kidney_plans(arch_plans: dict, fingerprint: dict, patch_size: Sequence[int],
 
 
 def prepare(arch_plans: dict, patch_size: Sequence[int], batch_size: int, cases: Sequence[nnunet_dataset.Case],
-            keep_raw: bool = True, fingerprint_file: Path | None = None, progress: bool = True) -> dict:
+            keep_raw: bool = True, fingerprint_file: Path | None = None, progress: bool = True) -> tuple[dict, dict]:
     """Fingerprint (or reuse `fingerprint_file`, an earlier round's) and preprocess the raw dataset under nnUNet_raw with
     nnU-Net's code, case by case (a rerun continues), deleting each raw slab once preprocessed unless `keep_raw`;
-    write plans and the split."""
+    write plans and the split. Returns the plans and dataset.json, as nnU-Net's trainer takes them."""
     folder = Path(os.environ["nnUNet_preprocessed"]) / DATASET_NAME
     folder.mkdir(parents=True, exist_ok=True)
     own_fingerprint = folder / "dataset_fingerprint.json"
@@ -214,7 +214,7 @@ def prepare(arch_plans: dict, patch_size: Sequence[int], batch_size: int, cases:
         if not keep_raw:  # the spacing sidecars and the manifest stay
             image.unlink()
             label.unlink()
-    return plans
+    return plans, dataset_json
 
 
 def load_all_weights(network: torch.nn.Module, weights_file: Path) -> dict:
@@ -262,8 +262,8 @@ def train(data_dir: Path | str, output_dir: Path | str, settings: TrainSettings 
     cases = nnunet_dataset.read_cases(work_dir)
     arch, weights = architecture_plans(settings.configuration, settings.pretrained, work_dir)
     patch = patch_size_for(arch, device, settings.patch_size)
-    plans = prepare(arch, patch, settings.batch_size, cases, settings.keep_raw_slabs, fingerprint_file, progress)
-    dataset_json = json.loads((Path(os.environ["nnUNet_raw"]) / DATASET_NAME / "dataset.json").read_text())
+    plans, dataset_json = prepare(arch, patch, settings.batch_size, cases, settings.keep_raw_slabs, fingerprint_file,
+                                  progress)
 
     latest = model_dir / "fold_0" / "checkpoint_latest.pth"
     final = model_dir / "fold_0" / "checkpoint_final.pth"
