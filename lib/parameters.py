@@ -206,8 +206,7 @@ SCHEMAS: dict[str, Schema] = {s.notebook: s for s in (
                   "\"kidney\": each kidney clipped and z-scored by its own statistics; \"dataset\": the seed's"),
         Parameter("loss", "dice_ce", choice("loss"),
                   '"dice_ce": nnU-Net\'s (seed recipe); "skeleton_recall" or "surface": + loss_weight x that term'),
-        Parameter("loss_weight", 1.0, Kind(lambda v, d: None if _number(v) and v > 0 else
-                                             f"takes a number > 0, got {v!r}"),
+        Parameter("loss_weight", 1.0, POSITIVE,
                   "weight of the skeleton-recall or surface-Dice term (lib.training.losses; docs/losses.md)"),
         Parameter("slab_depth", 128, integer(1),
                   "slices per nnU-Net case: bounds preprocessing memory (column preprocess_peak_gib below)"),

@@ -89,7 +89,7 @@ PIPELINE_CASES = {
     "-p unknown configuration": (lambda t: ["-p", "configuration=tiyn"], r"did you mean 'tiny'"),
     "-p unknown loss": (lambda t: ["-p", "loss=skeleton"], r"-p loss=skeleton \(02_train\): takes one of 'dice_ce', "
                         r"'skeleton_recall', 'surface', got 'skeleton'; did you mean 'skeleton_recall'\?"),
-    "-p loss_weight not positive": (lambda t: ["-p", "loss_weight=0"], r"loss_weight=0 \(02_train\): takes a number > 0"),
+    "-p loss_weight not positive": (lambda t: ["-p", "loss_weight=0"], r"loss_weight=0 \(02_train\): takes a positive"),
     "-p patch_size": (lambda t: ["-p", "patch_size=[32,64]"], r"takes three positive integers"),
     "-p a path the pipeline sets": (lambda t: ["-p", "output_dir=x"], r"set by the pipeline; use --name instead"),
     "-p unknown group": (lambda t: ["-p", "val_group=kidney_9"],
