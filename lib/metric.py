@@ -145,10 +145,8 @@ class SubmissionError(ValueError):
 
 def score_submission(solution: pd.DataFrame, submission: pd.DataFrame, device: str | None = None,
                      names: tuple[str, str] = ("solution", "submission")) -> dict:
-    """Score a submission (id, rle) against a solution (id, rle, width, height, image, slice).
-
-    Returns {"score": mean surface Dice over images, "per_image": {image: score}}.
-    """
+    """Score a submission (id, rle) against a solution (id, rle, width, height, image, slice): {"score": mean surface
+    Dice over images, "per_image": {image: score}}."""
     sol_name, sub_name = names
     missing = [c for c in SOLUTION_COLUMNS if c not in solution.columns]
     if missing:
