@@ -176,10 +176,11 @@ def select_groups(groups: Mapping[str, Group], names: Sequence[str] | str | None
     return {n: groups[n] for n in names}
 
 
-def summary(groups: dict[str, Group]) -> pd.DataFrame:
-    """One row per group: slices, H x W, voxel size, dtype, label kind, size on disk, memory estimates."""
+def summary(groups: Mapping[str, Group]) -> pd.DataFrame:
+    """One row per group: slices, H x W, voxel size, dtype, label kind, size on disk and memory estimates (GB;
+    kidney_3_dense's images are kidney_3_sparse's files)."""
     return pd.DataFrame([{
-        "group": g.name, "split": g.split, "slices": g.shape[0], "height": g.height, "width": g.width,
+        "group": g.name, "split": g.split, "slices": g.shape[0], "H x W": f"{g.height} x {g.width}",
         "first_slice": g.slices[0], "voxel_um": g.voxel_um, "dtype": str(g.dtype), "labels": g.label_kind or "none",
         "images_on_disk_GB": sum(p.stat().st_size for p in g.image_files) / 1e9,
         "uint16_GB": math.prod(g.shape) * 2 / 1e9, "float32_GB": math.prod(g.shape) * 4 / 1e9,

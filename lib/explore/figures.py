@@ -87,13 +87,6 @@ def z_note(step: int, count: int, n: int) -> str:
     return "all slices" if step == 1 else f"every {ordinal(step)} slice ({count} of {n} read)"
 
 
-def summary_table(groups: Mapping[str, Group]) -> pd.DataFrame:
-    """`data.summary` with one "H x W" column (sizes in GB; kidney_3_dense's images are kidney_3_sparse's files)."""
-    table = data.summary(dict(groups))
-    table.insert(2, "H x W", [f"{h} x {w}" for h, w in zip(table["height"], table["width"])])
-    return table.drop(columns=["height", "width"])
-
-
 @dataclass
 class IntensityStats:
     """Exact intensity histograms (one bin per value) of sampled slices of `group`, split by its labels if any."""
