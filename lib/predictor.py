@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lib import data, normalisation
-from lib.model.network import CONFIGURATION, build_network, resolve_device
+from lib.model.network import CONFIGURATION, build_network, resolve_device, weights_mismatch
 from lib.volume import chunks, save_slices
 
 RESAMPLE_TOLERANCE = 0.02  # voxel sizes within 2% of the training spacing are not resampled
@@ -107,15 +107,9 @@ def check_model_dir(model_dir: Path | str, checkpoint: str = "checkpoint_final.p
     except Exception as e:  # nnU-Net's builder raises KeyError/TypeError/ValueError on bad plans
         raise ModelFolderError(f"{plans_file}: cannot build the {CONFIGURATION} network "
                                f"({type(e).__name__}: {e})") from None
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items() if hasattr(v, "shape")}
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    wrong = [f"{k} {found[k]} (plans: {expected[k]})" for k in expected if k in found and found[k] != expected[k]]
-    problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
-                ((missing, "missing"), (extra, "unexpected"), (wrong, "of another shape")) if keys]
+    problems = weights_mismatch({k: v.shape for k, v in net.state_dict().items()}, weights)
     if problems:
-        raise ModelFolderError(f"{weights_file}: weights do not fit the network of {plans_file}: "
-                               f"{', '.join(problems)} tensors")
+        raise ModelFolderError(f"{weights_file}: weights do not fit the network of {plans_file}: {problems} tensors")
     net.load_state_dict(weights)
     return plans, saved, net
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.model.network import CONFIGURATION, build_network
+from lib.model.network import CONFIGURATION, build_network, weights_mismatch
 
 CONFIG_NAMES = ("2d", "3d_lowres", "3d_fullres", "3d_cascade_fullres")
 MODEL_NAME = "model_final_checkpoint.model"
@@ -260,20 +260,11 @@ def v1_architecture(plans: Mapping, stage: int, state_dict: Mapping[str, torch.T
                           conv_kernel_sizes=kernels, pool_op_kernel_sizes=pools, conv_per_stage=cps,
                           patch_size=patch, spacing=[float(s) for s in np.asarray(sp["current_spacing"]).tolist()],
                           batch_size=int(sp["batch_size"]))
-    detail = _mismatch(_v1_expected_shapes(arch), state_dict) if state_dict is not None else ""
+    detail = weights_mismatch(_v1_expected_shapes(arch), state_dict) if state_dict is not None else ""
     if detail:
         raise TransferError(f"{where}: the state_dict is not the Generic_UNet its plans stage {stage} describe "
                             f"(stages {len(pools) + 1}, features {feats}, kernels {kernels}); {detail}")
     return arch
-
-
-def _mismatch(expected: Mapping[str, Sequence[int]], tensors: Mapping[str, torch.Tensor]) -> str:
-    """Which keys of `tensors` are missing, unexpected or of the wrong shape against `expected`; '' if none."""
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k]))
-    return "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
 
 
 def _v1_conv_keys(arch: V1Architecture) -> list[tuple[str, str, int, tuple[int, ...]]]:
@@ -486,7 +477,7 @@ def load_converted_weights(network: torch.nn.Module, path: str | Path) -> torch.
     load_pretrained_weights(network, str(path))
     weights = torch.load(path, map_location="cpu", weights_only=True)["network_weights"]
     seg = {k: v for k, v in weights.items() if ".seg_layers." in k}
-    detail = _mismatch({k: v.shape for k, v in network.state_dict().items() if ".seg_layers." in k}, seg)
+    detail = weights_mismatch({k: v.shape for k, v in network.state_dict().items() if ".seg_layers." in k}, seg)
     if detail:
         raise TransferError(f"{path}: segmentation heads do not fit this network ({detail}); "
                             "build it with num_outputs=2, or load without the heads with nnunetv2's "
@@ -517,7 +508,7 @@ def convert(source: str | Path, out_dir: str | Path, fold: int | str = 0, force:
     weights = convert_state_dict(ckpt.state_dict, arch, pad_kernels=pad_kernels)
     net = build_network(plans, num_input_channels=arch.num_input_channels, num_outputs=len(KEEP_CHANNELS),
                         allow_init=False)
-    detail = _mismatch({k: v.shape for k, v in net.state_dict().items()}, weights)
+    detail = weights_mismatch({k: v.shape for k, v in net.state_dict().items()}, weights)
     if detail:
         raise TransferError(f"converted weights do not fit the v2 network built from the plans ({detail}); "
                             "dynamic_network_architectures may have changed its module layout")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -26,3 +26,13 @@ def build_network(plans: Mapping, configuration: str = CONFIGURATION, num_input_
     return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                   cm.network_arch_init_kwargs_req_import, num_input_channels, num_outputs,
                                   allow_init=allow_init, deep_supervision=deep_supervision)
+
+
+def weights_mismatch(expected: Mapping[str, Sequence[int]], found: Mapping[str, object]) -> str:
+    """How the `found` tensors differ, key by key, from the `expected` shapes: how many are missing, unexpected or of
+    another shape, each with an example; '' when they fit."""
+    shapes = {k: tuple(v.shape) for k, v in found.items() if hasattr(v, "shape")}
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = [f"{k} {shapes[k]} (plans: {tuple(s)})" for k, s in expected.items() if k in shapes and shapes[k] != tuple(s)]
+    return ", ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+                     ((missing, "missing"), (extra, "unexpected"), (wrong, "of another shape")) if keys)
