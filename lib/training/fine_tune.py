@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from lib import data, paths
 from lib.model import architectures, convert_v1
+from lib.model.convert_v1 import PLANS_NAME  # the plans the converter writes are the ones fine-tuned
 from lib.model.network import CONFIGURATION, resolve_device
 from lib.normalisation import NNUNET_SCHEMES, PLANS_KEY, check_scheme, plans_record
 from lib.training import nnunet_dataset
@@ -30,7 +31,6 @@ from lib.training.losses import check_loss
 from lib.training.nnunet_dataset import DATASET_ID, DATASET_NAME
 from lib.training.trainer import NNUNET_SCALE_RANGE, FineTuneTrainer, seed_everything
 
-PLANS_NAME = "nnUNetPlans"
 TRAINER_FOLDER = f"FineTuneTrainer__{PLANS_NAME}__{CONFIGURATION}"
 CPU_PATCH = (32, 64, 64)  # the smallest useful patch; rounded up to what the strides need
 ARCHITECTURES = {"hepatic": "task008", "tiny": "tiny"}  # configuration -> lib.model.architectures variant
